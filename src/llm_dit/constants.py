@@ -1,0 +1,33 @@
+"""Facts about Z-Image-Turbo and its Qwen3 text encoder (see ../shared/REFERENCE.md)."""
+
+# Qwen3 special-token ids (the real ones; the tiny tokenizer puts them at the same ids).
+ENDOFTEXT_ID = 151643  # also the pad token
+IM_START_ID = 151644
+IM_END_ID = 151645
+VISION_START_ID = 151652
+VISION_END_ID = 151653
+IMAGE_PAD_ID = 151655
+THINK_START_ID = 151667
+THINK_END_ID = 151668
+
+# Caption-length limits. The DiT puts caption tokens at RoPE positions 1..P (P = length rounded up to 32)
+# on an axis of 1536 entries, image tokens after them, so P <= 1504. diffusers truncates at 512.
+HARD_MAX_TEXT_TOKENS = 1504
+DIFFUSERS_MAX_SEQUENCE_LENGTH = 512
+SEQ_MULTIPLE = 32
+
+# Official Turbo recipe.
+DEFAULT_STEPS = 8
+DEFAULT_SHIFT = 3.0
+DEFAULT_GUIDANCE_SCALE = 0.0
+DEFAULT_HIDDEN_LAYER = -2
+DEFAULT_SIZE = 1024
+SIZE_MULTIPLE = 16  # VAE /8 and 2x2 patches
+
+# VAE latent normalisation (FLUX VAE).
+VAE_SCALING_FACTOR = 0.3611
+VAE_SHIFT_FACTOR = 0.1159
+
+LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool", "none")
+FILL_MODES = ("content_only", "pad_end_zero", "pad_end_mean", "pad_middle_zero", "filler_repeat")
+REFINER_MODES = ("default", "skip", "single", "double")
