@@ -1,0 +1,298 @@
+"""Text encoding: prompts -> Qwen3 hidden states, the caption features Z-Image's DiT reads.
+
+Official path: chat-format the prompt (``prompt.py``), tokenize with right padding, run ``Qwen3Model`` with
+``output_hidden_states=True``, take ``hidden_states[-2]`` and keep the real (unmasked) rows. ``hidden_states``
+has ``num_layers + 1`` entries: [0] token embeddings, [k] the raw output of layer k-1, and [-1] replaced by
+the final-normed state (so -1 is not comparable with the others).
+
+Everything a run can vary lives in :class:`llm_dit.config.EncoderSettings` (hidden layer or layer blend,
+system prompt, think block, token cap, long-prompt mode); one forward serves any set of layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llm_dit.config import EncoderSettings
+from llm_dit.constants import HARD_MAX_TEXT_TOKENS
+from llm_dit.embeddings import blend_layers, compress_sequence
+from llm_dit.errors import LlmDitError
+from llm_dit.prompt import FormattedPrompt, format_prompt
+
+
+@dataclass
+class TokenizedPrompt:
+    """A formatted prompt's tokens, with the template's prefix/suffix located (no model needed)."""
+
+    formatted: FormattedPrompt
+    input_ids: list[int]  # what the encoder is fed (already truncated in mode "truncate")
+    token_count: int  # tokens of the full formatted prompt, before any cap
+    prefix_len: int
+    suffix_len: int
+    cap: int  # the caption-token cap in force
+    compress: bool  # content is compressed after the forward (interpolate / pool / attention_pool)
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.input_ids) < self.token_count
+
+
+@dataclass
+class EncodedPrompt:
+    """One prompt's caption features ``[L, D]`` and everything needed to record how they were made."""
+
+    embeddings: torch.Tensor
+    token_ids: list[int]
+    formatted_prompt: str
+    token_count: int
+    hidden_layer: int | None
+    layer_weights: dict[int, float] | None
+    long_prompt_mode: str
+    max_text_tokens: int
+    truncated: bool = False
+    compressed: bool = False
+    prefix_len: int = 0
+    suffix_len: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def metadata(self) -> dict[str, Any]:
+        """String-friendly metadata (for safetensors headers and image records)."""
+        return {
+            "formatted_prompt": self.formatted_prompt,
+            "token_count": self.token_count,
+            "embedding_length": self.length,
+            "hidden_layer": self.hidden_layer,
+            "layer_weights": self.layer_weights,
+            "long_prompt_mode": self.long_prompt_mode,
+            "max_text_tokens": self.max_text_tokens,
+            "truncated": self.truncated,
+            "compressed": self.compressed,
+        }
+
+
+class ZImageTextEncoder:
+    """Qwen3 text encoder with every conditioning knob of the Z-Image path.
+
+    The model is loaded lazily, so prompts can be tokenized and checked against the caps before any
+    weights are read.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        model: nn.Module | None = None,
+        *,
+        model_loader: Callable[[], nn.Module] | None = None,
+        num_layers: int | None = None,
+        max_caption_tokens: int = HARD_MAX_TEXT_TOKENS,
+        batch_size: int = 16,
+        **settings: Any,
+    ) -> None:
+        if model is None and model_loader is None:
+            raise LlmDitError("ZImageTextEncoder needs a model or a model_loader")
+        self.tokenizer = tokenizer
+        self._model = model
+        self._model_loader = model_loader
+        if num_layers is None:
+            if model is None:
+                raise LlmDitError("num_layers is required when the model is loaded lazily")
+            num_layers = int(model.config.num_hidden_layers)
+        self.num_layers = num_layers
+        self.max_caption_tokens = max_caption_tokens
+        self.batch_size = batch_size
+        self.settings = EncoderSettings(**settings)
+        self._check_layers(self.settings)
+
+    @classmethod
+    def from_pretrained(
+        cls, model_path: str | Path | None = None, *, device: str = "auto", torch_dtype: str = "auto", **settings: Any
+    ) -> ZImageTextEncoder:
+        """Encoder of a Z-Image checkpoint (``text_encoder/`` + ``tokenizer/``), or a Qwen3 model directory.
+
+        ``model_path`` None or "tiny" is the built-in tiny checkpoint. ``settings`` are
+        :class:`EncoderSettings` fields (``hidden_layer=-2``, ``layer_weights``, ``system_prompt``, ...).
+        """
+        from llm_dit import checkpoint
+
+        path = checkpoint.resolve_model_path(model_path)
+        info = checkpoint.validate_checkpoint(path)
+        dev = checkpoint.resolve_device(device)
+        dtype = checkpoint.resolve_dtype(torch_dtype, dev)
+        return cls(
+            checkpoint.load_tokenizer(path),
+            model_loader=lambda: checkpoint.load_text_encoder(path, dev, dtype),
+            num_layers=info.num_text_layers,
+            max_caption_tokens=info.max_caption_tokens,
+            device=device,
+            torch_dtype=torch_dtype,
+            **settings,
+        )
+
+    @property
+    def model(self) -> nn.Module:
+        if self._model is None:
+            assert self._model_loader is not None
+            self._model = self._model_loader()
+        return self._model
+
+    # -- settings --------------------------------------------------------------------------------------
+
+    def resolve(self, **overrides: Any) -> EncoderSettings:
+        """This encoder's settings with per-call overrides, validated."""
+        if not overrides:
+            return self.settings
+        settings = EncoderSettings(**{**self.settings.model_dump(), **overrides})
+        self._check_layers(settings)
+        return settings
+
+    def _check_layers(self, settings: EncoderSettings) -> None:
+        layers = list(settings.layer_weights) if settings.layer_weights else [settings.hidden_layer]
+        self.check_layer_indices(layers)
+
+    def check_layer_indices(self, layers: Sequence[int]) -> None:
+        n = self.num_layers
+        for layer in layers:
+            if not -(n + 1) <= layer <= n:
+                raise LlmDitError(
+                    f"hidden layer {layer} is out of range for a {n}-layer encoder; use {-(n + 1)}..{n} "
+                    f"(0 = token embeddings, -1 = final-normed output, -2 = official)"
+                )
+
+    # -- tokenization (no model needed) ---------------------------------------------------------------
+
+    def tokenize(self, prompts: str | Sequence[str], **overrides: Any) -> list[TokenizedPrompt]:
+        """Format and tokenize prompts, locate the template's prefix/suffix and apply the token cap.
+
+        Raises before any model loads when a prompt cannot fit (mode ``none``, or a system prompt / think
+        block that alone fills the cap).
+        """
+        settings = self.resolve(**overrides)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        cap = min(settings.max_text_tokens, self.max_caption_tokens)
+        out = []
+        for prompt in prompts:
+            formatted = format_prompt(prompt, settings.system_prompt, settings.think_block)
+            enc = self.tokenizer(formatted.text, return_offsets_mapping=True)
+            ids: list[int] = list(enc["input_ids"])
+            offsets = enc["offset_mapping"]
+            content_start = len(formatted.prefix)
+            content_end = content_start + len(formatted.content)
+            # Tokens are assigned by character span; a token straddling a boundary counts as content.
+            prefix_len = sum(1 for _, end in offsets if end <= content_start)
+            suffix_len = sum(1 for start, end in offsets if start >= content_end and end > start)
+            suffix_len = min(suffix_len, len(ids) - prefix_len)
+            compress = False
+            if len(ids) > cap:
+                mode = settings.long_prompt_mode
+                if mode == "none":
+                    raise LlmDitError(
+                        f"prompt is {len(ids)} tokens, over the cap of {cap} (max_text_tokens); choose a "
+                        f"long_prompt_mode (truncate, interpolate, pool, attention_pool) or shorten the prompt"
+                    )
+                if prefix_len + suffix_len >= cap:
+                    raise LlmDitError(
+                        f"the chat template alone (system prompt + think block) is {prefix_len + suffix_len} "
+                        f"tokens, leaving no room for the prompt under the cap of {cap}; shorten them"
+                    )
+                if mode == "truncate":
+                    keep = cap - prefix_len - suffix_len
+                    ids = ids[:prefix_len] + ids[prefix_len : prefix_len + keep] + ids[len(ids) - suffix_len :]
+                else:
+                    compress = True
+            out.append(
+                TokenizedPrompt(
+                    formatted=formatted,
+                    input_ids=ids,
+                    token_count=len(enc["input_ids"]),
+                    prefix_len=prefix_len,
+                    suffix_len=suffix_len,
+                    cap=cap,
+                    compress=compress,
+                )
+            )
+        return out
+
+    # -- encoding -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_layers(
+        self, prompts: str | Sequence[str], layers: Sequence[int], **overrides: Any
+    ) -> list[dict[int, torch.Tensor]]:
+        """Hidden states of several layers from ONE forward per batch: per prompt, ``{layer: [L, D]}``.
+
+        Rows are the real tokens only (padding removed); long prompts are compressed per layer with the
+        same rule as :meth:`encode`.
+        """
+        self.check_layer_indices(layers)
+        settings = self.resolve(**overrides)
+        tokenized = self.tokenize(prompts, **overrides)
+        return self._forward(tokenized, list(dict.fromkeys(layers)), settings)
+
+    @torch.no_grad()
+    def encode(self, prompts: str | Sequence[str], **overrides: Any) -> list[EncodedPrompt]:
+        """Encode prompts into caption features, one ``[L_i, D]`` tensor per prompt."""
+        settings = self.resolve(**overrides)
+        tokenized = self.tokenize(prompts, **overrides)
+        weights = settings.layer_weights
+        layers = list(weights) if weights else [settings.hidden_layer]
+        per_prompt = self._forward(tokenized, layers, settings)
+        results = []
+        for tok, states in zip(tokenized, per_prompt, strict=True):
+            embeds = blend_layers(states, weights) if weights else states[settings.hidden_layer]
+            results.append(
+                EncodedPrompt(
+                    embeddings=embeds,
+                    token_ids=tok.input_ids,
+                    formatted_prompt=tok.formatted.text,
+                    token_count=tok.token_count,
+                    hidden_layer=None if weights else settings.hidden_layer,
+                    layer_weights=dict(weights) if weights else None,
+                    long_prompt_mode=settings.long_prompt_mode,
+                    max_text_tokens=tok.cap,
+                    truncated=tok.truncated,
+                    compressed=tok.compress,
+                    prefix_len=tok.prefix_len,
+                    suffix_len=tok.suffix_len,
+                )
+            )
+        return results
+
+    def _forward(
+        self, tokenized: list[TokenizedPrompt], layers: list[int], settings: EncoderSettings
+    ) -> list[dict[int, torch.Tensor]]:
+        model = self.model
+        device = next(model.parameters()).device
+        pad_id = self.tokenizer.pad_token_id
+        results: list[dict[int, torch.Tensor]] = []
+        for start in range(0, len(tokenized), self.batch_size):
+            chunk = tokenized[start : start + self.batch_size]
+            longest = max(len(t.input_ids) for t in chunk)
+            # Right padding to the longest prompt: causal attention keeps real rows independent of padding.
+            input_ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), longest), dtype=torch.bool)
+            for i, tok in enumerate(chunk):
+                input_ids[i, : len(tok.input_ids)] = torch.tensor(tok.input_ids)
+                mask[i, : len(tok.input_ids)] = True
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            hidden = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            for i, tok in enumerate(chunk):
+                states = {}
+                for layer in layers:
+                    rows = hidden[layer][i][mask[i]]
+                    if tok.compress:
+                        rows = compress_sequence(
+                            rows, tok.prefix_len, tok.suffix_len, tok.cap, settings.long_prompt_mode
+                        )
+                    states[layer] = rows
+                results.append(states)
+        return results

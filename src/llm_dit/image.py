@@ -1,0 +1,81 @@
+"""Latents -> pixels -> PNG files that carry their own record."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+from torch import nn
+
+from llm_dit.errors import LlmDitError
+
+RECORD_KEY = "llm_dit"  # PNG text chunk holding the full JSON record
+PARAMETERS_KEY = "parameters"  # A1111-style one-line summary, read by common image viewers
+
+
+@torch.no_grad()
+def decode_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Decode fp32 latents ``[B, 16, h, w]`` to images ``[B, 3, H, W]`` in [0, 1] (fp32, on the VAE's device).
+
+    Same arithmetic as diffusers: ``z / scaling_factor + shift_factor``, decode, ``(x * 0.5 + 0.5).clamp(0, 1)``.
+    """
+    param = next(vae.parameters())
+    z = latents.to(device=param.device, dtype=param.dtype)
+    z = z / vae.config.scaling_factor + vae.config.shift_factor
+    image = vae.decode(z, return_dict=False)[0]
+    return (image.float() * 0.5 + 0.5).clamp(0, 1)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """``[3, H, W]`` in [0, 1] -> RGB PIL image, rounding as diffusers' ``numpy_to_pil`` does."""
+    array = image.detach().permute(1, 2, 0).cpu().float().numpy()
+    return Image.fromarray((array * 255).round().astype(np.uint8))
+
+
+def ensure_writable(path: str | Path, overwrite: bool = False) -> Path:
+    """Check, before any compute, that an output file can be written; never clobber silently."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise LlmDitError(f"output {path} already exists; choose another path or pass --overwrite")
+    if path.exists() and path.is_dir():
+        raise LlmDitError(f"output {path} is a directory; give a file path such as {path / 'image.png'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise LlmDitError(f"cannot write {path}: {probe} is not a writable directory")
+    return path
+
+
+def save_png(image: Image.Image, path: str | Path, record: dict[str, Any], parameters: str) -> Path:
+    """Write a PNG with the record as text chunks, atomically (temp file + rename): no half-written files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(RECORD_KEY, json.dumps(record, sort_keys=True))
+    info.add_itxt(PARAMETERS_KEY, parameters)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """The JSON record stored in a PNG written by llm-dit."""
+    with Image.open(path) as img:
+        text = img.text.get(RECORD_KEY)  # type: ignore[attr-defined]
+    if text is None:
+        raise LlmDitError(f"{path} carries no llm-dit record (no '{RECORD_KEY}' text chunk)")
+    return json.loads(text)

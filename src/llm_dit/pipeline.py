@@ -1,0 +1,407 @@
+"""Generation: prompts (or precomputed embeddings) -> images with their records.
+
+``LlmDitPipeline`` ties the layers together: it checks a whole batch of requests before any weights load,
+encodes each distinct (prompt, conditioning settings) once, groups samples that can share DiT forwards
+(same size, step count and refiner mode; any prompt, seed, shift or guidance) and runs the loop in
+``sampler.py`` over diffusers' own transformer and VAE.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from llm_dit import __version__, checkpoint
+from llm_dit.config import EncoderSettings, GenerationSettings, PipelineSettings, Settings
+from llm_dit.encoder import EncodedPrompt, ZImageTextEncoder
+from llm_dit.errors import LlmDitError
+from llm_dit.image import decode_latents, ensure_writable, save_png, to_pil
+from llm_dit.record import package_versions, parameters_line, tensor_fingerprint, utc_now
+from llm_dit.sampler import denoise, initial_noise
+from llm_dit.schedule import resolve_sigmas
+
+ProgressCallback = Callable[[int, int], None]  # (DiT forwards done, total)
+
+_ENCODER_FIELDS = set(EncoderSettings.model_fields) - {"device", "torch_dtype"}
+_GENERATION_FIELDS = set(GenerationSettings.model_fields)
+
+
+@dataclass
+class GenerationRequest:
+    """One image to make: a prompt or precomputed caption features, plus its settings."""
+
+    prompt: str | None = None
+    embeddings: torch.Tensor | None = None  # [L, D] caption features, bypassing the text encoder
+    negative_embeddings: torch.Tensor | None = None
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    encoder: dict[str, Any] = field(default_factory=dict)  # overrides of the pipeline encoder's settings
+    tag: Any = None  # caller's handle (e.g. a run id); carried through untouched
+
+    @classmethod
+    def build(
+        cls,
+        prompt: str | None = None,
+        *,
+        embeddings: torch.Tensor | None = None,
+        negative_embeddings: torch.Tensor | None = None,
+        tag: Any = None,
+        **params: Any,
+    ) -> GenerationRequest:
+        """Split flat keyword parameters into generation settings and encoder overrides, validating both."""
+        unknown = set(params) - _ENCODER_FIELDS - _GENERATION_FIELDS
+        if unknown:
+            valid = ", ".join(sorted(_ENCODER_FIELDS | _GENERATION_FIELDS))
+            raise LlmDitError(f"unknown generation parameter(s) {', '.join(sorted(unknown))}; valid: {valid}")
+        if (prompt is None) == (embeddings is None):
+            raise LlmDitError("give exactly one of prompt or embeddings")
+        encoder = {k: v for k, v in params.items() if k in _ENCODER_FIELDS}
+        if encoder:
+            EncoderSettings(**encoder)  # validate early
+        generation = GenerationSettings(**{k: v for k, v in params.items() if k in _GENERATION_FIELDS})
+        return cls(prompt, embeddings, negative_embeddings, generation, encoder, tag)
+
+
+@dataclass
+class GenerationResult:
+    """A generated image (``[3, H, W]`` fp32 in [0, 1]) and its full record."""
+
+    image: torch.Tensor
+    record: dict[str, Any]
+    tag: Any = None
+
+    def pil(self) -> Image.Image:
+        return to_pil(self.image)
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write a PNG carrying the record (text chunk ``llm_dit``) and an A1111 ``parameters`` line."""
+        path = ensure_writable(path, overwrite)
+        return save_png(self.pil(), path, self.record, parameters_line(self.record))
+
+
+class _Lazy:
+    """A component loaded on first use, so bad input fails before any weights are read."""
+
+    def __init__(self, value: nn.Module | None = None, loader: Callable[[], nn.Module] | None = None) -> None:
+        self._value, self._loader = value, loader
+
+    def get(self) -> nn.Module:
+        if self._value is None:
+            assert self._loader is not None
+            self._value = self._loader()
+        return self._value
+
+
+class LlmDitPipeline:
+    """Z-Image generation with every conditioning and sampling knob exposed."""
+
+    def __init__(
+        self,
+        encoder: ZImageTextEncoder,
+        transformer: nn.Module | Callable[[], nn.Module],
+        vae: nn.Module | Callable[[], nn.Module],
+        *,
+        info: checkpoint.CheckpointInfo | None = None,
+        model_path: str = "<in-memory>",
+        fingerprint: str | None = None,
+        pipeline_settings: PipelineSettings | None = None,
+        max_batch_size: int = 8,
+    ) -> None:
+        self.encoder = encoder
+        self._transformer = _Lazy(transformer) if isinstance(transformer, nn.Module) else _Lazy(loader=transformer)
+        self._vae = _Lazy(vae) if isinstance(vae, nn.Module) else _Lazy(loader=vae)
+        self.info = info
+        self.model_path = model_path
+        self._fingerprint = fingerprint
+        self.pipeline_settings = pipeline_settings or PipelineSettings()
+        self.max_batch_size = max_batch_size
+        self.size_multiple = info.size_multiple if info is not None else 16
+
+    # -- construction ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_path: str | Path | None = None,
+        *,
+        encoder: EncoderSettings | dict[str, Any] | None = None,
+        pipeline: PipelineSettings | dict[str, Any] | None = None,
+        max_batch_size: int = 8,
+    ) -> LlmDitPipeline:
+        """A pipeline over a local checkpoint in diffusers layout (None or "tiny": the built-in tiny model).
+
+        The directory is validated now; weights load on first use. ``encoder`` and ``pipeline`` hold
+        devices, dtypes and default conditioning (see :mod:`llm_dit.config`).
+        """
+        enc = encoder if isinstance(encoder, EncoderSettings) else EncoderSettings(**(encoder or {}))
+        pipe = pipeline if isinstance(pipeline, PipelineSettings) else PipelineSettings(**(pipeline or {}))
+        path = checkpoint.resolve_model_path(model_path)
+        info = checkpoint.validate_checkpoint(path)
+        dit_device = checkpoint.resolve_device(pipe.device)
+        dit_dtype = checkpoint.resolve_dtype(pipe.torch_dtype, dit_device)
+        vae_device = checkpoint.resolve_device(pipe.vae_device or pipe.device)
+        vae_dtype = checkpoint.resolve_dtype(pipe.vae_dtype or pipe.torch_dtype, vae_device)
+        text_encoder = ZImageTextEncoder.from_pretrained(path, **enc.model_dump())
+        return cls(
+            text_encoder,
+            lambda: checkpoint.load_transformer(path, dit_device, dit_dtype),
+            lambda: checkpoint.load_vae(path, vae_device, vae_dtype),
+            info=info,
+            model_path=str(model_path) if model_path not in (None, "tiny") else "tiny",
+            pipeline_settings=pipe,
+            max_batch_size=max_batch_size,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, max_batch_size: int = 8) -> LlmDitPipeline:
+        return cls.from_pretrained(
+            settings.model_path, encoder=settings.encoder, pipeline=settings.pipeline, max_batch_size=max_batch_size
+        )
+
+    @property
+    def transformer(self) -> nn.Module:
+        return self._transformer.get()
+
+    @property
+    def vae(self) -> nn.Module:
+        return self._vae.get()
+
+    @property
+    def fingerprint(self) -> str | None:
+        if self._fingerprint is None and self.info is not None:
+            self._fingerprint = checkpoint.fingerprint(self.info.path)
+        return self._fingerprint
+
+    # -- checking -------------------------------------------------------------------------------------
+
+    def check(self, requests: Sequence[GenerationRequest]) -> None:
+        """Validate requests against the checkpoint without loading any weights (tokenizer only)."""
+        for request in requests:
+            gen = request.generation
+            for name, value in (("width", gen.width), ("height", gen.height)):
+                if value % self.size_multiple:
+                    raise LlmDitError(f"{name} {value} is not a multiple of {self.size_multiple} for this checkpoint")
+            resolve_sigmas(gen.steps, gen.shift, gen.sigmas)
+            if request.prompt is not None:
+                self.encoder.tokenize(request.prompt, **request.encoder)
+            if gen.guidance_scale > 0 and request.negative_embeddings is None:
+                self.encoder.tokenize(gen.negative_prompt, **request.encoder)
+            for name, emb in (("embeddings", request.embeddings), ("negative_embeddings", request.negative_embeddings)):
+                if emb is not None:
+                    self._check_embeddings(name, emb)
+
+    def _check_embeddings(self, name: str, emb: torch.Tensor) -> None:
+        if not isinstance(emb, torch.Tensor) or emb.ndim != 2:
+            raise LlmDitError(f"{name} must be a [L, D] tensor")
+        cap_dim = self.info.cap_feat_dim if self.info is not None else emb.shape[1]
+        if emb.shape[1] != cap_dim:
+            raise LlmDitError(f"{name} have width {emb.shape[1]}, the DiT expects {cap_dim}")
+        cap = self.encoder.max_caption_tokens
+        if not 1 <= emb.shape[0] <= cap:
+            raise LlmDitError(f"{name} have {emb.shape[0]} rows; the DiT accepts 1..{cap}")
+
+    # -- generation -----------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        embeddings: torch.Tensor | None = None,
+        negative_embeddings: torch.Tensor | None = None,
+        progress: ProgressCallback | None = None,
+        **params: Any,
+    ) -> GenerationResult:
+        """One image. ``params`` are any :class:`GenerationSettings` / :class:`EncoderSettings` fields."""
+        request = GenerationRequest.build(
+            prompt, embeddings=embeddings, negative_embeddings=negative_embeddings, **params
+        )
+        return self.generate_batch([request], progress=progress)[0]
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], progress: ProgressCallback | None = None
+    ) -> list[GenerationResult]:
+        """Many images; samples that can share a DiT forward are batched (up to ``max_batch_size``)."""
+        requests = list(requests)
+        self.check(requests)
+        positives, negatives = self._encode_all(requests)
+
+        groups: dict[tuple[int, int, int, str], list[int]] = {}
+        for index, request in enumerate(requests):
+            gen = request.generation
+            steps = len(resolve_sigmas(gen.steps, gen.shift, gen.sigmas)) - 1
+            groups.setdefault((gen.width, gen.height, steps, gen.refiner), []).append(index)
+
+        total = sum(
+            len(resolve_sigmas(r.generation.steps, r.generation.shift, r.generation.sigmas)) - 1 for r in requests
+        )
+        done = 0
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for (width, height, _, refiner), indices in groups.items():
+            for start in range(0, len(indices), self.max_batch_size):
+                chunk = indices[start : start + self.max_batch_size]
+                t0 = time.perf_counter()
+
+                def on_step(i: int, steps: int, n: int = len(chunk)) -> None:
+                    nonlocal done
+                    done += n
+                    if progress is not None:
+                        progress(done, total)
+
+                images, sigmas = self._sample(
+                    [requests[i] for i in chunk],
+                    [positives[i] for i in chunk],
+                    [negatives[i] for i in chunk],
+                    width,
+                    height,
+                    refiner,
+                    on_step,
+                )
+                seconds = (time.perf_counter() - t0) / len(chunk)
+                for k, index in enumerate(chunk):
+                    record = self._record(requests[index], positives[index], negatives[index], sigmas[k])
+                    record["seconds_per_image"] = round(seconds, 4)
+                    record["batch_size"] = len(chunk)
+                    results[index] = GenerationResult(images[k], record, requests[index].tag)
+        return [r for r in results if r is not None]
+
+    def _encode_all(
+        self, requests: list[GenerationRequest]
+    ) -> tuple[list[EncodedPrompt | torch.Tensor], list[EncodedPrompt | torch.Tensor | None]]:
+        """Encode every distinct (text, settings) once, batching prompts that share settings."""
+        wanted: dict[tuple[str, str], list[tuple[int, bool]]] = {}
+        positives: list[Any] = [None] * len(requests)
+        negatives: list[Any] = [None] * len(requests)
+        for index, request in enumerate(requests):
+            key = repr(sorted(request.encoder.items()))
+            if request.embeddings is not None:
+                positives[index] = request.embeddings
+            else:
+                wanted.setdefault((key, request.prompt), []).append((index, True))
+            if request.generation.guidance_scale > 0:
+                if request.negative_embeddings is not None:
+                    negatives[index] = request.negative_embeddings
+                else:
+                    wanted.setdefault((key, request.generation.negative_prompt), []).append((index, False))
+        by_settings: dict[str, list[str]] = {}
+        for key, text in wanted:
+            by_settings.setdefault(key, []).append(text)
+        for key, texts in by_settings.items():
+            overrides = next(r.encoder for r in requests if repr(sorted(r.encoder.items())) == key)
+            for text, encoded in zip(texts, self.encoder.encode(texts, **overrides), strict=True):
+                for index, positive in wanted[(key, text)]:
+                    (positives if positive else negatives)[index] = encoded
+        return positives, negatives
+
+    def _sample(
+        self,
+        requests: list[GenerationRequest],
+        positives: list[EncodedPrompt | torch.Tensor],
+        negatives: list[EncodedPrompt | torch.Tensor | None],
+        width: int,
+        height: int,
+        refiner: str,
+        on_step: Callable[[int, int], None],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        transformer = self.transformer
+        param = next(transformer.parameters())
+        device, dtype = param.device, param.dtype
+        scale = self.size_multiple // 2  # VAE downsampling factor
+        channels = int(transformer.config.in_channels)
+        latents = initial_noise(
+            [r.generation.seed for r in requests], channels, height // scale, width // scale, device
+        )
+        sigmas = torch.stack(
+            [resolve_sigmas(r.generation.steps, r.generation.shift, r.generation.sigmas) for r in requests]
+        )
+
+        def features(item: EncodedPrompt | torch.Tensor | None) -> torch.Tensor | None:
+            if item is None:
+                return None
+            emb = item.embeddings if isinstance(item, EncodedPrompt) else item
+            return emb.to(device=device, dtype=dtype)
+
+        latents = denoise(
+            transformer,
+            latents,
+            sigmas,
+            [features(p) for p in positives],  # type: ignore[misc]
+            [features(n) for n in negatives],
+            [r.generation.guidance_scale for r in requests],
+            refiner=refiner,
+            on_step=on_step,
+        )
+        images = decode_latents(self.vae, latents).cpu()
+        return images, sigmas
+
+    def _record(
+        self,
+        request: GenerationRequest,
+        positive: EncodedPrompt | torch.Tensor,
+        negative: EncodedPrompt | torch.Tensor | None,
+        sigmas: torch.Tensor,
+    ) -> dict[str, Any]:
+        gen = request.generation
+        enc = self.encoder.resolve(**request.encoder)
+        record: dict[str, Any] = {
+            "prompt": request.prompt,
+            "system_prompt": enc.system_prompt,
+            "think_block": enc.think_block,
+            "hidden_layer": None if enc.layer_weights else enc.hidden_layer,
+            "layer_weights": {str(k): v for k, v in enc.layer_weights.items()} if enc.layer_weights else None,
+            "long_prompt_mode": enc.long_prompt_mode,
+            "max_text_tokens": enc.max_text_tokens,
+            "seed": gen.seed,
+            "steps": len(sigmas) - 1,
+            "shift": gen.shift if gen.sigmas is None else None,
+            "sigmas": [round(float(s), 8) for s in sigmas],
+            "width": gen.width,
+            "height": gen.height,
+            "guidance_scale": gen.guidance_scale,
+            "negative_prompt": gen.negative_prompt if gen.guidance_scale > 0 else None,
+            "refiner": gen.refiner,
+            "model_path": self.model_path,
+            "model_fingerprint": self.fingerprint,
+            "devices": self._devices(),
+            "versions": package_versions(),
+            "llm_dit_version": __version__,
+            "created": utc_now(),
+        }
+        if isinstance(positive, EncodedPrompt):
+            record.update(
+                formatted_prompt=positive.formatted_prompt,
+                token_count=positive.token_count,
+                embedding_length=positive.length,
+                truncated=positive.truncated,
+                compressed=positive.compressed,
+                conditioning="prompt",
+            )
+        else:
+            record.update(
+                formatted_prompt=None,
+                token_count=None,
+                embedding_length=int(positive.shape[0]),
+                conditioning="precomputed embeddings",
+                embeddings_fingerprint=tensor_fingerprint(positive),
+            )
+        if isinstance(negative, EncodedPrompt):
+            record["negative_formatted_prompt"] = negative.formatted_prompt
+        elif isinstance(negative, torch.Tensor):
+            record["negative_embeddings_fingerprint"] = tensor_fingerprint(negative)
+        return record
+
+    def _devices(self) -> dict[str, str]:
+        out = {}
+        for name, lazy in (("dit", self._transformer), ("vae", self._vae)):
+            if lazy._value is not None:
+                p = next(lazy._value.parameters())
+                out[name] = f"{p.device.type}/{str(p.dtype).removeprefix('torch.')}"
+        if self.encoder._model is not None:
+            p = next(self.encoder._model.parameters())
+            out["encoder"] = f"{p.device.type}/{str(p.dtype).removeprefix('torch.')}"
+        return out

@@ -1,0 +1,124 @@
+"""The denoising loop: Euler steps over the flow-matching ODE, written out so it reads top to bottom.
+
+Everything here works on a batch in which each sample carries its own sigma schedule, seed, caption and
+guidance scale, so runs that differ only in shift, prompt, seed or embeddings share one batched DiT forward.
+The arithmetic follows diffusers' ``ZImagePipeline`` step for step (fp32 latents, DiT input cast to the DiT's
+dtype, output negated, ``x += (s[i+1] - s[i]) * v``) so that results match it to float rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from llm_dit.constants import REFINER_MODES
+from llm_dit.errors import LlmDitError
+from llm_dit.schedule import dit_timestep
+
+StepCallback = Callable[[int, int], None]  # (step index, total steps)
+
+
+def initial_noise(
+    seeds: Sequence[int], channels: int, latent_height: int, latent_width: int, device: torch.device | str
+) -> torch.Tensor:
+    """Seeded fp32 noise ``[B, C, h, w]``, one generator per sample on ``device``.
+
+    diffusers draws ``randn((1, C, h, w), generator=torch.Generator(device).manual_seed(seed))`` per sample
+    when given one generator per sample (and the same for a single sample), so each image's noise depends
+    on its own seed only, never on its position in a batch.
+    """
+    device = torch.device(device)
+    noise = []
+    for seed in seeds:
+        generator = torch.Generator(device).manual_seed(int(seed))
+        noise.append(
+            torch.randn(
+                (1, channels, latent_height, latent_width), generator=generator, device=device, dtype=torch.float32
+            )
+        )
+    return torch.cat(noise, dim=0)
+
+
+@contextmanager
+def context_refiner_mode(transformer: nn.Module, mode: str) -> Iterator[None]:
+    """Temporarily change the DiT's context refiner (ablation 3): default | skip | single | double.
+
+    ``skip`` bypasses it, ``single`` keeps only its first layer, ``double`` runs its layers twice in order
+    (4 layers for Turbo's 2). The transformer iterates ``self.context_refiner``; swapping that list is the
+    whole intervention, and the original is always restored.
+    """
+    if mode not in REFINER_MODES:
+        raise LlmDitError(f"unknown refiner mode {mode!r}; valid: {', '.join(REFINER_MODES)}")
+    original = transformer.context_refiner
+    layers = list(original)
+    replacement = {
+        "default": layers,
+        "skip": [],
+        "single": layers[:1],
+        "double": layers + layers,
+    }[mode]
+    transformer.context_refiner = nn.ModuleList(replacement)
+    try:
+        yield
+    finally:
+        transformer.context_refiner = original
+
+
+@torch.no_grad()
+def denoise(
+    transformer: nn.Module,
+    latents: torch.Tensor,
+    sigmas: torch.Tensor,
+    captions: Sequence[torch.Tensor],
+    negative_captions: Sequence[torch.Tensor | None],
+    guidance_scales: Sequence[float],
+    refiner: str = "default",
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """Run the Euler loop and return the final fp32 latents ``[B, C, h, w]``.
+
+    - ``latents``: fp32 initial noise ``[B, C, h, w]`` on the DiT's device.
+    - ``sigmas``: ``[B, S + 1]`` fp32, one schedule per sample, all with the same number of steps S.
+    - ``captions``: B tensors ``[L_i, D]`` (the DiT's caption features), any lengths.
+    - ``negative_captions``/``guidance_scales``: CFG per sample, on where the scale is > 0:
+      ``pred = pos + g * (pos - neg)``; negatives join the same forward as the positives.
+    """
+    batch = latents.shape[0]
+    if sigmas.ndim != 2 or sigmas.shape[0] != batch:
+        raise LlmDitError(f"sigmas must be [batch, steps + 1] = [{batch}, S + 1], got {tuple(sigmas.shape)}")
+    if not (len(captions) == len(negative_captions) == len(guidance_scales) == batch):
+        raise LlmDitError("captions, negative captions and guidance scales need one entry per sample")
+    cfg_index = [j for j, g in enumerate(guidance_scales) if g > 0]
+    for j in cfg_index:
+        if negative_captions[j] is None:
+            raise LlmDitError(f"sample {j} has guidance_scale > 0 but no negative caption")
+    dit_dtype = next(transformer.parameters()).dtype
+    device = latents.device
+    sigmas = sigmas.to(device=device, dtype=torch.float32)
+    model_captions = list(captions) + [negative_captions[j] for j in cfg_index]
+    steps = sigmas.shape[1] - 1
+
+    with context_refiner_mode(transformer, refiner):
+        for i in range(steps):
+            sigma, sigma_next = sigmas[:, i], sigmas[:, i + 1]
+            t = dit_timestep(sigma)
+            x = latents.to(dit_dtype)
+            # The DiT takes one [C, 1, h, w] latent per sample; negatives reuse their positive's latent.
+            model_latents = list(x.unsqueeze(2).unbind(0)) + [x[j].unsqueeze(1) for j in cfg_index]
+            model_t = torch.cat([t, t[cfg_index]]) if cfg_index else t
+            out = transformer(model_latents, model_t, model_captions, return_dict=False)[0]
+
+            velocity = [o.float() for o in out[:batch]]
+            for k, j in enumerate(cfg_index):
+                pos, neg = velocity[j], out[batch + k].float()
+                velocity[j] = pos + guidance_scales[j] * (pos - neg)
+            # Z-Image predicts the negated velocity of the noise -> image path.
+            v = -torch.stack(velocity, dim=0).squeeze(2)
+            dt = (sigma_next - sigma).view(batch, 1, 1, 1)
+            latents = latents + dt * v
+            if on_step is not None:
+                on_step(i, steps)
+    return latents

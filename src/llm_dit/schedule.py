@@ -1,0 +1,61 @@
+"""Sigma schedules for flow matching, computed exactly as diffusers' FlowMatchEulerDiscreteScheduler does.
+
+N steps = N DiT forwards: ``s = linspace(1, 1/N, N)``, ``s' = shift*s / (1 + (shift-1)*s)``, then a final 0.
+The arithmetic mirrors diffusers (torch linspace -> numpy float32 shift -> torch float32) so that sigmas, and
+so images, are bit-identical to ``ZImagePipeline``'s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from llm_dit.errors import LlmDitError
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def shifted_sigmas(steps: int, shift: float) -> torch.Tensor:
+    """The ``steps + 1`` sigmas (final 0 included) for ``steps`` forwards at ``shift``, float32."""
+    if not isinstance(steps, int) or steps < 1:
+        raise LlmDitError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (isinstance(shift, int | float) and math.isfinite(shift) and shift > 0):
+        raise LlmDitError(f"shift must be a finite number > 0, got {shift!r}")
+    base = np.array(torch.linspace(1.0, 1.0 / steps, steps).tolist()).astype(np.float32)
+    shifted = shift * base / (1 + (shift - 1) * base)
+    sigmas = torch.from_numpy(np.asarray(shifted, dtype=np.float32)).to(torch.float32)
+    return torch.cat([sigmas, torch.zeros(1)])
+
+
+def explicit_sigmas(values: Sequence[float]) -> torch.Tensor:
+    """An explicit schedule used verbatim (no shift); a final 0 is appended when missing."""
+    vals = [float(v) for v in values]
+    if vals and vals[-1] == 0.0:
+        vals = vals[:-1]
+    if not vals:
+        raise LlmDitError("sigmas must contain at least one value > 0")
+    for v in vals:
+        if not (math.isfinite(v) and 0.0 < v <= 1.0):
+            raise LlmDitError(f"sigmas must lie in (0, 1], got {v}")
+    if any(b >= a for a, b in itertools.pairwise(vals)):
+        raise LlmDitError(f"sigmas must be strictly decreasing, got {vals}")
+    return torch.cat([torch.tensor(vals, dtype=torch.float32), torch.zeros(1)])
+
+
+def resolve_sigmas(steps: int, shift: float, sigmas: Sequence[float] | None = None) -> torch.Tensor:
+    """The schedule a run uses: the explicit list when given, else the shifted linear one."""
+    return explicit_sigmas(sigmas) if sigmas is not None else shifted_sigmas(steps, shift)
+
+
+def dit_timestep(sigma: torch.Tensor) -> torch.Tensor:
+    """The DiT's time input for noise level ``sigma``: ``t = 1 - sigma``, via diffusers' float32 route.
+
+    diffusers goes through ``timestep = sigma * 1000`` and ``(1000 - timestep) / 1000``; rounding differs
+    from ``1 - sigma`` in the last bit, so the same route is taken here.
+    """
+    timestep = sigma.to(torch.float32) * NUM_TRAIN_TIMESTEPS
+    return (NUM_TRAIN_TIMESTEPS - timestep) / NUM_TRAIN_TIMESTEPS

@@ -1,0 +1,118 @@
+"""The core test: llm-dit's default generation equals diffusers' ZImagePipeline on the same tiny checkpoint.
+
+Same checkpoint, prompts, seeds (one CPU generator per sample), steps and shift (set on the diffusers
+scheduler); with and without CFG; batched and one at a time. Differences must be float rounding only:
+diffusers pads prompts to 512 tokens and we pad to the longest, and batch composition changes padding.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+
+from llm_dit.pipeline import GenerationRequest, LlmDitPipeline
+
+ATOL = 2e-5  # images are in [0, 1]; a real mismatch (one wrong sigma, token or seed) moves pixels by >1e-2
+
+PROMPTS = [
+    "A tabby cat sleeping on a sunlit windowsill",
+    "一只猫 in a neon-lit Tokyo alley, rain, 35mm photo",
+    "Abstract geometric patterns in blue and gold\nwith a second line",
+]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint):
+    pipe = ZImagePipeline.from_pretrained(tiny_checkpoint, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def ours(tiny_checkpoint):
+    return LlmDitPipeline.from_pretrained(
+        tiny_checkpoint,
+        encoder={"device": "cpu", "torch_dtype": "float32"},
+        pipeline={"device": "cpu", "torch_dtype": "float32"},
+    )
+
+
+def run_reference(pipe, prompts, seeds, *, width, height, steps, shift, guidance=0.0, negative=None):
+    base = pipe.scheduler.config
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(base, shift=shift)
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    kwargs = {}
+    if negative is not None:
+        kwargs["negative_prompt"] = [negative] * len(prompts)
+    out = pipe(
+        list(prompts),  # diffusers rewrites the caller's prompt list in place
+        width=width,
+        height=height,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=generators if len(generators) > 1 else generators[0],
+        output_type="pt",
+        **kwargs,
+    )
+    return out.images
+
+
+def run_ours(pipe, prompts, seeds, *, width, height, steps, shift, guidance=0.0, negative=None):
+    requests = [
+        GenerationRequest.build(
+            p,
+            seed=s,
+            width=width,
+            height=height,
+            steps=steps,
+            shift=shift,
+            guidance_scale=guidance,
+            negative_prompt=negative or "",
+        )
+        for p, s in zip(prompts, seeds, strict=True)
+    ]
+    return torch.stack([r.image for r in pipe.generate_batch(requests)])
+
+
+CASES = [
+    # prompts, seeds, width, height, steps, shift, guidance, negative
+    pytest.param(PROMPTS[:1], [0], 64, 64, 8, 3.0, 0.0, None, id="official-recipe"),
+    pytest.param(PROMPTS[1:2], [1234], 96, 64, 4, 1.5, 0.0, None, id="wide-4steps-shift1.5"),
+    pytest.param(PROMPTS[2:3], [7], 64, 112, 9, 5.0, 0.0, None, id="tall-9steps-shift5"),
+    pytest.param(PROMPTS[:1], [42], 64, 64, 6, 3.0, 3.5, None, id="cfg-empty-negative"),
+    pytest.param(PROMPTS[:1], [42], 80, 64, 5, 2.0, 2.0, "blurry, low quality", id="cfg-negative"),
+    pytest.param(PROMPTS, [3, 4, 5], 64, 64, 8, 3.0, 0.0, None, id="batched"),
+    pytest.param(PROMPTS[:2], [11, 12], 64, 64, 3, 3.0, 1.5, "ugly", id="batched-cfg"),
+]
+
+
+@pytest.mark.parametrize(("prompts", "seeds", "width", "height", "steps", "shift", "guidance", "negative"), CASES)
+def test_matches_diffusers(reference, ours, prompts, seeds, width, height, steps, shift, guidance, negative):
+    kw = dict(width=width, height=height, steps=steps, shift=shift, guidance=guidance, negative=negative)
+    expected = run_reference(reference, prompts, seeds, **kw)
+    actual = run_ours(ours, prompts, seeds, **kw)
+    assert actual.shape == expected.shape == (len(prompts), 3, height, width)
+    diff = (actual - expected).abs().max().item()
+    assert diff <= ATOL, f"max |llm-dit - diffusers| = {diff}"
+
+
+def test_batched_equals_one_at_a_time(reference, ours):
+    """A mixed batch (different prompts, seeds and shifts in one forward) equals separate diffusers runs."""
+    specs = [(PROMPTS[0], 5, 3.0), (PROMPTS[1], 6, 1.0), (PROMPTS[2], 7, 6.0)]
+    requests = [GenerationRequest.build(p, seed=s, shift=sh, width=64, height=64, steps=4) for p, s, sh in specs]
+    results = ours.generate_batch(requests)
+    assert {r.record["batch_size"] for r in results} == {3}  # really one batched forward per step
+    for result, (prompt, seed, shift) in zip(results, specs, strict=True):
+        expected = run_reference(reference, [prompt], [seed], width=64, height=64, steps=4, shift=shift)[0]
+        diff = (result.image - expected).abs().max().item()
+        assert diff <= ATOL, f"{prompt!r}: max diff {diff}"
+
+
+def test_the_comparison_can_fail(reference, ours):
+    """Guard against a vacuous model: a different seed, prompt or shift must change the image a lot."""
+    kw = dict(width=64, height=64, steps=4, shift=3.0)
+    base = run_reference(reference, PROMPTS[:1], [0], **kw)
+    assert (run_ours(ours, PROMPTS[:1], [1], **kw) - base).abs().max() > 1e-2
+    assert (run_ours(ours, PROMPTS[1:2], [0], **kw) - base).abs().max() > 1e-2
+    assert (run_ours(ours, PROMPTS[:1], [0], **{**kw, "shift": 2.0}) - base).abs().max() > 1e-2
