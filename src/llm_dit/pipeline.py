@@ -20,6 +20,7 @@ from torch import nn
 
 from llm_dit import __version__, checkpoint
 from llm_dit.config import EncoderSettings, GenerationSettings, PipelineSettings, Settings
+from llm_dit.constants import HARD_MAX_TEXT_TOKENS
 from llm_dit.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.errors import LlmDitError
 from llm_dit.image import decode_latents, ensure_writable, save_png, to_pil
@@ -157,6 +158,29 @@ class LlmDitPipeline:
             pipeline_settings=pipe,
             max_batch_size=max_batch_size,
         )
+
+    @classmethod
+    def from_components(
+        cls,
+        tokenizer: Any,
+        text_encoder: nn.Module,
+        transformer: nn.Module,
+        vae: nn.Module,
+        *,
+        model_path: str = "<in-memory>",
+        max_batch_size: int = 8,
+        **encoder_settings: Any,
+    ) -> LlmDitPipeline:
+        """A pipeline over components already in memory (e.g. the same objects a diffusers pipeline holds)."""
+        axes_lens = getattr(transformer.config, "axes_lens", None)
+        cap = int(axes_lens[0]) - 32 if axes_lens else HARD_MAX_TEXT_TOKENS
+        encoder = ZImageTextEncoder(
+            tokenizer, text_encoder, max_caption_tokens=min(cap, HARD_MAX_TEXT_TOKENS), **encoder_settings
+        )
+        size_multiple = 2 ** len(vae.config.block_out_channels)
+        pipe = cls(encoder, transformer, vae, model_path=model_path, max_batch_size=max_batch_size)
+        pipe.size_multiple = size_multiple
+        return pipe
 
     @classmethod
     def from_settings(cls, settings: Settings, max_batch_size: int = 8) -> LlmDitPipeline:
