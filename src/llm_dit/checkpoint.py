@@ -1,0 +1,365 @@
+"""Finding, validating, fingerprinting and loading a local Z-Image checkpoint (diffusers layout).
+
+Validation reads only small JSON files, so a wrong path fails in milliseconds with one line that names
+what is missing, before any weights load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_dit.constants import SEQ_MULTIPLE
+from llm_dit.errors import CheckpointError, LlmDitError
+
+__all__ = [
+    "CheckpointInfo",
+    "fingerprint",
+    "load_scheduler_config",
+    "load_text_encoder",
+    "load_tokenizer",
+    "load_transformer",
+    "load_vae",
+    "quiet_hf",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_model_path",
+    "validate_checkpoint",
+]
+
+LAYOUT_HINT = (
+    "expected a Z-Image checkpoint in diffusers layout: "
+    "model_index.json, transformer/, text_encoder/, tokenizer/, vae/, scheduler/"
+)
+
+# ZImageTransformer2DModel's constructor defaults, used when a config.json omits a key (diffusers would too).
+_DIT_DEFAULTS: dict[str, Any] = {"cap_feat_dim": 2560, "axes_lens": [1024, 512, 512], "all_patch_size": [2]}
+_PATCH_SIZE = 2  # ZImagePipeline sizes images in multiples of vae_scale_factor * 2 (2x2 patches)
+
+
+def resolve_model_path(model_path: str | Path | None) -> Path:
+    """None or "tiny" -> the cached tiny checkpoint (built on first use); anything else -> that directory."""
+    if model_path is None or (isinstance(model_path, str) and model_path.strip().lower() == "tiny"):
+        from llm_dit.tiny import tiny_checkpoint_path
+
+        return tiny_checkpoint_path()
+    return Path(model_path).expanduser()
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A validated checkpoint: its path and parsed configs (no weights loaded)."""
+
+    path: Path
+    model_index: dict[str, Any]
+    transformer_config: dict[str, Any]
+    text_encoder_config: dict[str, Any]
+    vae_config: dict[str, Any]
+    scheduler_config: dict[str, Any]
+    tokenizer_config: dict[str, Any]
+
+    @property
+    def num_text_layers(self) -> int:
+        """Decoder layers of the text encoder (36 for Qwen3-4B); hidden_states has one more entry."""
+        return int(self.text_encoder_config["num_hidden_layers"])
+
+    @property
+    def text_hidden_size(self) -> int:
+        return int(self.text_encoder_config["hidden_size"])
+
+    @property
+    def cap_feat_dim(self) -> int:
+        """Caption feature width the DiT expects (must equal text_hidden_size)."""
+        return int(self.transformer_config.get("cap_feat_dim", _DIT_DEFAULTS["cap_feat_dim"]))
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell (8 for the 4-block FLUX VAE)."""
+        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this (VAE factor x 2x2 patches: 16)."""
+        return self.vae_scale_factor * _PATCH_SIZE
+
+    @property
+    def max_caption_tokens(self) -> int:
+        """Longest caption the DiT can place: 1504 for axes_lens[0] = 1536.
+
+        Caption tokens take RoPE positions 1..P (P = length rounded up to 32) and image tokens P+1, so
+        P + 1 <= axes_lens[0] - 1; for the usual multiple-of-32 axis that is axes_lens[0] - 32.
+        """
+        axis = int(self.transformer_config.get("axes_lens", _DIT_DEFAULTS["axes_lens"])[0])
+        return ((axis - 2) // SEQ_MULTIPLE) * SEQ_MULTIPLE
+
+    @property
+    def scheduler_shift(self) -> float:
+        """Flow-matching shift (3.0 for Turbo; FlowMatchEulerDiscreteScheduler's default is 1.0)."""
+        return float(self.scheduler_config.get("shift", 1.0))
+
+
+def _incomplete(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is incomplete: missing {what} ({LAYOUT_HINT})")
+
+
+def _read_json(path: Path, root: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {root}: cannot read {path.relative_to(root)}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint {root}: {path.relative_to(root)} is not a JSON object")
+    return data
+
+
+def _missing_weights(root: Path, sub: str) -> list[str]:
+    """What is missing among ``sub``'s weights: nothing, the weights, or shards named by an index."""
+    folder = root / sub
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if indexes:
+        missing: list[str] = []
+        for index in indexes:
+            weight_map = _read_json(index, root).get("weight_map", {})
+            for shard in sorted(set(weight_map.values())):
+                if not (folder / shard).is_file():
+                    missing.append(f"{sub}/{shard} (listed in {index.name})")
+        return missing
+    if any(folder.glob("*.safetensors")):
+        return []
+    return [f"{sub}/*.safetensors (weights)"]
+
+
+def validate_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Check that ``path`` is a complete Z-Image checkpoint and parse its configs; loads no weights.
+
+    Raises CheckpointError naming everything that is missing (one line).
+    """
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise CheckpointError(f"checkpoint {root} does not exist ({LAYOUT_HINT})")
+    if not root.is_dir():
+        raise CheckpointError(f"checkpoint {root} is not a directory ({LAYOUT_HINT})")
+
+    missing: list[str] = []
+    for rel in (
+        "model_index.json",
+        "transformer/config.json",
+        "text_encoder/config.json",
+        "vae/config.json",
+        "scheduler/scheduler_config.json",
+    ):
+        if not (root / rel).is_file():
+            missing.append(rel)
+    tok = root / "tokenizer"
+    if not tok.is_dir():
+        missing.append("tokenizer/")
+    elif not (tok / "tokenizer.json").is_file() and not (
+        (tok / "vocab.json").is_file() and (tok / "merges.txt").is_file()
+    ):
+        missing.append("tokenizer/tokenizer.json (or tokenizer/vocab.json + merges.txt)")
+    for sub in ("transformer", "text_encoder", "vae"):
+        if (root / sub).is_dir():  # a missing folder is already named through its config.json
+            missing.extend(_missing_weights(root, sub))
+    if missing:
+        raise _incomplete(root, ", ".join(missing))
+
+    tok_config_path = tok / "tokenizer_config.json"
+    info = CheckpointInfo(
+        path=root,
+        model_index=_read_json(root / "model_index.json", root),
+        transformer_config=_read_json(root / "transformer/config.json", root),
+        text_encoder_config=_read_json(root / "text_encoder/config.json", root),
+        vae_config=_read_json(root / "vae/config.json", root),
+        scheduler_config=_read_json(root / "scheduler/scheduler_config.json", root),
+        tokenizer_config=_read_json(tok_config_path, root) if tok_config_path.is_file() else {},
+    )
+
+    dit_class = info.transformer_config.get("_class_name", "ZImageTransformer2DModel")
+    if dit_class != "ZImageTransformer2DModel":
+        raise CheckpointError(
+            f"checkpoint {root}: transformer is {dit_class}, not ZImageTransformer2DModel ({LAYOUT_HINT})"
+        )
+    for key, cfg, rel in (
+        ("num_hidden_layers", info.text_encoder_config, "text_encoder/config.json"),
+        ("hidden_size", info.text_encoder_config, "text_encoder/config.json"),
+        ("block_out_channels", info.vae_config, "vae/config.json"),
+    ):
+        if key not in cfg:
+            raise CheckpointError(f"checkpoint {root}: {rel} has no {key!r}")
+    if info.cap_feat_dim != info.text_hidden_size:
+        raise CheckpointError(
+            f"checkpoint {root}: transformer cap_feat_dim {info.cap_feat_dim} does not match the text "
+            f"encoder's hidden_size {info.text_hidden_size}"
+        )
+    return info
+
+
+_CHUNK = 1 << 20  # 1 MiB
+
+
+def _walk_files(root: Path) -> list[tuple[str, Path]]:
+    """(posix relative path, path) of every non-hidden file under root, sorted; follows symlinks (HF cache)."""
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith("."):
+                full = Path(dirpath) / name
+                found.append((full.relative_to(root).as_posix(), full))
+    return sorted(found)
+
+
+def fingerprint(path: str | Path) -> str:
+    """A quick, stable fingerprint of a checkpoint folder (16 hex chars).
+
+    sha256 over every non-hidden file (sorted relative paths) of: relative path, size, first 1 MiB and
+    last 1 MiB. This is NOT a full-content hash: it reads at most 2 MiB per file, so a change in the middle
+    of a large weight file that keeps its size goes unnoticed. It catches a different model, a different
+    file set, re-saved weights (safetensors headers come first) and truncation, in milliseconds.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise CheckpointError(f"cannot fingerprint {root}: not a directory")
+    digest = hashlib.sha256()
+    for rel, full in _walk_files(root):
+        size = full.stat().st_size
+        digest.update(rel.encode("utf-8") + b"\0" + str(size).encode() + b"\0")
+        with full.open("rb") as fh:
+            digest.update(fh.read(_CHUNK))
+            if size > _CHUNK:
+                fh.seek(max(_CHUNK, size - _CHUNK))
+                digest.update(fh.read(_CHUNK))
+    return digest.hexdigest()[:16]
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """Device by name: "auto"/None -> cuda if available else cpu; others are checked to exist."""
+    if isinstance(name, torch.device):
+        device = name
+    elif name is None or name.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name.strip().lower())
+        except (RuntimeError, ValueError) as exc:
+            raise LlmDitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LlmDitError(f"device {device} requested but CUDA is not available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise LlmDitError(f"device {device} requested but only {torch.cuda.device_count()} GPU(s) exist")
+    return device
+
+
+_DTYPES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+_FP16_NAMES = ("fp16", "float16", "half")
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+    """Dtype by name: "auto"/None -> bfloat16 on cuda, float32 elsewhere; bf16/bfloat16/fp32/float32.
+
+    fp16 is refused: Z-Image's activations overflow float16 (NaN latents, black images).
+    """
+    if isinstance(name, torch.dtype):
+        key = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(name, str(name))
+    else:
+        key = "auto" if name is None else name.strip().lower()
+    if key == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if key in _FP16_NAMES:
+        raise LlmDitError(
+            f"dtype {name} is not supported: Z-Image overflows in float16 (NaN latents, black images); "
+            "use bfloat16 (bf16)"
+        )
+    if key not in _DTYPES:
+        raise LlmDitError(f"unknown dtype {name!r}; valid: auto, {', '.join(_DTYPES)}")
+    return _DTYPES[key]
+
+
+@contextlib.contextmanager
+def quiet_hf() -> Iterator[None]:
+    """Silence diffusers/transformers info logs and progress bars (restored afterwards)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    saved = (dlog.get_verbosity(), tlog.get_verbosity(), dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled())
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(saved[0])
+        tlog.set_verbosity(saved[1])
+        if saved[2]:
+            dlog.enable_progress_bar()
+        if saved[3]:
+            tlog.enable_progress_bar()
+
+
+def _device_map(device: torch.device) -> dict[str, torch.device] | None:
+    """Load straight onto an accelerator (no full CPU copy); plain CPU loading needs no map."""
+    return None if device.type == "cpu" else {"": device}
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The checkpoint's tokenizer (Qwen2Tokenizer for Z-Image), from ``path/tokenizer``."""
+    from transformers import AutoTokenizer
+
+    with quiet_hf():
+        return AutoTokenizer.from_pretrained(Path(path) / "tokenizer")
+
+
+def load_text_encoder(path: str | Path, device: str | torch.device, dtype: torch.dtype) -> Any:
+    """``transformers.Qwen3Model`` from ``path/text_encoder`` on ``device`` in ``dtype``, in eval mode."""
+    from transformers import Qwen3Model
+
+    device = torch.device(device)
+    with quiet_hf():
+        # transformers 5 takes dtype= (torch_dtype= is deprecated and warns).
+        model = Qwen3Model.from_pretrained(Path(path) / "text_encoder", dtype=dtype, device_map=_device_map(device))
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_transformer(path: str | Path, device: str | torch.device, dtype: torch.dtype) -> Any:
+    """``diffusers.ZImageTransformer2DModel`` from ``path/transformer`` on ``device`` in ``dtype``."""
+    from diffusers import ZImageTransformer2DModel
+
+    device = torch.device(device)
+    with quiet_hf():
+        model = ZImageTransformer2DModel.from_pretrained(
+            Path(path), subfolder="transformer", torch_dtype=dtype, device_map=_device_map(device)
+        )
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_vae(path: str | Path, device: str | torch.device, dtype: torch.dtype) -> Any:
+    """``diffusers.AutoencoderKL`` from ``path/vae`` on ``device`` in ``dtype``."""
+    from diffusers import AutoencoderKL
+
+    device = torch.device(device)
+    with quiet_hf():
+        model = AutoencoderKL.from_pretrained(
+            Path(path), subfolder="vae", torch_dtype=dtype, device_map=_device_map(device)
+        )
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_scheduler_config(path: str | Path) -> dict[str, Any]:
+    """The parsed ``scheduler/scheduler_config.json``."""
+    root = Path(path).expanduser()
+    return _read_json(root / "scheduler" / "scheduler_config.json", root)
