@@ -20,16 +20,30 @@ import time
 import torch
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn, runs: int) -> tuple[float, object]:
     out = None
     times = []
     for _ in range(runs):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         out = fn()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     return sum(times) / len(times), out
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
 
 
 def main() -> None:
@@ -40,6 +54,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
+    parser.add_argument("--preset", default="full", help="'tiny' for a CPU smoke run of this script")
     args = parser.parse_args()
 
     from diffusers import ZImagePipeline
@@ -47,14 +62,18 @@ def main() -> None:
     from llm_dit.pipeline import GenerationRequest, LlmDitPipeline
     from llm_dit.tiny import make_components
 
-    assert torch.cuda.is_available(), "needs a CUDA GPU"
-    device, dtype = torch.device("cuda"), torch.bfloat16
+    on_gpu = torch.cuda.is_available()
+    if args.preset == "full" and not on_gpu:
+        raise SystemExit("the full-size check needs a CUDA GPU (use --preset tiny for a CPU smoke run)")
+    device = torch.device("cuda" if on_gpu else "cpu")
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    gen_device = device.type
     t0 = time.perf_counter()
-    parts = make_components("full", seed=0, device=device, dtype=dtype)
+    parts = make_components(args.preset, seed=0, device=device, dtype=dtype)
     build_s = time.perf_counter() - t0
     n_dit = sum(p.numel() for p in parts["transformer"].parameters())
     n_enc = sum(p.numel() for p in parts["text_encoder"].parameters())
-    print(f"built full-size random components in {build_s:.1f} s: DiT {n_dit / 1e9:.2f}B, encoder {n_enc / 1e9:.2f}B")
+    print(f"built {args.preset} random components in {build_s:.1f} s: DiT {n_dit / 1e9:.2f}B, encoder {n_enc / 1e9:.2f}B")
 
     reference = ZImagePipeline(**parts)
     reference.set_progress_bar_config(disable=True)
@@ -65,7 +84,7 @@ def main() -> None:
     size, steps, seed = args.size, args.steps, args.seed
 
     def run_reference(batch: int = 1, prompt_embeds=None):
-        gens = [torch.Generator("cuda").manual_seed(seed + i) for i in range(batch)]
+        gens = [torch.Generator(gen_device).manual_seed(seed + i) for i in range(batch)]
         kwargs = {"prompt_embeds": prompt_embeds} if prompt_embeds is not None else {"prompt": [prompt] * batch}
         return reference(
             width=size,
@@ -91,17 +110,18 @@ def main() -> None:
         ]
         return torch.stack([r.image for r in ours.generate_batch(requests)])
 
-    results: dict[str, object] = {"device": torch.cuda.get_device_name(), "size": size, "steps": steps}
+    name = torch.cuda.get_device_name() if on_gpu else "cpu"
+    results: dict[str, object] = {"device": name, "preset": args.preset, "size": size, "steps": steps}
     with torch.no_grad():
         # Warm-up both (kernels, allocator), then time alternately so drift hits both alike.
         run_reference()
         run_ours()
-        torch.cuda.reset_peak_memory_stats()
+        reset_peak()
         ref_s, ref_img = timed(run_reference, args.runs)
-        ref_peak = torch.cuda.max_memory_allocated() / 2**30
-        torch.cuda.reset_peak_memory_stats()
+        ref_peak = peak_gib()
+        reset_peak()
         our_s, our_img = timed(run_ours, args.runs)
-        our_peak = torch.cuda.max_memory_allocated() / 2**30
+        our_peak = peak_gib()
         end_to_end = (our_img.float().cpu() - ref_img.float().cpu()).abs().max().item()
 
         embeds = ours.encoder.encode(prompt)[0].embeddings
