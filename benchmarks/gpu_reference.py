@@ -73,7 +73,9 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     n_dit = sum(p.numel() for p in parts["transformer"].parameters())
     n_enc = sum(p.numel() for p in parts["text_encoder"].parameters())
-    print(f"built {args.preset} random components in {build_s:.1f} s: DiT {n_dit / 1e9:.2f}B, encoder {n_enc / 1e9:.2f}B")
+    print(
+        f"built {args.preset} random components in {build_s:.1f} s: DiT {n_dit / 1e9:.2f}B, encoder {n_enc / 1e9:.2f}B"
+    )
 
     reference = ZImagePipeline(**parts)
     reference.set_progress_bar_config(disable=True)
@@ -124,12 +126,24 @@ def main() -> None:
         our_peak = peak_gib()
         end_to_end = (our_img.float().cpu() - ref_img.float().cpu()).abs().max().item()
 
+        def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+            return (a.float().cpu() - b.float().cpu()).abs().max().item()
+
+        # Where end-to-end differences come from: diffusers pads prompts to 512 tokens, llm-dit to the
+        # longest; in bf16 that changes the encoder's rounding. Compare with each side's embeddings swapped.
         embeds = ours.encoder.encode(prompt)[0].embeddings
-        same_emb = (
-            (run_ours(embeddings=embeds).float().cpu() - run_reference(prompt_embeds=[embeds]).float().cpu())
-            .abs()
-            .max()
-            .item()
+        ref_embeds = reference.encode_prompt([prompt], device=device, do_classifier_free_guidance=False)[0][0]
+        same_emb = max_diff(run_ours(embeddings=embeds), run_reference(prompt_embeds=[embeds]))
+        given_ref_emb = max_diff(run_ours(embeddings=ref_embeds), ref_img[:1])
+        results.update(
+            embedding_max_abs_diff=max_diff(embeds, ref_embeds),
+            embedding_max_abs=embeds.float().abs().max().item(),
+            # Batched with a 512-token filler, our prompt is padded to 512 as in diffusers.
+            embedding_max_abs_diff_padded_to_512=max_diff(
+                ours.encoder.encode([prompt, "x " * 600], max_text_tokens=512)[0].embeddings, ref_embeds
+            ),
+            max_abs_diff_diffusers_run_to_run=max_diff(run_reference(), ref_img),
+            max_abs_diff_given_diffusers_embeddings=given_ref_emb,
         )
         results.update(
             diffusers_s_per_image=ref_s,

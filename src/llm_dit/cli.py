@@ -52,6 +52,9 @@ LongModeOpt = Annotated[
 MaxTokensOpt = Annotated[
     int | None, typer.Option("--max-text-tokens", help="Caption token cap, 1..1504 (512 = diffusers).")
 ]
+PaddingOpt = Annotated[
+    str | None, typer.Option("--padding", help="Encoder batch padding: diffusers (>= 512, exact) | longest.")
+]
 EncoderDeviceOpt = Annotated[str | None, typer.Option("--encoder-device", help="auto | cpu | cuda[:N].")]
 EncoderDtypeOpt = Annotated[str | None, typer.Option("--encoder-dtype", help="auto | bfloat16 | float32.")]
 
@@ -66,6 +69,7 @@ def _overrides(**values: Any) -> dict[str, Any]:
         "think_block": "encoder.think_block",
         "long_prompt_mode": "encoder.long_prompt_mode",
         "max_text_tokens": "encoder.max_text_tokens",
+        "padding": "encoder.padding",
         "encoder_device": "encoder.device",
         "encoder_dtype": "encoder.torch_dtype",
         "dit_device": "pipeline.device",
@@ -127,6 +131,7 @@ def generate(
     think_block: ThinkBlockOpt = None,
     long_prompt_mode: LongModeOpt = None,
     max_text_tokens: MaxTokensOpt = None,
+    padding: PaddingOpt = None,
     shift: Annotated[float | None, typer.Option(help="Sigma shift (3.0 = official Turbo).")] = None,
     steps: Annotated[int | None, typer.Option(help="DiT forwards (8 = official Turbo).")] = None,
     sigmas: Annotated[str | None, typer.Option(help="Explicit sigmas, comma-separated (no shift).")] = None,
@@ -158,6 +163,7 @@ def generate(
         think_block=think_block,
         long_prompt_mode=long_prompt_mode,
         max_text_tokens=max_text_tokens,
+        padding=padding,
         encoder_device=encoder_device,
         encoder_dtype=encoder_dtype,
         dit_device=dit_device,
@@ -220,6 +226,7 @@ def encode(
     think_block: ThinkBlockOpt = None,
     long_prompt_mode: LongModeOpt = None,
     max_text_tokens: MaxTokensOpt = None,
+    padding: PaddingOpt = None,
     encoder_device: EncoderDeviceOpt = None,
     encoder_dtype: EncoderDtypeOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
@@ -241,6 +248,7 @@ def encode(
             think_block=think_block,
             long_prompt_mode=long_prompt_mode,
             max_text_tokens=max_text_tokens,
+            padding=padding,
             encoder_device=encoder_device,
             encoder_dtype=encoder_dtype,
         ),
@@ -262,6 +270,7 @@ def encode(
         model_fingerprint=checkpoint.fingerprint(checkpoint.resolve_model_path(settings.model_path)),
         system_prompt=settings.encoder.system_prompt or "",
         think_block=settings.encoder.think_block,
+        padding=settings.encoder.padding,
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     save_file({"embeddings": encoded.embeddings.detach().cpu().contiguous()}, str(output), metadata=meta)

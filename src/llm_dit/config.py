@@ -32,6 +32,7 @@ from llm_dit.constants import (
     DEFAULT_STEPS,
     HARD_MAX_TEXT_TOKENS,
     LONG_PROMPT_MODES,
+    PADDING_MODES,
     REFINER_MODES,
     SIZE_MULTIPLE,
 )
@@ -153,9 +154,7 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 def _dtype(name: str, value: Any) -> str:
     text = _as_str(name, value).strip().lower()
     if text in _FP16_NAMES:
-        raise ValueError(
-            f"{name} '{value}' refused: Z-Image overflows in float16 (NaN / black images); use bfloat16"
-        )
+        raise ValueError(f"{name} '{value}' refused: Z-Image overflows in float16 (NaN / black images); use bfloat16")
     if text not in _DTYPES:
         raise ValueError(f"{name} '{value}' is not valid; use auto, bfloat16 (bf16) or float32 (fp32)")
     # Canonical names, so metadata of "bf16" and "bfloat16" runs compare equal.
@@ -208,9 +207,7 @@ def parse_layer_weights(value: Any) -> dict[int, float] | None:
                 continue
             layer, sep, weight = part.partition(":")
             if not sep:
-                raise ValueError(
-                    f"{name} entry '{part.strip()}' is not 'layer:weight' (e.g. '-2:0.7,-5:0.3')"
-                )
+                raise ValueError(f"{name} entry '{part.strip()}' is not 'layer:weight' (e.g. '-2:0.7,-5:0.3')")
             items.append((layer, weight))
     elif isinstance(value, Mapping):
         items = list(value.items())
@@ -261,9 +258,7 @@ def parse_sigmas(value: Any) -> list[float] | None:
             raise ValueError(f"{name}[{i}] = {s}: values must be in (0, 1] (plus an optional final 0)")
     for i in range(1, len(sig)):
         if sig[i] >= sig[i - 1]:
-            raise ValueError(
-                f"{name} must be strictly decreasing: [{i - 1}] = {sig[i - 1]}, [{i}] = {sig[i]}"
-            )
+            raise ValueError(f"{name} must be strictly decreasing: [{i - 1}] = {sig[i - 1]}, [{i}] = {sig[i]}")
     if not any(sig):
         raise ValueError(f"{name} needs at least one non-zero value")
     return sig
@@ -310,6 +305,11 @@ class EncoderSettings(BaseModel):
         "truncate",
         description=f"What to do above the cap: {', '.join(LONG_PROMPT_MODES)} (none = error).",
     )
+    padding: str = Field(
+        "diffusers",
+        description="Batch padding: 'diffusers' = at least 512 tokens as diffusers pads (bit-identical in bf16), "
+        "'longest' = to the longest prompt (faster; differs by bf16 rounding).",
+    )
 
     @field_validator("device", mode="before")
     @classmethod
@@ -320,6 +320,11 @@ class EncoderSettings(BaseModel):
     @classmethod
     def _v_dtype(cls, v: Any) -> str:
         return _dtype("torch_dtype", v)
+
+    @field_validator("padding", mode="before")
+    @classmethod
+    def _v_padding(cls, v: Any) -> str:
+        return _choice("padding", v, PADDING_MODES)
 
     @field_validator("hidden_layer", mode="before")
     @classmethod
@@ -426,9 +431,7 @@ class GenerationSettings(BaseModel):
         "sets steps and bypasses shift.",
     )
     seed: int = Field(42, description=f"Noise seed, 0..{MAX_SEED}.")
-    guidance_scale: float = Field(
-        DEFAULT_GUIDANCE_SCALE, description="CFG scale; 0 = off (Turbo is distilled for 0)."
-    )
+    guidance_scale: float = Field(DEFAULT_GUIDANCE_SCALE, description="CFG scale; 0 = off (Turbo is distilled for 0).")
     negative_prompt: str = Field("", description="Negative prompt (only used when guidance_scale > 0).")
     refiner: str = Field("default", description=f"Refiner layers: {', '.join(REFINER_MODES)}.")
     output_dir: str = Field("outputs", description="Directory for images and their metadata.")
@@ -570,6 +573,7 @@ CLI_FLAGS: dict[str, str] = {
     "encoder.system_prompt": "--system-prompt",
     "encoder.think_block": "--think-block",
     "encoder.long_prompt_mode": "--long-prompt-mode",
+    "encoder.padding": "--padding",
     "encoder.max_text_tokens": "--max-text-tokens",
     "encoder.device": "--encoder-device",
     "encoder.torch_dtype": "--encoder-dtype",
@@ -965,16 +969,12 @@ class _ConfigFile:
             line = self.line_of(profile, key)
             if key in SECTIONS:
                 if not isinstance(value, dict):
-                    errors.append(
-                        (line, f"{self.where(profile, key)}: '{key}' must be a table: [{profile}.{key}]")
-                    )
+                    errors.append((line, f"{self.where(profile, key)}: '{key}' must be a table: [{profile}.{key}]"))
                     continue
                 valid = list(SECTIONS[key].model_fields)
                 for sub in value:
                     if sub not in valid:
-                        errors.append(
-                            (self.line_of(profile, key, sub), self._unknown_key(profile, key, sub, valid))
-                        )
+                        errors.append((self.line_of(profile, key, sub), self._unknown_key(profile, key, sub, valid)))
             elif key in TOP_LEVEL_KEYS:
                 continue
             elif isinstance(value, dict):

@@ -31,3 +31,7 @@ VAE_SHIFT_FACTOR = 0.1159
 LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool", "none")
 FILL_MODES = ("content_only", "pad_end_zero", "pad_end_mean", "pad_middle_zero", "filler_repeat")
 REFINER_MODES = ("default", "skip", "single", "double")
+# "diffusers": pad a batch to at least DIFFUSERS_MAX_SEQUENCE_LENGTH, as ZImagePipeline does. Padding does not change
+# the kept rows mathematically, but in bf16 the encoder's rounding depends on the padded length (measured on an
+# H200: up to 0.8 in hidden states of magnitude 26), so only this makes embeddings bit-identical to diffusers'.
+PADDING_MODES = ("diffusers", "longest")

@@ -79,9 +79,7 @@ def blend_layers(layers: Mapping[int, Tensor], weights: Mapping[int, float]) -> 
         raise LlmDitError("layer weights are empty; give at least one LAYER:WEIGHT")
     missing = [k for k in weights if k not in layers]
     if missing:
-        raise LlmDitError(
-            f"weights given for layer(s) {missing} that were not provided; available: {sorted(layers)}"
-        )
+        raise LlmDitError(f"weights given for layer(s) {missing} that were not provided; available: {sorted(layers)}")
     ws: dict[int, float] = {}
     for k, w in weights.items():
         if isinstance(w, bool) or not isinstance(w, numbers.Real):
@@ -107,9 +105,7 @@ def blend_layers(layers: Mapping[int, Tensor], weights: Mapping[int, float]) -> 
                 "blended layers must come from one forward"
             )
         if h.dtype != ref.dtype or h.device != ref.device:
-            raise LlmDitError(
-                f"layer {k} is {h.dtype} on {h.device}, layer {first_key} is {ref.dtype} on {ref.device}"
-            )
+            raise LlmDitError(f"layer {k} is {h.dtype} on {h.device}, layer {first_key} is {ref.dtype} on {ref.device}")
 
     # Accumulate in fp32: bf16 has 8 mantissa bits and would round every partial sum.
     acc = torch.zeros(ref.shape, dtype=torch.float32, device=ref.device)
@@ -153,8 +149,7 @@ def compress(content: Tensor, target: int, mode: str) -> Tensor:
         return content.clone()
     if mode == "none":
         raise LlmDitError(
-            f"content is {length} tokens, over the cap of {target}; "
-            "choose a long_prompt_mode or shorten the prompt"
+            f"content is {length} tokens, over the cap of {target}; choose a long_prompt_mode or shorten the prompt"
         )
     if mode == "truncate":
         return content[:target].clone()
@@ -193,20 +188,16 @@ def compress_sequence(embeds: Tensor, prefix_len: int, suffix_len: int, max_len:
     length = embeds.shape[0]
     if prefix_len + suffix_len >= max_len:
         raise LlmDitError(
-            f"prefix_len + suffix_len = {prefix_len + suffix_len} leaves no room for content "
-            f"under max_len {max_len}"
+            f"prefix_len + suffix_len = {prefix_len + suffix_len} leaves no room for content under max_len {max_len}"
         )
     if prefix_len + suffix_len > length:
-        raise LlmDitError(
-            f"prefix_len + suffix_len = {prefix_len + suffix_len} exceeds the sequence length {length}"
-        )
+        raise LlmDitError(f"prefix_len + suffix_len = {prefix_len + suffix_len} exceeds the sequence length {length}")
     if length <= max_len:
         return embeds.clone()
     if mode == "none":
         # Report the whole sequence, which is what the user's cap refers to.
         raise LlmDitError(
-            f"sequence is {length} tokens, over the cap of {max_len}; "
-            "choose a long_prompt_mode or shorten the prompt"
+            f"sequence is {length} tokens, over the cap of {max_len}; choose a long_prompt_mode or shorten the prompt"
         )
     end = length - suffix_len  # explicit end: embeds[-0:] would be the whole sequence
     content = compress(embeds[prefix_len:end], max_len - prefix_len - suffix_len, mode)

@@ -1,6 +1,7 @@
 """Text encoding: prompts -> Qwen3 hidden states, the caption features Z-Image's DiT reads.
 
-Official path: chat-format the prompt (``prompt.py``), tokenize with right padding, run ``Qwen3Model`` with
+Official path: chat-format the prompt (``prompt.py``), tokenize with right padding (to 512 tokens in diffusers;
+``padding="longest"`` pads to the longest prompt instead), run ``Qwen3Model`` with
 ``output_hidden_states=True``, take ``hidden_states[-2]`` and keep the real (unmasked) rows. ``hidden_states``
 has ``num_layers + 1`` entries: [0] token embeddings, [k] the raw output of layer k-1, and [-1] replaced by
 the final-normed state (so -1 is not comparable with the others).
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from llm_dit.config import EncoderSettings
-from llm_dit.constants import HARD_MAX_TEXT_TOKENS
+from llm_dit.constants import DIFFUSERS_MAX_SEQUENCE_LENGTH, HARD_MAX_TEXT_TOKENS
 from llm_dit.embeddings import blend_layers, compress_sequence
 from llm_dit.errors import LlmDitError
 from llm_dit.prompt import FormattedPrompt, format_prompt
@@ -277,7 +278,9 @@ class ZImageTextEncoder:
         for start in range(0, len(tokenized), self.batch_size):
             chunk = tokenized[start : start + self.batch_size]
             longest = max(len(t.input_ids) for t in chunk)
-            # Right padding to the longest prompt: causal attention keeps real rows independent of padding.
+            if settings.padding == "diffusers":
+                longest = max(longest, DIFFUSERS_MAX_SEQUENCE_LENGTH)
+            # Right padding: causal attention keeps real rows independent of padding (up to rounding).
             input_ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), longest), dtype=torch.bool)
             for i, tok in enumerate(chunk):

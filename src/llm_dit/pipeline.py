@@ -380,6 +380,7 @@ class LlmDitPipeline:
             "layer_weights": {str(k): v for k, v in enc.layer_weights.items()} if enc.layer_weights else None,
             "long_prompt_mode": enc.long_prompt_mode,
             "max_text_tokens": enc.max_text_tokens,
+            "padding": enc.padding,
             "seed": gen.seed,
             "steps": len(sigmas) - 1,
             "shift": gen.shift if gen.sigmas is None else None,
