@@ -1,3 +1,32 @@
-"""llm-dit: controlled, reproducible experiments on LLM-conditioned diffusion transformers."""
+"""llm-dit: controlled, reproducible experiments on LLM-conditioned diffusion transformers.
+
+The public API is imported lazily so that ``import llm_dit`` (and the CLI's config checks) stay light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "LlmDitPipeline": "llm_dit.pipeline",
+    "GenerationRequest": "llm_dit.pipeline",
+    "GenerationResult": "llm_dit.pipeline",
+    "ZImageTextEncoder": "llm_dit.encoder",
+    "EncodedPrompt": "llm_dit.encoder",
+    "format_prompt": "llm_dit.prompt",
+    "load_settings": "llm_dit.config",
+    "Settings": "llm_dit.config",
+    "LlmDitError": "llm_dit.errors",
+    "read_record": "llm_dit.image",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'llm_dit' has no attribute {name!r}")

@@ -120,7 +120,11 @@ def _default_output(output_dir: str, seed: int) -> Path:
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="The prompt, passed to the encoder unaltered.")],
+    prompt: Annotated[str | None, typer.Argument(help="The prompt, passed to the encoder unaltered.")] = None,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option("--embeddings", help="Precomputed caption features (.safetensors from 'llm-dit encode')."),
+    ] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     model_path: ModelPathOpt = None,
@@ -151,9 +155,12 @@ def generate(
     output_dir: Annotated[str | None, typer.Option("--output-dir", help="Where unnamed images go.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
 ) -> None:
-    """Generate one image; the PNG carries its full record (text chunk 'llm_dit')."""
+    """Generate one image from a prompt or from --embeddings; the PNG carries its full record ('llm_dit')."""
     from llm_dit.config import load_settings
     from llm_dit.image import ensure_writable
+
+    if (prompt is None) == (embeddings is None):
+        raise LlmDitError("give a PROMPT or --embeddings FILE.safetensors (exactly one)")
 
     overrides = _overrides(
         model_path=_model_path(model_path, model),
@@ -183,18 +190,22 @@ def generate(
     )
     resolved = load_settings(config, profile, overrides)
     settings = resolved.settings
+    for note in resolved.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     target = ensure_writable(
         output or _default_output(settings.generation.output_dir, settings.generation.seed), overwrite
     )
+    features, features_meta = _load_embeddings(embeddings) if embeddings is not None else (None, {})
 
     from llm_dit.pipeline import GenerationRequest, LlmDitPipeline
 
     pipe = LlmDitPipeline.from_settings(settings)
-    request = GenerationRequest(prompt=prompt, generation=settings.generation)
-    pipe.check([request])  # tokenizer only: caps and sizes fail here, before weights load
+    request = GenerationRequest(prompt=prompt, embeddings=features, generation=settings.generation)
+    pipe.check([request])  # tokenizer and configs only: caps, sizes and shapes fail here, before weights load
 
     with console.status("loading models") as status:
-        pipe.encoder.model  # noqa: B018 - load now so the progress below measures sampling only
+        if prompt is not None or settings.generation.guidance_scale > 0:
+            pipe.encoder.model  # noqa: B018 - load now so the progress below measures sampling only
         pipe.transformer  # noqa: B018
         pipe.vae  # noqa: B018
         status.update("generating")
@@ -204,12 +215,29 @@ def generate(
 
         result = pipe.generate_batch([request], progress=progress)[0]
     result.record["config"] = {"file": str(config) if config else None, "profile": resolved.profile}
+    if embeddings is not None:
+        result.record["embeddings_file"] = {"path": str(embeddings), "metadata": features_meta}
     path = result.save(target, overwrite=overwrite)
     r = result.record
     console.print(
         f"[green]wrote[/green] {path}  ({r['width']}x{r['height']}, {r['steps']} steps, shift {r['shift']}, "
-        f"seed {r['seed']}, {r['token_count']} tokens, {r['seconds_per_image']:.2f} s)"
+        f"seed {r['seed']}, {r['embedding_length']} caption rows, {r['seconds_per_image']:.2f} s)"
     )
+
+
+def _load_embeddings(path: Path) -> tuple[Any, dict[str, str]]:
+    """Read the ``embeddings`` tensor and string metadata written by ``llm-dit encode``."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise LlmDitError(f"--embeddings {path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if "embeddings" not in handle.keys():  # noqa: SIM118 - safe_open has no __contains__
+                raise LlmDitError(f"--embeddings {path}: no tensor named 'embeddings' (found {list(handle.keys())})")
+            return handle.get_tensor("embeddings"), dict(handle.metadata() or {})
+    except SafetensorError as exc:
+        raise LlmDitError(f"--embeddings {path}: not a readable .safetensors file ({exc})") from exc
 
 
 @app.command()
