@@ -291,7 +291,7 @@ def encode(
     encoder = ZImageTextEncoder.from_pretrained(settings.model_path, **settings.encoder.model_dump())
     encoder.tokenize(prompt)  # caps checked before the model loads
     encoded = encoder.encode(prompt)[0]
-    meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in encoded.metadata().items()}
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in encoded.metadata().items() if v is not None}
     meta.update(
         prompt=prompt,
         model_path=str(settings.model_path or "tiny"),
