@@ -84,7 +84,14 @@ def test_all_sources_default_without_file() -> None:
 
 
 def test_setting_keys_and_cli_flags_cover_every_field() -> None:
-    assert len(SETTING_KEYS) == 23
+    fields = {"model_path"}
+    for section, model in (
+        ("encoder", EncoderSettings),
+        ("pipeline", PipelineSettings),
+        ("generation", GenerationSettings),
+    ):
+        fields |= {f"{section}.{name}" for name in model.model_fields}
+    assert set(SETTING_KEYS) == fields
     assert set(CLI_FLAGS) == set(SETTING_KEYS)
     assert len(set(CLI_FLAGS.values())) == len(CLI_FLAGS)
     assert all(flag.startswith("--") for flag in CLI_FLAGS.values())
@@ -106,9 +113,7 @@ def test_config_module_imports_nothing_heavy() -> None:
 
 
 def test_settings_are_frozen_and_json_serialisable() -> None:
-    s = Settings().with_overrides(
-        {"encoder.layer_weights": "-2:0.7,-5:0.3", "generation.sigmas": [1.0, 0.5, 0.0]}
-    )
+    s = Settings().with_overrides({"encoder.layer_weights": "-2:0.7,-5:0.3", "generation.sigmas": [1.0, 0.5, 0.0]})
     with pytest.raises(ValidationError):
         s.generation.steps = 3  # type: ignore[misc]
     dumped = json.dumps(s.model_dump())
@@ -207,9 +212,7 @@ def test_with_overrides_validates() -> None:
 def test_unknown_key_suggests_nearest(write) -> None:
     path = write("[default]\n\n[default.encoder]\ndevice = 'cpu'\n\nhiden_layer = -2\n")
     msg = config_error(path)
-    assert msg == (
-        "config.toml:6: unknown key 'hiden_layer' in [default.encoder]; did you mean 'hidden_layer'?"
-    )
+    assert msg == ("config.toml:6: unknown key 'hiden_layer' in [default.encoder]; did you mean 'hidden_layer'?")
 
 
 def test_unknown_key_without_close_match_lists_valid_keys(write) -> None:
@@ -228,9 +231,7 @@ def test_seed_think_keys_point_to_think_block(write, key: str) -> None:
 
 
 def test_key_in_wrong_section(write) -> None:
-    path = write(
-        "[default.encoder]\nsteps = 4\n[default.generation]\n# a comment\nlong_prompt_mode = 'pool'\n"
-    )
+    path = write("[default.encoder]\nsteps = 4\n[default.generation]\n# a comment\nlong_prompt_mode = 'pool'\n")
     lines = config_error(path).splitlines()
     assert lines == [
         "config.toml:2: unknown key 'steps' in [default.encoder]; 'steps' belongs in [default.generation]",
@@ -241,9 +242,7 @@ def test_key_in_wrong_section(write) -> None:
 
 def test_section_key_at_profile_level(write) -> None:
     msg = config_error(write("[rtx]\nhidden_layer = -3\n"))
-    assert msg == (
-        "config.toml:2: unknown key 'hidden_layer' in [rtx]; 'hidden_layer' belongs in [rtx.encoder]"
-    )
+    assert msg == ("config.toml:2: unknown key 'hidden_layer' in [rtx]; 'hidden_layer' belongs in [rtx.encoder]")
 
 
 def test_seed_pytorch_section(write) -> None:
@@ -256,9 +255,7 @@ def test_seed_pytorch_section(write) -> None:
 
 def test_unknown_section_suggests_nearest(write) -> None:
     msg = config_error(write("[default]\n[default.genration]\nsteps = 4\n"))
-    assert msg.startswith(
-        "config.toml:2: unknown section [default.genration]; did you mean [default.generation]?"
-    )
+    assert msg.startswith("config.toml:2: unknown section [default.genration]; did you mean [default.generation]?")
 
 
 def test_section_outside_profile(write) -> None:
@@ -311,16 +308,14 @@ def test_dotted_and_inline_table_keys_get_their_line(write) -> None:
 
 def test_multiline_string_does_not_confuse_line_numbers(write) -> None:
     path = write(
-        '[default.encoder]\nsystem_prompt = """\nsteps = 3\nwidth = 5\n"""\n'
-        "[default.generation]\nwidth = 17\n"
+        '[default.encoder]\nsystem_prompt = """\nsteps = 3\nwidth = 5\n"""\n[default.generation]\nwidth = 17\n'
     )
     assert config_error(path).startswith("config.toml:7: [default.generation] width = 17: ")
 
 
 def test_multiline_array_does_not_confuse_line_numbers(write) -> None:
     path = write(
-        "[default.generation]\nsigmas = [  # a schedule [sic]\n  1.0,\n  0.5,\n]\n"
-        'negative_prompt = "[x"\nwidth = 17\n'
+        '[default.generation]\nsigmas = [  # a schedule [sic]\n  1.0,\n  0.5,\n]\nnegative_prompt = "[x"\nwidth = 17\n'
     )
     assert config_error(path).startswith("config.toml:7: [default.generation] width = 17: ")
 
@@ -437,9 +432,7 @@ def test_sigmas_set_steps_across_layers(write) -> None:
     assert r.sources["generation.steps"] == "config.toml:[custom]"
     # In the same section they must agree.
     clash = write("[clash.generation]\nsigmas = [1.0, 0.5]\n\nsteps = 5\n")
-    with pytest.raises(
-        ConfigError, match=r"^config\.toml:4: \[clash\.generation\] steps = 5: steps 5 conflicts"
-    ):
+    with pytest.raises(ConfigError, match=r"^config\.toml:4: \[clash\.generation\] steps = 5: steps 5 conflicts"):
         load_settings(clash, "clash")
 
 

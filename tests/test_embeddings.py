@@ -26,9 +26,7 @@ def ramp(rows: int, dim: int = 2, dtype: torch.dtype = torch.float32) -> torch.T
 
 
 def adaptive_windows(length: int, target: int) -> list[range]:
-    return [
-        range(math.floor(i * length / target), math.ceil((i + 1) * length / target)) for i in range(target)
-    ]
+    return [range(math.floor(i * length / target), math.ceil((i + 1) * length / target)) for i in range(target)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,9 +188,7 @@ def test_compress_under_cap_returns_copy(mode: str) -> None:
 
 
 def test_compress_none_over_cap_raises() -> None:
-    with pytest.raises(
-        LlmDitError, match="content is 9 tokens, over the cap of 8; choose a long_prompt_mode"
-    ):
+    with pytest.raises(LlmDitError, match="content is 9 tokens, over the cap of 8; choose a long_prompt_mode"):
         compress(ramp(9), 8, "none")
 
 

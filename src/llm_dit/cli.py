@@ -12,9 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from llm_dit.errors import LlmDitError
 
@@ -22,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts contain literal [sections]
     help="Controlled, reproducible experiments on LLM-conditioned diffusion transformers (Z-Image-Turbo).",
 )
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration.")
@@ -89,7 +90,8 @@ def _overrides(**values: Any) -> dict[str, Any]:
     }
     out = {keys[name]: value for name, value in values.items() if value is not None}
     if "generation.sigmas" in out:
-        out["generation.sigmas"] = _parse_floats(out["generation.sigmas"])
+        # "" clears a profile's sigmas (back to steps + shift), as in TOML.
+        out["generation.sigmas"] = _parse_floats(out["generation.sigmas"]) if out["generation.sigmas"].strip() else ""
     return out
 
 
@@ -191,11 +193,19 @@ def generate(
     resolved = load_settings(config, profile, overrides)
     settings = resolved.settings
     for note in resolved.notes:
-        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     target = ensure_writable(
         output or _default_output(settings.generation.output_dir, settings.generation.seed), overwrite
     )
     features, features_meta = _load_embeddings(embeddings) if embeddings is not None else (None, {})
+    encoder_flags = [k for k in overrides if k.startswith("encoder.") and not k.endswith(("device", "torch_dtype"))]
+    if embeddings is not None and encoder_flags:
+        console.print(
+            f"[yellow]note:[/yellow] {', '.join(encoder_flags)} do not apply to --embeddings "
+            "(only to the negative prompt when guidance_scale > 0)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     from llm_dit.pipeline import GenerationRequest, LlmDitPipeline
 
@@ -219,10 +229,14 @@ def generate(
         result.record["embeddings_file"] = {"path": str(embeddings), "metadata": features_meta}
     path = result.save(target, overwrite=overwrite)
     r = result.record
-    console.print(
-        f"[green]wrote[/green] {path}  ({r['width']}x{r['height']}, {r['steps']} steps, shift {r['shift']}, "
-        f"seed {r['seed']}, {r['embedding_length']} caption rows, {r['seconds_per_image']:.2f} s)"
+    _wrote(
+        f"{path}  ({r['width']}x{r['height']}, {r['steps']} steps, shift {r['shift']}, seed {r['seed']}, "
+        f"{r['embedding_length']} caption rows, {r['seconds_per_image']:.2f} s)"
     )
+
+
+def _wrote(text: str) -> None:
+    console.print(f"[green]wrote[/green] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def _load_embeddings(path: Path) -> tuple[Any, dict[str, str]]:
@@ -302,9 +316,7 @@ def encode(
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     save_file({"embeddings": encoded.embeddings.detach().cpu().contiguous()}, str(output), metadata=meta)
-    console.print(
-        f"[green]wrote[/green] {output}  embeddings {list(encoded.embeddings.shape)}, {encoded.token_count} tokens"
-    )
+    _wrote(f"{output}  embeddings {list(encoded.embeddings.shape)}, {encoded.token_count} tokens")
 
 
 @app.command("tiny-model")
@@ -318,7 +330,7 @@ def tiny_model(
     from llm_dit.tiny import build_tiny_checkpoint
 
     path = build_tiny_checkpoint(directory, seed=seed)
-    console.print(f"[green]wrote[/green] tiny Z-Image checkpoint to {path}")
+    _wrote(f"tiny Z-Image checkpoint to {path}")
 
 
 @config_app.command("show")
@@ -330,18 +342,18 @@ def config_show(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors become one line on stderr and exit status 2, with no traceback."""
+    """Entry point: user errors become one line on stderr and exit status 2, with no traceback.
+
+    Usage errors, --help and Ctrl-C are left to Typer's own (standalone) handling, which exits with
+    click's codes; typer vendors its own click, so its exceptions are not caught here.
+    """
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="llm-dit")
     except LlmDitError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Abort:
-        console.print("aborted")
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 

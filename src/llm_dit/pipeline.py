@@ -32,6 +32,15 @@ ProgressCallback = Callable[[int, int], None]  # (DiT forwards done, total)
 
 _ENCODER_FIELDS = set(EncoderSettings.model_fields) - {"device", "torch_dtype"}
 _GENERATION_FIELDS = set(GenerationSettings.model_fields)
+_ENCODER_RECORD_KEYS = (
+    "system_prompt",
+    "think_block",
+    "hidden_layer",
+    "layer_weights",
+    "long_prompt_mode",
+    "max_text_tokens",
+    "padding",
+)
 
 
 @dataclass
@@ -414,6 +423,10 @@ class LlmDitPipeline:
                 conditioning="precomputed embeddings",
                 embeddings_fingerprint=tensor_fingerprint(positive),
             )
+        if not isinstance(positive, EncodedPrompt) and not isinstance(negative, EncodedPrompt):
+            # No text was encoded: the encoder's settings did not shape this image; don't claim they did.
+            for key in _ENCODER_RECORD_KEYS:
+                record[key] = None
         if isinstance(negative, EncodedPrompt):
             record["negative_formatted_prompt"] = negative.formatted_prompt
         elif isinstance(negative, torch.Tensor):

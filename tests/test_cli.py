@@ -1,0 +1,818 @@
+"""The ``llm-dit`` command line as a user runs it.
+
+Most tests call ``llm_dit.cli.main(argv)`` in-process (it returns the exit status) and read stdout/stderr
+through ``capsys``; one test runs the CLI in a real subprocess. Every run uses the session's tiny checkpoint
+(``--model-path``, never the ~/.cache one), 64x64 images and 2 steps, and writes under ``tmp_path``.
+
+Speed: loading the Qwen3 tokenizer (a ~10 MB tokenizer.json) takes ~2 s on a small machine and is the bulk
+of every run, so this module caches ``checkpoint.load_tokenizer`` per path; everything else (validation,
+the three models, sampling, saving) runs for real on every call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from llm_dit import checkpoint
+from llm_dit.cli import main
+from llm_dit.image import read_record
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "A tabby cat on a windowsill"
+SMALL = ["--width", "64", "--height", "64", "--steps", "2"]
+FORMATTED = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
+# diffusers' FlowMatchEulerDiscreteScheduler for 8 steps at shift 3 (the official Turbo schedule).
+GOLDEN_SIGMAS_8_SHIFT_3 = [1.0, 0.954545, 0.9, 0.833333, 0.75, 0.642857, 0.5, 0.3, 0.0]
+LONG_PROMPT = " ".join(["a very long prompt about a cat"] * 20)  # ~150 tokens
+TINY_TEXT_HIDDEN = 32  # hidden size of the tiny text encoder = caption feature width
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cached_tokenizer() -> Iterator[None]:
+    """Load each checkpoint's tokenizer once per module (the only thing cached; see the module docstring)."""
+    real = checkpoint.load_tokenizer
+    cache: dict[str, Any] = {}
+
+    def load(path: str | Path) -> Any:
+        key = str(Path(path).resolve())
+        if key not in cache:
+            cache[key] = real(path)
+        return cache[key]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint, "load_tokenizer", load)
+        yield
+
+
+@pytest.fixture
+def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to load a model's weights fails the test."""
+    forbid_model_loading(monkeypatch)
+
+
+def forbid_model_loading(mp: pytest.MonkeyPatch) -> None:
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("model loaded")
+
+    for name in ("load_transformer", "load_text_encoder", "load_vae"):
+        mp.setattr(checkpoint, name, boom)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit status, stdout, stderr), ANSI codes stripped."""
+    capsys.readouterr()  # drop anything printed before
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, ANSI.sub("", out), ANSI.sub("", err)
+
+
+def gen_argv(ck: Path, out: Path, *extra: str, prompt: str | None = PROMPT, small: bool = True) -> list[str]:
+    """``generate`` argv; ``extra`` comes last (click: the last value of a repeated option wins)."""
+    argv = ["generate"] + ([prompt] if prompt is not None else []) + ["--model-path", str(ck), "-o", str(out)]
+    return argv + (SMALL if small else []) + list(extra)
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        return np.asarray(img.convert("RGB"))
+
+
+def png_text(path: Path) -> dict[str, str]:
+    with Image.open(path) as img:
+        return dict(img.text)  # type: ignore[attr-defined]
+
+
+def assert_user_error(rc: int, err: str, *needles: str) -> str:
+    """Exit status 2, exactly one stderr line starting with 'error:' that contains every needle."""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    assert rc == 2
+    return line
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
+@pytest.fixture(scope="module")
+def default_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``generate PROMPT`` with the small settings and nothing else: the reference image and its record."""
+    out = tmp_path_factory.mktemp("default") / "default.png"
+    rc = main(gen_argv(tiny_checkpoint, out))
+    assert rc == 0
+    return {"path": out, "record": read_record(out), "pixels": pixels(out), "text": png_text(out)}
+
+
+# ---------------------------------------------------------------------------------- 1. generate + record
+
+
+def test_generate_writes_png_with_full_record(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sub" / "out.png"  # a missing parent directory is created
+    rc, stdout, err = run(capsys, *gen_argv(tiny_checkpoint, out))
+    assert rc == 0, err
+    assert "Traceback" not in err
+    assert stdout == ""  # messages go to stderr
+    assert "wrote" in err and "out.png" in err
+    with Image.open(out) as img:
+        assert (img.format, img.size, img.mode) == ("PNG", (64, 64), "RGB")
+
+    r = read_record(out)
+    assert r["prompt"] == PROMPT
+    assert r["formatted_prompt"] == FORMATTED
+    assert r["system_prompt"] is None
+    assert r["think_block"] == "none"
+    assert r["hidden_layer"] == -2
+    assert r["layer_weights"] is None
+    assert r["long_prompt_mode"] == "truncate"
+    assert isinstance(r["token_count"], int) and 10 < r["token_count"] < 40
+    assert r["conditioning"] == "prompt"
+    assert r["seed"] == 42
+    assert r["steps"] == 2
+    assert r["shift"] == 3.0
+    assert r["sigmas"] == pytest.approx([1.0, 0.75, 0.0], abs=1e-6)  # 3*0.5 / (1 + 2*0.5)
+    assert (r["width"], r["height"]) == (64, 64)
+    assert r["guidance_scale"] == 0.0
+    assert r["negative_prompt"] is None  # no CFG: the negative prompt played no part
+    assert r["refiner"] == "default"
+    assert r["padding"] == "diffusers"
+    assert r["model_path"] == str(tiny_checkpoint)
+    assert r["model_fingerprint"] == checkpoint.fingerprint(tiny_checkpoint)
+    assert re.fullmatch(r"[0-9a-f]{16}", r["model_fingerprint"])
+    assert r["versions"]["torch"] == torch.__version__
+    for package in ("diffusers", "transformers"):
+        assert re.match(r"\d+\.\d+", r["versions"][package]), r["versions"]
+    assert r["devices"] == {"dit": "cpu/float32", "vae": "cpu/float32", "encoder": "cpu/float32"}
+    assert r["config"] == {"file": None, "profile": "default"}
+
+    lines = png_text(out)["parameters"].split("\n")
+    assert len(lines) == 3
+    assert lines[0] == PROMPT
+    assert lines[1] == "Negative prompt: "
+    assert lines[2].startswith("Steps: 2, ")
+    for part in ("Shift: 3.0", "CFG scale: 0.0", "Seed: 42", "Size: 64x64", "Hidden layer: -2", "Refiner: default"):
+        assert part in lines[2], part
+    assert f"Model hash: {r['model_fingerprint']}" in lines[2]
+
+
+def test_golden_sigmas_for_8_steps(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eight.png"
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, out, "--steps", "8"))
+    assert rc == 0, err
+    r = read_record(out)
+    assert (r["steps"], r["shift"]) == (8, 3.0)
+    assert r["sigmas"] == pytest.approx(GOLDEN_SIGMAS_8_SHIFT_3, abs=1e-6)
+    assert "Steps: 8, " in png_text(out)["parameters"]
+
+
+def _formatted_with(prefix: str = "", think: str = "") -> str:
+    return f"{prefix}<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n{think}"
+
+
+# (id, extra flags, expected record entries, substrings of the A1111 parameters text)
+FLAG_CASES: list[tuple[str, list[str], dict[str, Any], list[str]]] = [
+    ("hidden-layer", ["--hidden-layer", "-6"], {"hidden_layer": -6, "layer_weights": None}, ["Hidden layer: -6"]),
+    (
+        "layer-weights",
+        ["--layer-weights=-2:0.7,-5:0.3"],
+        {"hidden_layer": None, "layer_weights": {"-2": 0.7, "-5": 0.3}},
+        ["Hidden layer: -2:0.7,-5:0.3"],
+    ),
+    (
+        "system-prompt",
+        ["--system-prompt", "You are a painter."],
+        {
+            "system_prompt": "You are a painter.",
+            "formatted_prompt": _formatted_with(prefix="<|im_start|>system\nYou are a painter.<|im_end|>\n"),
+        },
+        ["System prompt: You are a painter."],
+    ),
+    (
+        "think-block-empty",
+        ["--think-block", "empty"],
+        {"think_block": "empty", "formatted_prompt": _formatted_with(think="<think>\n\n</think>\n\n")},
+        ["Think block: empty"],
+    ),
+    (
+        "think-block-text",
+        ["--think-block", "Plan the scene."],
+        {
+            "think_block": "Plan the scene.",
+            "formatted_prompt": _formatted_with(think="<think>\nPlan the scene.\n</think>\n\n"),
+        },
+        [],
+    ),
+    # shift 1.5 at 2 steps: 1.5*0.5 / (1 + 0.5*0.5) = 0.6
+    ("shift", ["--shift", "1.5"], {"shift": 1.5, "sigmas": [1.0, 0.6, 0.0]}, ["Shift: 1.5"]),
+    ("seed", ["--seed", "7"], {"seed": 7}, ["Seed: 7"]),
+    ("refiner-skip", ["--refiner", "skip"], {"refiner": "skip"}, ["Refiner: skip"]),
+    ("refiner-double", ["--refiner", "double"], {"refiner": "double"}, ["Refiner: double"]),
+    (
+        "cfg",
+        ["--guidance-scale", "2", "--negative-prompt", "blurry"],
+        {"guidance_scale": 2.0, "negative_prompt": "blurry"},
+        ["Negative prompt: blurry", "CFG scale: 2.0"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("extra", "expected", "params"), [c[1:] for c in FLAG_CASES], ids=[c[0] for c in FLAG_CASES])
+def test_flag_changes_record_and_image(
+    extra: list[str],
+    expected: dict[str, Any],
+    params: list[str],
+    default_run: dict[str, Any],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "flag.png"
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, out, *extra))
+    assert rc == 0, err
+    r = read_record(out)
+    for key, value in expected.items():
+        if isinstance(value, list):
+            assert r[key] == pytest.approx(value, abs=1e-6), key
+        else:
+            assert r[key] == value, key
+    # Everything not named by the flag stays at its default.
+    reference = default_run["record"]
+    for key in ("prompt", "seed", "steps", "shift", "width", "height", "hidden_layer", "refiner", "guidance_scale"):
+        if key not in expected:
+            assert r[key] == reference[key], key
+    text = png_text(out)["parameters"]
+    for part in params:
+        assert part in text, part
+    # A flag that does nothing to the image must fail here.
+    diff = mean_abs_diff(pixels(out), default_run["pixels"])
+    assert diff > 0.5, f"image barely changed (mean |diff| {diff:.3f} of 255)"
+
+
+def test_explicit_sigmas(
+    default_run: dict[str, Any], tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sigmas.png"
+    # No --steps: with explicit sigmas the step count is their non-zero count.
+    argv = ["generate", PROMPT, "--model-path", tiny_checkpoint, "-o", out, "--width", "64", "--height", "64"]
+    rc, _, err = run(capsys, *argv, "--sigmas", "1,0.6,0.2")
+    assert rc == 0, err
+    r = read_record(out)
+    assert r["shift"] is None
+    assert r["steps"] == 3
+    assert r["sigmas"] == pytest.approx([1.0, 0.6, 0.2, 0.0], abs=1e-7)
+    assert "Steps: 3, " in png_text(out)["parameters"]
+    assert "Shift: explicit sigmas" in png_text(out)["parameters"]
+    assert mean_abs_diff(pixels(out), default_run["pixels"]) > 0.5
+
+
+def test_inert_negative_prompt_is_noted_and_changes_nothing(
+    default_run: dict[str, Any], tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without CFG a negative prompt has no effect: the user is told, and the image is the default one."""
+    out = tmp_path / "neg.png"
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, out, "--negative-prompt", "blurry"))
+    assert rc == 0, err
+    assert "note:" in err and "negative_prompt has no effect" in err
+    assert read_record(out)["negative_prompt"] is None
+    assert np.array_equal(pixels(out), default_run["pixels"])
+
+
+@pytest.mark.parametrize("value", ["", " "], ids=["empty", "blank"])
+def test_empty_layer_weights_mean_no_blend(
+    value: str,
+    default_run: dict[str, Any],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--layer-weights ""`` is "no blend" (documented in config.parse_layer_weights): the single hidden
+    layer is used, so the image is the default one. (``","`` is an error instead: see the bad-input table.)"""
+    out = tmp_path / "lw.png"
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, out, f"--layer-weights={value}"))
+    assert rc == 0, err
+    r = read_record(out)
+    assert (r["hidden_layer"], r["layer_weights"]) == (-2, None)
+    assert np.array_equal(pixels(out), default_run["pixels"])
+
+
+def test_long_prompt_mode_changes_record_and_image(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over the cap, 'truncate' cuts the prompt and 'pool' compresses it: both fit, differently."""
+    runs = {}
+    for mode in ("truncate", "pool"):
+        out = tmp_path / f"{mode}.png"
+        extra = ["--max-text-tokens", "32", "--long-prompt-mode", mode]
+        rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, out, *extra, prompt=LONG_PROMPT))
+        assert rc == 0, err
+        r = read_record(out)
+        assert r["long_prompt_mode"] == mode
+        assert r["max_text_tokens"] == 32
+        assert r["token_count"] > 100  # the whole formatted prompt, before the cap
+        assert r["embedding_length"] == 32
+        runs[mode] = (r, pixels(out))
+    assert (runs["truncate"][0]["truncated"], runs["truncate"][0]["compressed"]) == (True, False)
+    assert (runs["pool"][0]["truncated"], runs["pool"][0]["compressed"]) == (False, True)
+    assert mean_abs_diff(runs["truncate"][1], runs["pool"][1]) > 0.5
+
+
+def test_default_output_name_goes_to_output_dir(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["generate", PROMPT, "--model-path", tiny_checkpoint, *SMALL, "--seed", "3", "--output-dir", tmp_path / "o"]
+    for _ in range(2):  # a second run in the same second must not clobber the first
+        rc, _, err = run(capsys, *argv)
+        assert rc == 0, err
+    written = sorted((tmp_path / "o").iterdir())
+    assert len(written) == 2
+    for path in written:
+        assert re.fullmatch(r"\d{8}-\d{6}_seed3(_\d+)?\.png", path.name), path.name
+        assert read_record(path)["seed"] == 3
+
+
+# ------------------------------------------------------------------------------ 2. determinism, overwrite
+
+
+def test_same_seed_gives_identical_pixels(
+    default_run: dict[str, Any], tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "again.png"
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, out))
+    assert rc == 0, err
+    assert np.array_equal(pixels(out), default_run["pixels"])
+    volatile = {"created", "seconds_per_image"}
+    again = {k: v for k, v in read_record(out).items() if k not in volatile}
+    assert again == {k: v for k, v in default_run["record"].items() if k not in volatile}
+
+
+def test_existing_output_is_refused_then_replaced_with_overwrite(
+    default_run: dict[str, Any],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "exists.png"
+    shutil.copyfile(default_run["path"], out)
+    before = out.read_bytes()
+
+    with monkeypatch.context() as mp:
+        forbid_model_loading(mp)  # refused before any model loads
+        rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, out, "--seed", "7"))
+    assert_user_error(rc, err, str(out), "already exists", "--overwrite")
+    assert out.read_bytes() == before
+
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, out, "--seed", "7", "--overwrite"))
+    assert rc == 0, err
+    assert out.read_bytes() != before
+    assert read_record(out)["seed"] == 7
+    assert not np.array_equal(pixels(out), default_run["pixels"])
+    assert [p.name for p in tmp_path.iterdir()] == ["exists.png"]  # no temp file left behind
+
+
+# ------------------------------------------------------------------------------------------- 3. config
+
+
+CONFIG = """\
+[default]
+[default.generation]
+seed = 5
+shift = 2.0
+steps = 3
+width = 64
+height = 64
+
+[default.encoder]
+hidden_layer = -3
+
+[fast.generation]
+seed = 6
+steps = 2
+
+[fast.encoder]
+system_prompt = "You are a painter."
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "llm-dit.toml"
+    path.write_text(CONFIG, encoding="utf-8")
+    return path
+
+
+def test_config_precedence_cli_over_profile_over_default(
+    config_file: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cfg.png"
+    argv = ["generate", PROMPT, "--model-path", tiny_checkpoint, "-o", out, "--config", config_file]
+    rc, _, err = run(capsys, *argv, "--profile", "fast", "--seed", "9")
+    assert rc == 0, err
+    r = read_record(out)
+    assert r["seed"] == 9  # CLI beats [fast] (6) and [default] (5)
+    assert r["steps"] == 2  # [fast] beats [default] (3)
+    assert r["system_prompt"] == "You are a painter."  # [fast] only
+    assert r["shift"] == 2.0  # [default] beats built-in 3.0
+    assert r["hidden_layer"] == -3  # [default] beats built-in -2
+    assert (r["width"], r["height"]) == (64, 64)  # [default]
+    assert r["guidance_scale"] == 0.0  # built-in
+    assert r["think_block"] == "none"  # built-in
+    assert r["config"] == {"file": str(config_file), "profile": "fast"}
+
+
+def test_config_show_reflects_profile_and_defaults(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run(capsys, "config", "show", "--config", config_file, "--profile", "fast")
+    assert rc == 0, err
+    data = tomllib.loads(out)["default"]  # valid TOML
+    gen, enc = data["generation"], data["encoder"]
+    assert (gen["seed"], gen["steps"]) == (6, 2)  # [fast]
+    assert (gen["shift"], gen["width"]) == (2.0, 64)  # [default]
+    assert enc["hidden_layer"] == -3  # [default]
+    assert enc["system_prompt"] == "You are a painter."  # [fast]
+    assert gen["guidance_scale"] == 0.0 and enc["think_block"] == "none"  # built-in defaults
+    assert "model_path" not in data  # unset: shown as a comment only
+    source = {line.split("=")[0].strip(): line.rsplit("#", 1)[1].strip() for line in out.splitlines() if " = " in line}
+    assert source["seed"] == f"{config_file}:[fast]"
+    assert source["shift"] == f"{config_file}:[default]"
+    assert source["guidance_scale"] == "default"
+
+    rc, out, err = run(capsys, "config", "show")
+    assert rc == 0, err
+    gen = tomllib.loads(out)["default"]["generation"]
+    assert (gen["steps"], gen["shift"], gen["seed"], gen["width"]) == (8, 3.0, 42, 1024)
+
+
+def test_unknown_profile_is_an_error(
+    config_file: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
+) -> None:
+    rc, out, err = run(capsys, "config", "show", "--config", config_file, "--profile", "fsat")
+    assert_user_error(rc, err, "profile 'fsat' not found", "did you mean 'fast'")
+    assert out == ""
+
+    png = tmp_path / "p.png"
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, png, "--config", str(config_file), "--profile", "nope"))
+    assert_user_error(rc, err, "profile 'nope' not found", "default, fast")
+    assert not png.exists()
+
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, png, "--profile", "fast"))  # no --config
+    assert_user_error(rc, err, "profile 'fast'", "--config")
+    assert not png.exists()
+
+
+# -------------------------------------------------------------------------------------------- 4. bad input
+
+# (id, argv after "generate" built by gen_argv with these extras; "{ck}", "{tmp}" are substituted,
+#  expected substrings of the error line). A case with "PROMPT=" as its first extra replaces the prompt
+#  (None = no prompt).
+BAD_INPUT: list[tuple[str, list[str], list[str]]] = [
+    ("width-not-multiple", ["--width", "1000"], ["--width 1000", "not a multiple of 16", "992 or 1008"]),
+    ("width-zero", ["--height", "0"], ["height must be a positive multiple of 16"]),
+    ("steps-zero", ["--steps", "0"], ["--steps 0", "steps must be >= 1"]),
+    ("shift-zero", ["--shift", "0"], ["--shift", "shift must be > 0"]),
+    ("shift-negative", ["--shift=-1"], ["--shift", "shift must be > 0"]),
+    ("hidden-layer-low", ["--hidden-layer=-40"], ["--hidden-layer -40", "out of range -37..36"]),
+    ("hidden-layer-high", ["--hidden-layer", "37"], ["--hidden-layer 37", "out of range -37..36"]),
+    ("layer-weights-only-commas", ["--layer-weights=,"], ["--layer-weights", "must not be empty"]),
+    ("layer-weights-zero-sum", ["--layer-weights=-2:1,-3:-1"], ["--layer-weights", "sum to 0"]),
+    ("layer-weights-no-colon", ["--layer-weights=-2"], ["--layer-weights", "not 'layer:weight'"]),
+    ("layer-weights-not-number", ["--layer-weights=-2:abc"], ["--layer-weights", "must be a number"]),
+    ("layer-weights-same-state", ["--layer-weights=-2:1,35:1"], ["-2 and 35 name the same hidden state"]),
+    ("layer-weights-out-of-range", ["--layer-weights=-2:1,-40:1"], ["-40", "out of range -37..36"]),
+    ("long-prompt-mode", ["--long-prompt-mode", "bogus"], ["long_prompt_mode 'bogus' is not valid", "truncate"]),
+    ("refiner", ["--refiner", "bogus"], ["refiner 'bogus' is not valid", "skip"]),
+    ("padding", ["--padding", "bogus"], ["padding 'bogus' is not valid", "longest"]),
+    ("think-block-blank", ["--think-block="], ["think_block", "ambiguous", '"none"', '"empty"']),
+    ("max-text-tokens", ["--max-text-tokens", "2000"], ["max_text_tokens must be in 1..1504"]),
+    ("seed-negative", ["--seed=-1"], ["seed must be in 0.."]),
+    ("guidance-negative", ["--guidance-scale=-1"], ["guidance_scale must be >= 0"]),
+    ("sigmas-not-numbers", ["--sigmas", "1,x"], ["--sigmas", "comma-separated numbers"]),
+    ("sigmas-increasing", ["--sigmas", "0.5,0.9"], ["sigmas must be strictly decreasing"]),
+    ("sigmas-vs-steps", ["--steps", "2", "--sigmas", "1,0.6,0.2"], ["steps 2 conflicts with sigmas", "3"]),
+    (
+        "prompt-over-cap",
+        ["PROMPT=" + LONG_PROMPT, "--long-prompt-mode", "none", "--max-text-tokens", "64"],
+        ["over the cap of 64", "long_prompt_mode"],
+    ),
+    ("missing-checkpoint", ["--model-path", "{tmp}/no-such-model"], ["no-such-model does not exist", "diffusers"]),
+    ("incomplete-checkpoint", ["--model-path", "{tmp}/incomplete"], ["incomplete", "missing vae/config.json"]),
+    ("output-parent-is-file", ["-o", "{tmp}/a-file/out.png"], ["cannot write", "a-file", "not a writable directory"]),
+    ("output-is-directory", ["-o", "{tmp}", "--overwrite"], ["is a directory"]),
+    ("toml-syntax", ["--config", "{tmp}/syntax.toml"], ["syntax.toml:2:", "TOML syntax error"]),
+    (
+        "toml-unknown-key",
+        ["--config", "{tmp}/typo.toml"],
+        ["typo.toml:5:", "unknown key 'step'", "did you mean 'steps'"],
+    ),
+    ("toml-bad-value", ["--config", "{tmp}/value.toml"], ["value.toml:2:", "width 1000 is not a multiple of 16"]),
+    ("config-missing", ["--config", "{tmp}/nope.toml"], ["nope.toml", "not found"]),
+    ("dit-float16", ["--dit-dtype", "float16"], ["float16", "overflows", "bfloat16"]),
+    ("encoder-fp16", ["--encoder-dtype", "fp16"], ["fp16", "overflows"]),
+    ("device-bogus", ["--dit-device", "tpu"], ["--dit-device tpu", "not valid"]),
+    ("model-foo", ["--model", "foo"], ["--model 'foo'", "only 'tiny'"]),
+    ("prompt-and-embeddings", ["--embeddings", "{tmp}/e.safetensors"], ["PROMPT", "--embeddings", "exactly one"]),
+    ("neither-prompt-nor-embeddings", ["PROMPT="], ["PROMPT", "--embeddings", "exactly one"]),
+    ("embeddings-missing", ["PROMPT=", "--embeddings", "{tmp}/e.safetensors"], ["--embeddings", "no such file"]),
+    ("embeddings-not-safetensors", ["PROMPT=", "--embeddings", "{tmp}/syntax.toml"], ["not a readable .safetensors"]),
+]
+
+
+@pytest.fixture
+def bad_files(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """The broken inputs the bad-input table refers to, under tmp_path."""
+    (tmp_path / "a-file").write_text("a regular file\n")
+    (tmp_path / "syntax.toml").write_text("[default]\n[default.generation\nsteps = 2\n")
+    (tmp_path / "typo.toml").write_text("[default]\nmodel_path = 'tiny'\n\n[default.generation]\nstep = 4\n")
+    (tmp_path / "value.toml").write_text("[default.generation]\nwidth = 1000\n")
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(tiny_checkpoint, incomplete)
+    (incomplete / "vae" / "config.json").unlink()
+    return tmp_path
+
+
+def _fill(text: str, ck: Path, tmp: Path) -> str:
+    return text.replace("{ck}", str(ck)).replace("{tmp}", str(tmp))
+
+
+@pytest.mark.parametrize(("extra", "needles"), [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_before_any_model_loads(
+    extra: list[str],
+    needles: list[str],
+    bad_files: Path,
+    tiny_checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_model_load: None,
+) -> None:
+    tmp = bad_files
+    prompt: str | None = PROMPT
+    if extra and extra[0].startswith("PROMPT="):
+        prompt = extra[0].removeprefix("PROMPT=") or None
+        extra = extra[1:]
+    out = tmp / "out.png"
+    before = sorted(p.name for p in tmp.iterdir())
+    argv = gen_argv(tiny_checkpoint, out, *(_fill(e, tiny_checkpoint, tmp) for e in extra), prompt=prompt)
+    rc, stdout, err = run(capsys, *argv)
+    assert_user_error(rc, err, *(_fill(n, tiny_checkpoint, tmp) for n in needles))
+    assert stdout == ""
+    assert sorted(p.name for p in tmp.iterdir()) == before  # no image, no temp file
+    assert (tmp / "a-file").read_text() == "a regular file\n"
+
+
+def test_error_message_keeps_bracketed_section_names(
+    bad_files: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
+) -> None:
+    argv = gen_argv(tiny_checkpoint, bad_files / "out.png", "--config", str(bad_files / "typo.toml"))
+    rc, _, err = run(capsys, *argv)
+    assert_user_error(rc, err, "unknown key 'step' in [default.generation]")
+
+
+def test_error_with_markup_like_path_is_still_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
+) -> None:
+    weird = tmp_path / "[/x]" / "model"
+    rc, _, err = run(capsys, "generate", PROMPT, "--model-path", weird, "-o", tmp_path / "o.png", *SMALL)
+    assert_user_error(rc, err, "does not exist", "[/x]")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["generate", PROMPT, "--width", "abc"], ["generate", PROMPT, "--bogus-flag"], ["encode", PROMPT]],
+    ids=["not-an-int", "unknown-option", "missing-option"],
+)
+def test_usage_errors_exit_2_without_traceback(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
+) -> None:
+    rc, _, err = run(capsys, *argv)
+    assert rc == 2
+    assert "Traceback" not in err and err.strip()
+
+
+def test_user_error_in_a_real_subprocess(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The installed entry point, as a shell runs it: one line, exit status 2, no traceback, no file."""
+    out = tmp_path / "out.png"
+    paths = [str(REPO / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    env.pop("FORCE_COLOR", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_dit.cli", *gen_argv(tiny_checkpoint, out, "--width", "1000")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in ANSI.sub("", proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "--width 1000" in lines[0] and "multiple of 16" in lines[0]
+    assert proc.stdout == ""
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ 5. encode
+
+
+def _read_safetensors(path: Path) -> tuple[list[str], torch.Tensor, dict[str, str]]:
+    with safe_open(str(path), framework="pt") as handle:
+        return list(handle.keys()), handle.get_tensor("embeddings"), dict(handle.metadata() or {})
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``encode PROMPT`` at hidden layers -2, -5 and -6 and with a -2/-5 blend."""
+    folder = tmp_path_factory.mktemp("encode")
+    files = {}
+    for name, extra in {
+        "-2": [],
+        "-5": ["--hidden-layer", "-5"],
+        "-6": ["--hidden-layer", "-6"],
+        "blend": ["--layer-weights=-2:0.7,-5:0.3"],
+    }.items():
+        path = folder / f"emb{name}.safetensors"
+        assert main(["encode", PROMPT, "--model-path", str(tiny_checkpoint), "-o", str(path), *extra]) == 0
+        files[name] = path
+    return files
+
+
+def test_encode_writes_embeddings_and_metadata(encoded: dict[str, Path], default_run: dict[str, Any]) -> None:
+    keys, emb, meta = _read_safetensors(encoded["-2"])
+    assert keys == ["embeddings"]
+    token_count = default_run["record"]["token_count"]
+    assert emb.dtype == torch.float32
+    assert list(emb.shape) == [token_count, TINY_TEXT_HIDDEN]
+    assert torch.isfinite(emb).all()
+    assert meta["formatted_prompt"] == FORMATTED
+    assert meta["token_count"] == str(token_count)
+    assert meta["hidden_layer"] == "-2"
+    assert meta["prompt"] == PROMPT
+
+    _, emb6, meta6 = _read_safetensors(encoded["-6"])
+    assert meta6["hidden_layer"] == "-6"
+    assert emb6.shape == emb.shape
+    assert not torch.allclose(emb6, emb)
+
+    _, blend, meta_blend = _read_safetensors(encoded["blend"])
+    assert json.loads(meta_blend["layer_weights"]) == {"-2": 0.7, "-5": 0.3}
+    assert json.loads(meta_blend.get("hidden_layer", "null")) is None
+    _, emb5, _ = _read_safetensors(encoded["-5"])
+    torch.testing.assert_close(blend, 0.7 * emb + 0.3 * emb5)
+
+
+def test_encode_refuses_non_safetensors_output(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
+) -> None:
+    out = tmp_path / "f.pt"
+    rc, _, err = run(capsys, "encode", PROMPT, "--model-path", tiny_checkpoint, "-o", out)
+    assert_user_error(rc, err, "f.pt", ".safetensors")
+    assert not out.exists()
+
+
+def test_encode_refuses_existing_output(
+    encoded: dict[str, Path], tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
+) -> None:
+    before = encoded["-2"].read_bytes()
+    rc, _, err = run(capsys, "encode", "another prompt", "--model-path", tiny_checkpoint, "-o", encoded["-2"])
+    assert_user_error(rc, err, "already exists")
+    assert encoded["-2"].read_bytes() == before
+
+
+def test_generate_from_embeddings_matches_generate_from_prompt(
+    encoded: dict[str, Path],
+    default_run: dict[str, Any],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "from-emb.png"
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, out, "--embeddings", str(encoded["-2"]), prompt=None))
+    assert rc == 0, err
+    assert np.array_equal(pixels(out), default_run["pixels"])  # same features, same seed: same image
+    r = read_record(out)
+    assert r["conditioning"] == "precomputed embeddings"
+    assert r["prompt"] is None and r["formatted_prompt"] is None
+    assert r["embeddings_file"]["path"] == str(encoded["-2"])
+    assert r["embeddings_file"]["metadata"]["hidden_layer"] == "-2"
+    assert r["embedding_length"] == default_run["record"]["token_count"]
+    assert png_text(out)["parameters"].split("\n")[0] == "<precomputed embeddings>"
+
+    # Other features, other image: the file really is what conditions the DiT.
+    out6 = tmp_path / "from-emb-6.png"
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, out6, "--embeddings", str(encoded["-6"]), prompt=None))
+    assert rc == 0, err
+    assert mean_abs_diff(pixels(out6), default_run["pixels"]) > 0.5
+
+
+def test_encoder_flags_with_embeddings_are_not_misrecorded(
+    encoded: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "emb.png"
+    argv = gen_argv(tiny_checkpoint, out, "--embeddings", str(encoded["-2"]), "--hidden-layer", "-6", prompt=None)
+    rc, _, err = run(capsys, *argv)
+    assert rc == 0, err
+    assert read_record(out)["hidden_layer"] != -6 or "hidden_layer" in err
+
+
+# -------------------------------------------------------------------------------------------- 6. tiny-model
+
+
+def test_tiny_model_writes_a_loadable_checkpoint_and_refuses_an_existing_dir(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffusers import ZImagePipeline
+
+    target = tmp_path / "tiny-seed1"
+    rc, _, err = run(capsys, "tiny-model", target, "--seed", "1")
+    assert rc == 0, err
+    assert str(target) in err
+    assert json.loads((target / "llm_dit_tiny.json").read_text())["seed"] == 1
+    checkpoint.validate_checkpoint(target)
+    fingerprint = checkpoint.fingerprint(target)
+    assert fingerprint != checkpoint.fingerprint(tiny_checkpoint)  # seed 1 weights, not seed 0's
+
+    pipe = ZImagePipeline.from_pretrained(target)
+    assert type(pipe.transformer).__name__ == "ZImageTransformer2DModel"
+    assert type(pipe.text_encoder).__name__ == "Qwen3Model"
+    assert pipe.text_encoder.config.hidden_size == TINY_TEXT_HIDDEN
+
+    rc, _, err = run(capsys, "tiny-model", target, "--seed", "2")
+    assert_user_error(rc, err, str(target), "already exists")
+    assert checkpoint.fingerprint(target) == fingerprint  # untouched
+
+
+# ------------------------------------------------------------------------------------------------- 7. help
+
+SEED_FLAGS = [
+    "--model-path",
+    "--config",
+    "--profile",
+    "--hidden-layer",
+    "--layer-weights",
+    "--system-prompt",
+    "--think-block",
+    "--shift",
+    "--steps",
+    "--width",
+    "--height",
+    "--seed",
+    "--guidance-scale",
+    "--negative-prompt",
+    "--long-prompt-mode",
+    "--max-text-tokens",
+    "--refiner",
+    "--output",
+]
+
+
+def test_app_help(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "--help")
+    assert rc == 0
+    for command in ("generate", "encode", "tiny-model", "config"):
+        assert re.search(rf"\b{command}\b", out), command
+
+
+def test_every_setting_has_its_flag_on_generate(capsys: pytest.CaptureFixture[str]) -> None:
+    from llm_dit.config import CLI_FLAGS
+
+    rc, out, _ = run(capsys, "generate", "--help")
+    assert rc == 0
+    flags = set(re.findall(r"--[a-z][a-z-]*", out))
+    assert set(CLI_FLAGS.values()) <= flags
+
+
+def test_generate_help_lists_the_seed_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "generate", "--help")
+    assert rc == 0
+    flags = set(re.findall(r"--[a-z][a-z-]*", out))
+    missing = [flag for flag in SEED_FLAGS if flag not in flags]
+    assert not missing, missing
+
+
+def test_generate_help_keeps_bracketed_text(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "generate", "--help")
+    assert rc == 0
+    assert "[default]" in out
