@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pydantic import ValidationError
 from transformers import Qwen3Model
 
 from llm_dit import checkpoint
@@ -133,22 +132,13 @@ def test_formatter_matches_chat_template(tokenizer, prompt):
     )
 
 
-@pytest.mark.parametrize("thought", ["The user wants a cat.", "line one\nline two", "  padded  "])
+@pytest.mark.parametrize(
+    "thought", ["The user wants a cat.", "line one\nline two", "  padded  ", "\nplan\n", "\n\ntwo newlines\n\n"]
+)
 def test_think_block_text_matches_reasoning_content(tokenizer, thought):
     prompt = PROMPTS[0]
     assert format_prompt(prompt, think_block=thought).text == template(tokenizer, prompt, reasoning=thought)
     assert format_prompt(prompt, SYSTEM, thought).text == template(tokenizer, prompt, system=SYSTEM, reasoning=thought)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="prompt.think_block_text does not strip surrounding newlines; Qwen3's template renders "
-    "reasoning_content.strip('\\n'), so '\\nT\\n' gives <think>\\n\\nT\\n\\n</think> instead of <think>\\nT\\n</think>",
-)
-def test_think_block_with_surrounding_newlines_matches_template(tokenizer):
-    thought = "\nplan the picture\n"
-    assert format_prompt("a cat", think_block=thought).text == template(tokenizer, "a cat", reasoning=thought)
 
 
 def test_formatted_prompt_parts(tokenizer):
@@ -243,28 +233,16 @@ def test_out_of_range_layer_in_encode_layers_raises_before_loading(cold_encoder,
         cold_encoder.encode_layers("a cat", [-2, layer])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValidationError,
-    reason="encode(hidden_layer=...) and the constructor validate through pydantic EncoderSettings, which raises "
-    "pydantic.ValidationError (a ValueError), not LlmDitError",
-)
-@pytest.mark.parametrize("layer", [-38, 37])
-def test_out_of_range_layer_raises_llm_dit_error_before_loading(tokenizer, cold_encoder, layer):
-    with pytest.raises(LlmDitError, match=r"-37\.\.36"):
-        cold_encoder.encode("a cat", hidden_layer=layer)
-    with pytest.raises(LlmDitError, match=r"-37\.\.36"):
-        ZImageTextEncoder(tokenizer, model_loader=_no_model, num_layers=NUM_LAYERS, hidden_layer=layer)
-
-
 @pytest.mark.parametrize("layer", [-38, 37])
 def test_out_of_range_layer_raises_before_loading(tokenizer, cold_encoder, layer):
-    # Whatever the exception class, the range is named and no model loads (AssertionError otherwise).
-    with pytest.raises(ValueError, match=r"-37\.\.36"):
+    # LlmDitError naming the range, and no model loads (the loader would raise AssertionError).
+    with pytest.raises(LlmDitError, match=r"-37\.\.36"):
         cold_encoder.encode("a cat", hidden_layer=layer)
-    with pytest.raises(ValueError, match=r"-37\.\.36"):
+    with pytest.raises(LlmDitError, match=r"-37\.\.36"):
+        cold_encoder.tokenize("a cat", hidden_layer=layer)
+    with pytest.raises(LlmDitError, match=r"-37\.\.36"):
         ZImageTextEncoder(tokenizer, model_loader=_no_model, num_layers=NUM_LAYERS, hidden_layer=layer)
-    with pytest.raises(ValueError, match=r"-37\.\.36"):
+    with pytest.raises(LlmDitError, match=r"-37\.\.36"):
         cold_encoder.encode("a cat", layer_weights={-2: 0.5, layer: 0.5})
 
 
@@ -307,6 +285,17 @@ def test_layer_weights_blend(encoder, tokenizer, reference_models):
     torch.testing.assert_close(mean.embeddings, (h[-2] + h[-5]) / 2, rtol=1e-5, atol=1e-5)
     (string_form,) = encoder.encode(prompt, layer_weights="-2:0.7,-5:0.3")
     torch.testing.assert_close(string_form.embeddings, blend.embeddings, rtol=0, atol=0)
+
+
+def test_per_call_hidden_layer_replaces_an_encoder_blend(tokenizer, encoder, tiny_checkpoint):
+    blending = ZImageTextEncoder.from_pretrained(
+        tiny_checkpoint, device="cpu", torch_dtype="float32", layer_weights={-2: 0.5, -5: 0.5}
+    )
+    blending._model = encoder.model  # share the loaded weights
+    (single,) = blending.encode(PROMPTS[0], hidden_layer=-10)
+    (expected,) = encoder.encode(PROMPTS[0], hidden_layer=-10)
+    assert single.hidden_layer == -10 and single.layer_weights is None
+    assert torch.equal(single.embeddings, expected.embeddings)
 
 
 # -- long prompts -----------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pydantic import ValidationError
 
 from llm_dit import checkpoint
 from llm_dit.config import GenerationSettings
@@ -172,6 +171,20 @@ def test_precomputed_embeddings_equal_prompt(pipe):
     assert again.record["embeddings_fingerprint"] == fingerprint
 
 
+def test_negative_embeddings_are_recorded_as_such(pipe):
+    positive, negative = pipe.encoder.encode(["a cat", "blurry"])
+    result = pipe.generate(
+        embeddings=positive.embeddings, negative_embeddings=negative.embeddings, guidance_scale=2.0, seed=1, **SIZE
+    )
+    assert result.record["negative_prompt"] is None
+    assert re.fullmatch(r"[0-9a-f]{16}", result.record["negative_embeddings_fingerprint"])
+
+
+def test_max_batch_size_must_be_positive(tiny_checkpoint):
+    with pytest.raises(LlmDitError, match="max_batch_size"):
+        LlmDitPipeline.from_pretrained(tiny_checkpoint, max_batch_size=0)
+
+
 @pytest.mark.parametrize(
     ("shape", "match"),
     [((10, 31), "width 31"), ((1505, 32), "1505 rows"), ((0, 32), "0 rows"), ((10,), "L, D")],
@@ -229,20 +242,8 @@ def test_a_bad_request_in_a_batch_stops_everything(refuse_loading):
     ids=["width72", "height100", "increasing-sigmas", "sigma-over-1"],
 )
 def test_bad_generation_params_raise_before_loading(refuse_loading, params):
-    # Whatever the exception class, no weights load and the message names the value.
-    with pytest.raises(ValueError, match=r"width|height|sigmas"):
-        refuse_loading.generate("a cat", **{**SIZE, **params})
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValidationError,
-    reason="GenerationRequest.build validates through pydantic GenerationSettings, so generate()/build() raise "
-    "pydantic.ValidationError, not LlmDitError, for a bad size or sigma list",
-)
-@pytest.mark.parametrize("params", [{"width": 72}, {"sigmas": [0.5, 0.7]}], ids=["width72", "increasing-sigmas"])
-def test_bad_generation_params_raise_llm_dit_error(refuse_loading, params):
-    with pytest.raises(LlmDitError):
+    # LlmDitError (not pydantic's ValidationError) naming the value; no weights load.
+    with pytest.raises(LlmDitError, match=r"width|height|sigmas"):
         refuse_loading.generate("a cat", **{**SIZE, **params})
 
 

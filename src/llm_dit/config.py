@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -49,6 +49,7 @@ __all__ = [
     "PipelineSettings",
     "ResolvedSettings",
     "Settings",
+    "build_section",
     "count_steps",
     "list_profiles",
     "load_settings",
@@ -786,6 +787,17 @@ def _nest(values: Mapping[str, Any]) -> dict[str, Any]:
         else:
             nested[name] = value
     return nested
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+def build_section(model: type[SectionT], values: Mapping[str, Any]) -> SectionT:
+    """Validate API keyword values into a settings section, raising ConfigError (one clear line) on bad input."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(message for _, message in _validation_messages(exc))) from None
 
 
 def _validation_messages(exc: ValidationError) -> list[tuple[str, str]]:

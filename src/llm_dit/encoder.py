@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm_dit.config import EncoderSettings
+from llm_dit.config import EncoderSettings, build_section
 from llm_dit.constants import DIFFUSERS_MAX_SEQUENCE_LENGTH, HARD_MAX_TEXT_TOKENS
 from llm_dit.embeddings import blend_layers, compress_sequence
 from llm_dit.errors import LlmDitError
@@ -111,7 +111,7 @@ class ZImageTextEncoder:
         self.num_layers = num_layers
         self.max_caption_tokens = max_caption_tokens
         self.batch_size = batch_size
-        self.settings = EncoderSettings(**settings)
+        self.settings = build_section(EncoderSettings, settings)
         self._check_layers(self.settings)
 
     @classmethod
@@ -152,7 +152,10 @@ class ZImageTextEncoder:
         """This encoder's settings with per-call overrides, validated."""
         if not overrides:
             return self.settings
-        settings = EncoderSettings(**{**self.settings.model_dump(), **overrides})
+        if "hidden_layer" in overrides and "layer_weights" not in overrides:
+            # A per-call layer is an explicit choice: it replaces a blend set on the encoder.
+            overrides = {**overrides, "layer_weights": None}
+        settings = build_section(EncoderSettings, {**self.settings.model_dump(), **overrides})
         self._check_layers(settings)
         return settings
 

@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from llm_dit import __version__, checkpoint
-from llm_dit.config import EncoderSettings, GenerationSettings, PipelineSettings, Settings
+from llm_dit.config import EncoderSettings, GenerationSettings, PipelineSettings, Settings, build_section
 from llm_dit.constants import HARD_MAX_TEXT_TOKENS
 from llm_dit.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.errors import LlmDitError
@@ -73,8 +73,8 @@ class GenerationRequest:
             raise LlmDitError("give exactly one of prompt or embeddings")
         encoder = {k: v for k, v in params.items() if k in _ENCODER_FIELDS}
         if encoder:
-            EncoderSettings(**encoder)  # validate early
-        generation = GenerationSettings(**{k: v for k, v in params.items() if k in _GENERATION_FIELDS})
+            build_section(EncoderSettings, encoder)  # validate early
+        generation = build_section(GenerationSettings, {k: v for k, v in params.items() if k in _GENERATION_FIELDS})
         return cls(prompt, embeddings, negative_embeddings, generation, encoder, tag)
 
 
@@ -130,6 +130,8 @@ class LlmDitPipeline:
         self.model_path = model_path
         self._fingerprint = fingerprint
         self.pipeline_settings = pipeline_settings or PipelineSettings()
+        if max_batch_size < 1:
+            raise LlmDitError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
         self.size_multiple = info.size_multiple if info is not None else 16
 
@@ -149,8 +151,8 @@ class LlmDitPipeline:
         The directory is validated now; weights load on first use. ``encoder`` and ``pipeline`` hold
         devices, dtypes and default conditioning (see :mod:`llm_dit.config`).
         """
-        enc = encoder if isinstance(encoder, EncoderSettings) else EncoderSettings(**(encoder or {}))
-        pipe = pipeline if isinstance(pipeline, PipelineSettings) else PipelineSettings(**(pipeline or {}))
+        enc = encoder if isinstance(encoder, EncoderSettings) else build_section(EncoderSettings, encoder or {})
+        pipe = pipeline if isinstance(pipeline, PipelineSettings) else build_section(PipelineSettings, pipeline or {})
         path = checkpoint.resolve_model_path(model_path)
         info = checkpoint.validate_checkpoint(path)
         dit_device = checkpoint.resolve_device(pipe.device)
@@ -397,7 +399,9 @@ class LlmDitPipeline:
             "width": gen.width,
             "height": gen.height,
             "guidance_scale": gen.guidance_scale,
-            "negative_prompt": gen.negative_prompt if gen.guidance_scale > 0 else None,
+            "negative_prompt": gen.negative_prompt
+            if gen.guidance_scale > 0 and request.negative_embeddings is None
+            else None,
             "refiner": gen.refiner,
             "model_path": self.model_path,
             "model_fingerprint": self.fingerprint,

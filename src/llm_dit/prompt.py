@@ -33,7 +33,8 @@ class FormattedPrompt:
 def think_block_text(think_block: str | None) -> str:
     """Render a think-block setting: ``none``/None -> "", ``empty`` -> an empty block, other text -> that text.
 
-    A think block with text renders as Qwen3's template renders an assistant turn's reasoning.
+    A think block with text renders as Qwen3's template renders an assistant turn's reasoning
+    (``<think>\n{text}\n</think>\n\n``, surrounding newlines of the text stripped as the template does).
     """
     if think_block is None or think_block == THINK_NONE:
         return ""
@@ -41,7 +42,8 @@ def think_block_text(think_block: str | None) -> str:
         return "<think>\n\n</think>\n\n"
     if not isinstance(think_block, str):
         raise LlmDitError(f"think_block must be 'none', 'empty' or text, not {think_block!r}")
-    return f"<think>\n{think_block}\n</think>\n\n"
+    # Qwen3's template renders reasoning_content.strip("\n"): surrounding newlines never reach the model.
+    return f"<think>\n{think_block.strip(chr(10))}\n</think>\n\n"
 
 
 def format_prompt(
