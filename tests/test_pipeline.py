@@ -275,13 +275,17 @@ def singles(pipe):
 
 def test_batch_equals_single_runs(pipe, singles):
     requests = [GenerationRequest.build(prompt, tag=i, **SIZE, **params) for i, (prompt, params) in enumerate(BATCH)]
+    pipe.clear_encoding_cache()
     rows, handle = count_encoder_rows(pipe)
     try:
         results = pipe.generate_batch(requests)
+        again = pipe.generate_batch(requests[:1])
     finally:
         handle.remove()
-    # distinct texts: 3 prompts + "dull" + "" (the default negative); the duplicate prompt is encoded once
+    # distinct texts: 3 prompts + "dull" + "" (the default negative); the duplicate prompt is encoded once,
+    # and a later batch reuses the cached encodings (no second forward)
     assert rows == [5]
+    assert_images_close(again[0].image, results[0].image)
     assert [r.tag for r in results] == [0, 1, 2, 3]
     for result, single, (prompt, params) in zip(results, singles, BATCH, strict=True):
         assert_images_close(result.image, single.image)
@@ -409,3 +413,24 @@ def test_layer_weights_generate(pipe, baseline):
     assert result.record["hidden_layer"] is None
     assert result.record["layer_weights"] == {"-2": 0.5, "-6": 0.5}
     assert diff(result, baseline) > 1e-3
+
+
+def test_layer_sweep_encodes_each_prompt_once(pipe):
+    """Requests differing only in the layer choice share one encoder forward (all layers at once)."""
+    pipe.clear_encoding_cache()
+    layer_choices = [{"hidden_layer": -2}, {"hidden_layer": -6}, {"layer_weights": {-2: 0.5, -9: 0.5}}]
+    requests = [
+        GenerationRequest.build(prompt, seed=1, **SIZE, **choice)
+        for prompt in ("a red fox", "a lighthouse")
+        for choice in layer_choices
+    ]
+    rows, handle = count_encoder_rows(pipe)
+    try:
+        results = pipe.generate_batch(requests)
+    finally:
+        handle.remove()
+    assert rows == [2]
+    expected = pipe.encoder.encode("a lighthouse", hidden_layer=-6)[0].embeddings
+    reference = pipe.generate(embeddings=expected, seed=1, **SIZE)
+    assert_images_close(results[4].image, reference.image)
+    assert results[5].record["layer_weights"] == {"-2": 0.5, "-9": 0.5}

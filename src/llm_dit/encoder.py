@@ -160,8 +160,7 @@ class ZImageTextEncoder:
         return settings
 
     def _check_layers(self, settings: EncoderSettings) -> None:
-        layers = list(settings.layer_weights) if settings.layer_weights else [settings.hidden_layer]
-        self.check_layer_indices(layers)
+        self.check_layer_indices(layers_of(settings))
 
     def check_layer_indices(self, layers: Sequence[int]) -> None:
         n = self.num_layers
@@ -180,7 +179,9 @@ class ZImageTextEncoder:
         Raises before any model loads when a prompt cannot fit (mode ``none``, or a system prompt / think
         block that alone fills the cap).
         """
-        settings = self.resolve(**overrides)
+        return self._tokenize(prompts, self.resolve(**overrides))
+
+    def _tokenize(self, prompts: str | Sequence[str], settings: EncoderSettings) -> list[TokenizedPrompt]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         cap = min(settings.max_text_tokens, self.max_caption_tokens)
         out = []
@@ -239,37 +240,62 @@ class ZImageTextEncoder:
         """
         self.check_layer_indices(layers)
         settings = self.resolve(**overrides)
-        tokenized = self.tokenize(prompts, **overrides)
-        return self._forward(tokenized, list(dict.fromkeys(layers)), settings)
+        return self._forward(self._tokenize(prompts, settings), list(dict.fromkeys(layers)), settings)
 
     @torch.no_grad()
     def encode(self, prompts: str | Sequence[str], **overrides: Any) -> list[EncodedPrompt]:
         """Encode prompts into caption features, one ``[L_i, D]`` tensor per prompt."""
-        settings = self.resolve(**overrides)
-        tokenized = self.tokenize(prompts, **overrides)
+        return self.encode_variants(prompts, [self.resolve(**overrides)])[0]
+
+    @torch.no_grad()
+    def encode_variants(
+        self, prompts: str | Sequence[str], variants: Sequence[EncoderSettings]
+    ) -> list[list[EncodedPrompt]]:
+        """Encode prompts under several layer choices with ONE forward: ``result[variant][prompt]``.
+
+        Variants may differ only in ``hidden_layer`` / ``layer_weights`` (everything that changes the tokens
+        or the forward must agree); a hidden-layer sweep or blend study then costs one encode.
+        """
+        if not variants:
+            return []
+        base = variants[0]
+        for variant in variants:
+            if layer_agnostic_key(variant) != layer_agnostic_key(base):
+                raise LlmDitError("encode_variants: variants may differ only in hidden_layer / layer_weights")
+            self._check_layers(variant)
+        tokenized = self._tokenize(prompts, base)
+        layers = list(dict.fromkeys(layer for v in variants for layer in layers_of(v)))
+        per_prompt = self._forward(tokenized, layers, base)
+        return [
+            [self._assemble(tok, states, variant) for tok, states in zip(tokenized, per_prompt, strict=True)]
+            for variant in variants
+        ]
+
+    @staticmethod
+    def _assemble(tok: TokenizedPrompt, states: dict[int, torch.Tensor], settings: EncoderSettings) -> EncodedPrompt:
         weights = settings.layer_weights
-        layers = list(weights) if weights else [settings.hidden_layer]
-        per_prompt = self._forward(tokenized, layers, settings)
-        results = []
-        for tok, states in zip(tokenized, per_prompt, strict=True):
-            embeds = blend_layers(states, weights) if weights else states[settings.hidden_layer]
-            results.append(
-                EncodedPrompt(
-                    embeddings=embeds,
-                    token_ids=tok.input_ids,
-                    formatted_prompt=tok.formatted.text,
-                    token_count=tok.token_count,
-                    hidden_layer=None if weights else settings.hidden_layer,
-                    layer_weights=dict(weights) if weights else None,
-                    long_prompt_mode=settings.long_prompt_mode,
-                    max_text_tokens=tok.cap,
-                    truncated=tok.truncated,
-                    compressed=tok.compress,
-                    prefix_len=tok.prefix_len,
-                    suffix_len=tok.suffix_len,
-                )
-            )
-        return results
+        embeds = blend_layers(states, weights) if weights else states[settings.hidden_layer]
+        return EncodedPrompt(
+            embeddings=embeds,
+            token_ids=tok.input_ids,
+            formatted_prompt=tok.formatted.text,
+            token_count=tok.token_count,
+            hidden_layer=None if weights else settings.hidden_layer,
+            layer_weights=dict(weights) if weights else None,
+            long_prompt_mode=settings.long_prompt_mode,
+            max_text_tokens=tok.cap,
+            truncated=tok.truncated,
+            compressed=tok.compress,
+            prefix_len=tok.prefix_len,
+            suffix_len=tok.suffix_len,
+        )
+
+    def unload(self) -> None:
+        """Free the model (it reloads on next use when a loader is known, e.g. after --offload-encoder)."""
+        if self._model_loader is not None:
+            self._model = None
+        elif self._model is not None:
+            self._model.to("cpu")
 
     def _forward(
         self, tokenized: list[TokenizedPrompt], layers: list[int], settings: EncoderSettings
@@ -302,3 +328,13 @@ class ZImageTextEncoder:
                     states[layer] = rows
                 results.append(states)
         return results
+
+
+def layers_of(settings: EncoderSettings) -> list[int]:
+    """The hidden states a setting reads."""
+    return list(settings.layer_weights) if settings.layer_weights else [settings.hidden_layer]
+
+
+def layer_agnostic_key(settings: EncoderSettings) -> str:
+    """Settings identity ignoring the layer choice: prompts sharing it can share one encoder forward."""
+    return settings.model_copy(update={"hidden_layer": 0, "layer_weights": None}).model_dump_json()

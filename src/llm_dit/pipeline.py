@@ -21,7 +21,7 @@ from torch import nn
 from llm_dit import __version__, checkpoint
 from llm_dit.config import EncoderSettings, GenerationSettings, PipelineSettings, Settings, build_section
 from llm_dit.constants import HARD_MAX_TEXT_TOKENS
-from llm_dit.encoder import EncodedPrompt, ZImageTextEncoder
+from llm_dit.encoder import EncodedPrompt, ZImageTextEncoder, layer_agnostic_key
 from llm_dit.errors import LlmDitError
 from llm_dit.image import decode_latents, ensure_writable, save_png, to_pil
 from llm_dit.record import package_versions, parameters_line, tensor_fingerprint, utc_now
@@ -133,6 +133,8 @@ class LlmDitPipeline:
         if max_batch_size < 1:
             raise LlmDitError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
+        # (text, encoder settings JSON) -> EncodedPrompt: each distinct formatted prompt is encoded once.
+        self._cache: dict[tuple[str, str], EncodedPrompt] = {}
         self.size_multiple = info.size_multiple if info is not None else 16
 
     # -- construction ---------------------------------------------------------------------------------
@@ -308,30 +310,61 @@ class LlmDitPipeline:
     def _encode_all(
         self, requests: list[GenerationRequest]
     ) -> tuple[list[EncodedPrompt | torch.Tensor], list[EncodedPrompt | torch.Tensor | None]]:
-        """Encode every distinct (text, settings) once, batching prompts that share settings."""
-        wanted: dict[tuple[str, str], list[tuple[int, bool]]] = {}
+        """Caption features of every request: precomputed ones as given, texts through the encoding cache."""
+        self.precompute_encodings(requests)
         positives: list[Any] = [None] * len(requests)
         negatives: list[Any] = [None] * len(requests)
-        for index, request in enumerate(requests):
-            key = repr(sorted(request.encoder.items()))
+        for index, (request, settings) in enumerate(zip(requests, self._encoder_settings(requests), strict=True)):
             if request.embeddings is not None:
                 positives[index] = request.embeddings
             else:
-                wanted.setdefault((key, request.prompt), []).append((index, True))
+                positives[index] = self._cache[(request.prompt, settings.model_dump_json())]
             if request.generation.guidance_scale > 0:
                 if request.negative_embeddings is not None:
                     negatives[index] = request.negative_embeddings
                 else:
-                    wanted.setdefault((key, request.generation.negative_prompt), []).append((index, False))
-        by_settings: dict[str, list[str]] = {}
-        for key, text in wanted:
-            by_settings.setdefault(key, []).append(text)
-        for key, texts in by_settings.items():
-            overrides = next(r.encoder for r in requests if repr(sorted(r.encoder.items())) == key)
-            for text, encoded in zip(texts, self.encoder.encode(texts, **overrides), strict=True):
-                for index, positive in wanted[(key, text)]:
-                    (positives if positive else negatives)[index] = encoded
+                    negatives[index] = self._cache[(request.generation.negative_prompt, settings.model_dump_json())]
         return positives, negatives
+
+    def precompute_encodings(self, requests: Sequence[GenerationRequest]) -> int:
+        """Encode every distinct (text, encoder settings) of ``requests`` not yet cached; returns how many.
+
+        Texts whose settings differ only in the layer choice share one encoder forward (all layers at once),
+        so a hidden-layer sweep encodes each prompt once. Results stay cached for later batches; a runner
+        can call this for a whole experiment, then :meth:`offload_encoder` before sampling.
+        """
+        groups: dict[str, tuple[dict[str, EncoderSettings], dict[str, None]]] = {}
+        for request, settings in zip(requests, self._encoder_settings(requests), strict=True):
+            texts = [request.prompt] if request.embeddings is None else []
+            if request.generation.guidance_scale > 0 and request.negative_embeddings is None:
+                texts.append(request.generation.negative_prompt)
+            key = settings.model_dump_json()
+            for text in texts:
+                if (text, key) not in self._cache:
+                    variants, wanted = groups.setdefault(layer_agnostic_key(settings), ({}, {}))
+                    variants[key] = settings
+                    wanted[text] = None
+        count = 0
+        for variants, wanted in groups.values():
+            texts = list(wanted)
+            results = self.encoder.encode_variants(texts, list(variants.values()))
+            for key, encoded in zip(variants, results, strict=True):
+                for text, item in zip(texts, encoded, strict=True):
+                    self._cache[(text, key)] = item
+                    count += 1
+        return count
+
+    def _encoder_settings(self, requests: Sequence[GenerationRequest]) -> list[EncoderSettings]:
+        return [self.encoder.resolve(**request.encoder) for request in requests]
+
+    def clear_encoding_cache(self) -> None:
+        self._cache.clear()
+
+    def offload_encoder(self) -> None:
+        """Free the text encoder's weights (cached encodings stay) to cut peak memory while sampling."""
+        self.encoder.unload()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _sample(
         self,

@@ -1,0 +1,774 @@
+"""The results store: one SQLite database per results root, plus per-experiment exports.
+
+Layout under ``root`` (default ``experiments/results``)::
+
+    root/results.db                 the source of truth for every experiment in this root
+    root/<experiment>/.lock         held (flock) by the process running the experiment
+    root/<experiment>/*.png         the images (written by the runner, atomically)
+    root/<experiment>/metadata.json export, regenerated from the database by ``export``
+    root/<experiment>/results.csv   export, regenerated from the database by ``export``
+
+Crash safety: every write is one ``BEGIN IMMEDIATE ... COMMIT`` transaction in WAL mode, so a process killed
+with SIGKILL at any moment leaves each row either fully written or absent. Exports and images are written to a
+temp file in the same directory, fsynced, then renamed over the target (``write_atomic``), so a reader never sees
+a half-written file; an interrupted write leaves only a temp file, which ``cleanup_temp_files`` removes.
+
+``synchronous=FULL``: each commit fsyncs the WAL. A commit happens once per generated image (seconds of GPU
+work), so the extra milliseconds are invisible, and in exchange a committed ``done`` survives power loss and OS
+crashes too, not only process crashes (which ``NORMAL`` already covers). With the image fsynced before
+``mark_done``, the database can never say ``done`` for an image that is not on disk.
+
+This module deliberately imports no torch or model code: analysis tools and the CLI read results cheaply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import os
+import socket
+import sqlite3
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llm_dit.errors import LlmDitError
+
+if TYPE_CHECKING:
+    import pandas
+
+SCHEMA_VERSION = 1
+DB_NAME = "results.db"
+LOCK_NAME = ".lock"
+METADATA_NAME = "metadata.json"
+RESULTS_NAME = "results.csv"
+DEFAULT_ROOT = Path("experiments/results")
+STATUSES = ("planned", "done", "failed")
+# Long enough to ride out another process's export or a burst of commits; short enough to report a wedged db.
+BUSY_TIMEOUT_S = 60.0
+# Columns of results.csv before the variable columns, between them and the metric columns.
+LEADING_COLUMNS = ("run_id", "prompt_id", "prompt_text")
+TRAILING_COLUMNS = ("seed", "status", "error", "generation_time_s", "token_count", "output_path")
+FIXED_COLUMNS = frozenset(LEADING_COLUMNS + TRAILING_COLUMNS)
+# SQLite integers are signed 64-bit.
+MAX_SEED = 2**63 - 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    name        TEXT PRIMARY KEY,
+    description TEXT NOT NULL DEFAULT '',
+    definition  TEXT NOT NULL DEFAULT '{}',   -- JSON: the experiment definition as given
+    metadata    TEXT NOT NULL DEFAULT '{}',   -- JSON: model, devices, versions; 'starts' lists each start
+    summary     TEXT,                         -- JSON: given to finish_experiment
+    started_at  TEXT,                         -- first start (UTC ISO 8601)
+    finished_at TEXT                          -- last finish; reset by a new start
+);
+CREATE TABLE IF NOT EXISTS runs (
+    experiment        TEXT NOT NULL REFERENCES experiments(name) ON DELETE CASCADE,
+    run_id            TEXT NOT NULL,
+    seq               INTEGER NOT NULL,       -- position in the latest plan: the order of runs() and exports
+    prompt_id         TEXT NOT NULL,
+    prompt_text       TEXT NOT NULL,
+    seed              INTEGER NOT NULL,
+    variables         TEXT NOT NULL DEFAULT '{}',  -- JSON object: axis name -> value label, in axis order
+    params            TEXT NOT NULL DEFAULT '{}',  -- JSON object: every resolved generation parameter
+    image_name        TEXT NOT NULL,          -- planned file name, relative to the experiment dir
+    status            TEXT NOT NULL DEFAULT 'planned' CHECK (status IN ('planned', 'done', 'failed')),
+    error             TEXT,
+    image_path        TEXT,                   -- written file, relative to the experiment dir (done runs)
+    generation_time_s REAL,
+    token_count       INTEGER,
+    record            TEXT,                   -- JSON: the image's full record
+    created_at        TEXT NOT NULL,
+    updated_at        TEXT NOT NULL,
+    PRIMARY KEY (experiment, run_id)
+);
+CREATE INDEX IF NOT EXISTS runs_by_seq ON runs (experiment, seq);
+CREATE TABLE IF NOT EXISTS metrics (
+    experiment TEXT NOT NULL,
+    run_id     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    value      REAL,
+    PRIMARY KEY (experiment, run_id, name),
+    FOREIGN KEY (experiment, run_id) REFERENCES runs (experiment, run_id) ON DELETE CASCADE
+);
+"""
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; done once at import, before any threads of ours exist.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _json_default(value: Any) -> Any:
+    # Paths are common in resolved parameters (model_path); anything else unserializable is a caller bug.
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _dumps(value: Any) -> str:
+    # No sort_keys: key order carries meaning (axis order of variables).
+    return json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    A temp file ``.<name>.<random>.tmp`` in the same directory (same filesystem, so the rename is atomic) is
+    written, fsynced and renamed over ``path``; then the directory is fsynced so the rename itself is durable.
+    On any error the temp file is removed and the old ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), _FILE_MODE)  # mkstemp makes 0600; exports are meant to be shared
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Best effort: some filesystems refuse to open or fsync a directory; the data itself is already synced.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether ``name`` is a leftover of an interrupted atomic write.
+
+    Patterns: ``.*.tmp`` (``write_atomic``; ``image.save_png`` writes ``.<stem>.<random>.png.tmp``) and
+    ``*.png.tmp``.
+    """
+    return (name.startswith(".") and name.endswith(".tmp") and len(name) > len(".tmp") + 1) or name.endswith(".png.tmp")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of an experiment as planned by the runner. ``run_id`` is deterministic (same plan, same ids)."""
+
+    run_id: str
+    prompt_id: str
+    prompt_text: str
+    seed: int
+    variables: dict[str, str] = field(default_factory=dict)  # axis name -> value label, in axis order
+    params: dict[str, Any] = field(default_factory=dict)  # every resolved parameter
+    image_name: str = ""  # file name relative to the experiment dir; defaults to '<run_id>.png'
+
+
+def _validate_name(experiment: str) -> str:
+    # The name becomes a directory under root: refuse anything that could escape it or hide as a dotfile.
+    if (
+        not isinstance(experiment, str)
+        or not experiment.strip()
+        or experiment != experiment.strip()
+        or experiment.startswith(".")
+        or any(sep in experiment for sep in ("/", "\\", "\0"))
+        or any(ord(ch) < 32 for ch in experiment)
+        or experiment.startswith(DB_NAME)  # results.db, results.db-wal, results.db-shm live in root
+    ):
+        raise LlmDitError(
+            f"invalid experiment name {experiment!r}: use a plain directory name "
+            "(no slashes, no leading dot or spaces, e.g. 'shift_sweep')"
+        )
+    return experiment
+
+
+def _validate_relative(name: str, what: str) -> str:
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts or not parts:
+        raise LlmDitError(f"invalid {what} {name!r}: must be a path inside the experiment directory")
+    # The store's own files and temp-file names would be overwritten by exports or deleted by cleanup.
+    if parts[-1] in (LOCK_NAME, METADATA_NAME, RESULTS_NAME) or is_temp_file(parts[-1]):
+        raise LlmDitError(f"invalid {what} {name!r}: that name is reserved for the results store")
+    return name
+
+
+class ResultsStore:
+    """Runs, their outcomes and metrics for every experiment under one results root.
+
+    Safe to open from several processes at once (SQLite WAL + busy timeout). One instance may be shared by
+    threads (calls are serialized). After ``fork`` the child opens its own connection automatically.
+    """
+
+    def __init__(self, root: str | Path = DEFAULT_ROOT) -> None:
+        """Create ``root`` and the database (if missing) and check its schema version."""
+        self.root = Path(root)
+        self.db_path = self.root / DB_NAME
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LlmDitError(f"cannot create results directory {self.root}: {exc.strerror}") from exc
+        self._mutex = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        self._held: set[str] = set()
+        self._init_schema()
+
+    # -- connection and transactions -------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        # A connection must not cross fork(): the child would share the parent's file locks and state.
+        if self._conn is None or self._pid != os.getpid():
+            try:
+                # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each public call is one transaction.
+                conn = sqlite3.connect(
+                    self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                )
+            except sqlite3.Error as exc:
+                raise LlmDitError(f"cannot open results database {self.db_path}: {exc}") from exc
+            conn.row_factory = sqlite3.Row
+            # busy_timeout first: switching to WAL needs a lock that another process may briefly hold.
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                conn.close()
+                raise LlmDitError(
+                    f"results database {self.db_path} cannot use WAL mode (got {mode!r}); "
+                    "put the results directory on a local filesystem"
+                )
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. IMMEDIATE takes the write lock up front, so concurrent writers queue on the
+        busy timeout instead of failing with SQLITE_BUSY when a read transaction tries to upgrade."""
+        with self._mutex:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT: a transaction left open would make every later BEGIN fail.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: several SELECTs see one consistent snapshot while others write."""
+        with self._mutex:
+            conn = self._connection()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
+    def _init_schema(self) -> None:
+        with self._write() as conn:
+            # Statement by statement: executescript() would COMMIT and break the transaction.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            version = row[0]
+            if version is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version > SCHEMA_VERSION:
+                raise LlmDitError(
+                    f"results database {self.db_path} has schema version {version}, newer than this llm-dit "
+                    f"understands ({SCHEMA_VERSION}); upgrade llm-dit or use another --output-dir"
+                )
+
+    def close(self) -> None:
+        """Close the database connection (reopened on the next call)."""
+        with self._mutex:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- experiments -----------------------------------------------------------------------------------------
+
+    def experiment_dir(self, experiment: str) -> Path:
+        """``root/<experiment>``: images and exports. Not created here."""
+        return self.root / _validate_name(experiment)
+
+    @contextlib.contextmanager
+    def lock(self, experiment: str) -> Iterator[None]:
+        """Hold the exclusive run lock of ``experiment`` (``root/<experiment>/.lock``) or fail at once.
+
+        ``flock`` belongs to the open file, so the kernel releases it when the process dies, however it dies:
+        ``kill -9`` never leaves a stale lock, and the pid/start time in the file are only for the message.
+        The file is never deleted: unlinking a lock file lets two processes lock two different inodes.
+        A second ``lock()`` of the same experiment in the same process also fails (separate open files).
+        Children forked while it is held share it until they exit.
+        """
+        directory = self.experiment_dir(experiment)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                raise LlmDitError(
+                    f"experiment {experiment!r} in {self.root} is already being run by another process "
+                    f"({holder}); wait for it or use another --output-dir"
+                ) from None
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (_dumps(info) + "\n").encode(), 0)
+            self._held.add(experiment)
+            try:
+                yield
+            finally:
+                self._held.discard(experiment)
+                # Clear the holder info before unlocking, so nobody reads a finished process as the holder.
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def start_experiment(
+        self, name: str, description: str, definition: Mapping[str, Any], metadata: Mapping[str, Any]
+    ) -> None:
+        """Create or update an experiment; each call is appended to ``metadata['starts']`` (the earliest start
+        stays in ``started_at``) and clears ``finished_at``. Description, definition and metadata are replaced."""
+        _validate_name(name)
+        now = _now()
+        start = {"started_at": now, "pid": os.getpid(), "host": socket.gethostname()}
+        with self._write() as conn:
+            row = conn.execute("SELECT metadata, started_at FROM experiments WHERE name = ?", (name,)).fetchone()
+            previous = _loads(row["metadata"]) if row else {}
+            starts = [*(previous or {}).get("starts", []), start]
+            merged = {**dict(metadata), "starts": starts}
+            conn.execute(
+                """INSERT INTO experiments (name, description, definition, metadata, started_at, finished_at)
+                   VALUES (?, ?, ?, ?, ?, NULL)
+                   ON CONFLICT (name) DO UPDATE SET description = excluded.description,
+                       definition = excluded.definition, metadata = excluded.metadata, finished_at = NULL""",
+                (name, description, _dumps(dict(definition)), _dumps(merged), now),
+            )
+
+    def finish_experiment(self, name: str, summary: Mapping[str, Any]) -> None:
+        """Record the end of a run of the experiment (``finished_at``) and its summary."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE experiments SET finished_at = ?, summary = ? WHERE name = ?",
+                (_now(), _dumps(dict(summary)), _validate_name(name)),
+            )
+            if cursor.rowcount == 0:
+                raise self._unknown(name)
+
+    def experiments(self) -> list[str]:
+        """Names of all experiments in this root, sorted."""
+        with self._read() as conn:
+            return [row[0] for row in conn.execute("SELECT name FROM experiments ORDER BY name")]
+
+    def experiment(self, name: str) -> dict[str, Any]:
+        """One experiment's row with its JSON fields decoded."""
+        with self._read() as conn:
+            return self._experiment_row(conn, name)
+
+    def _experiment_row(self, conn: sqlite3.Connection, name: str) -> dict[str, Any]:
+        row = conn.execute("SELECT * FROM experiments WHERE name = ?", (_validate_name(name),)).fetchone()
+        if row is None:
+            raise self._unknown(name)
+        out = dict(row)
+        for key in ("definition", "metadata", "summary"):
+            out[key] = _loads(out[key])
+        return out
+
+    def _unknown(self, name: str) -> LlmDitError:
+        return LlmDitError(f"no experiment {name!r} in {self.db_path}; start it first (start_experiment)")
+
+    # -- runs ------------------------------------------------------------------------------------------------
+
+    def plan_runs(self, experiment: str, runs: Sequence[PlannedRun]) -> None:
+        """Insert the plan's new runs as ``planned``; one transaction.
+
+        Existing rows keep their status. Rows that are not ``done`` take the plan's prompt, seed, variables,
+        params and image name (they will be generated from this plan); ``done`` rows keep what was generated.
+        Every row takes its position in this plan as its order. Runs of the experiment that are no longer in the
+        plan are left untouched (they stay in the database and the exports, ordered after the plan's runs).
+        """
+        ids = [run.run_id for run in runs]
+        for dup, count in Counter(ids).items():
+            if count > 1:
+                raise LlmDitError(f"plan of {experiment!r} lists run {dup!r} twice")
+        names = [run.image_name or f"{run.run_id}.png" for run in runs]
+        for dup, count in Counter(names).items():
+            if count > 1:
+                raise LlmDitError(
+                    f"plan of {experiment!r} writes image {dup!r} for two runs; image names must be unique"
+                )
+        rows = []
+        for run, image_name in zip(runs, names, strict=True):
+            if not run.run_id:
+                raise LlmDitError(f"plan of {experiment!r} has a run with an empty run_id")
+            if not 0 <= int(run.seed) <= MAX_SEED:
+                raise LlmDitError(f"run {run.run_id!r}: seed {run.seed} is outside 0..{MAX_SEED}")
+            _validate_relative(image_name, "image name")
+            try:
+                rows.append((run, image_name, _dumps(dict(run.variables)), _dumps(dict(run.params))))
+            except TypeError as exc:
+                raise LlmDitError(f"run {run.run_id!r}: variables/params must be JSON-serializable: {exc}") from exc
+        now = _now()
+        with self._write() as conn:
+            self._experiment_row(conn, experiment)
+            existing = {
+                row["run_id"]: row["status"]
+                for row in conn.execute("SELECT run_id, status FROM runs WHERE experiment = ?", (experiment,))
+            }
+            # Runs outside this plan keep their relative order, after the plan's runs.
+            planned = set(ids)
+            others = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT run_id FROM runs WHERE experiment = ? ORDER BY seq, rowid", (experiment,)
+                )
+                if row[0] not in planned
+            ]
+            for seq, (run, image_name, variables, params) in enumerate(rows):
+                status = existing.get(run.run_id)
+                if status is None:
+                    conn.execute(
+                        """INSERT INTO runs (experiment, run_id, seq, prompt_id, prompt_text, seed, variables,
+                               params, image_name, status, created_at, updated_at)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)""",
+                        (experiment, run.run_id, seq, run.prompt_id, run.prompt_text, int(run.seed), variables,
+                         params, image_name, now, now),
+                    )  # fmt: skip
+                elif status == "done":
+                    conn.execute(
+                        "UPDATE runs SET seq = ? WHERE experiment = ? AND run_id = ?", (seq, experiment, run.run_id)
+                    )
+                else:
+                    conn.execute(
+                        """UPDATE runs SET seq = ?, prompt_id = ?, prompt_text = ?, seed = ?, variables = ?,
+                               params = ?, image_name = ? WHERE experiment = ? AND run_id = ?""",
+                        (seq, run.prompt_id, run.prompt_text, int(run.seed), variables, params, image_name,
+                         experiment, run.run_id),
+                    )  # fmt: skip
+            conn.executemany(
+                "UPDATE runs SET seq = ? WHERE experiment = ? AND run_id = ?",
+                [(len(rows) + i, experiment, rid) for i, rid in enumerate(others)],
+            )
+
+    def status(self, experiment: str) -> dict[str, str]:
+        """run_id -> status (``planned``, ``done`` or ``failed``), in planned order."""
+        with self._read() as conn:
+            return {
+                row[0]: row[1]
+                for row in conn.execute(
+                    "SELECT run_id, status FROM runs WHERE experiment = ? ORDER BY seq, rowid", (experiment,)
+                )
+            }
+
+    def done_run_ids(self, experiment: str) -> set[str]:
+        """Runs to skip on resume: status ``done`` AND the image file still exists (a deleted image is redone)."""
+        directory = self.experiment_dir(experiment)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT run_id, image_path FROM runs WHERE experiment = ? AND status = 'done'", (experiment,)
+            ).fetchall()
+        return {row[0] for row in rows if row[1] and (directory / row[1]).is_file()}
+
+    def mark_done(
+        self,
+        experiment: str,
+        run_id: str,
+        *,
+        image_path: str | Path,
+        generation_time_s: float,
+        token_count: int | None,
+        record: Mapping[str, Any],
+    ) -> None:
+        """Record a finished run. Write (and fsync) the image first: then ``done`` always has its file.
+
+        ``image_path`` is relative to the experiment dir (an absolute path inside it is made relative).
+        Clears any earlier error.
+        """
+        rel = self._relative_image_path(experiment, image_path)
+        try:
+            record_json = _dumps(dict(record))
+        except TypeError as exc:
+            raise LlmDitError(f"run {run_id!r}: the record must be JSON-serializable: {exc}") from exc
+        with self._write() as conn:
+            cursor = conn.execute(
+                """UPDATE runs SET status = 'done', error = NULL, image_path = ?, generation_time_s = ?,
+                       token_count = ?, record = ?, updated_at = ? WHERE experiment = ? AND run_id = ?""",
+                (rel, float(generation_time_s), None if token_count is None else int(token_count), record_json,
+                 _now(), experiment, run_id),
+            )  # fmt: skip
+            if cursor.rowcount == 0:
+                raise self._unplanned(experiment, run_id)
+
+    def mark_failed(self, experiment: str, run_id: str, error: str) -> None:
+        """Record a failed run and its error message (outputs of an earlier success, if any, are kept)."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET status = 'failed', error = ?, updated_at = ? WHERE experiment = ? AND run_id = ?",
+                (str(error), _now(), experiment, run_id),
+            )
+            if cursor.rowcount == 0:
+                raise self._unplanned(experiment, run_id)
+
+    def add_metrics(self, experiment: str, run_id: str, metrics: Mapping[str, float]) -> None:
+        """Set (insert or replace) named metric values of a run; one transaction."""
+        rows = []
+        for name, value in metrics.items():
+            if not isinstance(name, str) or not name:
+                raise LlmDitError(f"run {run_id!r}: metric names must be non-empty strings, got {name!r}")
+            rows.append((experiment, run_id, name, None if value is None else float(value)))
+        with self._write() as conn:
+            if (
+                conn.execute("SELECT 1 FROM runs WHERE experiment = ? AND run_id = ?", (experiment, run_id)).fetchone()
+                is None
+            ):
+                raise self._unplanned(experiment, run_id)
+            conn.executemany(
+                """INSERT INTO metrics (experiment, run_id, name, value) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (experiment, run_id, name) DO UPDATE SET value = excluded.value""",
+                rows,
+            )
+
+    def runs(self, experiment: str) -> list[dict[str, Any]]:
+        """All runs of the experiment in planned order, JSON fields decoded, plus ``metrics`` (name -> value)."""
+        with self._read() as conn:
+            return self._runs(conn, experiment)
+
+    def _runs(self, conn: sqlite3.Connection, experiment: str) -> list[dict[str, Any]]:
+        metrics: dict[str, dict[str, float | None]] = {}
+        for row in conn.execute(
+            "SELECT run_id, name, value FROM metrics WHERE experiment = ? ORDER BY name", (experiment,)
+        ):
+            metrics.setdefault(row[0], {})[row[1]] = row[2]
+        out = []
+        for row in conn.execute("SELECT * FROM runs WHERE experiment = ? ORDER BY seq, rowid", (experiment,)):
+            run = dict(row)
+            for key in ("variables", "params", "record"):
+                run[key] = _loads(run[key])
+            run["metrics"] = metrics.get(run["run_id"], {})
+            out.append(run)
+        return out
+
+    def _relative_image_path(self, experiment: str, image_path: str | Path) -> str:
+        path = Path(image_path)
+        if path.is_absolute():
+            directory = self.experiment_dir(experiment).resolve()
+            try:
+                path = path.resolve().relative_to(directory)
+            except ValueError:
+                raise LlmDitError(f"image {image_path} is outside the experiment directory {directory}") from None
+        return _validate_relative(path.as_posix(), "image path")
+
+    def _unplanned(self, experiment: str, run_id: str) -> LlmDitError:
+        return LlmDitError(f"run {run_id!r} of experiment {experiment!r} is not planned in {self.db_path}")
+
+    # -- exports ---------------------------------------------------------------------------------------------
+
+    def table(self, experiment: str) -> tuple[list[str], list[tuple[str, str]], list[list[Any]]]:
+        """The results table behind results.csv and ``load_results``, from one snapshot: column names, each
+        column's source (see ``_columns``) and rows of Python values."""
+        with self._read() as conn:
+            self._experiment_row(conn, experiment)
+            return _table(self._runs(conn, experiment))
+
+    def export(self, experiment: str) -> tuple[Path, Path]:
+        """Regenerate ``metadata.json`` and ``results.csv`` from one database snapshot, each atomically.
+
+        Returns their paths. Deterministic: the same database content gives byte-identical files.
+        """
+        with self._read() as conn:
+            info = self._experiment_row(conn, experiment)
+            runs = self._runs(conn, experiment)
+        columns, _, rows = _table(runs)
+        counts = {status: sum(run["status"] == status for run in runs) for status in STATUSES}
+        axes: dict[str, list[str]] = {}
+        for run in runs:
+            for axis, label in run["variables"].items():
+                values = axes.setdefault(axis, [])
+                if label not in values:
+                    values.append(label)
+        metadata = {
+            "schema_version": SCHEMA_VERSION,
+            "name": info["name"],
+            "description": info["description"],
+            "started_at": info["started_at"],
+            "finished_at": info["finished_at"],
+            "counts": {**counts, "total": len(runs)},
+            "variables": axes,
+            "metrics": sorted({name for run in runs for name in run["metrics"]}),
+            "definition": info["definition"],
+            "metadata": info["metadata"],
+            "summary": info["summary"],
+            "results_csv": RESULTS_NAME,
+        }
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")  # csv quotes commas, quotes and newlines in fields
+        writer.writerow(columns)
+        writer.writerows([[_csv_cell(value) for value in row] for row in rows])
+        directory = self.experiment_dir(experiment)
+        metadata_path, results_path = directory / METADATA_NAME, directory / RESULTS_NAME
+        write_atomic(
+            metadata_path,
+            (json.dumps(metadata, indent=2, ensure_ascii=False, default=_json_default) + "\n").encode(),
+        )
+        write_atomic(results_path, buffer.getvalue().encode())
+        return metadata_path, results_path
+
+    def cleanup_temp_files(self, experiment: str) -> int:
+        """Delete leftovers of interrupted atomic writes in the experiment dir (see ``is_temp_file``).
+
+        A temp file may belong to a live writer, so this needs the experiment's lock: it uses the lock this
+        store already holds, or takes it for the duration (and fails clearly if another process runs the
+        experiment). Returns how many files were removed.
+        """
+        directory = self.experiment_dir(experiment)
+        if not directory.is_dir():
+            return 0
+        if experiment not in self._held:
+            with self.lock(experiment):
+                return self.cleanup_temp_files(experiment)
+        removed = 0
+        for entry in os.scandir(directory):
+            if is_temp_file(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    pid = info.get("pid", "unknown")
+    started = info.get("started_at", "unknown")
+    host = info.get("host")
+    where = f" on {host}" if host and host != socket.gethostname() else ""
+    return f"pid {pid}{where}, started {started}"
+
+
+def _columns(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Column names and, for each, its source: ('fixed', name), ('var', axis) or ('metric', name).
+
+    A variable or metric whose name is taken (e.g. an axis called 'seed') is prefixed 'var_' / 'metric_'.
+    """
+    axes: list[str] = []
+    for run in runs:
+        axes.extend(axis for axis in run["variables"] if axis not in axes)
+    metric_names = sorted({name for run in runs for name in run["metrics"]})
+    names: list[str] = list(LEADING_COLUMNS)
+    sources: list[tuple[str, str]] = [("fixed", c) for c in LEADING_COLUMNS]
+    taken = set(FIXED_COLUMNS)
+    for kind, prefix, items in (
+        ("var", "var_", axes),
+        ("fixed", "", TRAILING_COLUMNS),
+        ("metric", "metric_", metric_names),
+    ):
+        for item in items:
+            name = item
+            if kind != "fixed":
+                while name in taken:
+                    name = prefix + name
+                taken.add(name)
+            names.append(name)
+            sources.append((kind, item))
+    return names, sources
+
+
+def _table(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[tuple[str, str]], list[list[Any]]]:
+    names, sources = _columns(runs)
+    rows = []
+    for run in runs:
+        fixed = {**run, "output_path": run["image_path"]}
+        row = []
+        for kind, key in sources:
+            if kind == "fixed":
+                value = fixed[key]
+            elif kind == "var":
+                value = run["variables"].get(key)
+            else:
+                value = run["metrics"].get(key)
+            row.append(_dumps(value) if isinstance(value, (list, dict)) else value)
+        rows.append(row)
+    return names, sources, rows
+
+
+def _csv_cell(value: Any) -> Any:
+    # None is an empty cell; floats keep full precision (repr round-trips).
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def load_results(root: str | Path, experiment: str) -> pandas.DataFrame:
+    """One row per run (planned order): the results.csv columns, read from the database with proper dtypes.
+
+    ``seed`` int64, ``generation_time_s`` and metrics float64, ``token_count`` Int64 (nullable), the rest
+    strings (missing values NaN). Raises ``LlmDitError`` if there is no database or no such experiment.
+    """
+    import pandas as pd  # only here: the store itself stays importable without pandas
+
+    root = Path(root)
+    if not (root / DB_NAME).is_file():
+        raise LlmDitError(f"no results database {root / DB_NAME}; run an experiment with --output-dir {root}")
+    with ResultsStore(root) as store:
+        columns, sources, rows = store.table(experiment)
+    frame = pd.DataFrame(rows, columns=columns)
+    for name, (kind, key) in zip(columns, sources, strict=True):
+        if kind == "metric" or (kind, key) == ("fixed", "generation_time_s"):
+            frame[name] = frame[name].astype("float64")
+        elif (kind, key) == ("fixed", "seed"):
+            frame[name] = frame[name].astype("int64")
+        elif (kind, key) == ("fixed", "token_count"):
+            frame[name] = frame[name].astype("Int64")
+        else:
+            frame[name] = frame[name].astype("str")
+    return frame

@@ -1,0 +1,494 @@
+"""Tests of the results store: round trips, resume, exports, locking, crash safety and concurrency."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_dit.errors import LlmDitError
+from llm_dit.store import (
+    DB_NAME,
+    SCHEMA_VERSION,
+    PlannedRun,
+    ResultsStore,
+    load_results,
+    write_atomic,
+)
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+EXP = "shift_sweep"
+TRICKY_PROMPT = 'A cat, "sleeping"\non a mat'
+
+
+def make_runs(n_prompts: int = 2, shifts: tuple[str, ...] = ("1.0", "3.0"), seed: int = 42) -> list[PlannedRun]:
+    runs = []
+    for p in range(n_prompts):
+        for shift in shifts:
+            run_id = f"p{p}_shift{shift}_s{seed}"
+            runs.append(
+                PlannedRun(
+                    run_id=run_id,
+                    prompt_id=f"p{p}",
+                    prompt_text=TRICKY_PROMPT if p == 0 else f"prompt {p}",
+                    seed=seed,
+                    variables={"shift": shift, "steps": "8"},  # axis order: shift, then steps
+                    params={"shift": float(shift), "steps": 8, "model_path": Path("/models/z")},
+                    image_name=f"{run_id}.png",
+                )
+            )
+    return runs
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ResultsStore:
+    s = ResultsStore(tmp_path / "results")
+    s.start_experiment(EXP, "shift sweep", {"variables": {"shift": ["1.0", "3.0"]}}, {"model": "z-image-turbo"})
+    return s
+
+
+def finish_run(store: ResultsStore, run_id: str, *, seconds: float = 1.5, tokens: int | None = 12) -> None:
+    """What the runner does: write the image atomically, then mark the run done."""
+    write_atomic(store.experiment_dir(EXP) / f"{run_id}.png", b"\x89PNG fake")
+    store.mark_done(
+        EXP, run_id, image_path=f"{run_id}.png", generation_time_s=seconds, token_count=tokens, record={"id": run_id}
+    )
+
+
+def spawn(code: str, *args: str) -> subprocess.Popen[str]:
+    """Run ``code`` in a fresh Python process that imports llm_dit from this checkout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_script(code: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    proc = spawn(code, *args)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+# -- database round trips ------------------------------------------------------------------------------------
+
+
+def test_database_settings_and_schema(store: ResultsStore) -> None:
+    conn = sqlite3.connect(store.db_path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"schema_version", "experiments", "runs", "metrics"} <= tables
+    conn.close()
+    store_conn = store._connection()
+    assert store_conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert store_conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store_conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+
+
+def test_plan_mark_status_round_trip(store: ResultsStore) -> None:
+    runs = make_runs()
+    store.plan_runs(EXP, runs)
+    assert store.status(EXP) == {r.run_id: "planned" for r in runs}
+    finish_run(store, runs[0].run_id)
+    store.mark_failed(EXP, runs[1].run_id, "CUDA out of memory")
+    status = store.status(EXP)
+    assert status[runs[0].run_id] == "done"
+    assert status[runs[1].run_id] == "failed"
+    assert list(status) == [r.run_id for r in runs]  # planned order
+    rows = store.runs(EXP)
+    assert [row["run_id"] for row in rows] == [r.run_id for r in runs]
+    first = rows[0]
+    assert first["variables"] == {"shift": "1.0", "steps": "8"}
+    assert list(first["variables"]) == ["shift", "steps"]
+    assert first["params"] == {"shift": 1.0, "steps": 8, "model_path": "/models/z"}
+    assert first["record"] == {"id": runs[0].run_id}
+    assert first["image_path"] == f"{runs[0].run_id}.png"
+    assert first["generation_time_s"] == 1.5 and first["token_count"] == 12
+    assert first["prompt_text"] == TRICKY_PROMPT
+    assert store.experiments() == [EXP]
+
+
+def test_replan_keeps_done_rows_and_adds_new_ones(store: ResultsStore) -> None:
+    first_plan = make_runs(shifts=("1.0", "3.0"))
+    store.plan_runs(EXP, first_plan)
+    finish_run(store, first_plan[0].run_id)
+    store.mark_failed(EXP, first_plan[1].run_id, "boom")
+    # A resumed, extended plan: a new shift value in the middle, and one old run dropped.
+    second_plan = [r for r in make_runs(shifts=("1.0", "2.0", "3.0")) if r.run_id != first_plan[3].run_id]
+    store.plan_runs(EXP, second_plan)
+    status = store.status(EXP)
+    assert status[first_plan[0].run_id] == "done"
+    assert status[first_plan[1].run_id] == "failed"
+    assert status["p0_shift2.0_s42"] == "planned"
+    assert store.runs(EXP)[0]["record"] == {"id": first_plan[0].run_id}  # done row untouched
+    # The dropped run is left as it was, after the plan's runs; the rest follow the new plan's order.
+    assert list(status) == [r.run_id for r in second_plan] + [first_plan[3].run_id]
+    assert status[first_plan[3].run_id] == "planned"
+    assert store.done_run_ids(EXP) == {first_plan[0].run_id}
+
+
+def test_done_run_ids_excludes_done_row_whose_image_vanished(store: ResultsStore) -> None:
+    runs = make_runs()
+    store.plan_runs(EXP, runs)
+    finish_run(store, runs[0].run_id)
+    finish_run(store, runs[1].run_id)
+    assert store.done_run_ids(EXP) == {runs[0].run_id, runs[1].run_id}
+    (store.experiment_dir(EXP) / f"{runs[1].run_id}.png").unlink()
+    assert store.done_run_ids(EXP) == {runs[0].run_id}
+
+
+def test_failed_runs_keep_their_error_until_done(store: ResultsStore) -> None:
+    runs = make_runs()
+    store.plan_runs(EXP, runs)
+    store.mark_failed(EXP, runs[0].run_id, "RuntimeError: CUDA out of memory\ntraceback line")
+    store.plan_runs(EXP, runs)  # resume: a failed run stays failed (and keeps its error) until retried
+    row = store.runs(EXP)[0]
+    assert row["status"] == "failed"
+    assert row["error"] == "RuntimeError: CUDA out of memory\ntraceback line"
+    finish_run(store, runs[0].run_id)
+    row = store.runs(EXP)[0]
+    assert row["status"] == "done" and row["error"] is None
+
+
+def test_unknown_runs_experiments_and_bad_input_are_clear_errors(store: ResultsStore) -> None:
+    with pytest.raises(LlmDitError, match="not planned"):
+        store.mark_done(EXP, "nope", image_path="nope.png", generation_time_s=1.0, token_count=None, record={})
+    with pytest.raises(LlmDitError, match="not planned"):
+        store.mark_failed(EXP, "nope", "x")
+    with pytest.raises(LlmDitError, match="not planned"):
+        store.add_metrics(EXP, "nope", {"clip": 0.3})
+    with pytest.raises(LlmDitError, match="start it first"):
+        store.plan_runs("other", make_runs())
+    with pytest.raises(LlmDitError, match="twice"):
+        store.plan_runs(EXP, make_runs() + make_runs()[:1])
+    for bad in ("", "../escape", "a/b", ".hidden", " padded", DB_NAME):
+        with pytest.raises(LlmDitError, match="invalid experiment name"):
+            store.experiment_dir(bad)
+    store.plan_runs(EXP, make_runs())
+    with pytest.raises(LlmDitError, match="outside the experiment directory"):
+        store.mark_done(
+            EXP, make_runs()[0].run_id, image_path="/etc/x.png", generation_time_s=1, token_count=1, record={}
+        )
+    assert store.status(EXP)[make_runs()[0].run_id] == "planned"  # nothing half-applied
+
+
+def test_start_experiment_records_each_start_and_finish(store: ResultsStore) -> None:
+    first = store.experiment(EXP)
+    store.finish_experiment(EXP, {"done": 4})
+    assert store.experiment(EXP)["finished_at"] is not None
+    store.start_experiment(EXP, "shift sweep v2", {"variables": {}}, {"model": "z"})
+    info = store.experiment(EXP)
+    assert info["started_at"] == first["started_at"]  # the first start is kept
+    assert len(info["metadata"]["starts"]) == 2
+    assert info["metadata"]["starts"][-1]["pid"] == os.getpid()
+    assert info["metadata"]["model"] == "z" and info["description"] == "shift sweep v2"
+    assert info["finished_at"] is None  # running again
+    with pytest.raises(LlmDitError, match="no experiment"):
+        store.finish_experiment("missing", {})
+
+
+def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    ResultsStore(root).close()
+    conn = sqlite3.connect(root / DB_NAME)
+    conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(LlmDitError, match="newer than this llm-dit"):
+        ResultsStore(root)
+
+
+# -- exports -------------------------------------------------------------------------------------------------
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_export_metadata_and_csv(store: ResultsStore) -> None:
+    runs = make_runs()
+    store.plan_runs(EXP, runs)
+    finish_run(store, runs[0].run_id, seconds=2.25, tokens=17)
+    store.mark_failed(EXP, runs[1].run_id, "bad, very bad")
+    metadata_path, results_path = store.export(EXP)
+    assert metadata_path == store.experiment_dir(EXP) / "metadata.json"
+
+    meta = json.loads(metadata_path.read_text(encoding="utf-8"))
+    assert meta["name"] == EXP and meta["description"] == "shift sweep"
+    assert meta["definition"] == {"variables": {"shift": ["1.0", "3.0"]}}
+    assert meta["metadata"]["model"] == "z-image-turbo"
+    assert meta["counts"] == {"planned": 2, "done": 1, "failed": 1, "total": 4}
+    assert meta["variables"] == {"shift": ["1.0", "3.0"], "steps": ["8"]}
+    assert meta["started_at"] and meta["finished_at"] is None
+
+    columns, rows = read_csv(results_path)
+    expected = ["run_id", "prompt_id", "prompt_text", "shift", "steps", "seed", "status", "error"]
+    expected += ["generation_time_s", "token_count", "output_path"]
+    assert columns == expected
+    assert [row["run_id"] for row in rows] == [r.run_id for r in runs]
+    assert rows[0]["prompt_text"] == TRICKY_PROMPT  # comma, quote and newline survive
+    assert rows[0]["shift"] == "1.0" and rows[1]["shift"] == "3.0" and rows[0]["steps"] == "8"
+    assert rows[0]["status"] == "done" and rows[0]["output_path"] == f"{runs[0].run_id}.png"
+    assert float(rows[0]["generation_time_s"]) == 2.25 and rows[0]["token_count"] == "17"
+    assert rows[1]["error"] == "bad, very bad" and rows[1]["output_path"] == ""
+    assert rows[2]["status"] == "planned" and rows[2]["seed"] == "42"
+
+    store.add_metrics(EXP, runs[0].run_id, {"siglip": 0.25, "image_reward": 1.5})
+    store.add_metrics(EXP, runs[0].run_id, {"siglip": 0.5})  # replaces
+    _, results_path = store.export(EXP)
+    columns, rows = read_csv(results_path)
+    assert columns == [*expected, "image_reward", "siglip"]  # metric columns last, sorted
+    assert float(rows[0]["siglip"]) == 0.5 and float(rows[0]["image_reward"]) == 1.5
+    assert rows[1]["siglip"] == ""
+    assert store.runs(EXP)[0]["metrics"] == {"image_reward": 1.5, "siglip": 0.5}
+
+
+def test_variable_named_like_a_fixed_column_gets_a_prefix(store: ResultsStore) -> None:
+    store.plan_runs(EXP, [PlannedRun("r1", "p", "t", 7, {"seed": "7", "cfg": "[1, 2]"}, {}, "r1.png")])  # a seed sweep
+    _, results_path = store.export(EXP)
+    columns, rows = read_csv(results_path)
+    assert columns[3:5] == ["var_seed", "cfg"] and "seed" in columns[5:]
+    assert rows[0]["var_seed"] == "7" and rows[0]["seed"] == "7"
+
+
+def test_exports_are_atomic(store: ResultsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = make_runs()
+    store.plan_runs(EXP, runs)
+    metadata_path, results_path = store.export(EXP)
+    before = (metadata_path.read_bytes(), results_path.read_bytes())
+    directory = store.experiment_dir(EXP)
+    assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+    finish_run(store, runs[0].run_id)
+
+    def failing_replace(src: object, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        store.export(EXP)
+    monkeypatch.undo()
+    assert (metadata_path.read_bytes(), results_path.read_bytes()) == before  # old export intact
+    assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]  # and no temp file left
+    store.export(EXP)
+    assert results_path.read_bytes() != before[1]
+
+
+def test_cleanup_temp_files_removes_only_temp_files(store: ResultsStore) -> None:
+    store.plan_runs(EXP, make_runs())
+    store.export(EXP)
+    directory = store.experiment_dir(EXP)
+    keep = ["a.png", "results.csv", "metadata.json", "notes.tmp.txt", "tmp.png"]
+    temp = [".results.csv.k2j3.tmp", ".p0_shift1.0.abc123.png.tmp", "leftover.png.tmp"]
+    for name in keep[:1] + keep[3:] + temp:
+        (directory / name).write_bytes(b"x")
+    (directory / "sub.tmp").mkdir()  # directories are never touched
+    assert store.cleanup_temp_files(EXP) == len(temp)
+    names = {p.name for p in directory.iterdir()}
+    assert set(keep) <= names and "sub.tmp" in names
+    assert not names & set(temp)
+    with store.lock(EXP):  # uses the lock this store holds instead of failing on it
+        assert store.cleanup_temp_files(EXP) == 0
+
+
+# -- locking -------------------------------------------------------------------------------------------------
+
+TRY_LOCK = """
+import sys
+from llm_dit.errors import LlmDitError
+from llm_dit.store import ResultsStore
+try:
+    with ResultsStore(sys.argv[1]).lock(sys.argv[2]):
+        print("locked")
+except LlmDitError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+HOLD_LOCK = """
+import sys, time
+from llm_dit.store import ResultsStore
+with ResultsStore(sys.argv[1]).lock(sys.argv[2]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_lock_refuses_another_process_with_a_clear_message(store: ResultsStore) -> None:
+    with store.lock(EXP):
+        result = run_script(TRY_LOCK, str(store.root), EXP)
+        assert result.returncode == 3, result.stderr
+        message = result.stdout.strip()
+        assert f"experiment '{EXP}' in {store.root} is already being run by another process" in message
+        assert f"pid {os.getpid()}" in message and "started 20" in message
+        assert "wait for it or use another --output-dir" in message
+        # Also within the same process (each lock() is its own open file).
+        with pytest.raises(LlmDitError, match="already being run"), store.lock(EXP):
+            pass
+    result = run_script(TRY_LOCK, str(store.root), EXP)
+    assert result.returncode == 0 and result.stdout.strip() == "locked", result.stderr
+
+
+def test_lock_of_a_process_killed_with_sigkill_is_not_stale(store: ResultsStore) -> None:
+    holder = spawn(HOLD_LOCK, str(store.root), EXP)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LlmDitError, match=rf"pid {holder.pid}, started"), store.lock(EXP):
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate(timeout=10)
+    assert holder.returncode == -signal.SIGKILL
+    with store.lock(EXP):  # the kernel dropped the flock with the process
+        pass
+
+
+# -- crash safety and concurrency ----------------------------------------------------------------------------
+
+MARK_LOOP = """
+import sys
+from llm_dit.store import ResultsStore
+store = ResultsStore(sys.argv[1])
+exp, prefix, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
+go = sys.argv[5] if len(sys.argv) > 5 else None
+if go:  # wait for the starting gun, so that concurrent writers really overlap
+    import os, time
+    while not os.path.exists(go):
+        time.sleep(0.001)
+for i in range(n):
+    run_id = f"{prefix}{i}"
+    (store.experiment_dir(exp) / f"{run_id}.png").write_bytes(b"png")
+    store.mark_done(exp, run_id, image_path=f"{run_id}.png", generation_time_s=i / 10, token_count=i,
+                    record={"run_id": run_id, "blob": "x" * 2000})
+    store.add_metrics(exp, run_id, {"m": float(i)})
+    if i == 20:
+        print("going", flush=True)
+print("finished", flush=True)
+"""
+
+
+def plan_n(store: ResultsStore, prefix: str, n: int) -> list[str]:
+    ids = [f"{prefix}{i}" for i in range(n)]
+    store.plan_runs(EXP, [PlannedRun(rid, "p", "t", i, {"i": str(i)}, {}, f"{rid}.png") for i, rid in enumerate(ids)])
+    return ids
+
+
+def test_database_survives_a_writer_killed_with_sigkill(store: ResultsStore) -> None:
+    ids = plan_n(store, "k", 5000)
+    store.close()
+    writer = spawn(MARK_LOOP, str(store.root), EXP, "k", str(len(ids)))
+    assert writer.stdout is not None
+    assert writer.stdout.readline().strip() == "going"
+    time.sleep(0.05)
+    writer.send_signal(signal.SIGKILL)
+    _, err = writer.communicate(timeout=10)
+    assert writer.returncode == -signal.SIGKILL, err
+
+    reopened = ResultsStore(store.root)
+    conn = reopened._connection()
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    rows = reopened.runs(EXP)
+    assert len(rows) == len(ids)
+    done = [row for row in rows if row["status"] == "done"]
+    assert 20 < len(done) < len(ids), "the kill should land mid-loop"
+    for row in rows:
+        i = int(row["run_id"][1:])
+        if row["status"] == "done":  # fully there
+            assert row["image_path"] == f"{row['run_id']}.png"
+            assert row["generation_time_s"] == i / 10 and row["token_count"] == i
+            assert row["record"] == {"run_id": row["run_id"], "blob": "x" * 2000}
+        else:  # or absent
+            assert row["status"] == "planned"
+            assert row["image_path"] is None and row["record"] is None and row["token_count"] is None
+            assert row["metrics"] == {}
+    # Done rows are a prefix of the loop (each write committed in order), and the store still takes writes.
+    assert sorted(int(row["run_id"][1:]) for row in done) == list(range(len(done)))
+    reopened.mark_failed(EXP, ids[-1], "after crash")
+    assert reopened.status(EXP)[ids[-1]] == "failed"
+
+
+def test_two_processes_writing_different_runs_both_land(store: ResultsStore, tmp_path: Path) -> None:
+    n = 150
+    store.plan_runs(
+        EXP, [PlannedRun(f"{p}{i}", "p", "t", i, {"i": str(i)}, {}, f"{p}{i}.png") for p in "ab" for i in range(n)]
+    )
+    store.close()
+    go = tmp_path / "go"
+    writers = [spawn(MARK_LOOP, str(store.root), EXP, prefix, str(n), str(go)) for prefix in ("a", "b")]
+    time.sleep(0.3)  # let both start and wait for the gun
+    go.touch()
+    for writer in writers:
+        out, err = writer.communicate(timeout=60)
+        assert writer.returncode == 0, err  # neither saw 'database is locked'
+        assert out.strip().endswith("finished")
+    status = store.status(EXP)
+    assert len(status) == 2 * n and set(status.values()) == {"done"}
+    assert len(store.done_run_ids(EXP)) == 2 * n
+    for row in store.runs(EXP):
+        assert row["metrics"] == {"m": float(int(row["run_id"][1:]))}
+
+
+# -- pandas --------------------------------------------------------------------------------------------------
+
+
+def test_load_results_columns_and_dtypes(store: ResultsStore) -> None:
+    import pandas as pd
+
+    runs = make_runs()
+    store.plan_runs(EXP, runs)
+    finish_run(store, runs[0].run_id, seconds=2.0, tokens=9)
+    finish_run(store, runs[1].run_id, seconds=3.0, tokens=None)
+    store.mark_failed(EXP, runs[2].run_id, "oops")
+    store.add_metrics(EXP, runs[0].run_id, {"siglip": 0.3})
+    df = load_results(store.root, EXP)
+    assert isinstance(df, pd.DataFrame)
+    assert list(df.columns) == [
+        "run_id",
+        "prompt_id",
+        "prompt_text",
+        "shift",
+        "steps",
+        "seed",
+        "status",
+        "error",
+        "generation_time_s",
+        "token_count",
+        "output_path",
+        "siglip",
+    ]
+    assert len(df) == len(runs)
+    assert df["seed"].dtype == "int64"
+    assert df["generation_time_s"].dtype == "float64" and df["siglip"].dtype == "float64"
+    assert str(df["token_count"].dtype) == "Int64"
+    for column in ("run_id", "prompt_text", "shift", "status", "error", "output_path"):
+        assert pd.api.types.is_string_dtype(df[column]), column
+    assert df["token_count"].tolist()[:2] == [9, pd.NA]
+    assert df["siglip"].iloc[0] == 0.3 and pd.isna(df["siglip"].iloc[1])
+    assert df["prompt_text"].iloc[0] == TRICKY_PROMPT
+    assert df["error"].iloc[2] == "oops" and pd.isna(df["error"].iloc[0])
+    # Same columns as the csv export.
+    _, results_path = store.export(EXP)
+    header = next(csv.reader(io.StringIO(results_path.read_text(encoding="utf-8"))))
+    assert header == list(df.columns)
+    with pytest.raises(LlmDitError, match="no experiment"):
+        load_results(store.root, "missing")
+    with pytest.raises(LlmDitError, match="no results database"):
+        load_results(store.root / "nowhere", EXP)
