@@ -370,6 +370,7 @@ exp, prefix, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
 go = sys.argv[5] if len(sys.argv) > 5 else None
 if go:  # wait for the starting gun, so that concurrent writers really overlap
     import os, time
+    print("ready", flush=True)
     while not os.path.exists(go):
         time.sleep(0.001)
 for i in range(n):
@@ -433,7 +434,9 @@ def test_two_processes_writing_different_runs_both_land(store: ResultsStore, tmp
     store.close()
     go = tmp_path / "go"
     writers = [spawn(MARK_LOOP, str(store.root), EXP, prefix, str(n), str(go)) for prefix in ("a", "b")]
-    time.sleep(0.3)  # let both start and wait for the gun
+    for writer in writers:  # both started and waiting for the gun
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "ready"
     go.touch()
     for writer in writers:
         out, err = writer.communicate(timeout=60)

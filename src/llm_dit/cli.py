@@ -319,6 +319,326 @@ def encode(
     _wrote(f"{output}  embeddings {list(encoded.embeddings.shape)}, {encoded.token_count} tokens")
 
 
+def _csv(text: str | None, what: str, cast: Any = str) -> list[Any] | None:
+    if text is None:
+        return None
+    try:
+        return [cast(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise LlmDitError(f"{what} {text!r}: expected a comma-separated list") from exc
+
+
+def _parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` (TOML value syntax; bare words are strings) -> flat experiment parameters."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise LlmDitError(f"--set {item!r}: expected key=value, e.g. --set steps=4 or --set think_block=empty")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out[key.strip()] = value
+    return out
+
+
+OutputDirOpt = Annotated[Path, typer.Option("--output-dir", help="Results directory.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Runs per batched DiT forward.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a parameter for every run: key=value (repeatable).")
+]
+
+
+def _run_prepared(
+    prepared: Any, output_dir: Path, *, dry_run: bool, force: bool, batch_size: int, offload_encoder: bool
+) -> None:
+    """Dry-run or run a prepared experiment, with a progress bar and a final summary."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from llm_dit.runner import ExperimentRunner, plan_cost
+    from llm_dit.store import ResultsStore
+
+    exp, runs = prepared.experiment, prepared.runs
+    for note in prepared.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+    if dry_run:
+        cost = plan_cost(runs, batch_size, prepared.pipeline)
+        out = Console()
+        out.print(f"[bold]{exp.name}[/bold]: {escape(exp.description)}", highlight=False)
+        axes = "; ".join(f"{a.name} = {', '.join(v.label for v in a.values)}" for a in exp.axes)
+        out.print(f"axes: {escape(axes)}", highlight=False, soft_wrap=True)
+        prompts = sorted({r.prompt.id for r in runs})
+        seeds = sorted({r.seed for r in runs})
+        out.print(
+            f"{len(runs)} runs = {len(prompts)} prompts x {len(exp.combinations())} combinations x {len(seeds)} seeds",
+            highlight=False,
+        )
+        out.print(
+            f"cost: {cost['distinct_prompt_encodings']} prompt encodings (all layers per forward), "
+            f"{cost['dit_forwards_batched']} batched DiT forwards at batch {batch_size} "
+            f"({cost['dit_forwards_unbatched']} one by one)",
+            highlight=False,
+        )
+        db = output_dir / "results.db"
+        if db.exists():  # read-only peek; a dry run writes nothing
+            store = ResultsStore(output_dir)
+            if exp.name in store.experiments():
+                done = store.done_run_ids(exp.name)
+                rows = [r for r in store.runs(exp.name) if r.get("status") == "done" and r.get("generation_time_s")]
+                pending = sum(1 for r in runs if r.run_id not in done)
+                out.print(f"already done: {len(runs) - pending}; to run: {pending}", highlight=False)
+                if rows:
+                    per = sum(r["generation_time_s"] for r in rows) / len(rows)
+                    out.print(f"estimated time: {pending * per:.0f} s ({per:.2f} s per image so far)", highlight=False)
+        table = Table("run id", "prompt", *exp.variables(), "seed", "image")
+        for run in runs[:12]:
+            table.add_row(
+                run.run_id, run.prompt.id, *[run.variables[v] for v in exp.variables()], str(run.seed), run.image_name
+            )
+        out.print(table)
+        if len(runs) > 12:
+            out.print(f"... and {len(runs) - 12} more (dry run: nothing written)")
+        else:
+            out.print("(dry run: nothing written)")
+        return
+
+    store = ResultsStore(output_dir)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(f"{exp.name}", total=None, failed=0)
+
+        def progress(finished: int, total: int, failed: int) -> None:
+            bar.update(task, completed=finished, total=total, failed=failed)
+
+        runner = ExperimentRunner(
+            prepared.pipeline, store, batch_size=batch_size, offload_encoder=offload_encoder, progress=progress
+        )
+        summary = runner.run(exp, runs, prepared.settings, force=force)
+    per = f", {summary.seconds_per_image:.2f} s per image" if summary.seconds_per_image else ""
+    console.print(
+        f"[bold]{exp.name}[/bold]: {summary.done} done, {summary.skipped} skipped (already done), "
+        f"{summary.failed} failed, in {summary.seconds:.1f} s{per}",
+        highlight=False,
+    )
+    for run_id, error in summary.failures[:5]:
+        console.print(f"  [red]failed[/red] {run_id}: {escape(error)}", highlight=False, soft_wrap=True)
+    exp_dir = store.experiment_dir(exp.name)
+    console.print(
+        f"results: {exp_dir}/ (images, results.csv, metadata.json; database {output_dir / 'results.db'})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"look: open {exp_dir / 'results.csv'}, or in Python: "
+        f"llm_dit.store.load_results({str(output_dir)!r}, {exp.name!r})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def ablate(
+    experiment: Annotated[str | None, typer.Option("--experiment", "-e", help="Built-in experiment name.")] = None,
+    experiment_file: Annotated[Path | None, typer.Option("--experiment-file", help="Your own experiment TOML.")] = None,
+    list_experiments: Annotated[bool, typer.Option("--list-experiments", help="List experiments and exit.")] = False,
+    list_prompts: Annotated[bool, typer.Option("--list-prompts", help="List the prompt library and exit.")] = False,
+    prompt_ids: Annotated[str | None, typer.Option("--prompt-ids", help="Comma-separated prompt ids.")] = None,
+    prompt_category: Annotated[str | None, typer.Option("--prompt-category", help="A library category.")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A custom prompt (repeatable).")] = None,
+    prompts_file: Annotated[Path | None, typer.Option("--prompts-file", help="JSON library or one per line.")] = None,
+    max_prompts: Annotated[int | None, typer.Option("--max-prompts", help="Keep the first N prompts.")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated seeds.")] = None,
+    output_dir: OutputDirOpt = Path("experiments/results"),
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    model_path: ModelPathOpt = None,
+    model: ModelOpt = None,
+    set_: SetOpt = None,
+    batch_size: BatchOpt = 8,
+    offload_encoder: Annotated[
+        bool, typer.Option("--offload-encoder", help="Free the encoder before sampling.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Regenerate runs already done.")] = False,
+) -> None:
+    """Run an experiment: plan every run, check it all, then generate (resuming by default)."""
+    if list_experiments or list_prompts:
+        _list(list_experiments, list_prompts)
+        return
+    if experiment is None and experiment_file is None:
+        raise LlmDitError("name an experiment (--experiment NAME or --experiment-file FILE); see --list-experiments")
+    _ablate(
+        experiment,
+        experiment_file=experiment_file,
+        prompt_ids=_csv(prompt_ids, "--prompt-ids"),
+        prompt_category=prompt_category,
+        prompt_texts=prompt,
+        prompts_file=prompts_file,
+        max_prompts=max_prompts,
+        seeds=_csv(seeds, "--seeds", int),
+        output_dir=output_dir,
+        config=config,
+        profile=profile,
+        model_path=_model_path(model_path, model),
+        overrides=_parse_sets(set_),
+        batch_size=batch_size,
+        offload_encoder=offload_encoder,
+        dry_run=dry_run,
+        force=force,
+    )
+
+
+def _ablate(
+    name: str | None,
+    *,
+    config: Path | None,
+    profile: str | None,
+    model_path: str | None,
+    output_dir: Path,
+    batch_size: int,
+    offload_encoder: bool,
+    dry_run: bool,
+    force: bool,
+    **selection: Any,
+) -> None:
+    from llm_dit.config import load_settings
+    from llm_dit.runner import prepare_experiment
+
+    if batch_size < 1:
+        raise LlmDitError(f"--batch-size must be >= 1, got {batch_size}")
+    overrides = {"model_path": model_path} if model_path is not None else {}
+    settings = load_settings(config, profile, overrides).settings
+    prepared = prepare_experiment(name, settings=settings, batch_size=batch_size, **selection)
+    _run_prepared(
+        prepared, output_dir, dry_run=dry_run, force=force, batch_size=batch_size, offload_encoder=offload_encoder
+    )
+
+
+def _list(experiments: bool, prompts: bool) -> None:
+    from rich.table import Table
+
+    out = Console()
+    if experiments:
+        from llm_dit.experiments import builtin_experiments
+
+        table = Table("experiment", "description", "variables", "runs per prompt", "seeds")
+        for exp in builtin_experiments().values():
+            table.add_row(
+                exp.name,
+                exp.description,
+                ", ".join(exp.variables()),
+                str(len(exp.combinations()) * len(exp.seeds)),
+                ",".join(map(str, exp.seeds)),
+            )
+        out.print(table)
+    if prompts:
+        from llm_dit.prompts import list_prompts as all_prompts
+        from llm_dit.prompts import load_library
+
+        table = Table("id", "category", "text")
+        for p in all_prompts(load_library()):
+            text = p.text if len(p.text) <= 90 else p.text[:87] + "..."
+            table.add_row(p.id, p.category, text)
+        out.print(table)
+
+
+@app.command()
+def sweep(
+    name: Annotated[
+        str | None, typer.Argument(help="hidden_layer | shift_steps | think_block | long_prompt | hidden_layer_blend")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Run every sweep in priority order.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer prompts and seeds.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated seeds.")] = None,
+    category: Annotated[str | None, typer.Option("--category", help="Prompt category.")] = None,
+    output_dir: OutputDirOpt = Path("experiments/results"),
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    model_path: ModelPathOpt = None,
+    model: ModelOpt = None,
+    set_: SetOpt = None,
+    batch_size: BatchOpt = 8,
+    force: Annotated[bool, typer.Option("--force", help="Regenerate runs already done.")] = False,
+) -> None:
+    """The seeds' priority sweeps as presets over the built-in experiments."""
+    from llm_dit.sweeps import QUICK_MAX_PROMPTS, QUICK_SEEDS, SWEEPS, get_sweep
+
+    if all_ == (name is not None):
+        raise LlmDitError("name one sweep or pass --all; sweeps: " + ", ".join(p.name for p in SWEEPS))
+    presets = list(SWEEPS) if all_ else [get_sweep(name or "")]
+    seed_list = _csv(seeds, "--seeds", int) or (list(QUICK_SEEDS) if quick else None)
+    for preset in presets:
+        console.print(f"[bold]sweep {preset.name}[/bold]: {preset.question}", highlight=False)
+        _ablate(
+            preset.experiment,
+            config=config,
+            profile=profile,
+            model_path=_model_path(model_path, model),
+            output_dir=output_dir,
+            batch_size=batch_size,
+            offload_encoder=False,
+            dry_run=dry_run,
+            force=force,
+            prompt_category=category,
+            max_prompts=QUICK_MAX_PROMPTS if quick else None,
+            seeds=seed_list,
+            overrides=_parse_sets(set_),
+        )
+
+
+@app.command("profile")
+def profile_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSON file to write.")] = Path("profile.json"),
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    model_path: ModelPathOpt = None,
+    model: ModelOpt = None,
+    width: Annotated[int, typer.Option(help="Generation width.")] = 1024,
+    height: Annotated[int, typer.Option(help="Generation height.")] = 1024,
+    steps: Annotated[int, typer.Option(help="Generation steps.")] = 8,
+    repeats: Annotated[int, typer.Option(help="Timed repeats after one warm-up.")] = 3,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Time encoding (short, medium, long prompt) and full generation; peak memory; JSON out."""
+    import json
+
+    from llm_dit.config import load_settings
+    from llm_dit.image import ensure_writable
+    from llm_dit.pipeline import LlmDitPipeline
+    from llm_dit.profiling import run_profile, write_json
+
+    overrides = _overrides(model_path=_model_path(model_path, model), width=width, height=height, steps=steps)
+    settings = load_settings(config, profile, overrides).settings
+    ensure_writable(output, overwrite)
+    if repeats < 1:
+        raise LlmDitError(f"--repeats must be >= 1, got {repeats}")
+    pipe = LlmDitPipeline.from_settings(settings)
+    result = run_profile(pipe, width=width, height=height, steps=steps, repeats=repeats)
+    result["model_path"] = pipe.model_path
+    write_json(result, output)
+    typer.echo(json.dumps(result, indent=2))
+    _wrote(str(output))
+
+
 @app.command("tiny-model")
 def tiny_model(
     directory: Annotated[Path, typer.Argument(help="Where to write the checkpoint (must not exist).")],

@@ -67,6 +67,8 @@ def save_png(image: Image.Image, path: str | Path, record: dict[str, Any], param
     try:
         with os.fdopen(fd, "wb") as handle:
             image.save(handle, format="PNG", pnginfo=info)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename (and before a store marks the run done)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -61,20 +61,21 @@ FIXED_COLUMNS = frozenset(LEADING_COLUMNS + TRAILING_COLUMNS)
 # SQLite integers are signed 64-bit.
 MAX_SEED = 2**63 - 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (
+# One statement per string: splitting a script on ';' would break on comments, and executescript() COMMITs.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS experiments (
+)""",
+    """CREATE TABLE IF NOT EXISTS experiments (
     name        TEXT PRIMARY KEY,
     description TEXT NOT NULL DEFAULT '',
     definition  TEXT NOT NULL DEFAULT '{}',   -- JSON: the experiment definition as given
     metadata    TEXT NOT NULL DEFAULT '{}',   -- JSON: model, devices, versions; 'starts' lists each start
     summary     TEXT,                         -- JSON: given to finish_experiment
     started_at  TEXT,                         -- first start (UTC ISO 8601)
-    finished_at TEXT                          -- last finish; reset by a new start
-);
-CREATE TABLE IF NOT EXISTS runs (
+    finished_at TEXT                          -- last finish, reset by a new start
+)""",
+    """CREATE TABLE IF NOT EXISTS runs (
     experiment        TEXT NOT NULL REFERENCES experiments(name) ON DELETE CASCADE,
     run_id            TEXT NOT NULL,
     seq               INTEGER NOT NULL,       -- position in the latest plan: the order of runs() and exports
@@ -93,17 +94,17 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at        TEXT NOT NULL,
     updated_at        TEXT NOT NULL,
     PRIMARY KEY (experiment, run_id)
-);
-CREATE INDEX IF NOT EXISTS runs_by_seq ON runs (experiment, seq);
-CREATE TABLE IF NOT EXISTS metrics (
+)""",
+    "CREATE INDEX IF NOT EXISTS runs_by_seq ON runs (experiment, seq)",
+    """CREATE TABLE IF NOT EXISTS metrics (
     experiment TEXT NOT NULL,
     run_id     TEXT NOT NULL,
     name       TEXT NOT NULL,
     value      REAL,
     PRIMARY KEY (experiment, run_id, name),
     FOREIGN KEY (experiment, run_id) REFERENCES runs (experiment, run_id) ON DELETE CASCADE
-);
-"""
+)""",
+)
 
 
 def _umask() -> int:
@@ -300,10 +301,8 @@ class ResultsStore:
 
     def _init_schema(self) -> None:
         with self._write() as conn:
-            # Statement by statement: executescript() would COMMIT and break the transaction.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _SCHEMA:
+                conn.execute(statement)
             row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
             version = row[0]
             if version is None:
@@ -374,8 +373,9 @@ class ResultsStore:
         self, name: str, description: str, definition: Mapping[str, Any], metadata: Mapping[str, Any]
     ) -> None:
         """Create or update an experiment; each call is appended to ``metadata['starts']`` (the earliest start
-        stays in ``started_at``) and clears ``finished_at``. Description, definition and metadata are replaced."""
-        _validate_name(name)
+        stays in ``started_at``) and clears ``finished_at``. Description, definition and metadata are replaced.
+        Creates the experiment directory."""
+        self.experiment_dir(name).mkdir(parents=True, exist_ok=True)
         now = _now()
         start = {"started_at": now, "pid": os.getpid(), "host": socket.gethostname()}
         with self._write() as conn:
