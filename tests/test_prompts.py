@@ -213,7 +213,9 @@ def test_select_json_file(tmp_path: Path) -> None:
 
 def test_select_combines_sources_in_order(library: dict[str, Prompt], tmp_path: Path) -> None:
     path = _write(tmp_path / "p.txt", "A blue car\n")
-    got = select_prompts(library, ids=["style_001", "simple_002"], category="simple", texts=["A red apple"], prompts_file=path)
+    got = select_prompts(
+        library, ids=["style_001", "simple_002"], category="simple", texts=["A red apple"], prompts_file=path
+    )
     simple = sorted(pid for pid in library if pid.startswith("simple_"))
     expected = ["style_001", "simple_002"] + [pid for pid in simple if pid != "simple_002"] + ["custom_001", "file_001"]
     assert [p.id for p in got] == expected
@@ -233,7 +235,9 @@ def test_max_prompts(library: dict[str, Prompt]) -> None:
 
 
 def test_unknown_id_suggests_nearest(library: dict[str, Prompt]) -> None:
-    with pytest.raises(LlmDitError, match=r"unknown prompt id 'aminal_003'; did you mean animal_003[,?].*--list-prompts"):
+    with pytest.raises(
+        LlmDitError, match=r"unknown prompt id 'aminal_003'; did you mean animal_003[,?].*--list-prompts"
+    ):
         select_prompts(library, ids=["simple_001", "aminal_003"])
     with pytest.raises(LlmDitError, match=r"unknown prompt id 'zzz' \(use --list-prompts"):
         select_prompts(library, ids=["zzz"])

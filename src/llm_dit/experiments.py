@@ -57,13 +57,16 @@ __all__ = [
     "ENCODER_PARAMETERS",
     "GENERATION_PARAMETERS",
     "PARAMETERS",
+    "TOKEN_MANIPULATION",
     "Axis",
     "AxisValue",
     "Experiment",
     "PlannedRun",
     "builtin_experiments",
     "compute_run_id",
+    "file_label",
     "get_experiment",
+    "image_name",
     "load_experiment_file",
     "plan",
     "swept_overrides",
@@ -955,7 +958,9 @@ def _check_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None
             continue
         if key not in _SETTABLE:
             flat = key.rpartition(".")[2]
-            if flat != key and flat in _SETTABLE:
+            if key == "seed":
+                errors.append("override 'seed': pass the seeds to plan (the experiment's seeds are its default)")
+            elif flat != key and flat in _SETTABLE:
                 errors.append(f"override '{key}': use the flat name '{flat}'")
             else:
                 errors.append(f"override {_unknown_parameter(key)}")

@@ -382,7 +382,9 @@ def manipulate(prompt: Prompt, name: str, seed: int = 0) -> str:
             words[i].core = core
         result = [w.render() for w in words]
     elif name == "duplicate_important":
-        result = [w.lead + w.core + " " + w.core + w.trail if h else w.render() for w, h in zip(words, hit, strict=True)]
+        result = [
+            w.lead + w.core + " " + w.core + w.trail if h else w.render() for w, h in zip(words, hit, strict=True)
+        ]
     else:
         kept = _remove(words, hit)
         moved = [w.core for w, h in zip(words, hit, strict=True) if h]

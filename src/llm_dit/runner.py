@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_dit import __version__
-from llm_dit.config import EncoderSettings, GenerationSettings, Settings
+from llm_dit.config import Settings
 from llm_dit.experiments import Experiment
 from llm_dit.experiments import PlannedRun as Run
 from llm_dit.image import save_png
@@ -35,10 +35,6 @@ from llm_dit.store import PlannedRun as StoreRow
 from llm_dit.store import ResultsStore
 
 ProgressCallback = Callable[[int, int, int], None]  # (images finished, images to make, failed so far)
-
-_REQUEST_FIELDS = (set(EncoderSettings.model_fields) - {"device", "torch_dtype"}) | (
-    set(GenerationSettings.model_fields) - {"output_dir"}
-)
 
 
 @dataclass
@@ -59,8 +55,7 @@ class RunSummary:
 
 def request_for(run: Run) -> GenerationRequest:
     """The generation request of a planned run (its params are already validated by the plan)."""
-    params = {k: v for k, v in run.params.items() if k in _REQUEST_FIELDS}
-    return GenerationRequest.build(run.prompt_text, tag=run, **params)
+    return GenerationRequest.build(run.prompt_text, tag=run, **run.encoder_params(), **run.generation_params())
 
 
 def store_rows(runs: Sequence[Run]) -> list[StoreRow]:
