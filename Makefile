@@ -9,8 +9,10 @@ install:
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
 
+# The main job: a quick hidden-layer sweep (tiny model unless a checkpoint is configured); it ends by
+# printing where the results are and how to look at them. Re-running resumes (nothing is redone).
 demo: install
-	llm-dit generate "A tabby cat sleeping on a sunlit windowsill" --output outputs/demo.png --overwrite
+	llm-dit sweep hidden_layer --quick --set width=256 --set height=256 --output-dir outputs/results
 
 test: install
 	$(PYTHON) -m ruff check src tests benchmarks
