@@ -7,6 +7,7 @@ paths, values and prompts before any model loads; user errors print one line and
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -539,11 +540,12 @@ def _list(experiments: bool, prompts: bool) -> None:
     if experiments:
         from llm_dit.experiments import builtin_experiments
 
-        table = Table("experiment", "description", "variables", "runs per prompt", "seeds")
+        table = Table("experiment", "question", "variables", "runs per prompt", "seeds")
         for exp in builtin_experiments().values():
+            question = re.split(r"(?<=[?.])\s", exp.description.strip(), maxsplit=1)[0]
             table.add_row(
                 exp.name,
-                exp.description,
+                question,
                 ", ".join(exp.variables()),
                 str(len(exp.combinations()) * len(exp.seeds)),
                 ",".join(map(str, exp.seeds)),
