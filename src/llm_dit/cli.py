@@ -438,6 +438,7 @@ def _run_prepared(
         f"[bold]{exp.name}[/bold]: {summary.done} done, {summary.skipped} skipped (already done), "
         f"{summary.failed} failed, in {summary.seconds:.1f} s{per}",
         highlight=False,
+        soft_wrap=True,
     )
     for run_id, error in summary.failures[:5]:
         console.print(f"  [red]failed[/red] {run_id}: {escape(error)}", highlight=False, soft_wrap=True)
