@@ -18,7 +18,9 @@ import platform
 import subprocess
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,7 @@ class ExperimentRunner:
         self.batch_size = max(1, batch_size)
         self.offload_encoder = offload_encoder
         self.progress = progress
+        self._finished = 0
 
     def pending(self, experiment: Experiment, runs: Sequence[Run], force: bool = False) -> list[Run]:
         """Runs still to make: all with ``force``, else those not done (a done run whose image vanished counts)."""
@@ -139,22 +142,27 @@ class ExperimentRunner:
             gen = request.generation
             steps = len(resolve_sigmas(gen.steps, gen.shift, gen.sigmas)) - 1
             groups.setdefault((gen.width, gen.height, steps, gen.refiner), []).append(request)
-        finished = 0
-        self._report(finished, len(todo), summary)
-        for group in groups.values():
-            for start in range(0, len(group), self.batch_size):
-                chunk = group[start : start + self.batch_size]
-                for request, outcome in self._generate(chunk):
-                    run: Run = request.tag
-                    if isinstance(outcome, GenerationResult):
-                        self._save(name, run, outcome)
-                        summary.done += 1
-                    else:
-                        self.store.mark_failed(name, run.run_id, outcome)
-                        summary.failed += 1
-                        summary.failures.append((run.run_id, outcome))
-                    finished += 1
-                self._report(finished, len(todo), summary)
+        self._finished = 0
+        self._report(len(todo), summary)
+        # PNG encoding and fsync run on a writer thread while the next batch samples (measured on an H200 at
+        # 1024x1024: ~0.13 s per image when done inline). A run is marked done only once its file is on disk.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-writer") as writer:
+            writes: deque[tuple[Run, Future[dict[str, Any]]]] = deque()
+            for group in groups.values():
+                for start in range(0, len(group), self.batch_size):
+                    chunk = group[start : start + self.batch_size]
+                    for request, outcome in self._generate(chunk):
+                        run: Run = request.tag
+                        if isinstance(outcome, GenerationResult):
+                            writes.append((run, writer.submit(self._write_image, name, run, outcome)))
+                        else:
+                            self._failed(name, run, outcome, summary)
+                    # Finish what is written; bound the queue so images never pile up in memory.
+                    while writes and (writes[0][1].done() or len(writes) > 2 * self.batch_size):
+                        self._finish_write(name, *writes.popleft(), summary, len(todo))
+                    self._report(len(todo), summary)
+            while writes:
+                self._finish_write(name, *writes.popleft(), summary, len(todo))
 
     def _generate(self, chunk: list[GenerationRequest]) -> list[tuple[GenerationRequest, GenerationResult | str]]:
         """One batched call; if it fails, each run alone, so one bad run cannot sink its batch-mates."""
@@ -165,21 +173,40 @@ class ExperimentRunner:
                 return [(chunk[0], _error_text(exc))]
         return [outcome for request in chunk for outcome in self._generate([request])]
 
-    def _save(self, name: str, run: Run, result: GenerationResult) -> None:
+    def _write_image(self, name: str, run: Run, result: GenerationResult) -> dict[str, Any]:
+        """Write the PNG with its record (atomic: temp file, fsync, rename); returns the record."""
         record = dict(result.record)
         record.update(experiment=name, run_id=run.run_id, prompt_id=run.prompt.id, variables=dict(run.variables))
         if run.prompt_text != run.prompt.text:
             record["original_prompt"] = run.prompt.text
-        path = self.store.experiment_dir(name) / run.image_name
-        save_png(result.pil(), path, record, parameters_line(record))  # atomic: temp file + rename
-        self.store.mark_done(
-            name,
-            run.run_id,
-            image_path=run.image_name,
-            generation_time_s=float(record.get("seconds_per_image") or 0.0),
-            token_count=record.get("token_count"),
-            record=record,
-        )
+        save_png(result.pil(), self.store.experiment_dir(name) / run.image_name, record, parameters_line(record))
+        return record
+
+    def _finish_write(
+        self, name: str, run: Run, write: Future[dict[str, Any]], summary: RunSummary, total: int
+    ) -> None:
+        try:
+            record = write.result()
+        except Exception as exc:  # e.g. a full disk: the run failed, the sweep goes on
+            self._failed(name, run, _error_text(exc), summary)
+        else:
+            self.store.mark_done(
+                name,
+                run.run_id,
+                image_path=run.image_name,
+                generation_time_s=float(record.get("seconds_per_image") or 0.0),
+                token_count=record.get("token_count"),
+                record=record,
+            )
+            summary.done += 1
+            self._finished += 1
+        self._report(total, summary)
+
+    def _failed(self, name: str, run: Run, error: str, summary: RunSummary) -> None:
+        self.store.mark_failed(name, run.run_id, error)
+        summary.failed += 1
+        summary.failures.append((run.run_id, error))
+        self._finished += 1
 
     def _metadata(self, settings: Settings) -> dict[str, Any]:
         return {
@@ -195,9 +222,9 @@ class ExperimentRunner:
             "offload_encoder": self.offload_encoder,
         }
 
-    def _report(self, finished: int, total: int, summary: RunSummary) -> None:
+    def _report(self, total: int, summary: RunSummary) -> None:
         if self.progress is not None:
-            self.progress(finished, total, summary.failed)
+            self.progress(self._finished, total, summary.failed)
 
 
 def _error_text(exc: BaseException) -> str:
