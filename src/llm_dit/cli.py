@@ -353,10 +353,14 @@ SetOpt = Annotated[
 ]
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _run_prepared(
     prepared: Any, output_dir: Path, *, dry_run: bool, force: bool, batch_size: int, offload_encoder: bool
-) -> None:
-    """Dry-run or run a prepared experiment, with a progress bar and a final summary."""
+) -> int:
+    """Dry-run or run a prepared experiment, with a progress bar and a final summary; returns failed runs."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -368,7 +372,7 @@ def _run_prepared(
     from rich.table import Table
 
     from llm_dit.runner import ExperimentRunner, plan_cost
-    from llm_dit.store import ResultsStore
+    from llm_dit.store import ResultsStore, peek_done
 
     exp, runs = prepared.experiment, prepared.runs
     for note in prepared.notes:
@@ -382,7 +386,8 @@ def _run_prepared(
         prompts = sorted({r.prompt.id for r in runs})
         seeds = sorted({r.seed for r in runs})
         out.print(
-            f"{len(runs)} runs = {len(prompts)} prompts x {len(exp.combinations())} combinations x {len(seeds)} seeds",
+            f"{len(runs)} runs = {_n(len(prompts), 'prompt')} x {_n(len(exp.combinations()), 'combination')} x "
+            f"{_n(len(seeds), 'seed')}",
             highlight=False,
         )
         out.print(
@@ -391,28 +396,27 @@ def _run_prepared(
             f"({cost['dit_forwards_unbatched']} one by one)",
             highlight=False,
         )
-        db = output_dir / "results.db"
-        if db.exists():  # read-only peek; a dry run writes nothing
-            store = ResultsStore(output_dir)
-            if exp.name in store.experiments():
-                done = store.done_run_ids(exp.name)
-                rows = [r for r in store.runs(exp.name) if r.get("status") == "done" and r.get("generation_time_s")]
-                pending = sum(1 for r in runs if r.run_id not in done)
-                out.print(f"already done: {len(runs) - pending}; to run: {pending}", highlight=False)
-                if rows:
-                    per = sum(r["generation_time_s"] for r in rows) / len(rows)
-                    out.print(f"estimated time: {pending * per:.0f} s ({per:.2f} s per image so far)", highlight=False)
-        table = Table("run id", "prompt", *exp.variables(), "seed", "image")
+        done, times = peek_done(output_dir, exp.name)  # read-only: a dry run writes nothing
+        pending = sum(1 for r in runs if r.run_id not in done)
+        out.print(f"already done: {len(runs) - pending}; to run: {pending}", highlight=False)
+        if times and pending:
+            per = sum(times) / len(times)
+            out.print(f"estimated time: {pending * per:.0f} s ({per:.2f} s per image so far)", highlight=False)
+        table = Table("run id", "prompt", *exp.variables(), "seed")
         for run in runs[:12]:
-            table.add_row(
-                run.run_id, run.prompt.id, *[run.variables[v] for v in exp.variables()], str(run.seed), run.image_name
-            )
+            table.add_row(run.run_id, run.prompt.id, *[run.variables[v] for v in exp.variables()], str(run.seed))
         out.print(table)
+        out.print(
+            f"images: <output-dir>/{exp.name}/<prompt>__<variable>=<value>__seed<seed>__<run id[:8]>.png, "
+            f"e.g. {runs[0].image_name}",
+            highlight=False,
+            soft_wrap=True,
+        )
         if len(runs) > 12:
             out.print(f"... and {len(runs) - 12} more (dry run: nothing written)")
         else:
             out.print("(dry run: nothing written)")
-        return
+        return 0
 
     store = ResultsStore(output_dir)
     columns = (
@@ -423,16 +427,22 @@ def _run_prepared(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(f"{exp.name}", total=None, failed=0)
+    # The bar starts on the first report, i.e. after the runner holds the lock: a lock error stays one line.
+    bar = Progress(*columns, console=console, transient=False)
+    task = bar.add_task(f"{exp.name}", total=None, failed=0)
 
-        def progress(finished: int, total: int, failed: int) -> None:
-            bar.update(task, completed=finished, total=total, failed=failed)
+    def progress(finished: int, total: int, failed: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=finished, total=total, failed=failed)
 
-        runner = ExperimentRunner(
-            prepared.pipeline, store, batch_size=batch_size, offload_encoder=offload_encoder, progress=progress
-        )
-        summary = runner.run(exp, runs, prepared.settings, force=force)
+    runner = ExperimentRunner(
+        prepared.pipeline, store, batch_size=batch_size, offload_encoder=offload_encoder, progress=progress
+    )
+    try:
+        summary = runner.run(exp, runs, prepared.settings, force=force, extra_metadata=prepared.choices)
+    finally:
+        bar.stop()
     per = f", {summary.seconds_per_image:.2f} s per image" if summary.seconds_per_image else ""
     console.print(
         f"[bold]{exp.name}[/bold]: {summary.done} done, {summary.skipped} skipped (already done), "
@@ -454,6 +464,7 @@ def _run_prepared(
         highlight=False,
         soft_wrap=True,
     )
+    return summary.failed
 
 
 @app.command()
@@ -487,7 +498,7 @@ def ablate(
         return
     if experiment is None and experiment_file is None:
         raise LlmDitError("name an experiment (--experiment NAME or --experiment-file FILE); see --list-experiments")
-    _ablate(
+    failed = _ablate(
         experiment,
         experiment_file=experiment_file,
         prompt_ids=_csv(prompt_ids, "--prompt-ids"),
@@ -506,6 +517,8 @@ def ablate(
         dry_run=dry_run,
         force=force,
     )
+    if failed:
+        raise typer.Exit(code=1)  # scripts can tell; every failure is recorded with its error
 
 
 def _ablate(
@@ -520,7 +533,7 @@ def _ablate(
     dry_run: bool,
     force: bool,
     **selection: Any,
-) -> None:
+) -> int:
     from llm_dit.config import load_settings
     from llm_dit.runner import prepare_experiment
 
@@ -529,7 +542,7 @@ def _ablate(
     overrides = {"model_path": model_path} if model_path is not None else {}
     settings = load_settings(config, profile, overrides).settings
     prepared = prepare_experiment(name, settings=settings, batch_size=batch_size, **selection)
-    _run_prepared(
+    return _run_prepared(
         prepared, output_dir, dry_run=dry_run, force=force, batch_size=batch_size, offload_encoder=offload_encoder
     )
 
@@ -589,9 +602,10 @@ def sweep(
         raise LlmDitError("name one sweep or pass --all; sweeps: " + ", ".join(p.name for p in SWEEPS))
     presets = list(SWEEPS) if all_ else [get_sweep(name or "")]
     seed_list = _csv(seeds, "--seeds", int) or (list(QUICK_SEEDS) if quick else None)
+    failed = 0
     for preset in presets:
         console.print(f"[bold]sweep {preset.name}[/bold]: {preset.question}", highlight=False)
-        _ablate(
+        failed += _ablate(
             preset.experiment,
             config=config,
             profile=profile,
@@ -606,6 +620,8 @@ def sweep(
             seeds=seed_list,
             overrides=_parse_sets(set_),
         )
+    if failed:
+        raise typer.Exit(code=1)
 
 
 @app.command("profile")

@@ -950,7 +950,8 @@ def _resolve(merged: Mapping[str, Any], seed: int) -> dict[str, Any]:
     return params
 
 
-def _check_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+def _check_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """Validate CLI/API overrides once; ``where`` names the first run they apply to (they apply to all)."""
     out: dict[str, Any] = {}
     errors: list[str] = []
     for key, value in (overrides or {}).items():
@@ -968,7 +969,7 @@ def _check_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None
         try:
             _check_value(key, value)
         except ConfigError as exc:
-            errors.append(f"{experiment.name}: override {key}={_format_label(value)}: {exc}")
+            errors.append(f"{where}: override {key}={_format_label(value)}: {exc}")
             continue
         out[key] = value
     if errors:
@@ -1056,8 +1057,9 @@ def plan(
 
     Precedence: defaults < ``settings`` < experiment base < ``overrides`` (flat names; ``None`` = unset)
     < axis values. Every run is validated with the config schema; the first invalid one raises
-    LlmDitError naming the experiment, prompt, seed and variables. Two runs may share a run id (e.g. a
-    token manipulation that leaves a prompt unchanged): they are the same image.
+    LlmDitError naming the experiment, prompt, seed and variables. Run ids are unique within a plan: a run
+    that would make the same image as an earlier one (e.g. a token manipulation that leaves a prompt
+    unchanged) gets an id derived from the earlier id and its own variables.
     """
     if not model_fingerprint or not isinstance(model_fingerprint, str):
         raise LlmDitError("plan needs a model_fingerprint (a non-empty string identifying the weights)")
@@ -1075,13 +1077,16 @@ def plan(
             raise LlmDitError(f"{experiment.name}: seed {seed!r} must be an integer in 0..{MAX_SEED}")
     if len(set(seed_list)) != len(seed_list):
         raise LlmDitError(f"{experiment.name}: a seed is given more than once: {seed_list}")
-    override_layer = _check_overrides(experiment, overrides)
+    override_layer = _check_overrides(
+        experiment, overrides, _run_name(experiment, prompts[0].id, seed_list[0], {}) + " (and every other run)"
+    )
     settings_layer = _settings_layer(settings)
     combos = experiment.combinations()
     merged = [_merge([settings_layer, experiment.base, override_layer, *(v.params for v in combo)]) for combo in combos]
     resolved: dict[int, dict[str, Any]] = {}  # per combination: params without the seed's value
     runs: list[PlannedRun] = []
     names: dict[str, str] = {}
+    ids: set[str] = set()
     for prompt in prompts:
         for c, combo in enumerate(combos):
             variables = {axis.name: value.label for axis, value in zip(experiment.axes, combo, strict=True)}
@@ -1103,6 +1108,13 @@ def plan(
                     except (LlmDitError, ValueError) as exc:
                         raise LlmDitError(f"{where}: token_manipulation {manipulation}: {exc}") from None
                 rid = compute_run_id(text, seed, params, model_fingerprint, numerics)
+                if rid in ids:
+                    # Same pixels as an earlier run of this plan (e.g. a token manipulation that leaves this
+                    # prompt unchanged). Every planned condition keeps its own row and image, so the id is
+                    # derived from the first one and this run's variables: still deterministic, still unique.
+                    tag = json.dumps(variables, sort_keys=True, separators=(",", ":"))
+                    rid = hashlib.sha256(f"{rid}:{tag}".encode()).hexdigest()[:16]
+                ids.add(rid)
                 name = image_name(prompt.id, variables, seed, rid)
                 if name in names:
                     raise LlmDitError(f"{where}: image name {name} is also that of {names[name]}; rename a prompt id")

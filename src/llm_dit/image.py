@@ -64,6 +64,9 @@ def save_png(image: Image.Image, path: str | Path, record: dict[str, Any], param
     info.add_itxt(RECORD_KEY, json.dumps(record, sort_keys=True))
     info.add_itxt(PARAMETERS_KEY, parameters)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes files owner-only; images are for sharing, like any file
     try:
         with os.fdopen(fd, "wb") as handle:
             image.save(handle, format="PNG", pnginfo=info)

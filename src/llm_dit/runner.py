@@ -113,13 +113,20 @@ class ExperimentRunner:
         return [r for r in runs if r.run_id not in done]
 
     def run(
-        self, experiment: Experiment, runs: Sequence[Run], settings: Settings, *, force: bool = False
+        self,
+        experiment: Experiment,
+        runs: Sequence[Run],
+        settings: Settings,
+        *,
+        force: bool = False,
+        extra_metadata: dict[str, Any] | None = None,
     ) -> RunSummary:
         name = experiment.name
         summary = RunSummary(experiment=name, planned=len(runs), output_dir=str(self.store.experiment_dir(name)))
         with self.store.lock(name):
             self.store.cleanup_temp_files(name)
-            self.store.start_experiment(name, experiment.description, experiment.to_dict(), self._metadata(settings))
+            metadata = {**self._metadata(settings), **(extra_metadata or {})}
+            self.store.start_experiment(name, experiment.description, experiment.to_dict(), metadata)
             self.store.plan_runs(name, store_rows(runs))
             todo = self.pending(experiment, runs, force)
             summary.skipped = len(runs) - len(todo)
@@ -242,6 +249,7 @@ class PreparedExperiment:
     settings: Settings
     pipeline: LlmDitPipeline
     notes: list[str] = field(default_factory=list)
+    choices: dict[str, Any] = field(default_factory=dict)  # what the caller chose on top of the profile
 
 
 def prepare_experiment(
@@ -306,7 +314,14 @@ def prepare_experiment(
         except Exception as exc:
             variables = " ".join(f"{k}={v}" for k, v in run.variables.items())
             raise type(exc)(f"{experiment.name} run {run.prompt.id} seed {run.seed} {variables}: {exc}") from None
-    return PreparedExperiment(experiment, runs, settings, pipeline, notes)
+    choices = {
+        "overrides": overrides,
+        "seeds": list(seeds) if seeds else list(experiment.seeds),
+        "prompt_ids": [p.id for p in prompts],
+        "experiment_file": str(experiment_file) if experiment_file else None,
+        "numerics": numerics,
+    }
+    return PreparedExperiment(experiment, runs, settings, pipeline, notes, choices)
 
 
 def _numerics(settings: Settings) -> dict[str, str]:

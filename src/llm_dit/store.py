@@ -748,6 +748,31 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
+def peek_done(root: str | Path, experiment: str) -> tuple[set[str], list[float]]:
+    """Read-only look for dry runs: ids of done runs whose image exists, and their generation times.
+
+    Opens the database with ``mode=ro``: nothing is created or changed (no schema setup, no WAL switch), and
+    a missing database or experiment simply means nothing is done yet.
+    """
+    db = Path(root) / DB_NAME
+    if not db.is_file():
+        return set(), []
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            rows = conn.execute(
+                "SELECT run_id, image_path, generation_time_s FROM runs WHERE experiment = ? AND status = 'done'",
+                (experiment,),
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return set(), []
+    directory = Path(root) / experiment
+    done = [(rid, t) for rid, path, t in rows if path and (directory / path).is_file()]
+    return {rid for rid, _ in done}, [float(t) for _, t in done if t]
+
+
 def load_results(root: str | Path, experiment: str) -> pandas.DataFrame:
     """One row per run (planned order): the results.csv columns, read from the database with proper dtypes.
 
