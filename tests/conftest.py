@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from llm_dit import checkpoint
 from llm_dit.tiny import build_tiny_checkpoint
 
 # The tiny models gain nothing from intra-op threads, and on a small shared machine torch's OpenMP threads
@@ -24,3 +27,24 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Treat it as read-only: tests that need to damage a checkpoint work on a copy.
     """
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-checkpoint", seed=0)
+
+
+@pytest.fixture(scope="module")
+def cached_tokenizer() -> Iterator[None]:
+    """Load each checkpoint's tokenizer once per module (~2 s each otherwise); everything else loads for real.
+
+    For CLI-level tests that start many commands in one process: use with
+    ``pytestmark = pytest.mark.usefixtures("cached_tokenizer")``.
+    """
+    real = checkpoint.load_tokenizer
+    cache: dict[str, Any] = {}
+
+    def load(path: str | Path) -> Any:
+        key = str(Path(path).resolve())
+        if key not in cache:
+            cache[key] = real(path)
+        return cache[key]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint, "load_tokenizer", load)
+        yield

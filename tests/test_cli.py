@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +45,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cached_tokenizer() -> Iterator[None]:
-    """Load each checkpoint's tokenizer once per module (the only thing cached; see the module docstring)."""
-    real = checkpoint.load_tokenizer
-    cache: dict[str, Any] = {}
-
-    def load(path: str | Path) -> Any:
-        key = str(Path(path).resolve())
-        if key not in cache:
-            cache[key] = real(path)
-        return cache[key]
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(checkpoint, "load_tokenizer", load)
-        yield
+pytestmark = pytest.mark.usefixtures("cached_tokenizer")
 
 
 @pytest.fixture
