@@ -339,23 +339,20 @@ def load_transformer(path: str | Path, device: str | torch.device, dtype: torch.
     """``diffusers.ZImageTransformer2DModel`` from ``path/transformer`` on ``device`` in ``dtype``."""
     from diffusers import ZImageTransformer2DModel
 
-    device = torch.device(device)
-    with quiet_hf():
-        model = ZImageTransformer2DModel.from_pretrained(
-            Path(path), subfolder="transformer", torch_dtype=dtype, device_map=_device_map(device)
-        )
-    return model.to(device).eval().requires_grad_(False)
+    return _load_diffusers(ZImageTransformer2DModel, path, "transformer", device, dtype)
 
 
 def load_vae(path: str | Path, device: str | torch.device, dtype: torch.dtype) -> Any:
     """``diffusers.AutoencoderKL`` from ``path/vae`` on ``device`` in ``dtype``."""
     from diffusers import AutoencoderKL
 
+    return _load_diffusers(AutoencoderKL, path, "vae", device, dtype)
+
+
+def _load_diffusers(cls: Any, path: str | Path, subfolder: str, device: str | torch.device, dtype: torch.dtype) -> Any:
     device = torch.device(device)
     with quiet_hf():
-        model = AutoencoderKL.from_pretrained(
-            Path(path), subfolder="vae", torch_dtype=dtype, device_map=_device_map(device)
-        )
+        model = cls.from_pretrained(Path(path), subfolder=subfolder, torch_dtype=dtype, device_map=_device_map(device))
     return model.to(device).eval().requires_grad_(False)
 
 

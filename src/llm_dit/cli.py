@@ -92,15 +92,8 @@ def _overrides(**values: Any) -> dict[str, Any]:
     out = {keys[name]: value for name, value in values.items() if value is not None}
     if "generation.sigmas" in out:
         # "" clears a profile's sigmas (back to steps + shift), as in TOML.
-        out["generation.sigmas"] = _parse_floats(out["generation.sigmas"]) if out["generation.sigmas"].strip() else ""
+        out["generation.sigmas"] = _csv(out["generation.sigmas"], "--sigmas", float) or ""
     return out
-
-
-def _parse_floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise LlmDitError(f"--sigmas {text!r}: expected comma-separated numbers, e.g. 1,0.9,0.6,0.3") from exc
 
 
 def _model_path(model_path: str | None, model: str | None) -> str | None:
@@ -326,7 +319,8 @@ def _csv(text: str | None, what: str, cast: Any = str) -> list[Any] | None:
     try:
         return [cast(x.strip()) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        raise LlmDitError(f"{what} {text!r}: expected a comma-separated list") from exc
+        kind = "values" if cast is str else "numbers"
+        raise LlmDitError(f"{what} {text!r}: expected comma-separated {kind}, e.g. 1,0.6,0.3") from exc
 
 
 def _parse_sets(items: list[str] | None) -> dict[str, Any]:

@@ -112,6 +112,7 @@ class ZImageTextEncoder:
         self.max_caption_tokens = max_caption_tokens
         self.batch_size = batch_size
         self.settings = build_section(EncoderSettings, settings)
+        self._tokenized: dict[tuple[str, tuple[Any, ...]], TokenizedPrompt] = {}
         self._check_layers(self.settings)
 
     @classmethod
@@ -184,8 +185,14 @@ class ZImageTextEncoder:
     def _tokenize(self, prompts: str | Sequence[str], settings: EncoderSettings) -> list[TokenizedPrompt]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         cap = min(settings.max_text_tokens, self.max_caption_tokens)
+        # Tokenization is memoised: a sweep checks, plans and encodes the same prompts several times.
+        key = (settings.system_prompt, settings.think_block, cap, settings.long_prompt_mode)
         out = []
         for prompt in prompts:
+            cached = self._tokenized.get((prompt, key)) if isinstance(prompt, str) else None
+            if cached is not None:
+                out.append(cached)
+                continue
             formatted = format_prompt(prompt, settings.system_prompt, settings.think_block)
             enc = self.tokenizer(formatted.text, return_offsets_mapping=True)
             ids: list[int] = list(enc["input_ids"])
@@ -214,17 +221,17 @@ class ZImageTextEncoder:
                     ids = ids[:prefix_len] + ids[prefix_len : prefix_len + keep] + ids[len(ids) - suffix_len :]
                 else:
                     compress = True
-            out.append(
-                TokenizedPrompt(
-                    formatted=formatted,
-                    input_ids=ids,
-                    token_count=len(enc["input_ids"]),
-                    prefix_len=prefix_len,
-                    suffix_len=suffix_len,
-                    cap=cap,
-                    compress=compress,
-                )
+            tokenized = TokenizedPrompt(
+                formatted=formatted,
+                input_ids=ids,
+                token_count=len(enc["input_ids"]),
+                prefix_len=prefix_len,
+                suffix_len=suffix_len,
+                cap=cap,
+                compress=compress,
             )
+            self._tokenized[(prompt, key)] = tokenized
+            out.append(tokenized)
         return out
 
     # -- encoding -------------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from PIL import Image, PngImagePlugin
 from torch import nn
 
 from llm_dit.errors import LlmDitError
+from llm_dit.files import write_atomic
 
 RECORD_KEY = "llm_dit"  # PNG text chunk holding the full JSON record
 PARAMETERS_KEY = "parameters"  # A1111-style one-line summary, read by common image viewers
@@ -57,26 +58,15 @@ def ensure_writable(path: str | Path, overwrite: bool = False) -> Path:
 
 
 def save_png(image: Image.Image, path: str | Path, record: dict[str, Any], parameters: str) -> Path:
-    """Write a PNG with the record as text chunks, atomically (temp file + rename): no half-written files."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a PNG with the record as text chunks, atomically and durably (:func:`llm_dit.files.write_atomic`):
+    never half-written, and on disk before a results store marks its run done."""
     info = PngImagePlugin.PngInfo()
     info.add_itxt(RECORD_KEY, json.dumps(record, sort_keys=True))
     info.add_itxt(PARAMETERS_KEY, parameters)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes files owner-only; images are for sharing, like any file
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=info)
-            handle.flush()
-            os.fsync(handle.fileno())  # on disk before the rename (and before a store marks the run done)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    write_atomic(path, buffer.getvalue())
+    return Path(path)
 
 
 def read_record(path: str | Path) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from llm_dit.files import write_atomic
+
 
 def _peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
@@ -66,7 +68,5 @@ def run_profile(pipeline: Any, *, width: int, height: int, steps: int, repeats: 
 
 
 def write_json(data: dict[str, Any], path: Path) -> Path:
-    from llm_dit.store import write_atomic
-
     write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
     return path

@@ -31,7 +31,6 @@ import json
 import os
 import socket
 import sqlite3
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_dit.errors import LlmDitError
+from llm_dit.files import is_temp_file, write_atomic
 
 if TYPE_CHECKING:
     import pandas
@@ -107,16 +107,6 @@ _SCHEMA = (
 )
 
 
-def _umask() -> int:
-    # os.umask can only be read by setting it; done once at import, before any threads of ours exist.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -135,52 +125,6 @@ def _dumps(value: Any) -> str:
 
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
-
-    A temp file ``.<name>.<random>.tmp`` in the same directory (same filesystem, so the rename is atomic) is
-    written, fsynced and renamed over ``path``; then the directory is fsynced so the rename itself is durable.
-    On any error the temp file is removed and the old ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), _FILE_MODE)  # mkstemp makes 0600; exports are meant to be shared
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Best effort: some filesystems refuse to open or fsync a directory; the data itself is already synced.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def is_temp_file(name: str) -> bool:
-    """Whether ``name`` is a leftover of an interrupted atomic write.
-
-    Patterns: ``.*.tmp`` (``write_atomic``; ``image.save_png`` writes ``.<stem>.<random>.png.tmp``) and
-    ``*.png.tmp``.
-    """
-    return (name.startswith(".") and name.endswith(".tmp") and len(name) > len(".tmp") + 1) or name.endswith(".png.tmp")
 
 
 @dataclass(frozen=True)

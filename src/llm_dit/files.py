@@ -1,0 +1,64 @@
+"""Crash-safe file writes shared by every layer that writes results (images, exports, JSON reports)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; done once at import, before any threads of ours exist
+    # (the runner writes images on a writer thread, where touching the process-wide umask would race).
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    A temp file ``.<name>.<random>.tmp`` in the same directory (same filesystem, so the rename is atomic) is
+    written, fsynced and renamed over ``path``; then the directory is fsynced so the rename itself is durable.
+    On any error the temp file is removed and the old ``path`` is left as it was. Killed mid-write, only a
+    temp file can be left behind (see :func:`is_temp_file`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), _FILE_MODE)  # mkstemp makes 0600; results are meant to be shared
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Best effort: some filesystems refuse to open or fsync a directory; the data itself is already synced.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether ``name`` is a leftover of an interrupted :func:`write_atomic` (``.<name>.<random>.tmp``).
+
+    ``*.png.tmp`` is also matched: earlier versions wrote images as ``.<stem>.<random>.png.tmp``.
+    """
+    return (name.startswith(".") and name.endswith(".tmp") and len(name) > len(".tmp") + 1) or name.endswith(".png.tmp")
