@@ -17,6 +17,7 @@ from llm_dit.config import (
     SETTING_KEYS,
     EncoderSettings,
     GenerationSettings,
+    MetricsSettings,
     PipelineSettings,
     Settings,
     list_profiles,
@@ -89,10 +90,12 @@ def test_setting_keys_and_cli_flags_cover_every_field() -> None:
         ("encoder", EncoderSettings),
         ("pipeline", PipelineSettings),
         ("generation", GenerationSettings),
+        ("metrics", MetricsSettings),
     ):
         fields |= {f"{section}.{name}" for name in model.model_fields}
     assert set(SETTING_KEYS) == fields
-    assert set(CLI_FLAGS) == set(SETTING_KEYS)
+    # Every generation-side setting has a flag; metric weights are config-only.
+    assert set(CLI_FLAGS) == {key for key in SETTING_KEYS if not key.startswith("metrics.")}
     assert len(set(CLI_FLAGS.values())) == len(CLI_FLAGS)
     assert all(flag.startswith("--") for flag in CLI_FLAGS.values())
     assert CLI_FLAGS["encoder.hidden_layer"] == "--hidden-layer"
@@ -589,3 +592,21 @@ def test_example_file_shows_every_key() -> None:
         # Optional keys with no TOML null may be shown commented out.
         shown = name in data["default"][sec] or f"# {name} = " in text
         assert shown, key
+
+
+def test_metrics_section_paths_and_errors(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[default.metrics]\nsiglip_path = "/w/siglip2"\nbatch_size = 4\n[fast.metrics]\nsiglip_path = ""\n')
+    settings = load_settings(cfg, None).settings
+    assert settings.metrics.siglip_path == "/w/siglip2" and settings.metrics.batch_size == 4
+    assert settings.metrics.clip_path is None
+    assert load_settings(cfg, "fast").settings.metrics.siglip_path is None  # "" unsets the inherited path
+    cfg.write_text("[default.metrics]\nbatch_size = 0\n")
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        load_settings(cfg, None)
+    cfg.write_text('[default.metrics]\nimage_reward_path = "/w/ir"\n')
+    with pytest.raises(ConfigError, match="ImageReward is not supported"):
+        load_settings(cfg, None)
+    cfg.write_text('[default.metrics]\nlpips_net = "squeeze"\n')
+    with pytest.raises(ConfigError, match="lpips_net"):
+        load_settings(cfg, None)

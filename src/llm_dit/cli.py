@@ -461,6 +461,152 @@ def _run_prepared(
     return summary.failed
 
 
+ComputeMetricsOpt = Annotated[
+    bool,
+    typer.Option("--compute-metrics", help="Compute metrics after generating (weight-free + configured models)."),
+]
+MetricOpt = Annotated[
+    list[str] | None, typer.Option("--metric", help="A metric to compute (repeatable or comma-separated).")
+]
+
+
+def _metric_names(items: list[str] | None) -> list[str]:
+    return [name for item in items or [] for name in _csv(item, "--metric") or []]
+
+
+def _metrics_pass(
+    output_dir: Path,
+    experiment: str,
+    specs: list[Any],
+    notes: list[str],
+    settings: Any,
+    *,
+    explicit: bool,
+    choice: Any = None,
+    force: bool = False,
+) -> Any:
+    """Run a metrics pass with a progress bar, print its summary table; returns the report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from llm_dit.metrics.compute import MetricsPass
+    from llm_dit.store import ResultsStore
+
+    for note in notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    )
+    task = bar.add_task(f"metrics {experiment}", total=None)
+
+    def progress(finished: int, total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=finished, total=total)
+
+    with ResultsStore(output_dir) as store:
+        runner = MetricsPass(store, settings, progress=progress)
+        try:
+            report = runner.run(experiment, specs, choice, force=force, skip_unreferenced=not explicit)
+        finally:
+            bar.stop()
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+    _print_metrics_report(report)
+    return report
+
+
+def _print_metrics_report(report: Any) -> None:
+    from rich.table import Table
+
+    out = Console()
+    computed = ", ".join(f"{m} {report.computed.get(m, 0)}" for m in report.metrics) or "nothing"
+    kept = sum(report.kept.values())
+    out.print(
+        f"[bold]{report.experiment}[/bold] metrics: computed {computed}; {kept} already stored; {report.seconds:.1f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if report.reference:
+        out.print(f"reference for ssim/psnr/mad/lpips: {escape(report.reference)}", highlight=False, soft_wrap=True)
+    for metric, count in report.unavailable.items():
+        if count:
+            why = "no done reference run" if metric in ("ssim", "psnr", "mad", "lpips") else "a single seed"
+            out.print(f"{metric}: {count} runs without a value ({why})", highlight=False)
+    by_axis: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in report.summary:
+        by_axis.setdefault(row["axis"], {}).setdefault(row["value"], {})[row["metric"]] = row
+    for axis, values in by_axis.items():
+        metrics = list(dict.fromkeys(m for cells in values.values() for m in cells))
+        table = Table(axis, "n", *metrics, title=f"{axis}: mean ± 95% CI half-width", title_justify="left")
+        for value, cells in values.items():
+            counts = sorted({row["n"] for row in cells.values()})
+            table.add_row(value, "/".join(map(str, counts)), *[_summary_cell(cells.get(m)) for m in metrics])
+        out.print(table)
+    out.print(f"per run: {report.results_csv}; per value: {report.summary_csv}", highlight=False, soft_wrap=True)
+
+
+def _summary_cell(row: dict[str, Any] | None) -> str:
+    import math
+
+    if row is None:
+        return ""
+    mean, high = row["mean"], row["ci95_high"]
+    if not math.isfinite(mean):
+        return str(mean)
+    return f"{mean:.4g} ± {high - mean:.2g}" if math.isfinite(high) else f"{mean:.4g}"
+
+
+@app.command("metrics")
+def metrics_cmd(
+    experiment: Annotated[str | None, typer.Argument(help="Experiment name in the results directory.")] = None,
+    metric: MetricOpt = None,
+    reference: Annotated[
+        list[str] | None,
+        typer.Option("--reference", help="AXIS=LABEL: the value reference metrics compare with (repeatable)."),
+    ] = None,
+    reference_image: Annotated[
+        list[str] | None,
+        typer.Option("--reference-image", help="[PROMPT_ID=]PATH: compare with a source image instead."),
+    ] = None,
+    output_dir: OutputDirOpt = Path("experiments/results"),
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute values already stored.")] = False,
+    list_metrics: Annotated[bool, typer.Option("--list", help="List the metrics and what each needs.")] = False,
+) -> None:
+    """Compute metrics over existing results: only missing values (resumable); per-run values go to the store
+    and results.csv, per-value statistics to summary.csv and the terminal."""
+    from llm_dit.config import load_settings
+    from llm_dit.metrics.reference import ReferenceChoice, parse_reference, parse_reference_images
+    from llm_dit.metrics.registry import METRICS, UNAVAILABLE, configured, select_metrics
+    from llm_dit.store import DB_NAME, ResultsStore
+
+    settings = load_settings(config, profile).settings.metrics
+    if list_metrics:
+        from rich.table import Table
+
+        table = Table("metric", "kind", "better", "needs", "status", "what it measures")
+        for spec in METRICS.values():
+            status = "ready" if configured(spec, settings) else f"set {spec.setting}"
+            better = "higher" if spec.higher_is_better else "lower"
+            table.add_row(spec.name, spec.kind, better, spec.setting or "-", status, spec.description)
+        for name, why in UNAVAILABLE.items():
+            table.add_row(name, "-", "-", "-", "unavailable", why.split(":")[0])
+        Console().print(table)
+        return
+    if experiment is None:
+        raise LlmDitError("name an experiment: llm-dit metrics EXPERIMENT (see --list for the metrics)")
+    names = _metric_names(metric)
+    specs, notes = select_metrics(names, settings)
+    if not (output_dir / DB_NAME).is_file():
+        raise LlmDitError(f"no results database in {output_dir}; pass the --output-dir the experiment ran with")
+    with ResultsStore(output_dir) as store:
+        prompt_ids = [run["prompt_id"] for run in store.runs(experiment)] if experiment in store.experiments() else []
+    choice = ReferenceChoice(parse_reference(reference), parse_reference_images(reference_image, prompt_ids))
+    explicit = bool(names or reference or reference_image)  # asked for by name: no silent skipping
+    _metrics_pass(output_dir, experiment, specs, notes, settings, explicit=explicit, choice=choice, force=force)
+
+
 @app.command()
 def ablate(
     experiment: Annotated[str | None, typer.Option("--experiment", "-e", help="Built-in experiment name.")] = None,
@@ -485,6 +631,8 @@ def ablate(
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Regenerate runs already done.")] = False,
+    compute_metrics: ComputeMetricsOpt = False,
+    metric: MetricOpt = None,
 ) -> None:
     """Run an experiment: plan every run, check it all, then generate (resuming by default)."""
     if list_experiments or list_prompts:
@@ -510,6 +658,7 @@ def ablate(
         offload_encoder=offload_encoder,
         dry_run=dry_run,
         force=force,
+        metric_names=_metric_names(metric) if compute_metrics or metric else None,
     )
     if failed:
         raise typer.Exit(code=1)  # scripts can tell; every failure is recorded with its error
@@ -526,8 +675,11 @@ def _ablate(
     offload_encoder: bool,
     dry_run: bool,
     force: bool,
+    metric_names: list[str] | None = None,
     **selection: Any,
 ) -> int:
+    """Plan, check and run one experiment; with ``metric_names`` (a list, [] = the default set) compute metrics
+    afterwards. Returns the number of failed runs."""
     from llm_dit.config import load_settings
     from llm_dit.runner import prepare_experiment
 
@@ -535,10 +687,19 @@ def _ablate(
         raise LlmDitError(f"--batch-size must be >= 1, got {batch_size}")
     overrides = {"model_path": model_path} if model_path is not None else {}
     settings = load_settings(config, profile, overrides).settings
+    metrics = None
+    if metric_names is not None:
+        from llm_dit.metrics.registry import select_metrics
+
+        metrics = select_metrics(metric_names, settings.metrics)  # before any model loads or GPU time is spent
     prepared = prepare_experiment(name, settings=settings, batch_size=batch_size, **selection)
-    return _run_prepared(
+    failed = _run_prepared(
         prepared, output_dir, dry_run=dry_run, force=force, batch_size=batch_size, offload_encoder=offload_encoder
     )
+    if metrics is not None and not dry_run:
+        specs, notes = metrics
+        _metrics_pass(output_dir, prepared.experiment.name, specs, notes, settings.metrics, explicit=bool(metric_names))
+    return failed
 
 
 def _list(experiments: bool, prompts: bool) -> None:
@@ -588,6 +749,8 @@ def sweep(
     set_: SetOpt = None,
     batch_size: BatchOpt = 8,
     force: Annotated[bool, typer.Option("--force", help="Regenerate runs already done.")] = False,
+    compute_metrics: ComputeMetricsOpt = False,
+    metric: MetricOpt = None,
 ) -> None:
     """The seeds' priority sweeps as presets over the built-in experiments."""
     from llm_dit.sweeps import QUICK_MAX_PROMPTS, QUICK_SEEDS, SWEEPS, get_sweep
@@ -613,6 +776,7 @@ def sweep(
             max_prompts=QUICK_MAX_PROMPTS if quick else None,
             seeds=seed_list,
             overrides=_parse_sets(set_),
+            metric_names=_metric_names(metric) if compute_metrics or metric else None,
         )
     if failed:
         raise typer.Exit(code=1)

@@ -46,6 +46,7 @@ __all__ = [
     "THINK_BLOCK_NONE",
     "EncoderSettings",
     "GenerationSettings",
+    "MetricsSettings",
     "PipelineSettings",
     "ResolvedSettings",
     "Settings",
@@ -525,6 +526,67 @@ class GenerationSettings(BaseModel):
         return {**data, "steps": n}
 
 
+def _optional_path(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _as_str(name, value)
+    return text or None  # "" unsets a profile's path, as for model_path
+
+
+class MetricsSettings(BaseModel):
+    """[PROFILE.metrics]: local weights of the model-based metrics and where they run.
+
+    Paths are never downloaded or guessed: a metric whose weights are not set here refuses to run and names the
+    setting to fill in. They do not affect generation (not part of any run id).
+    """
+
+    model_config = _MODEL_CONFIG
+
+    siglip_path: str | None = Field(
+        None, description="Local SigLIP2 checkpoint directory (transformers layout) for the 'siglip' metric."
+    )
+    clip_path: str | None = Field(
+        None, description="Local CLIP checkpoint directory (transformers layout) for the 'clip_score' metric."
+    )
+    lpips_backbone: str | None = Field(
+        None,
+        description="torchvision ImageNet weights file of the LPIPS backbone (e.g. alexnet-owt-7be5be79.pth) "
+        "for 'lpips' and 'diversity_lpips'.",
+    )
+    lpips_net: str = Field("alex", description="LPIPS backbone: alex or vgg (must match lpips_backbone).")
+    device: str = Field("auto", description="Device of the metric models: auto, cpu, cuda or cuda:N.")
+    torch_dtype: str = Field("auto", description="Dtype of the metric models: auto, bfloat16 or float32.")
+    batch_size: int = Field(16, description="Images per batched forward of a metric model.")
+
+    @field_validator("siglip_path", "clip_path", "lpips_backbone", mode="before")
+    @classmethod
+    def _v_paths(cls, v: Any, info: Any) -> str | None:
+        return _optional_path(info.field_name, v)
+
+    @field_validator("lpips_net", mode="before")
+    @classmethod
+    def _v_lpips_net(cls, v: Any) -> str:
+        return _choice("lpips_net", v, ("alex", "vgg"))
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _v_device(cls, v: Any) -> str:
+        return _device("device", v)
+
+    @field_validator("torch_dtype", mode="before")
+    @classmethod
+    def _v_dtype(cls, v: Any) -> str:
+        return _dtype("torch_dtype", v)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _v_batch(cls, v: Any) -> int:
+        n = _as_int("batch_size", v)
+        if n < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {n})")
+        return n
+
+
 class Settings(BaseModel):
     """Every user-settable parameter of a run; ``model_dump()`` goes into each image's metadata."""
 
@@ -536,6 +598,7 @@ class Settings(BaseModel):
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("model_path", mode="before")
     @classmethod
@@ -561,12 +624,14 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "encoder": EncoderSettings,
     "pipeline": PipelineSettings,
     "generation": GenerationSettings,
+    "metrics": MetricsSettings,
 }
 TOP_LEVEL_KEYS: tuple[str, ...] = ("model_path",)
 SETTING_KEYS: tuple[str, ...] = TOP_LEVEL_KEYS + tuple(
     f"{sec}.{name}" for sec, model in SECTIONS.items() for name in model.model_fields
 )
 
+# Metrics settings have no flags of their own: they live in the config file ([PROFILE.metrics]).
 CLI_FLAGS: dict[str, str] = {
     "model_path": "--model-path",
     "encoder.hidden_layer": "--hidden-layer",
@@ -608,6 +673,8 @@ _LEGACY_KEYS: dict[str, str] = {
     "hidden_layers": "use hidden_layer (one layer) or layer_weights (a blend) in [{profile}.encoder]",
     "cfg_scale": "use guidance_scale in [{profile}.generation]",
     "dtype": "use torch_dtype in [{profile}.encoder] or [{profile}.pipeline]",
+    "image_reward_path": "ImageReward is not supported: the image-reward package does not run with transformers 5 "
+    "(see docs/metrics.md); use siglip_path or clip_path in [{profile}.metrics]",
 }
 
 
@@ -1161,6 +1228,9 @@ def render_settings(resolved: ResolvedSettings) -> str:
         "pipeline.vae_device": "same as device",
         "pipeline.vae_dtype": "same as torch_dtype",
         "generation.sigmas": "schedule from steps and shift",
+        "metrics.siglip_path": "metric 'siglip' unavailable",
+        "metrics.clip_path": "metric 'clip_score' unavailable",
+        "metrics.lpips_backbone": "metrics 'lpips', 'diversity_lpips' unavailable",
     }
     out.append(f"[{DEFAULT_PROFILE}]")
     emit("model_path", s.model_path, unset["model_path"])

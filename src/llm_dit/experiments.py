@@ -950,6 +950,17 @@ def _resolve(merged: Mapping[str, Any], seed: int) -> dict[str, Any]:
     return params
 
 
+def default_params() -> dict[str, Any]:
+    """The built-in defaults (the official recipe) resolved as a plan stores a run's params, without the seed.
+
+    JSON-normalised (string keys), so it compares directly with params read back from the results store; the
+    metrics use it to find each axis's default value (the natural reference of a sweep).
+    """
+    params = _resolve(_merge([_settings_layer(Settings())]), seed=0)
+    params.pop("seed")
+    return json.loads(json.dumps(_jsonable(params)))
+
+
 def _check_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
     """Validate CLI/API overrides once; ``where`` names the first run they apply to (they apply to all)."""
     out: dict[str, Any] = {}

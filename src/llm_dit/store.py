@@ -45,7 +45,7 @@ from llm_dit.files import is_temp_file, write_atomic
 if TYPE_CHECKING:
     import pandas
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: metrics are keyed by version and carry params
 DB_NAME = "results.db"
 LOCK_NAME = ".lock"
 METADATA_NAME = "metadata.json"
@@ -60,6 +60,21 @@ TRAILING_COLUMNS = ("seed", "status", "error", "generation_time_s", "token_count
 FIXED_COLUMNS = frozenset(LEADING_COLUMNS + TRAILING_COLUMNS)
 # SQLite integers are signed 64-bit.
 MAX_SEED = 2**63 - 1
+
+# Metric values, keyed by run, name and version: a new version of a metric's code never mixes with values of an
+# older one. ``params`` is what the value depends on besides the image (reference run, scorer weights, the group
+# of seeds, ...): a value whose params differ from the current ones counts as missing and is recomputed.
+_METRICS_TABLE = """CREATE TABLE IF NOT EXISTS metrics (
+    experiment  TEXT NOT NULL,
+    run_id      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 1,
+    value       REAL,                         -- NULL: not a number (e.g. undefined for this image)
+    params      TEXT NOT NULL DEFAULT '{}',   -- JSON: what the value depends on besides the image
+    computed_at TEXT,
+    PRIMARY KEY (experiment, run_id, name, version),
+    FOREIGN KEY (experiment, run_id) REFERENCES runs (experiment, run_id) ON DELETE CASCADE
+)"""
 
 # One statement per string: splitting a script on ';' would break on comments, and executescript() COMMITs.
 _SCHEMA = (
@@ -96,14 +111,7 @@ _SCHEMA = (
     PRIMARY KEY (experiment, run_id)
 )""",
     "CREATE INDEX IF NOT EXISTS runs_by_seq ON runs (experiment, seq)",
-    """CREATE TABLE IF NOT EXISTS metrics (
-    experiment TEXT NOT NULL,
-    run_id     TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    value      REAL,
-    PRIMARY KEY (experiment, run_id, name),
-    FOREIGN KEY (experiment, run_id) REFERENCES runs (experiment, run_id) ON DELETE CASCADE
-)""",
+    _METRICS_TABLE,
 )
 
 
@@ -138,6 +146,33 @@ class PlannedRun:
     variables: dict[str, str] = field(default_factory=dict)  # axis name -> value label, in axis order
     params: dict[str, Any] = field(default_factory=dict)  # every resolved parameter
     image_name: str = ""  # file name relative to the experiment dir; defaults to '<run_id>.png'
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One stored metric value of a run. ``value`` None = not a number for this image (stored as NULL)."""
+
+    run_id: str
+    name: str
+    value: float | None
+    version: int = 1
+    params: dict[str, Any] = field(default_factory=dict)  # what the value depends on besides the image
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Bring an older database up to SCHEMA_VERSION inside the caller's transaction (all or nothing)."""
+    if version < 2:
+        # v1 metrics had no version or params: rebuild the table (SQLite cannot change a primary key in place).
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(metrics)")}
+        if "version" not in columns:
+            conn.execute("ALTER TABLE metrics RENAME TO metrics_v1")
+            conn.execute(_METRICS_TABLE)
+            conn.execute(
+                """INSERT INTO metrics (experiment, run_id, name, version, value, params)
+                   SELECT experiment, run_id, name, 1, value, '{}' FROM metrics_v1"""
+            )
+            conn.execute("DROP TABLE metrics_v1")
+    conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 
 def _validate_name(experiment: str) -> str:
@@ -256,6 +291,8 @@ class ResultsStore:
                     f"results database {self.db_path} has schema version {version}, newer than this llm-dit "
                     f"understands ({SCHEMA_VERSION}); upgrade llm-dit or use another --output-dir"
                 )
+            elif version < SCHEMA_VERSION:
+                _migrate(conn, version)
 
     def close(self) -> None:
         """Close the database connection (reopened on the next call)."""
@@ -499,24 +536,63 @@ class ResultsStore:
             if cursor.rowcount == 0:
                 raise self._unplanned(experiment, run_id)
 
-    def add_metrics(self, experiment: str, run_id: str, metrics: Mapping[str, float]) -> None:
-        """Set (insert or replace) named metric values of a run; one transaction."""
+    def add_metrics(
+        self,
+        experiment: str,
+        run_id: str,
+        metrics: Mapping[str, float | None],
+        *,
+        version: int = 1,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Set (insert or replace) named metric values of one run, all at one ``version``; one transaction."""
+        self.put_metrics(
+            experiment,
+            [MetricValue(run_id, name, value, version, dict(params or {})) for name, value in metrics.items()],
+        )
+
+    def put_metrics(self, experiment: str, values: Sequence[MetricValue]) -> None:
+        """Set (insert or replace) metric values of any runs in one transaction: a batch is stored whole or not at
+        all. A value is replaced only by one of the same run, name and version."""
         rows = []
-        for name, value in metrics.items():
-            if not isinstance(name, str) or not name:
-                raise LlmDitError(f"run {run_id!r}: metric names must be non-empty strings, got {name!r}")
-            rows.append((experiment, run_id, name, None if value is None else float(value)))
+        for item in values:
+            if not isinstance(item.name, str) or not item.name:
+                raise LlmDitError(f"run {item.run_id!r}: metric names must be non-empty strings, got {item.name!r}")
+            if isinstance(item.version, bool) or not isinstance(item.version, int) or item.version < 1:
+                raise LlmDitError(f"metric {item.name!r}: version must be an integer >= 1, got {item.version!r}")
+            try:
+                params = _dumps(dict(item.params))
+            except TypeError as exc:
+                raise LlmDitError(f"metric {item.name!r}: params must be JSON-serializable: {exc}") from exc
+            value = None if item.value is None else float(item.value)
+            rows.append((experiment, item.run_id, item.name, item.version, value, params))
+        if not rows:
+            return
+        now = _now()
         with self._write() as conn:
-            if (
-                conn.execute("SELECT 1 FROM runs WHERE experiment = ? AND run_id = ?", (experiment, run_id)).fetchone()
-                is None
-            ):
-                raise self._unplanned(experiment, run_id)
+            known = {row[0] for row in conn.execute("SELECT run_id FROM runs WHERE experiment = ?", (experiment,))}
+            for row in rows:
+                if row[1] not in known:
+                    raise self._unplanned(experiment, row[1])
             conn.executemany(
-                """INSERT INTO metrics (experiment, run_id, name, value) VALUES (?, ?, ?, ?)
-                   ON CONFLICT (experiment, run_id, name) DO UPDATE SET value = excluded.value""",
-                rows,
+                """INSERT INTO metrics (experiment, run_id, name, version, value, params, computed_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (experiment, run_id, name, version) DO UPDATE SET value = excluded.value,
+                       params = excluded.params, computed_at = excluded.computed_at""",
+                [(*row, now) for row in rows],
             )
+
+    def metric_values(self, experiment: str) -> list[MetricValue]:
+        """Every stored metric value of the experiment, all versions (ordered by run, name, version)."""
+        with self._read() as conn:
+            return [
+                MetricValue(row[0], row[1], row[2], row[3], _loads(row[4]) or {})
+                for row in conn.execute(
+                    """SELECT run_id, name, value, version, params FROM metrics WHERE experiment = ?
+                       ORDER BY run_id, name, version""",
+                    (experiment,),
+                )
+            ]
 
     def runs(self, experiment: str) -> list[dict[str, Any]]:
         """All runs of the experiment in planned order, JSON fields decoded, plus ``metrics`` (name -> value)."""
@@ -525,8 +601,9 @@ class ResultsStore:
 
     def _runs(self, conn: sqlite3.Connection, experiment: str) -> list[dict[str, Any]]:
         metrics: dict[str, dict[str, float | None]] = {}
+        # The newest version of each metric wins (rows come in ascending version order).
         for row in conn.execute(
-            "SELECT run_id, name, value FROM metrics WHERE experiment = ? ORDER BY name", (experiment,)
+            "SELECT run_id, name, value FROM metrics WHERE experiment = ? ORDER BY name, version", (experiment,)
         ):
             metrics.setdefault(row[0], {})[row[1]] = row[2]
         out = []

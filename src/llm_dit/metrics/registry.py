@@ -1,0 +1,106 @@
+"""The metrics llm-dit can compute: names, versions, what each needs, and checking a request before anything loads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from llm_dit.config import MetricsSettings
+from llm_dit.errors import LlmDitError
+
+# reference: the run's image against a reference image; diversity: a run against the other seeds of its condition;
+# text_image: the run's image against its prompt text.
+Kind = Literal["reference", "diversity", "text_image"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    version: int  # bump when the computation changes: stored values of older versions then count as missing
+    kind: Kind
+    higher_is_better: bool
+    description: str
+    setting: str | None = None  # the [PROFILE.metrics] key its weights come from; None = weight-free
+
+
+METRICS: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        MetricSpec("ssim", 1, "reference", True, "structural similarity to the reference image (1 = identical)"),
+        MetricSpec("psnr", 1, "reference", True, "peak signal-to-noise ratio to the reference, dB (inf = identical)"),
+        MetricSpec("mad", 1, "reference", False, "mean absolute pixel difference to the reference, 8-bit levels"),
+        MetricSpec(
+            "lpips", 1, "reference", False, "LPIPS perceptual distance to the reference (0 = identical)",
+            "lpips_backbone",
+        ),
+        MetricSpec(
+            "diversity_ssim", 1, "diversity", True, "mean 1 - SSIM to the other seeds of the same condition"
+        ),
+        MetricSpec(
+            "diversity_mad", 1, "diversity", True, "mean absolute pixel difference to the other seeds of the condition"
+        ),
+        MetricSpec(
+            "diversity_lpips", 1, "diversity", True, "mean LPIPS distance to the other seeds of the same condition",
+            "lpips_backbone",
+        ),
+        MetricSpec(
+            "siglip", 1, "text_image", True, "SigLIP2 image-prompt match probability (text padded to 64 tokens)",
+            "siglip_path",
+        ),
+        MetricSpec(
+            "clip_score", 1, "text_image", True, "CLIPScore: 100 x max(cosine(image, prompt), 0)", "clip_path"
+        ),
+    )
+}  # fmt: skip
+
+# Asked for by the seeds but not runnable here; requesting them explains why instead of silently skipping.
+UNAVAILABLE: dict[str, str] = {
+    "image_reward": "ImageReward is not available: the image-reward package (1.5) imports BLIP code that needs "
+    "transformers < 5 (apply_chunking_to_forward and friends were removed) and pulls torch/torchvision versions "
+    "other than llm-dit's pins; see docs/metrics.md. Use siglip or clip_score for text-image alignment",
+}
+
+WEIGHT_FREE = tuple(name for name, spec in METRICS.items() if spec.setting is None)
+
+
+def configured(spec: MetricSpec, settings: MetricsSettings) -> bool:
+    """Whether the metric's weights are set (weight-free metrics always are)."""
+    return spec.setting is None or getattr(settings, spec.setting) is not None
+
+
+def missing_setting_message(spec: MetricSpec) -> str:
+    return (
+        f"metric {spec.name!r} needs local weights: set {spec.setting} in [default.metrics] (or a profile's "
+        f"[PROFILE.metrics]) of your config file and pass --config FILE; see docs/metrics.md"
+    )
+
+
+def select_metrics(names: Sequence[str] | None, settings: MetricsSettings) -> tuple[list[MetricSpec], list[str]]:
+    """The metrics to compute and notes for the user.
+
+    Explicit ``names``: each must exist and be configured, else LlmDitError (before any model loads). No names:
+    every weight-free metric plus each model-based metric whose weights are set; the notes list the others and
+    the setting each needs, so nothing is skipped silently.
+    """
+    notes: list[str] = []
+    if names:
+        chosen: list[MetricSpec] = []
+        problems: list[str] = []
+        for name in dict.fromkeys(names):
+            if name in UNAVAILABLE:
+                problems.append(UNAVAILABLE[name])
+            elif name not in METRICS:
+                problems.append(f"unknown metric {name!r}; metrics: {', '.join(METRICS)}")
+            elif not configured(METRICS[name], settings):
+                problems.append(missing_setting_message(METRICS[name]))
+            else:
+                chosen.append(METRICS[name])
+        if problems:
+            raise LlmDitError("; ".join(problems))
+        return chosen, notes
+    chosen = [spec for spec in METRICS.values() if configured(spec, settings)]
+    missing = [f"{spec.name} ({spec.setting})" for spec in METRICS.values() if not configured(spec, settings)]
+    if missing:
+        notes.append(f"not computed, weights not configured (set in [default.metrics]): {', '.join(missing)}")
+    return chosen, notes

@@ -1,0 +1,80 @@
+"""Per-axis-value summaries of metric columns: mean, standard deviation, n and a 95% confidence interval."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from llm_dit.files import write_atomic
+
+SUMMARY_NAME = "summary.csv"
+SUMMARY_COLUMNS = ("metric", "axis", "value", "n", "mean", "std", "ci95_low", "ci95_high")
+
+
+def t_interval(values: Sequence[float]) -> dict[str, float | int]:
+    """n, mean, sample std (ddof 1) and the two-sided 95% Student-t interval of the mean.
+
+    With n = 1 the std and interval are NaN (one sample says nothing about spread). Infinite values (PSNR of an
+    image with itself) give an infinite mean and NaN spread.
+    """
+    from scipy import stats
+
+    n = len(values)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "std": math.nan, "ci95_low": math.nan, "ci95_high": math.nan}
+    mean = math.fsum(values) / n
+    if n == 1 or not math.isfinite(mean):
+        return {"n": n, "mean": mean, "std": math.nan, "ci95_low": math.nan, "ci95_high": math.nan}
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+def summarize(
+    runs: Sequence[Mapping[str, Any]],
+    axes: Sequence[str],
+    metrics: Sequence[str],
+    per_condition: Collection[str] = (),
+) -> list[dict[str, Any]]:
+    """One row per (metric, axis, value): statistics over the done runs having that value.
+
+    ``runs`` are the store's run dicts (``variables``, ``metrics``, ``generation_time_s``, ``status``); a metric
+    may be ``generation_time_s``. Values keep their first-seen (planned) order; runs without a value (not
+    computed, or NULL) are left out of n. Metrics in ``per_condition`` (diversity: each run holds its distance to
+    the other seeds of its condition, so the runs of a condition are not independent samples) are first averaged
+    per condition (prompt + variables), and n counts conditions.
+    """
+    rows: list[dict[str, Any]] = []
+    done = [run for run in runs if run["status"] == "done"]
+    for metric in metrics:
+        for axis in axes:
+            groups: dict[str, dict[Any, list[float]]] = {}
+            for i, run in enumerate(done):
+                label = run["variables"].get(axis)
+                if label is None:
+                    continue
+                raw = run.get(metric) if metric == "generation_time_s" else run["metrics"].get(metric)
+                unit = (run["prompt_id"], tuple(sorted(run["variables"].items()))) if metric in per_condition else i
+                samples = groups.setdefault(label, {})
+                if raw is not None and not (isinstance(raw, float) and math.isnan(raw)):
+                    samples.setdefault(unit, []).append(float(raw))
+            for label, samples in groups.items():
+                if samples:
+                    values = [math.fsum(v) / len(v) for v in samples.values()]
+                    rows.append({"metric": metric, "axis": axis, "value": label, **t_interval(values)})
+    return rows
+
+
+def write_summary(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """``summary.csv`` (columns SUMMARY_COLUMNS), written atomically; floats keep full precision."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    for row in rows:
+        writer.writerow([repr(v) if isinstance(v, float) else v for v in (row[c] for c in SUMMARY_COLUMNS)])
+    write_atomic(path, buffer.getvalue().encode())
+    return path
