@@ -9,12 +9,15 @@ install:
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
 
-# The main job: a quick hidden-layer sweep (tiny model unless a checkpoint is configured); it ends by
-# printing where the results are and how to look at them. Re-running resumes (nothing is redone).
+# The main job: a quick hidden-layer sweep with metrics (tiny model unless a checkpoint is configured); it ends
+# with a metrics table per layer and where the results are. Re-running resumes (nothing is redone).
 demo: install
-	llm-dit sweep hidden_layer --quick --set width=256 --set height=256 --output-dir outputs/results
+	llm-dit sweep hidden_layer --quick --set width=256 --set height=256 --output-dir outputs/results --compute-metrics
 
+# lpips only as the reference for our LPIPS port's tests: --no-deps, since its torchvision dependency is a CUDA
+# build that cannot import next to the CPU torch (and would break transformers' imports).
 test: install
+	$(PIP) install -q --no-deps lpips==0.1.4
 	$(PYTHON) -m ruff check src tests benchmarks
 	$(PYTHON) -m pytest
 

@@ -782,6 +782,100 @@ def sweep(
         raise typer.Exit(code=1)
 
 
+@app.command("embed-stats")
+def embed_stats(
+    condition: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition",
+            "-c",
+            help="Encoder settings to compare, e.g. think_block=empty or hidden_layer=-6 (repeatable; the first "
+            "is the reference; 'default' = the config's settings).",
+        ),
+    ] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeatable).")] = None,
+    prompt_ids: Annotated[str | None, typer.Option("--prompt-ids", help="Comma-separated library ids.")] = None,
+    prompt_category: Annotated[str | None, typer.Option("--prompt-category", help="A library category.")] = None,
+    max_prompts: Annotated[int | None, typer.Option("--max-prompts", help="Keep the first N prompts.")] = None,
+    outlier_threshold: Annotated[
+        float, typer.Option("--outlier-threshold", help="Std ratio to the reference that marks an outlier dim.")
+    ] = 10.0,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the table: .csv (per prompt) or .json (all).")
+    ] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    model_path: ModelPathOpt = None,
+    model: ModelOpt = None,
+    encoder_device: EncoderDeviceOpt = None,
+    encoder_dtype: EncoderDtypeOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Compare caption embeddings across encoder settings (no image): cosine similarity token-aligned and
+    mean-pooled, norms, per-dimension statistics and outlier dimensions, against the first condition."""
+    from rich.table import Table
+
+    from llm_dit.config import load_settings
+    from llm_dit.image import ensure_writable
+    from llm_dit.metrics.embedding_stats import compare_embeddings, parse_condition
+    from llm_dit.prompts import load_library, select_prompts
+
+    if not condition:
+        raise LlmDitError(
+            "give the conditions to compare, the first being the reference, e.g. "
+            "--condition think_block=none --condition think_block=empty"
+        )
+    conditions = [parse_condition(text) for text in condition]
+    if output is not None:
+        if output.suffix not in (".csv", ".json"):
+            raise LlmDitError(f"--output {output}: use a .csv or .json file name")
+        ensure_writable(output, overwrite)
+    if outlier_threshold <= 0:
+        raise LlmDitError(f"--outlier-threshold must be > 0, got {outlier_threshold}")
+    selected = select_prompts(
+        load_library(),
+        ids=_csv(prompt_ids, "--prompt-ids"),
+        category=prompt_category,
+        texts=prompt,
+        max_prompts=max_prompts,
+    )
+    if not selected:
+        raise LlmDitError("give prompts: --prompt TEXT (repeatable), --prompt-ids IDS or --prompt-category NAME")
+    overrides = _overrides(
+        model_path=_model_path(model_path, model), encoder_device=encoder_device, encoder_dtype=encoder_dtype
+    )
+    settings = load_settings(config, profile, overrides).settings
+    from llm_dit.encoder import ZImageTextEncoder
+
+    encoder = ZImageTextEncoder.from_pretrained(settings.model_path, **settings.encoder.model_dump())
+    report = compare_embeddings(encoder, [p.text for p in selected], conditions, outlier_threshold=outlier_threshold)
+    out = Console()
+    columns = ("tokens", "token_cosine", "pooled_cosine", "content_cosine", "mean_token_norm", "max_abs")
+    table = Table(
+        "condition", "prompts", *columns, "max_std_ratio", f"dims > {outlier_threshold:g}x", "top outliers",
+        title=f"vs {report.reference.label}: means over prompts", title_justify="left",
+    )  # fmt: skip
+    for row in report.summary:
+        cells = [_stat(row[c]) for c in columns]
+        table.add_row(
+            row["condition"], str(row["prompts"]), *cells, _stat(row["max_std_ratio"]), _stat(row["outlier_dims"]),
+            row["top_outliers"] or "",
+        )  # fmt: skip
+    out.print(table)
+    if output is not None:
+        if output.suffix == ".json":
+            report.to_json(output)
+        else:
+            report.to_csv(output)
+        _wrote(str(output))
+
+
+def _stat(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 @app.command("profile")
 def profile_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="JSON file to write.")] = Path("profile.json"),

@@ -989,7 +989,7 @@ def _check_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None
 
 
 # Parameters an axis value makes irrelevant below it, besides the one it sets (see _merge).
-_REPLACES: dict[str, tuple[str, ...]] = {
+REPLACES: dict[str, tuple[str, ...]] = {
     "hidden_layer": ("layer_weights",),
     "layer_weights": ("hidden_layer",),
     "sigmas": ("steps", "shift"),
@@ -1008,7 +1008,7 @@ def swept_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None)
     for axis in experiment.axes:
         for param in axis.parameters():
             touched.add(param)
-            touched.update(_REPLACES.get(param, ()))
+            touched.update(REPLACES.get(param, ()))
     return [k for k, v in (overrides or {}).items() if v is not None and k in touched]
 
 

@@ -28,6 +28,7 @@ from llm_dit.metrics.reference import (
     ReferenceChoice,
     check_choice,
     default_labels,
+    fixed_params,
     resolve_references,
 )
 from llm_dit.metrics.registry import METRICS, MetricSpec
@@ -143,7 +144,8 @@ class MetricsPass:
                 )
                 + " (or leave these metrics out with --metric)"
             )
-        return resolve_references(runs, labels, {}, directory), ", ".join(f"{a}={v}" for a, v in labels.items())
+        refs = resolve_references(runs, labels, {}, directory, definition)
+        return refs, ", ".join(f"{a}={v}" for a, v in labels.items())
 
     # -- the pass --------------------------------------------------------------------------------------------
 
@@ -162,6 +164,7 @@ class MetricsPass:
         instead of raising (used when metrics were not asked for by name).
         """
         start = time.perf_counter()
+        self._images, self._pairs = _Images(), {}  # per pass: a source image may be replaced between passes
         choice = choice or ReferenceChoice()
         info, runs = self._experiment(experiment)
         definition = info["definition"] or {}
@@ -244,15 +247,18 @@ class MetricsPass:
         return self.settings.batch_size if spec.setting else BATCH
 
     @staticmethod
-    def _seed_groups(done: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
+    def _condition(run: Mapping[str, Any]) -> tuple:
+        # Every parameter but the seed: the seeds of one condition, never runs of an older plan at another size.
+        return run["prompt_id"], fixed_params(run, frozenset()), tuple(sorted(run["variables"].items()))
+
+    def _seed_groups(self, done: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
         groups: dict[tuple, list[Mapping[str, Any]]] = {}
         for run in done:
-            groups.setdefault((run["prompt_id"], tuple(sorted(run["variables"].items()))), []).append(run)
+            groups.setdefault(self._condition(run), []).append(run)
         return groups
 
-    @staticmethod
-    def _group_of(run: Mapping[str, Any], groups: Mapping[tuple, list]) -> list[Mapping[str, Any]]:
-        return groups[(run["prompt_id"], tuple(sorted(run["variables"].items())))]
+    def _group_of(self, run: Mapping[str, Any], groups: Mapping[tuple, list]) -> list[Mapping[str, Any]]:
+        return groups[self._condition(run)]
 
     def _params(
         self,

@@ -11,6 +11,7 @@ prompt), as in the caption-regeneration study.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,11 +123,13 @@ def resolve_references(
     reference_axes: Mapping[str, str],
     images: Mapping[str | None, Path],
     experiment_dir: Path,
+    definition: Mapping[str, Any] | None = None,
 ) -> dict[str, Reference]:
     """run id -> its reference, for done runs whose reference exists (a reference run must be done too).
 
     With ``images``: the prompt's image (or the one for every prompt). Otherwise the run with the same prompt,
-    seed and variables except ``reference_axes``; a run is its own reference when it is at those values.
+    seed, unswept parameters (``definition``'s axes say which are swept) and variables except
+    ``reference_axes``; a run is its own reference when it is at those values.
     """
     done = [run for run in runs if run["status"] == "done" and run.get("image_path")]
     out: dict[str, Reference] = {}
@@ -139,13 +142,31 @@ def resolve_references(
         return out
     if not reference_axes:
         return out
-    index = {(run["prompt_id"], run["seed"], _frozen(run["variables"])): run for run in done}
+    swept = swept_parameters(definition or {})
+    index = {(run["prompt_id"], run["seed"], _frozen(run["variables"]), fixed_params(run, swept)): run for run in done}
     for run in done:
         target = {**run["variables"], **{a: label for a, label in reference_axes.items() if a in run["variables"]}}
-        ref = index.get((run["prompt_id"], run["seed"], _frozen(target)))
+        ref = index.get((run["prompt_id"], run["seed"], _frozen(target), fixed_params(run, swept)))
         if ref is not None:
             out[run["run_id"]] = Reference(f"run:{ref['run_id']}", experiment_dir / ref["image_path"], ref["run_id"])
     return out
+
+
+def swept_parameters(definition: Mapping[str, Any]) -> frozenset[str]:
+    """Parameters the axes set, plus those they replace (hidden_layer <-> layer_weights, sigmas <-> steps/shift)."""
+    from llm_dit.experiments import REPLACES
+
+    params = {p for names in axis_parameters(definition).values() for p in names}
+    return frozenset(params | {r for p in params for r in REPLACES.get(p, ())})
+
+
+def fixed_params(run: Mapping[str, Any], swept: frozenset[str]) -> str:
+    """The run's parameters that no axis sets (size, steps, ... and anything --set changed), as a key.
+
+    Runs of older plans stay in the store; two runs compare (or form a seed group) only if these agree, so a
+    256x256 re-run of an experiment is never compared with its earlier 512x512 images.
+    """
+    return json.dumps({k: v for k, v in run["params"].items() if k not in swept and k != "seed"}, sort_keys=True)
 
 
 def _frozen(variables: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

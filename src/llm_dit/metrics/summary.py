@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -58,7 +59,7 @@ def summarize(
                 if label is None:
                     continue
                 raw = run.get(metric) if metric == "generation_time_s" else run["metrics"].get(metric)
-                unit = (run["prompt_id"], tuple(sorted(run["variables"].items()))) if metric in per_condition else i
+                unit = _condition(run) if metric in per_condition else i
                 samples = groups.setdefault(label, {})
                 if raw is not None and not (isinstance(raw, float) and math.isnan(raw)):
                     samples.setdefault(unit, []).append(float(raw))
@@ -67,6 +68,12 @@ def summarize(
                     values = [math.fsum(v) / len(v) for v in samples.values()]
                     rows.append({"metric": metric, "axis": axis, "value": label, **t_interval(values)})
     return rows
+
+
+def _condition(run: Mapping[str, Any]) -> str:
+    """A run's condition: prompt and every parameter but the seed (as diversity groups its runs)."""
+    params = {k: v for k, v in run.get("params", {}).items() if k != "seed"}
+    return json.dumps([run["prompt_id"], params, run["variables"]], sort_keys=True)
 
 
 def write_summary(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:

@@ -1,0 +1,246 @@
+"""LPIPS: the plain-torch port against lpips 0.1.4's own code, plus loading and input checks.
+
+No real ImageNet backbone is available offline, so backbones are random but fixed (seeded) layer stacks saved
+in torchvision's key layout; the linear-layer weights are the real ones packaged with llm-dit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+from torch import nn
+
+from llm_dit.errors import LlmDitError
+from llm_dit.metrics.lpips import LpipsDistance, build_features
+
+
+def _random_features(net: str, seed: int) -> nn.Sequential:
+    """A seeded backbone with variance-preserving weights, so deep taps still depend on the image."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        features = build_features(net)
+        for module in features:
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.normal_(module.bias, std=0.01)
+    return features.eval()
+
+
+def _save(path: Path, state: dict[str, torch.Tensor]) -> Path:
+    torch.save(state, path)
+    return path
+
+
+def _features_state(net: str, seed: int) -> dict[str, torch.Tensor]:
+    return {f"features.{k}": v for k, v in _random_features(net, seed).state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def alex_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save(tmp_path_factory.mktemp("lpips") / "alex-a.pth", _features_state("alex", 0))
+
+
+@pytest.fixture(scope="module")
+def alex(alex_file: Path) -> LpipsDistance:
+    return LpipsDistance.from_weights(alex_file, "alex", device="cpu", batch_size=8)
+
+
+def _image(seed: int, width: int = 80, height: int = 64) -> Image.Image:
+    """Smooth colour gradients plus texture: closer to a photo than pure noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    channels = [
+        127 + 100 * np.sin(xx / rng.uniform(4, 12) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(4, 12))
+        for _ in range(3)
+    ]
+    array = np.stack(channels, axis=-1) + rng.normal(0, 12, (height, width, 3))
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def _noisy(image: Image.Image, sigma: float, seed: int = 99) -> Image.Image:
+    array = np.asarray(image).astype(np.float64)
+    noise = np.random.default_rng(seed).normal(0, sigma, array.shape)
+    return Image.fromarray(np.clip(array + noise, 0, 255).astype(np.uint8))
+
+
+# ------------------------------------------------------------------------------------------------ values
+
+
+def test_identical_images_are_zero(alex: LpipsDistance) -> None:
+    images = [_image(1), _image(2)]
+    assert max(alex.distance(images, [im.copy() for im in images])) < 1e-6
+
+
+def test_distortions_are_positive_and_ordered(alex: LpipsDistance) -> None:
+    image = _image(3)
+    slight, strong, blurred = alex.distance(
+        [image] * 3, [_noisy(image, 4), _noisy(image, 40), image.filter(ImageFilter.GaussianBlur(2))]
+    )
+    assert 1e-4 < slight < strong
+    assert blurred > 1e-3
+
+
+def test_batch_size_does_not_change_values(alex_file: Path) -> None:
+    # Mixed sizes: batches are grouped by size and results must come back in input order.
+    a = [_image(10), _image(11, 48, 40), _image(12), _image(13, 48, 40), _image(14)]
+    b = [_noisy(im, 20, seed=i) for i, im in enumerate(a)]
+    one = LpipsDistance.from_weights(alex_file, "alex", device="cpu", batch_size=1).distance(a, b)
+    eight = LpipsDistance.from_weights(alex_file, "alex", device="cpu", batch_size=8).distance(a, b)
+    assert len(set(one)) == len(one)  # distinct values, so a reordering would show
+    np.testing.assert_allclose(eight, one, rtol=1e-5, atol=1e-7)
+    assert LpipsDistance.from_weights(alex_file, "alex", device="cpu").distance([], []) == []
+
+
+def test_backbone_weights_are_used(tmp_path: Path, alex_file: Path, alex: LpipsDistance) -> None:
+    other = LpipsDistance.from_weights(_save(tmp_path / "b.pth", _features_state("alex", 1)), "alex", device="cpu")
+    a, b = [_image(20), _image(21)], [_image(22), _image(23)]
+    mine, theirs = alex.distance(a, b), other.distance(a, b)
+    assert all(abs(x - y) > 1e-4 for x, y in zip(mine, theirs, strict=True))
+    assert other.fingerprint() != alex.fingerprint()
+    again = LpipsDistance.from_weights(alex_file, "alex", device="cpu")
+    assert again.fingerprint() == alex.fingerprint() and len(alex.fingerprint()) == 16
+
+
+def test_full_torchvision_state_dict_loads(tmp_path: Path, alex: LpipsDistance) -> None:
+    classifier = {"classifier.1.weight": torch.zeros(4, 9216), "classifier.1.bias": torch.zeros(4)}
+    state = _features_state("alex", 0) | classifier
+    full = LpipsDistance.from_weights(_save(tmp_path / "full.pth", state), "alex", device="cpu")
+    a, b = [_image(30)], [_image(31)]
+    assert full.distance(a, b) == pytest.approx(alex.distance(a, b), abs=1e-7)
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def test_size_mismatch_names_both_sizes(alex: LpipsDistance) -> None:
+    with pytest.raises(LlmDitError, match=r"80x64 vs 48x40"):
+        alex.distance([_image(1)], [_image(1, 48, 40)])
+    with pytest.raises(LlmDitError, match="at least 31x31"):
+        alex.distance([_image(1, 30, 40)], [_image(2, 30, 40)])
+    with pytest.raises(LlmDitError, match="2 images and 1 references"):
+        alex.distance([_image(1), _image(2)], [_image(1)])
+
+
+def test_missing_backbone_file(tmp_path: Path) -> None:
+    with pytest.raises(LlmDitError, match=r"not found.*alexnet-owt-7be5be79\.pth"):
+        LpipsDistance.from_weights(tmp_path / "nope.pth", "alex")
+    with pytest.raises(LlmDitError, match=r"not found.*vgg16-397923af\.pth"):
+        LpipsDistance.from_weights(tmp_path / "nope.pth", "vgg")
+    with pytest.raises(LlmDitError, match="unknown net 'squeeze'"):
+        LpipsDistance.from_weights(tmp_path / "nope.pth", "squeeze")
+
+
+def test_missing_key(tmp_path: Path) -> None:
+    state = _features_state("alex", 0)
+    del state["features.3.weight"]
+    with pytest.raises(LlmDitError, match=r"no tensor features\.3\.weight.*alexnet-owt-7be5be79\.pth"):
+        LpipsDistance.from_weights(_save(tmp_path / "x.pth", state), "alex", device="cpu")
+
+
+def test_wrong_shapes(tmp_path: Path) -> None:
+    state = _features_state("alex", 0)
+    state["features.8.bias"] = torch.zeros(255)
+    with pytest.raises(LlmDitError, match=r"features\.8\.bias .* shape \(255,\) but alex needs \(256,\)"):
+        LpipsDistance.from_weights(_save(tmp_path / "x.pth", state), "alex", device="cpu")
+    # A VGG16 file read as AlexNet: the first conv already differs.
+    vgg_file = _save(tmp_path / "vgg.pth", _features_state("vgg", 0))
+    with pytest.raises(LlmDitError, match=r"features\.0\.weight .* \(64, 3, 3, 3\) but alex needs \(64, 3, 11, 11\)"):
+        LpipsDistance.from_weights(vgg_file, "alex", device="cpu")
+
+
+def test_other_architecture_and_unreadable_files(tmp_path: Path) -> None:
+    state = _features_state("alex", 0) | {"features.1.running_mean": torch.zeros(64)}  # e.g. a batch-norm variant
+    with pytest.raises(LlmDitError, match=r"unexpected features\.1\.running_mean"):
+        LpipsDistance.from_weights(_save(tmp_path / "bn.pth", state), "alex", device="cpu")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(LlmDitError, match="cannot read backbone weights file"):
+        LpipsDistance.from_weights(garbage, "alex", device="cpu")
+    with pytest.raises(LlmDitError, match="holds no state dict"):
+        LpipsDistance.from_weights(_save(tmp_path / "list.pth", [torch.zeros(1)]), "alex", device="cpu")  # type: ignore[arg-type]
+
+
+def test_unload(alex_file: Path) -> None:
+    model = LpipsDistance.from_weights(alex_file, "alex", device="cpu")
+    fingerprint = model.fingerprint()
+    model.unload()
+    assert model.fingerprint() == fingerprint
+    with pytest.raises(LlmDitError, match="unloaded"):
+        model.distance([_image(1)], [_image(2)])
+
+
+# ------------------------------------------------------------------------------------------------ reference
+
+
+@pytest.fixture(scope="module")
+def lpips_package() -> Iterator[tuple[Any, types.ModuleType]]:
+    """The real lpips package, imported with a stand-in ``torchvision`` (absent here: its wheel needs CUDA torch).
+
+    The stand-in replaces only torchvision's pretrained-weights loader: its ``models.alexnet`` / ``models.vgg16``
+    return an object whose ``.features`` is set per test. Everything under test on the lpips side (scaling,
+    slicing, normalisation, lin layers and their packaged weights, averaging) is lpips' own code.
+    """
+    if importlib.util.find_spec("lpips") is None:
+        pytest.skip("lpips is not installed (pip install --no-deps lpips==0.1.4)")
+    models = types.ModuleType("torchvision.models")
+    torchvision = types.ModuleType("torchvision")
+    torchvision.models = models  # type: ignore[attr-defined]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "torchvision", torchvision)
+        mp.setitem(sys.modules, "torchvision.models", models)
+        # lpips must be imported fresh against the stand-in, and forgotten afterwards.
+        for name in [n for n in sys.modules if n == "lpips" or n.startswith("lpips.")]:
+            mp.delitem(sys.modules, name)
+        before = set(sys.modules)
+        try:
+            import lpips
+
+            yield lpips, models
+        finally:
+            for name in set(sys.modules) - before:
+                if name == "lpips" or name.startswith("lpips."):
+                    del sys.modules[name]
+
+
+def _reference(lpips_package: tuple[Any, types.ModuleType], mp: pytest.MonkeyPatch, net: str, seed: int) -> Any:
+    lpips, models = lpips_package
+    calls: list[dict[str, Any]] = []
+
+    def factory(*args: Any, pretrained: Any = None, weights: Any = None, **kwargs: Any) -> types.SimpleNamespace:
+        calls.append({"pretrained": pretrained, "weights": weights})
+        return types.SimpleNamespace(features=_random_features(net, seed))
+
+    mp.setattr(models, "alexnet" if net == "alex" else "vgg16", factory, raising=False)
+    model = lpips.LPIPS(net=net, version="0.1", pretrained=True, pnet_rand=False, spatial=False, verbose=False)
+    assert calls, "lpips did not build its backbone through torchvision.models"
+    return model.eval()
+
+
+@pytest.mark.parametrize(("net", "width", "height"), [("alex", 96, 72), ("vgg", 40, 32)])
+def test_matches_lpips_package(
+    lpips_package: tuple[Any, types.ModuleType], tmp_path: Path, net: str, width: int, height: int
+) -> None:
+    lpips = lpips_package[0]
+    base = [_image(40, width, height), _image(41, width, height), _image(42, width, height)]
+    a = [*base, base[0]]
+    b = [_noisy(base[0], 10), base[1].filter(ImageFilter.GaussianBlur(1.5)), _image(43, width, height), base[0]]
+    with pytest.MonkeyPatch.context() as mp:
+        reference = _reference(lpips_package, mp, net, seed=5)
+        with torch.inference_mode():
+            x = torch.cat([lpips.im2tensor(np.asarray(im)) for im in a])
+            y = torch.cat([lpips.im2tensor(np.asarray(im)) for im in b])
+            expected = reference(x, y).flatten().tolist()
+    ours = LpipsDistance.from_weights(
+        _save(tmp_path / f"{net}.pth", _features_state(net, 5)), net, device="cpu", batch_size=3
+    ).distance(a, b)
+    assert min(expected[:3]) > 1e-3 and expected[3] == pytest.approx(0.0, abs=1e-7)  # a non-trivial comparison
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
