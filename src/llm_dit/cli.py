@@ -491,8 +491,6 @@ def _metrics_pass(
     from llm_dit.metrics.compute import MetricsPass
     from llm_dit.store import ResultsStore
 
-    for note in notes:
-        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
     )
@@ -509,7 +507,8 @@ def _metrics_pass(
             report = runner.run(experiment, specs, choice, force=force, skip_unreferenced=not explicit)
         finally:
             bar.stop()
-    for note in report.notes:
+    # Notes only once the pass went through: a user error stays a single line.
+    for note in [*notes, *report.notes]:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     _print_metrics_report(report)
     return report

@@ -555,7 +555,10 @@ class MetricsSettings(BaseModel):
     )
     lpips_net: str = Field("alex", description="LPIPS backbone: alex or vgg (must match lpips_backbone).")
     device: str = Field("auto", description="Device of the metric models: auto, cpu, cuda or cuda:N.")
-    torch_dtype: str = Field("auto", description="Dtype of the metric models: auto, bfloat16 or float32.")
+    # float32 by default even on GPUs: scoring is cheap next to generation, and bf16 moves CLIP scores by tenths.
+    torch_dtype: str = Field(
+        "float32", description="Dtype of the metric models: float32, bfloat16 or auto (bf16 on cuda)."
+    )
     batch_size: int = Field(16, description="Images per batched forward of a metric model.")
 
     @field_validator("siglip_path", "clip_path", "lpips_backbone", mode="before")

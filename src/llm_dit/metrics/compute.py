@@ -269,7 +269,8 @@ class MetricsPass:
         model_key: str | None,
     ) -> dict[str, Any] | None:
         """What the value depends on besides the image; None if the metric does not apply to this run."""
-        out: dict[str, Any] = {} if model_key is None else {"weights": model_key}
+        # Model-based values depend on the weights and the dtype they ran in (bf16 moves scores measurably).
+        out: dict[str, Any] = {} if model_key is None else {"weights": model_key, "dtype": self.settings.torch_dtype}
         if spec.kind == "reference":
             ref = refs.get(run["run_id"])
             if ref is None:

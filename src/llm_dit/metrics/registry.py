@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from llm_dit.config import MetricsSettings
@@ -98,9 +99,31 @@ def select_metrics(names: Sequence[str] | None, settings: MetricsSettings) -> tu
                 chosen.append(METRICS[name])
         if problems:
             raise LlmDitError("; ".join(problems))
+        check_weights(chosen, settings)
         return chosen, notes
     chosen = [spec for spec in METRICS.values() if configured(spec, settings)]
+    check_weights(chosen, settings)
     missing = [f"{spec.name} ({spec.setting})" for spec in METRICS.values() if not configured(spec, settings)]
     if missing:
         notes.append(f"not computed, weights not configured (set in [default.metrics]): {', '.join(missing)}")
     return chosen, notes
+
+
+def check_weights(specs: Sequence[MetricSpec], settings: MetricsSettings) -> None:
+    """Cheap checks of configured weights (directory layout, model type, file present), loading nothing: a bad
+    path fails here, before generation starts, not after an hour of sampling."""
+    settings_used = {spec.setting for spec in specs if spec.setting}
+    if "siglip_path" in settings_used or "clip_path" in settings_used:
+        from llm_dit.metrics.scorers import ClipScorer, SiglipScorer
+
+        if "siglip_path" in settings_used:
+            SiglipScorer.check_directory(settings.siglip_path or "")
+        if "clip_path" in settings_used:
+            ClipScorer.check_directory(settings.clip_path or "")
+    if "lpips_backbone" in settings_used:
+        path = Path(settings.lpips_backbone or "").expanduser()
+        if not path.is_file():
+            raise LlmDitError(
+                f"lpips_backbone {path} is not a file; set lpips_backbone in [default.metrics] to torchvision's "
+                f"{'alexnet-owt-7be5be79.pth' if settings.lpips_net == 'alex' else 'vgg16-397923af.pth'}"
+            )
