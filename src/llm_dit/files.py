@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -62,3 +66,22 @@ def is_temp_file(name: str) -> bool:
     ``*.png.tmp`` is also matched: earlier versions wrote images as ``.<stem>.<random>.png.tmp``.
     """
     return (name.startswith(".") and name.endswith(".tmp") and len(name) > len(".tmp") + 1) or name.endswith(".png.tmp")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell: None is empty; floats keep full precision (repr round-trips, inf/nan included)."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A CSV file (header + rows, cells by :func:`csv_cell`), written atomically. The csv module quotes commas,
+    quotes and newlines inside fields (prompts have them)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([[csv_cell(value) for value in row] for row in rows])
+    write_atomic(path, buffer.getvalue().encode())

@@ -24,9 +24,7 @@ This module deliberately imports no torch or model code: analysis tools and the 
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
-import io
 import json
 import os
 import socket
@@ -40,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_dit.errors import LlmDitError
-from llm_dit.files import is_temp_file, write_atomic
+from llm_dit.files import is_temp_file, write_atomic, write_csv
 
 if TYPE_CHECKING:
     import pandas
@@ -667,17 +665,13 @@ class ResultsStore:
             "summary": info["summary"],
             "results_csv": RESULTS_NAME,
         }
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")  # csv quotes commas, quotes and newlines in fields
-        writer.writerow(columns)
-        writer.writerows([[_csv_cell(value) for value in row] for row in rows])
         directory = self.experiment_dir(experiment)
         metadata_path, results_path = directory / METADATA_NAME, directory / RESULTS_NAME
         write_atomic(
             metadata_path,
             (json.dumps(metadata, indent=2, ensure_ascii=False, default=_json_default) + "\n").encode(),
         )
-        write_atomic(results_path, buffer.getvalue().encode())
+        write_csv(results_path, columns, rows)
         return metadata_path, results_path
 
     def cleanup_temp_files(self, experiment: str) -> int:
@@ -758,15 +752,6 @@ def _table(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[tuple[str
             row.append(_dumps(value) if isinstance(value, (list, dict)) else value)
         rows.append(row)
     return names, sources, rows
-
-
-def _csv_cell(value: Any) -> Any:
-    # None is an empty cell; floats keep full precision (repr round-trips).
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return value
 
 
 def peek_done(root: str | Path, experiment: str) -> tuple[set[str], list[float]]:

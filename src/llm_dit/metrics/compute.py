@@ -182,6 +182,7 @@ class MetricsPass:
                 if not skip_unreferenced:
                     raise
                 specs = [s for s in specs if s.kind != "reference"]
+                report.metrics = [s.name for s in specs]
                 report.notes.append(f"reference metrics skipped: {exc}")
             self._check_sizes(done, refs)
         groups = self._seed_groups(done)

@@ -18,9 +18,7 @@ content instead; ``content_cosine`` aligns the user's content tokens for that ca
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
 import json
 import math
 import re
@@ -35,7 +33,7 @@ from torch import Tensor
 
 from llm_dit.config import EncoderSettings, build_section
 from llm_dit.errors import LlmDitError
-from llm_dit.files import write_atomic
+from llm_dit.files import write_atomic, write_csv
 
 __all__ = [
     "ROW_COLUMNS",
@@ -376,15 +374,6 @@ def _format_outliers(pairs: Sequence[tuple[int, float]]) -> str:
     return " ".join(f"{d}:{r:.1f}" for d, r in pairs)
 
 
-def _csv_cell(value: Any) -> Any:
-    # None is an empty cell; floats keep full precision (repr round-trips).
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return value
-
-
 def _json_safe(value: Any) -> Any:
     # NaN/inf (e.g. an overflowed bf16 embedding) are not JSON: write null.
     if isinstance(value, float) and not math.isfinite(value):
@@ -420,12 +409,8 @@ class EmbedStatsReport:
         if table not in ("rows", "summary"):
             raise LlmDitError(f"table must be 'rows' or 'summary', got {table!r}")
         columns, records = (self.columns, self.rows) if table == "rows" else (self.summary_columns, self.summary)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")  # csv quotes commas, quotes and newlines in prompts
-        writer.writerow(columns)
-        writer.writerows([[_csv_cell(record[c]) for c in columns] for record in records])
         path = Path(path)
-        write_atomic(path, buffer.getvalue().encode())
+        write_csv(path, columns, [[record[c] for c in columns] for record in records])
         return path
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llm_dit.files import write_atomic
+from llm_dit.files import write_csv
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ("metric", "axis", "value", "n", "mean", "std", "ci95_low", "ci95_high")
@@ -78,10 +76,5 @@ def _condition(run: Mapping[str, Any]) -> str:
 
 def write_summary(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """``summary.csv`` (columns SUMMARY_COLUMNS), written atomically; floats keep full precision."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(SUMMARY_COLUMNS)
-    for row in rows:
-        writer.writerow([repr(v) if isinstance(v, float) else v for v in (row[c] for c in SUMMARY_COLUMNS)])
-    write_atomic(path, buffer.getvalue().encode())
+    write_csv(path, SUMMARY_COLUMNS, [[row[c] for c in SUMMARY_COLUMNS] for row in rows])
     return path
