@@ -20,9 +20,17 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from llm_dit.constants import (
     DEFAULT_GUIDANCE_SCALE,
@@ -170,6 +178,11 @@ def _device(name: str, value: Any) -> str:
     return text
 
 
+# The device and dtype fields of every section (encoder, pipeline, metrics) share one check each.
+DeviceName = Annotated[str, BeforeValidator(lambda v: _device("device", v))]
+DtypeName = Annotated[str, BeforeValidator(lambda v: _dtype("torch_dtype", v))]
+
+
 def _check_layer(name: str, layer: int) -> int:
     if not MIN_LAYER <= layer <= MAX_LAYER:
         raise ValueError(
@@ -284,8 +297,8 @@ class EncoderSettings(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    device: str = Field("auto", description="Text encoder device: auto, cpu, cuda or cuda:N.")
-    torch_dtype: str = Field("auto", description="Text encoder dtype: auto, bfloat16 or float32.")
+    device: DeviceName = Field("auto", description="Text encoder device: auto, cpu, cuda or cuda:N.")
+    torch_dtype: DtypeName = Field("auto", description="Text encoder dtype: auto, bfloat16 or float32.")
     hidden_layer: int = Field(
         DEFAULT_HIDDEN_LAYER,
         description="Hidden state to use, -37..36 (-2 = official; 0 = embeddings; -1 = final-normed).",
@@ -312,16 +325,6 @@ class EncoderSettings(BaseModel):
         description="Batch padding: 'diffusers' = at least 512 tokens as diffusers pads (bit-identical in bf16), "
         "'longest' = to the longest prompt (faster; differs by bf16 rounding).",
     )
-
-    @field_validator("device", mode="before")
-    @classmethod
-    def _v_device(cls, v: Any) -> str:
-        return _device("device", v)
-
-    @field_validator("torch_dtype", mode="before")
-    @classmethod
-    def _v_dtype(cls, v: Any) -> str:
-        return _dtype("torch_dtype", v)
 
     @field_validator("padding", mode="before")
     @classmethod
@@ -392,20 +395,10 @@ class PipelineSettings(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    device: str = Field("auto", description="DiT device: auto, cpu, cuda or cuda:N.")
-    torch_dtype: str = Field("auto", description="DiT dtype: auto, bfloat16 or float32 (never float16).")
+    device: DeviceName = Field("auto", description="DiT device: auto, cpu, cuda or cuda:N.")
+    torch_dtype: DtypeName = Field("auto", description="DiT dtype: auto, bfloat16 or float32 (never float16).")
     vae_device: str | None = Field(None, description="VAE device; unset = same as device.")
     vae_dtype: str | None = Field(None, description="VAE dtype; unset = same as torch_dtype.")
-
-    @field_validator("device", mode="before")
-    @classmethod
-    def _v_device(cls, v: Any) -> str:
-        return _device("device", v)
-
-    @field_validator("torch_dtype", mode="before")
-    @classmethod
-    def _v_dtype(cls, v: Any) -> str:
-        return _dtype("torch_dtype", v)
 
     @field_validator("vae_device", mode="before")
     @classmethod
@@ -554,9 +547,9 @@ class MetricsSettings(BaseModel):
         "for 'lpips' and 'diversity_lpips'.",
     )
     lpips_net: str = Field("alex", description="LPIPS backbone: alex or vgg (must match lpips_backbone).")
-    device: str = Field("auto", description="Device of the metric models: auto, cpu, cuda or cuda:N.")
+    device: DeviceName = Field("auto", description="Device of the metric models: auto, cpu, cuda or cuda:N.")
     # float32 by default even on GPUs: scoring is cheap next to generation, and bf16 moves CLIP scores by tenths.
-    torch_dtype: str = Field(
+    torch_dtype: DtypeName = Field(
         "float32", description="Dtype of the metric models: float32, bfloat16 or auto (bf16 on cuda)."
     )
     batch_size: int = Field(16, description="Images per batched forward of a metric model.")
@@ -570,16 +563,6 @@ class MetricsSettings(BaseModel):
     @classmethod
     def _v_lpips_net(cls, v: Any) -> str:
         return _choice("lpips_net", v, ("alex", "vgg"))
-
-    @field_validator("device", mode="before")
-    @classmethod
-    def _v_device(cls, v: Any) -> str:
-        return _device("device", v)
-
-    @field_validator("torch_dtype", mode="before")
-    @classmethod
-    def _v_dtype(cls, v: Any) -> str:
-        return _dtype("torch_dtype", v)
 
     @field_validator("batch_size", mode="before")
     @classmethod
