@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from cli_helpers import forbid_model_loading
 from llm_dit import checkpoint
 from llm_dit.tiny import build_tiny_checkpoint
 
@@ -48,3 +49,9 @@ def cached_tokenizer() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(checkpoint, "load_tokenizer", load)
         yield
+
+
+@pytest.fixture
+def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to load a model's weights fails the test."""
+    forbid_model_loading(monkeypatch)

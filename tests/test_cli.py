@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from cli_helpers import ANSI, forbid_model_loading, run
 from llm_dit import checkpoint
 from llm_dit.cli import main
 from llm_dit.image import read_record
@@ -39,35 +40,12 @@ FORMATTED = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
 GOLDEN_SIGMAS_8_SHIFT_3 = [1.0, 0.954545, 0.9, 0.833333, 0.75, 0.642857, 0.5, 0.3, 0.0]
 LONG_PROMPT = " ".join(["a very long prompt about a cat"] * 20)  # ~150 tokens
 TINY_TEXT_HIDDEN = 32  # hidden size of the tiny text encoder = caption feature width
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
 
 
 pytestmark = pytest.mark.usefixtures("cached_tokenizer")
-
-
-@pytest.fixture
-def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to load a model's weights fails the test."""
-    forbid_model_loading(monkeypatch)
-
-
-def forbid_model_loading(mp: pytest.MonkeyPatch) -> None:
-    def boom(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("model loaded")
-
-    for name in ("load_transformer", "load_text_encoder", "load_vae"):
-        mp.setattr(checkpoint, name, boom)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit status, stdout, stderr), ANSI codes stripped."""
-    capsys.readouterr()  # drop anything printed before
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, ANSI.sub("", out), ANSI.sub("", err)
 
 
 def gen_argv(ck: Path, out: Path, *extra: str, prompt: str | None = PROMPT, small: bool = True) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from llm_dit import checkpoint
+from cli_helpers import ANSI, run
 from llm_dit.cli import main
 from llm_dit.metrics import pixel
 from llm_dit.metrics.registry import METRICS
@@ -30,7 +29,6 @@ from llm_dit.store import DB_NAME, ResultsStore
 
 pytestmark = pytest.mark.usefixtures("cached_tokenizer")
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 EXP = "hl_metrics"
 SMALL_SETS = ["--set", "width=64", "--set", "height=64", "--set", "steps=2"]
 WEIGHT_FREE = ["ssim", "psnr", "mad", "diversity_ssim", "diversity_mad"]
@@ -58,14 +56,6 @@ class Done:
 
 def flat(text: str) -> str:
     return " ".join(text.split())
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit status, stdout, stderr), ANSI codes stripped."""
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, ANSI.sub("", out), ANSI.sub("", err)
 
 
 def assert_user_error(rc: int, out: str, err: str, *needles: str, notes: bool = False) -> str:
@@ -114,15 +104,6 @@ def done(tiny_checkpoint: Path, cached_tokenizer: None, tmp_path_factory: pytest
 def copy(done: Done, tmp_path: Path) -> Path:
     """A private copy of the finished results directory."""
     return Path(shutil.copytree(done.root, tmp_path / "results"))
-
-
-@pytest.fixture
-def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a model was loaded")
-
-    for name in ("load_transformer", "load_text_encoder", "load_vae"):
-        monkeypatch.setattr(checkpoint, name, boom)
 
 
 # ------------------------------------------------------------------------------------------------ tests

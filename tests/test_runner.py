@@ -28,8 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llm_dit import checkpoint
-from llm_dit.cli import main
+from cli_helpers import run
 from llm_dit.config import Settings, load_settings
 from llm_dit.image import read_record
 from llm_dit.pipeline import LlmDitPipeline
@@ -37,7 +36,6 @@ from llm_dit.runner import ExperimentRunner, PreparedExperiment, plan_cost, prep
 from llm_dit.store import ResultsStore, load_results
 
 REPO = Path(__file__).resolve().parents[1]
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 SMALL: dict[str, Any] = {"width": 64, "height": 64, "steps": 2}
 SMALL_SETS = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value}")]
 PROMPT_ID = "animal_001"
@@ -71,25 +69,6 @@ SWEEP_ORDER = [  # (preset, experiment) in the documented priority order
 
 
 pytestmark = pytest.mark.usefixtures("cached_tokenizer")
-
-
-@pytest.fixture
-def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to load a model's weights fails the test."""
-
-    def boom(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a model was loaded")
-
-    for name in ("load_transformer", "load_text_encoder", "load_vae"):
-        monkeypatch.setattr(checkpoint, name, boom)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit status, stdout, stderr), ANSI codes stripped."""
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, ANSI.sub("", out), ANSI.sub("", err)
 
 
 def ablate_argv(ck: Path, out: Path, *extra: str | Path) -> list[str]:
