@@ -756,6 +756,21 @@ def test_profile_writes_encode_and_generate_timings(
     assert_user_error(rc, stdout, err, "already exists")
 
 
+def test_profile_uses_the_configs_recipe(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Unset size/steps flags take the config's values; explicit sigmas there are timed as such, not refused.
+    config = tmp_path / "c.toml"
+    config.write_text("[default.generation]\nwidth = 64\nheight = 32\nsigmas = [1.0, 0.6, 0.3, 0.0]\nshift = 2.0\n")
+    path = tmp_path / "p.json"
+    argv = ["profile", "-o", path, "--model-path", tiny_checkpoint, "--config", config, "--repeats", "1"]
+    rc, _, err = run(capsys, *argv)
+    assert rc == 0, err
+    generate = json.loads(path.read_text(encoding="utf-8"))["generate"]
+    assert (generate["width"], generate["height"], generate["steps"]) == (64, 32, 3)
+    assert generate["sigmas"] == [1.0, 0.6, 0.3, 0.0]
+
+
 # ------------------------------------------------------------------------------- planned-vs-run agreement
 
 

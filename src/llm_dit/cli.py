@@ -882,9 +882,9 @@ def profile_cmd(
     profile: ProfileOpt = None,
     model_path: ModelPathOpt = None,
     model: ModelOpt = None,
-    width: Annotated[int, typer.Option(help="Generation width.")] = 1024,
-    height: Annotated[int, typer.Option(help="Generation height.")] = 1024,
-    steps: Annotated[int, typer.Option(help="Generation steps.")] = 8,
+    width: Annotated[int | None, typer.Option(help="Generation width (default: config, else 1024).")] = None,
+    height: Annotated[int | None, typer.Option(help="Generation height (default: config, else 1024).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Generation steps (default: config, else 8).")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repeats after one warm-up.")] = 3,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
@@ -902,7 +902,9 @@ def profile_cmd(
     if repeats < 1:
         raise LlmDitError(f"--repeats must be >= 1, got {repeats}")
     pipe = LlmDitPipeline.from_settings(settings)
-    result = run_profile(pipe, width=width, height=height, steps=steps, repeats=repeats)
+    # The whole resolved recipe (size, steps or sigmas, shift, guidance, refiner), not only the three flags.
+    generation = settings.generation.model_dump(exclude={"output_dir", "seed"})
+    result = run_profile(pipe, generation, repeats=repeats)
     result["model_path"] = pipe.model_path
     write_json(result, output)
     typer.echo(json.dumps(result, indent=2))

@@ -42,8 +42,9 @@ PROFILE_PROMPTS = {
 }
 
 
-def run_profile(pipeline: Any, *, width: int, height: int, steps: int, repeats: int = 3) -> dict[str, Any]:
-    """Time encode (short, medium, long prompt) and full generation; report peak memory."""
+def run_profile(pipeline: Any, generation: dict[str, Any], *, repeats: int = 3) -> dict[str, Any]:
+    """Time encode (short, medium, long prompt) and full generation with the ``generation`` parameters (the
+    fields of GenerationSettings but seed and output_dir); report peak memory."""
     encoder = pipeline.encoder
     device = next(encoder.model.parameters()).device
     dit_device = next(pipeline.transformer.parameters()).device
@@ -56,11 +57,11 @@ def run_profile(pipeline: Any, *, width: int, height: int, steps: int, repeats: 
         out["encode"][label] = {"tokens": tokens, **timing}
     pipeline.vae  # noqa: B018 - load before timing
     timing = _time(
-        lambda: pipeline.generate(PROFILE_PROMPTS["short"], width=width, height=height, steps=steps, seed=0),
+        lambda: pipeline.generate(PROFILE_PROMPTS["short"], seed=0, **generation),
         repeats,
         dit_device,
     )
-    out["generate"] = {"width": width, "height": height, "steps": steps, **timing}
+    out["generate"] = {**generation, **timing}
     out["peak_memory_gib"] = _peak_memory_gib(dit_device)
     out["peak_memory_kind"] = "cuda max_memory_allocated" if dit_device.type == "cuda" else "process peak RSS"
     out["devices"] = {"encoder": str(device), "dit": str(dit_device)}
