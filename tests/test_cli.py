@@ -697,7 +697,9 @@ def test_encoder_flags_with_embeddings_are_not_misrecorded(
     argv = gen_argv(tiny_checkpoint, out, "--embeddings", str(encoded["-2"]), "--hidden-layer", "-6", prompt=None)
     rc, _, err = run(capsys, *argv)
     assert rc == 0, err
-    assert read_record(out)["hidden_layer"] != -6 or "hidden_layer" in err
+    # Precomputed embeddings were made elsewhere: the record says no layer, and the user is told the flag is inert.
+    assert read_record(out)["hidden_layer"] is None
+    assert "encoder.hidden_layer do not apply to --embeddings" in err
 
 
 # -------------------------------------------------------------------------------------------- 6. tiny-model

@@ -63,32 +63,10 @@ EncoderDtypeOpt = Annotated[str | None, typer.Option("--encoder-dtype", help="au
 
 def _overrides(**values: Any) -> dict[str, Any]:
     """Map CLI values (None = not given) onto dotted settings keys."""
-    keys = {
-        "model_path": "model_path",
-        "hidden_layer": "encoder.hidden_layer",
-        "layer_weights": "encoder.layer_weights",
-        "system_prompt": "encoder.system_prompt",
-        "think_block": "encoder.think_block",
-        "long_prompt_mode": "encoder.long_prompt_mode",
-        "max_text_tokens": "encoder.max_text_tokens",
-        "padding": "encoder.padding",
-        "encoder_device": "encoder.device",
-        "encoder_dtype": "encoder.torch_dtype",
-        "dit_device": "pipeline.device",
-        "dit_dtype": "pipeline.torch_dtype",
-        "vae_device": "pipeline.vae_device",
-        "vae_dtype": "pipeline.vae_dtype",
-        "width": "generation.width",
-        "height": "generation.height",
-        "steps": "generation.steps",
-        "shift": "generation.shift",
-        "sigmas": "generation.sigmas",
-        "seed": "generation.seed",
-        "guidance_scale": "generation.guidance_scale",
-        "negative_prompt": "generation.negative_prompt",
-        "refiner": "generation.refiner",
-        "output_dir": "generation.output_dir",
-    }
+    from llm_dit.config import CLI_FLAGS
+
+    # Option names are the config's flags (--dit-dtype -> dit_dtype): one table, in config.CLI_FLAGS.
+    keys = {flag.removeprefix("--").replace("-", "_"): key for key, flag in CLI_FLAGS.items()}
     out = {keys[name]: value for name, value in values.items() if value is not None}
     if "generation.sigmas" in out:
         # "" clears a profile's sigmas (back to steps + shift), as in TOML.
