@@ -69,10 +69,6 @@ def test_defaults_are_the_official_recipe() -> None:
     assert s.encoder.max_text_tokens == constants.HARD_MAX_TEXT_TOKENS
     assert s.encoder.long_prompt_mode == "truncate"
     assert s.generation.refiner == "default"
-    # The same numbers as the shared constants (one source of truth).
-    assert s.generation.steps == constants.DEFAULT_STEPS
-    assert s.generation.shift == constants.DEFAULT_SHIFT
-    assert s.encoder.hidden_layer == constants.DEFAULT_HIDDEN_LAYER
 
 
 def test_all_sources_default_without_file() -> None:

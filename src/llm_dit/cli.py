@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from llm_dit.errors import LlmDitError
+from llm_dit.sweeps import SWEEPS
 
 app = typer.Typer(
     add_completion=False,
@@ -275,7 +276,6 @@ def encode(
 
     settings = resolved.settings
     encoder = ZImageTextEncoder.from_pretrained(settings.model_path, **settings.encoder.model_dump())
-    encoder.tokenize(prompt)  # caps checked before the model loads
     encoded = encoder.encode(prompt)[0]
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in encoded.metadata().items() if v is not None}
     meta.update(
@@ -693,7 +693,7 @@ def _list(experiments: bool, prompts: bool) -> None:
                 exp.name,
                 question,
                 ", ".join(exp.variables()),
-                str(len(exp.combinations()) * len(exp.seeds)),
+                str(exp.runs_per_prompt_seed() * len(exp.seeds)),
                 ",".join(map(str, exp.seeds)),
             )
         out.print(table)
@@ -711,13 +711,15 @@ def _list(experiments: bool, prompts: bool) -> None:
 @app.command()
 def sweep(
     name: Annotated[
-        str | None, typer.Argument(help="hidden_layer | shift_steps | think_block | long_prompt | hidden_layer_blend")
+        str | None, typer.Argument(help=" | ".join(p.name for p in SWEEPS))
     ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Run every sweep in priority order.")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer prompts and seeds.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated seeds.")] = None,
-    category: Annotated[str | None, typer.Option("--category", help="Prompt category.")] = None,
+    category: Annotated[
+        str | None, typer.Option("--prompt-category", "--category", help="Prompt category (as in ablate).")
+    ] = None,
     output_dir: OutputDirOpt = Path("experiments/results"),
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
@@ -730,7 +732,7 @@ def sweep(
     metric: MetricOpt = None,
 ) -> None:
     """The seeds' priority sweeps as presets over the built-in experiments."""
-    from llm_dit.sweeps import QUICK_MAX_PROMPTS, QUICK_SEEDS, SWEEPS, get_sweep
+    from llm_dit.sweeps import QUICK_MAX_PROMPTS, QUICK_SEEDS, get_sweep
 
     if all_ == (name is not None):
         raise LlmDitError("name one sweep or pass --all; sweeps: " + ", ".join(p.name for p in SWEEPS))

@@ -937,7 +937,6 @@ class _ConfigFile:
     """A parsed config file with line lookup, validated structure and per-profile layers."""
 
     def __init__(self, path: Path, label: str) -> None:
-        self.path = path
         self.label = label
         if not path.exists():
             raise ConfigError(

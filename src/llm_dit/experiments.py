@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import difflib
 import hashlib
 import itertools
 import json
@@ -44,6 +43,7 @@ from llm_dit.config import (
     EncoderSettings,
     GenerationSettings,
     Settings,
+    _closest,
     build_section,
     count_steps,
     parse_sigmas,
@@ -193,20 +193,6 @@ class Experiment:
         """Runs for one prompt and one seed: the number of combinations."""
         return len(self.combinations())
 
-    def summary(self) -> dict[str, Any]:
-        """What a listing shows: name, description, variables and run counts."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "variables": self.variables(),
-            "runs_per_prompt_seed": self.runs_per_prompt_seed(),
-            "seeds": list(self.seeds),
-            "prompt_ids": list(self.prompt_ids),
-            "prompt_category": self.prompt_category,
-            "max_prompts": self.max_prompts,
-            "source": self.source,
-        }
-
     def to_dict(self) -> dict[str, Any]:
         """The definition as JSON-serialisable data (stored with the results)."""
         return {
@@ -259,28 +245,10 @@ class PlannedRun:
                 out.pop(key, None)
         return out
 
-    def apply_to(self, settings: Settings) -> Settings:
-        """``settings`` (hardware, model, output_dir) with this run's encoder and generation parameters."""
-        encoder = build_section(
-            EncoderSettings,
-            {"device": settings.encoder.device, "torch_dtype": settings.encoder.torch_dtype, **self.encoder_params()},
-        )
-        generation = build_section(
-            GenerationSettings, {"output_dir": settings.generation.output_dir, **self.generation_params()}
-        )
-        return Settings(
-            model_path=settings.model_path, encoder=encoder, pipeline=settings.pipeline, generation=generation
-        )
-
 
 # --------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def _closest(word: str, choices: Sequence[str]) -> str | None:
-    hits = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return hits[0] if hits else None
 
 
 def _jsonable(value: Any) -> Any:
@@ -961,7 +929,7 @@ def default_params() -> dict[str, Any]:
     return json.loads(json.dumps(_jsonable(params)))
 
 
-def _check_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+def _check_overrides(overrides: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
     """Validate CLI/API overrides once; ``where`` names the first run they apply to (they apply to all)."""
     out: dict[str, Any] = {}
     errors: list[str] = []
@@ -1089,7 +1057,7 @@ def plan(
     if len(set(seed_list)) != len(seed_list):
         raise LlmDitError(f"{experiment.name}: a seed is given more than once: {seed_list}")
     override_layer = _check_overrides(
-        experiment, overrides, _run_name(experiment, prompts[0].id, seed_list[0], {}) + " (and every other run)"
+        overrides, _run_name(experiment, prompts[0].id, seed_list[0], {}) + " (and every other run)"
     )
     settings_layer = _settings_layer(settings)
     combos = experiment.combinations()

@@ -37,7 +37,6 @@ __all__ = [
     "load_library",
     "manipulate",
     "select_prompts",
-    "validate_manipulations",
 ]
 
 
@@ -398,13 +397,6 @@ def manipulate(prompt: Prompt, name: str, seed: int = 0) -> str:
     if not text:
         raise LlmDitError(f"manipulation {name} leaves prompt {prompt.id} empty")
     return text
-
-
-def validate_manipulations(prompts: Sequence[Prompt], names: Sequence[str]) -> None:
-    """Raise the error :func:`manipulate` would raise for any (prompt, name) pair, before models load."""
-    for name in names:
-        for prompt in prompts:
-            manipulate(prompt, name)
 
 
 def _remove(words: Sequence[_Word], drop: Sequence[bool]) -> list[str]:
