@@ -1,7 +1,10 @@
-"""Helpers shared by the CLI-level tests: run the CLI in-process and forbid model loading."""
+"""Helpers shared by the CLI-level tests: run the CLI in-process or in a subprocess, check user errors, read
+exports, forbid model loading."""
 
 from __future__ import annotations
 
+import csv
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from llm_dit import checkpoint
 from llm_dit.cli import main
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
@@ -30,3 +34,41 @@ def forbid_model_loading(mp: pytest.MonkeyPatch) -> None:
 
     for name in ("load_transformer", "load_text_encoder", "load_vae"):
         mp.setattr(checkpoint, name, boom)
+
+
+def flat(text: str) -> str:
+    """Text with every run of whitespace as one space (rich wraps long lines at the console width)."""
+    return " ".join(text.split())
+
+
+def assert_user_error(rc: int, out: str, err: str, *needles: str, notes: bool = False) -> str:
+    """Exit status 2, nothing on stdout, one stderr line 'error: ...' holding every needle, and nothing else on
+    stderr (with ``notes``: except 'note: ...' lines and a sweep's heading before it). Returns the error line."""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    if notes:
+        assert all(line.startswith(("note: ", "sweep ")) for line in lines[:-1]), err
+    else:
+        assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    assert lines[-1].startswith("error: "), lines[-1]
+    for needle in needles:
+        assert needle in lines[-1], f"{needle!r} not in {lines[-1]!r}"
+    assert rc == 2
+    assert out == ""
+    return lines[-1]
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows) of a CSV export."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a child Python that imports llm_dit from this checkout, without forced colours."""
+    paths = [str(SRC), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
+    env.pop("FORCE_COLOR", None)
+    return env

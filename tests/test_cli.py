@@ -12,7 +12,6 @@ the three models, sampling, saving) runs for real on every call.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from cli_helpers import ANSI, forbid_model_loading, run
+from cli_helpers import ANSI, forbid_model_loading, run, subprocess_env
 from llm_dit import checkpoint
 from llm_dit.cli import main
 from llm_dit.image import read_record
@@ -578,9 +577,7 @@ def test_usage_errors_exit_2_without_traceback(
 def test_user_error_in_a_real_subprocess(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """The installed entry point, as a shell runs it: one line, exit status 2, no traceback, no file."""
     out = tmp_path / "out.png"
-    paths = [str(REPO / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    env.pop("FORCE_COLOR", None)
+    env = subprocess_env()
     proc = subprocess.run(
         [sys.executable, "-m", "llm_dit.cli", *gen_argv(tiny_checkpoint, out, "--width", "1000")],
         capture_output=True,

@@ -11,7 +11,6 @@ unconfigured model weights before it finds that the experiment, reference or sou
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import shutil
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from cli_helpers import ANSI, run
+from cli_helpers import ANSI, assert_user_error, flat, read_csv, run
 from llm_dit.cli import main
 from llm_dit.metrics import pixel
 from llm_dit.metrics.registry import METRICS
@@ -52,34 +51,6 @@ class Done:
     err: str
     root: Path  # --output-dir of the finished experiment
     experiment_file: Path
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def assert_user_error(rc: int, out: str, err: str, *needles: str, notes: bool = False) -> str:
-    """Exit status 2, nothing on stdout, one stderr line 'error: ...' holding every needle, and nothing else on
-    stderr (with ``notes``: except 'note: ...' lines and a sweep's heading before it)."""
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    if notes:
-        assert all(line.startswith(("note: ", "sweep ")) for line in lines[:-1]), err
-    else:
-        assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
-    assert lines[-1].startswith("error: "), lines[-1]
-    for needle in needles:
-        assert needle in lines[-1], f"{needle!r} not in {lines[-1]!r}"
-    assert rc == 2
-    assert out == ""
-    return lines[-1]
-
-
-def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
 
 
 def stored_values(root: Path) -> list[Any]:

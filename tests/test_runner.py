@@ -12,7 +12,6 @@ Speed: loading the Qwen3 tokenizer (~2 s) dominates a tiny run, so this module c
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import run
+from cli_helpers import assert_user_error, flat, read_csv, run, subprocess_env
 from llm_dit.config import Settings, load_settings
 from llm_dit.image import read_record
 from llm_dit.pipeline import LlmDitPipeline
@@ -75,29 +74,11 @@ def ablate_argv(ck: Path, out: Path, *extra: str | Path) -> list[str]:
     return ["ablate", "--model-path", str(ck), "--output-dir", str(out), *SMALL_SETS, *map(str, extra)]
 
 
-def flat(text: str) -> str:
-    """Text with every run of whitespace as one space (rich wraps long lines at the console width)."""
-    return " ".join(text.split())
-
-
 def summary_of(err: str) -> tuple[int, int, int]:
     """(done, skipped, failed) from the runner's final summary line."""
     match = SUMMARY_RE.search(flat(err))
     assert match, f"no summary line in: {err!r}"
     return int(match[1]), int(match[2]), int(match[3])
-
-
-def assert_user_error(rc: int, out: str, err: str, *needles: str) -> str:
-    """Exit status 2, nothing on stdout, exactly one stderr line 'error: ...' holding every needle."""
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
-    assert lines[0].startswith("error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    assert rc == 2
-    assert out == ""
-    return lines[0]
 
 
 def write_experiment(
@@ -146,20 +127,6 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
     return {
         str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()
     }
-
-
-def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
-
-
-def subprocess_env() -> dict[str, str]:
-    paths = [str(REPO / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": "1"}
-    env.pop("FORCE_COLOR", None)
-    return env
 
 
 # ----------------------------------------------------------------------------------------- 1. planning
@@ -221,7 +188,7 @@ def test_run_ids_are_stable_across_processes(tiny_checkpoint: Path, tmp_path: Pa
         "                       seeds=[1, 2], overrides={'width': 64, 'height': 64, 'steps': 2})\n"
         "print(json.dumps([[r.run_id, r.image_name] for r in p.runs]))\n"
     )
-    env = {**subprocess_env(), "PYTHONHASHSEED": "4242"}
+    env = {**subprocess_env(OMP_NUM_THREADS="1"), "PYTHONHASHSEED": "4242"}
     proc = subprocess.run(
         [sys.executable, "-c", code, str(tiny_checkpoint)],
         capture_output=True,
@@ -292,7 +259,7 @@ FAIL_FAST = [
     (
         "bad-shift-override",
         ["-e", "steps_only", "--prompt-ids", "simple_001", "--seeds", "1,2", "--set", "shift=-1"],
-        ["steps_only", "shift=-1", "shift must be > 0"],
+        ["steps_only", "simple_001", "seed 1", "shift=-1", "shift must be > 0"],  # names the first run
     ),
     (
         "prompt-over-cap",
@@ -323,14 +290,6 @@ def test_bad_input_fails_before_any_model_loads(
     rc, stdout, err = run(capsys, *ablate_argv(tiny_checkpoint, out, *extra))
     assert_user_error(rc, stdout, err, *needles)
     assert not out.exists()
-
-
-def test_bad_override_names_the_run(
-    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
-) -> None:
-    argv = ablate_argv(tiny_checkpoint, tmp_path / "r", "-e", "steps_only", "--prompt-ids", "simple_001")
-    rc, stdout, err = run(capsys, *argv, "--seeds", "1,2", "--set", "shift=-1")
-    assert_user_error(rc, stdout, err, "steps_only", "simple_001", "seed 1")
 
 
 # --------------------------------------------------------------------------------------- 3. a real run
@@ -457,7 +416,7 @@ def test_resume_after_sigkill_yields_exactly_the_planned_images(
             [sys.executable, "-m", "llm_dit.cli", *argv],
             stdout=handle,
             stderr=subprocess.STDOUT,
-            env=subprocess_env(),
+            env=subprocess_env(OMP_NUM_THREADS="1"),
             cwd=tmp_path,
         )
     try:
@@ -603,7 +562,10 @@ def held_lock(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
         "    time.sleep(120)\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True, env=subprocess_env()
+        [sys.executable, "-c", code, str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(OMP_NUM_THREADS="1"),
     )
     try:
         assert proc.stdout is not None
@@ -788,9 +750,14 @@ def test_dry_run_and_run_agree_when_two_labels_make_the_same_image(
     out = tmp_path / "results"
     rc_dry, _, _ = run(capsys, *ablate_argv(tiny_checkpoint, out, "--experiment-file", exp, "--dry-run"))
     rc_run, _, err = run(capsys, *ablate_argv(tiny_checkpoint, out, "--experiment-file", exp))
-    assert rc_dry == rc_run, err
-    if rc_run == 2:  # rejected: then before anything is written, as every other plan error
-        assert not out.exists()
+    assert rc_dry == rc_run == 0, err
+    # Both conditions keep their own row and image, under distinct (derived, deterministic) run ids.
+    _, rows = read_csv(out / "dup" / "results.csv")
+    assert [row["neg"] for row in rows] == ["a", "b"] and {row["status"] for row in rows} == {"done"}
+    assert len({row["run_id"] for row in rows}) == 2
+    assert len({row["output_path"] for row in rows}) == 2 and all(
+        (out / "dup" / r["output_path"]).is_file() for r in rows
+    )
 
 
 def test_images_are_as_readable_as_the_exports(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import read_csv, subprocess_env
 from llm_dit.errors import LlmDitError
 from llm_dit.store import (
     DB_NAME,
@@ -67,7 +68,7 @@ def finish_run(store: ResultsStore, run_id: str, *, seconds: float = 1.5, tokens
 
 def spawn(code: str, *args: str) -> subprocess.Popen[str]:
     """Run ``code`` in a fresh Python process that imports llm_dit from this checkout."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    env = subprocess_env()
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         env=env,
@@ -213,12 +214,6 @@ def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
 
 
 # -- exports -------------------------------------------------------------------------------------------------
-
-
-def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        return list(reader.fieldnames or []), list(reader)
 
 
 def test_export_metadata_and_csv(store: ResultsStore) -> None:
