@@ -495,6 +495,8 @@ def _metrics_pass(
 def _print_metrics_report(report: Any) -> None:
     from rich.table import Table
 
+    from llm_dit.metrics.registry import METRICS
+
     out = Console()
     computed = ", ".join(f"{m} {report.computed.get(m, 0)}" for m in report.metrics) or "nothing"
     kept = sum(report.kept.values())
@@ -507,7 +509,7 @@ def _print_metrics_report(report: Any) -> None:
         out.print(f"reference for ssim/psnr/mad/lpips: {escape(report.reference)}", highlight=False, soft_wrap=True)
     for metric, count in report.unavailable.items():
         if count:
-            why = "no done reference run" if metric in ("ssim", "psnr", "mad", "lpips") else "a single seed"
+            why = "no done reference run" if METRICS[metric].kind == "reference" else "a single seed"
             out.print(f"{metric}: {count} runs without a value ({why})", highlight=False)
     by_axis: dict[str, dict[str, dict[str, Any]]] = {}
     for row in report.summary:
@@ -578,7 +580,7 @@ def metrics_cmd(
     if not (output_dir / DB_NAME).is_file():
         raise LlmDitError(f"no results database in {output_dir}; pass the --output-dir the experiment ran with")
     with ResultsStore(output_dir) as store:
-        prompt_ids = [run["prompt_id"] for run in store.runs(experiment)] if experiment in store.experiments() else []
+        prompt_ids = list(dict.fromkeys(run["prompt_id"] for run in store.runs(experiment)))
     choice = ReferenceChoice(parse_reference(reference), parse_reference_images(reference_image, prompt_ids))
     explicit = bool(names or reference or reference_image)  # asked for by name: no silent skipping
     _metrics_pass(output_dir, experiment, specs, notes, settings, explicit=explicit, choice=choice, force=force)
@@ -809,7 +811,7 @@ def embed_stats(
         if output.suffix not in (".csv", ".json"):
             raise LlmDitError(f"--output {output}: use a .csv or .json file name")
         ensure_writable(output, overwrite)
-    if outlier_threshold <= 0:
+    if not outlier_threshold > 0 or outlier_threshold == float("inf"):  # NaN fails the first test
         raise LlmDitError(f"--outlier-threshold must be > 0, got {outlier_threshold}")
     selected = select_prompts(
         load_library(),

@@ -40,6 +40,7 @@ from llm_dit.constants import (
     DEFAULT_STEPS,
     HARD_MAX_TEXT_TOKENS,
     LONG_PROMPT_MODES,
+    MAX_SEED,
     PADDING_MODES,
     REFINER_MODES,
     SIZE_MULTIPLE,
@@ -79,7 +80,6 @@ MIN_LAYER, MAX_LAYER = -NUM_HIDDEN_STATES, QWEN3_NUM_LAYERS
 THINK_BLOCK_NONE = "none"
 THINK_BLOCK_EMPTY = "empty"
 
-MAX_SEED = 2**63 - 1
 
 _DTYPES = {
     "auto": "auto",

@@ -35,3 +35,5 @@ REFINER_MODES = ("default", "skip", "single", "double")
 # the kept rows mathematically, but in bf16 the encoder's rounding depends on the padded length (measured on an
 # H200: up to 0.8 in hidden states of magnitude 26), so only this makes embeddings bit-identical to diffusers'.
 PADDING_MODES = ("diffusers", "longest")
+# Seeds are stored as SQLite integers (signed 64-bit).
+MAX_SEED = 2**63 - 1

@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llm_dit.constants import MAX_SEED
 from llm_dit.errors import LlmDitError
 from llm_dit.files import is_temp_file, write_atomic, write_csv
 
@@ -56,8 +57,6 @@ BUSY_TIMEOUT_S = 60.0
 LEADING_COLUMNS = ("run_id", "prompt_id", "prompt_text")
 TRAILING_COLUMNS = ("seed", "status", "error", "generation_time_s", "token_count", "output_path")
 FIXED_COLUMNS = frozenset(LEADING_COLUMNS + TRAILING_COLUMNS)
-# SQLite integers are signed 64-bit.
-MAX_SEED = 2**63 - 1
 
 # Metric values, keyed by run, name and version: a new version of a metric's code never mixes with values of an
 # older one. ``params`` is what the value depends on besides the image (reference run, scorer weights, the group
@@ -489,10 +488,8 @@ class ResultsStore:
         """Runs to skip on resume: status ``done`` AND the image file still exists (a deleted image is redone)."""
         directory = self.experiment_dir(experiment)
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT run_id, image_path FROM runs WHERE experiment = ? AND status = 'done'", (experiment,)
-            ).fetchall()
-        return {row[0] for row in rows if row[1] and (directory / row[1]).is_file()}
+            rows = conn.execute(_DONE_SQL, (experiment,)).fetchall()
+        return {row[0] for row in _with_image(directory, rows)}
 
     def mark_done(
         self,
@@ -643,7 +640,7 @@ class ResultsStore:
         with self._read() as conn:
             info = self._experiment_row(conn, experiment)
             runs = self._runs(conn, experiment)
-        columns, _, rows = _table(runs)
+        columns, sources, rows = _table(runs)
         counts = {status: sum(run["status"] == status for run in runs) for status in STATUSES}
         axes: dict[str, list[str]] = {}
         for run in runs:
@@ -659,7 +656,7 @@ class ResultsStore:
             "finished_at": info["finished_at"],
             "counts": {**counts, "total": len(runs)},
             "variables": axes,
-            "metrics": sorted({name for run in runs for name in run["metrics"]}),
+            "metrics": [key for kind, key in sources if kind == "metric"],
             "definition": info["definition"],
             "metadata": info["metadata"],
             "summary": info["summary"],
@@ -754,6 +751,15 @@ def _table(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[tuple[str
     return names, sources, rows
 
 
+# Done runs as (run_id, image_path, generation_time_s); resume and dry runs keep those whose image still exists.
+_DONE_SQL = "SELECT run_id, image_path, generation_time_s FROM runs WHERE experiment = ? AND status = 'done'"
+
+
+def _with_image(directory: Path, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    """Rows of _DONE_SQL whose image file exists (a deleted image means the run is to be redone)."""
+    return [row for row in rows if row[1] and (directory / row[1]).is_file()]
+
+
 def peek_done(root: str | Path, experiment: str) -> tuple[set[str], list[float]]:
     """Read-only look for dry runs: ids of done runs whose image exists, and their generation times.
 
@@ -766,17 +772,14 @@ def peek_done(root: str | Path, experiment: str) -> tuple[set[str], list[float]]
     try:
         conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
         try:
-            rows = conn.execute(
-                "SELECT run_id, image_path, generation_time_s FROM runs WHERE experiment = ? AND status = 'done'",
-                (experiment,),
-            ).fetchall()
+            rows = conn.execute(_DONE_SQL, (experiment,)).fetchall()
         finally:
             conn.close()
     except sqlite3.Error:
         return set(), []
     directory = Path(root) / experiment
-    done = [(rid, t) for rid, path, t in rows if path and (directory / path).is_file()]
-    return {rid for rid, _ in done}, [float(t) for _, t in done if t]
+    done = _with_image(directory, rows)
+    return {row[0] for row in done}, [float(row[2]) for row in done if row[2]]
 
 
 def load_results(root: str | Path, experiment: str) -> pandas.DataFrame:
