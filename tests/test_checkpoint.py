@@ -14,7 +14,6 @@ from llm_dit import checkpoint, tiny
 from llm_dit.checkpoint import (
     CheckpointInfo,
     fingerprint,
-    load_scheduler_config,
     load_text_encoder,
     load_tokenizer,
     load_transformer,
@@ -58,7 +57,7 @@ def test_validate_tiny_checkpoint(tiny_checkpoint: Path):
     assert info.vae_scale_factor == 8
     assert info.size_multiple == 16
     assert info.max_caption_tokens == 1504
-    assert info.scheduler_shift == 3.0
+    assert info.scheduler_config["shift"] == 3.0
     assert info.model_index["_class_name"] == "ZImagePipeline"
     assert info.tokenizer_config["tokenizer_class"] == "Qwen2Tokenizer"
 
@@ -77,7 +76,26 @@ def test_properties_of_the_real_configs(tmp_path: Path):
     )
     assert (info.num_text_layers, info.text_hidden_size, info.cap_feat_dim) == (36, 2560, 2560)
     assert (info.vae_scale_factor, info.size_multiple, info.max_caption_tokens) == (8, 16, 1504)
-    assert info.scheduler_shift == 3.0
+    assert info.scheduler_config["shift"] == 3.0
+
+
+@pytest.mark.parametrize(
+    ("axes_lens", "cap"), [([1536, 512, 512], 1504), ([1024, 512, 512], 992), ([1540, 64, 64], 1536), (None, 992)]
+)
+def test_caption_cap_from_the_rope_axis(axes_lens, cap):
+    # P (caption length rounded up to 32) + 1 <= axes_lens[0] - 1; a missing key means diffusers' default axis.
+    config = {} if axes_lens is None else {"axes_lens": axes_lens}
+    assert checkpoint.dit_max_caption_tokens(config) == cap
+    assert (cap + 1) <= (axes_lens or [1024])[0] - 1 < cap + 33
+
+
+def test_module_level_helpers_match_checkpoint_info(tiny_checkpoint: Path):
+    """LlmDitPipeline.from_components uses the same helpers on in-memory configs."""
+    info = validate_checkpoint(tiny_checkpoint)
+    assert checkpoint.dit_cap_feat_dim(info.transformer_config) == info.cap_feat_dim == 32
+    assert checkpoint.dit_max_caption_tokens(info.transformer_config) == info.max_caption_tokens
+    assert checkpoint.vae_size_multiple(info.vae_config) == info.size_multiple == 16
+    assert checkpoint.vae_size_multiple({"block_out_channels": [8, 8, 8]}) == 8  # 3 blocks: /4 VAE, 2x2 patches
 
 
 @pytest.mark.parametrize(
@@ -283,7 +301,7 @@ def test_loaders_return_the_right_classes(tiny_checkpoint: Path, capfd: pytest.C
     assert transformer.config.axes_lens[0] == 1536
     out = capfd.readouterr()
     assert "Loading" not in out.err and "%|" not in out.err  # no progress bars
-    assert load_scheduler_config(tiny_checkpoint)["shift"] == 3.0
+    assert validate_checkpoint(tiny_checkpoint).scheduler_config["shift"] == 3.0
 
 
 def test_loaded_tokenizer_equals_the_built_one(tiny_checkpoint: Path):

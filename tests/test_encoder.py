@@ -202,6 +202,22 @@ def test_padding_modes_agree(encoder):
         assert_rows_close(a.embeddings, b.embeddings)
 
 
+def test_encoded_prompt_records_the_encoder_device(encoder, bf16_encoder):
+    assert encoder.encode("a cat")[0].encoder_device == "cpu/float32"
+    assert bf16_encoder.encode("a cat")[0].encoder_device == "cpu/bfloat16"
+
+
+@pytest.mark.parametrize(("name", "value"), [("device", "cpu"), ("torch_dtype", "bfloat16")])
+def test_load_time_settings_cannot_change_per_call(cold_encoder, name, value):
+    # They were silently ignored (the model is placed when it loads); now refused, before any model loads.
+    for call in (cold_encoder.encode, cold_encoder.tokenize, cold_encoder.resolve):
+        args = () if call == cold_encoder.resolve else ("a cat",)
+        with pytest.raises(LlmDitError, match=rf"'{name}' cannot be changed per call.*fixed when the encoder loads"):
+            call(*args, **{name: value})
+    with pytest.raises(LlmDitError, match=name):
+        cold_encoder.encode_layers("a cat", [-2], **{name: value})
+
+
 # -- hidden layers ----------------------------------------------------------------------------------------------
 
 

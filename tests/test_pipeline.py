@@ -19,7 +19,7 @@ from llm_dit.config import GenerationSettings
 from llm_dit.encoder import EncodedPrompt
 from llm_dit.errors import LlmDitError
 from llm_dit.image import read_record, to_pil
-from llm_dit.pipeline import GenerationRequest, GenerationResult, LlmDitPipeline
+from llm_dit.pipeline import GenerationRequest, GenerationResult, LlmDitPipeline, sampling_group
 
 SIZE = {"width": 64, "height": 64, "steps": 2}
 LONG_PROMPT = " ".join(f"word{i} castle dragon" for i in range(40))  # > 64 tokens
@@ -196,6 +196,50 @@ def test_bad_embeddings_raise_before_loading(refuse_loading, shape, match):
 
 def test_max_rows_embeddings_are_accepted_by_check(refuse_loading):
     refuse_loading.check([GenerationRequest.build(embeddings=torch.zeros(1504, 32), **SIZE)])
+
+
+def test_from_components_reads_limits_from_the_modules(pipe, monkeypatch):
+    """Caps, size multiple and caption width come from the modules' configs, as from a checkpoint's."""
+    comp = LlmDitPipeline.from_components(pipe.encoder.tokenizer, pipe.encoder.model, pipe.transformer, pipe.vae)
+    assert comp.encoder.max_caption_tokens == pipe.info.max_caption_tokens == 1504
+    assert comp.size_multiple == pipe.info.size_multiple == 16
+    assert comp.cap_feat_dim == pipe.info.cap_feat_dim == 32
+    reference = pipe.generate("a red fox", seed=3, **SIZE)
+    assert torch.equal(comp.generate("a red fox", seed=3, **SIZE).image, reference.image)
+    monkeypatch.setattr(comp, "_sample", _refuse)  # a wrong width fails in check(), before any sampling
+    for name in ("embeddings", "negative_embeddings"):
+        good = torch.zeros(10, 32)
+        params = {"embeddings": good, name: torch.zeros(10, 31), "guidance_scale": 2.0}
+        with pytest.raises(LlmDitError, match=f"{name} have width 31, the DiT expects 32"):
+            comp.generate(seed=1, **SIZE, **params)
+    with pytest.raises(LlmDitError, match="72 is not a multiple of 16"):
+        comp.check([GenerationRequest("a cat", generation=GenerationSettings.model_construct(width=72, height=64))])
+
+
+def test_sampling_group():
+    assert sampling_group(GenerationRequest.build("a", width=64, height=48, steps=3)) == (64, 48, 3, "default")
+    explicit = GenerationRequest.build("a", sigmas=[1.0, 0.5], refiner="skip", width=32, height=32)
+    assert sampling_group(explicit) == (32, 32, 2, "skip")  # explicit sigmas set the step count
+    assert sampling_group(explicit, torch.tensor([1.0, 0.6, 0.3, 0.0])) == (32, 32, 3, "skip")  # given sigmas win
+
+
+def test_record_keeps_the_encoder_device_after_offload(tiny_checkpoint):
+    """The record says where the encoder ran for this image, even once it is offloaded."""
+    fresh = LlmDitPipeline.from_pretrained(tiny_checkpoint, **SETTINGS)
+    requests = [GenerationRequest.build("a lighthouse", seed=1, **SIZE)]
+    fresh.precompute_encodings(requests)
+    fresh.offload_encoder()
+    assert fresh.encoder._model is None
+    (result,) = fresh.generate_batch(requests)
+    assert fresh.encoder._model is None  # the cached encoding was used; nothing reloaded
+    assert result.record["devices"] == {"dit": "cpu/float32", "vae": "cpu/float32", "encoder": "cpu/float32"}
+    # precomputed features without CFG: no text was encoded for this image, so no encoder is named
+    (encoded,) = fresh.encoder.encode("a lighthouse")
+    plain = fresh.generate(embeddings=encoded.embeddings, seed=1, **SIZE)
+    assert plain.record["devices"] == {"dit": "cpu/float32", "vae": "cpu/float32"}
+    # ... but a text negative prompt was encoded
+    cfg = fresh.generate(embeddings=encoded.embeddings, guidance_scale=2.0, seed=1, **SIZE)
+    assert cfg.record["devices"]["encoder"] == "cpu/float32"
 
 
 # -- check() before any weights load ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ from llm_dit.errors import CheckpointError, LlmDitError
 
 __all__ = [
     "CheckpointInfo",
+    "dit_cap_feat_dim",
+    "dit_max_caption_tokens",
     "fingerprint",
-    "load_scheduler_config",
     "load_text_encoder",
     "load_tokenizer",
     "load_transformer",
@@ -32,6 +33,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "resolve_model_path",
+    "vae_size_multiple",
     "validate_checkpoint",
 ]
 
@@ -43,6 +45,35 @@ LAYOUT_HINT = (
 # ZImageTransformer2DModel's constructor defaults, used when a config.json omits a key (diffusers would too).
 _DIT_DEFAULTS: dict[str, Any] = {"cap_feat_dim": 2560, "axes_lens": [1024, 512, 512], "all_patch_size": [2]}
 _PATCH_SIZE = 2  # ZImagePipeline sizes images in multiples of vae_scale_factor * 2 (2x2 patches)
+
+
+# What a checkpoint's configs imply for its inputs, shared by CheckpointInfo (configs read from disk) and
+# LlmDitPipeline.from_components (the ``.config`` of modules already in memory).
+
+
+def dit_cap_feat_dim(transformer_config: Mapping[str, Any]) -> int:
+    """Caption feature width the DiT expects (must equal the text encoder's hidden_size)."""
+    return int(transformer_config.get("cap_feat_dim", _DIT_DEFAULTS["cap_feat_dim"]))
+
+
+def dit_max_caption_tokens(transformer_config: Mapping[str, Any]) -> int:
+    """Longest caption the DiT can place: 1504 for axes_lens[0] = 1536.
+
+    Caption tokens take RoPE positions 1..P (P = length rounded up to 32) and image tokens P+1, so
+    P + 1 <= axes_lens[0] - 1; for the usual multiple-of-32 axis that is axes_lens[0] - 32.
+    """
+    axis = int(transformer_config.get("axes_lens", _DIT_DEFAULTS["axes_lens"])[0])
+    return ((axis - 2) // SEQ_MULTIPLE) * SEQ_MULTIPLE
+
+
+def _vae_scale_factor(vae_config: Mapping[str, Any]) -> int:
+    """Pixels per latent cell (8 for the 4-block FLUX VAE)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def vae_size_multiple(vae_config: Mapping[str, Any]) -> int:
+    """Width and height must be multiples of this (VAE factor x 2x2 patches: 16)."""
+    return _vae_scale_factor(vae_config) * _PATCH_SIZE
 
 
 def resolve_model_path(model_path: str | Path | None) -> Path:
@@ -78,32 +109,22 @@ class CheckpointInfo:
     @property
     def cap_feat_dim(self) -> int:
         """Caption feature width the DiT expects (must equal text_hidden_size)."""
-        return int(self.transformer_config.get("cap_feat_dim", _DIT_DEFAULTS["cap_feat_dim"]))
+        return dit_cap_feat_dim(self.transformer_config)
 
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell (8 for the 4-block FLUX VAE)."""
-        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+        return _vae_scale_factor(self.vae_config)
 
     @property
     def size_multiple(self) -> int:
         """Width and height must be multiples of this (VAE factor x 2x2 patches: 16)."""
-        return self.vae_scale_factor * _PATCH_SIZE
+        return vae_size_multiple(self.vae_config)
 
     @property
     def max_caption_tokens(self) -> int:
-        """Longest caption the DiT can place: 1504 for axes_lens[0] = 1536.
-
-        Caption tokens take RoPE positions 1..P (P = length rounded up to 32) and image tokens P+1, so
-        P + 1 <= axes_lens[0] - 1; for the usual multiple-of-32 axis that is axes_lens[0] - 32.
-        """
-        axis = int(self.transformer_config.get("axes_lens", _DIT_DEFAULTS["axes_lens"])[0])
-        return ((axis - 2) // SEQ_MULTIPLE) * SEQ_MULTIPLE
-
-    @property
-    def scheduler_shift(self) -> float:
-        """Flow-matching shift (3.0 for Turbo; FlowMatchEulerDiscreteScheduler's default is 1.0)."""
-        return float(self.scheduler_config.get("shift", 1.0))
+        """Longest caption the DiT can place (1504 for axes_lens[0] = 1536): see :func:`dit_max_caption_tokens`."""
+        return dit_max_caption_tokens(self.transformer_config)
 
 
 def _incomplete(path: Path, what: str) -> CheckpointError:
@@ -206,7 +227,12 @@ _CHUNK = 1 << 20  # 1 MiB
 
 
 def _walk_files(root: Path) -> list[tuple[str, Path]]:
-    """(posix relative path, path) of every non-hidden file under root, sorted; follows symlinks (HF cache)."""
+    """(posix relative path, path) of every non-hidden file under root, sorted; follows symlinks (HF cache).
+
+    A file ``root`` is its own single entry, named by its file name (as if it were the only file of a folder).
+    """
+    if root.is_file():
+        return [(root.name, root)]
     found: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -218,16 +244,17 @@ def _walk_files(root: Path) -> list[tuple[str, Path]]:
 
 
 def fingerprint(path: str | Path) -> str:
-    """A quick, stable fingerprint of a checkpoint folder (16 hex chars).
+    """A quick, stable fingerprint of a checkpoint folder or of a single weights file (16 hex chars).
 
     sha256 over every non-hidden file (sorted relative paths) of: relative path, size, first 1 MiB and
-    last 1 MiB. This is NOT a full-content hash: it reads at most 2 MiB per file, so a change in the middle
+    last 1 MiB. A single file is hashed exactly as a folder holding only that file (its relative path is its
+    name). This is NOT a full-content hash: it reads at most 2 MiB per file, so a change in the middle
     of a large weight file that keeps its size goes unnoticed. It catches a different model, a different
     file set, re-saved weights (safetensors headers come first) and truncation, in milliseconds.
     """
     root = Path(path).expanduser()
-    if not root.is_dir():
-        raise CheckpointError(f"cannot fingerprint {root}: not a directory")
+    if not root.is_dir() and not root.is_file():
+        raise CheckpointError(f"cannot fingerprint {root}: no such file or directory")
     digest = hashlib.sha256()
     for rel, full in _walk_files(root):
         size = full.stat().st_size
@@ -354,9 +381,3 @@ def _load_diffusers(cls: Any, path: str | Path, subfolder: str, device: str | to
     with quiet_hf():
         model = cls.from_pretrained(Path(path), subfolder=subfolder, torch_dtype=dtype, device_map=_device_map(device))
     return model.to(device).eval().requires_grad_(False)
-
-
-def load_scheduler_config(path: str | Path) -> dict[str, Any]:
-    """The parsed ``scheduler/scheduler_config.json``."""
-    root = Path(path).expanduser()
-    return _read_json(root / "scheduler" / "scheduler_config.json", root)

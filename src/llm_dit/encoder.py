@@ -13,7 +13,7 @@ system prompt, think block, token cap, long-prompt mode); one forward serves any
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,11 @@ from llm_dit.constants import DIFFUSERS_MAX_SEQUENCE_LENGTH, HARD_MAX_TEXT_TOKEN
 from llm_dit.embeddings import blend_layers, compress_sequence
 from llm_dit.errors import LlmDitError
 from llm_dit.prompt import FormattedPrompt, format_prompt
+from llm_dit.record import module_device
+
+# EncoderSettings fields fixed when the encoder is built (from_pretrained / the constructor): where and in what
+# dtype the model loads. They cannot be changed per call (resolve / encode / a request's encoder overrides).
+ENCODER_LOAD_FIELDS: tuple[str, ...] = ("device", "torch_dtype")
 
 
 @dataclass
@@ -60,7 +65,7 @@ class EncodedPrompt:
     compressed: bool = False
     prefix_len: int = 0
     suffix_len: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    encoder_device: str | None = None  # "<device type>/<dtype>" of the encoder forward that made these features
 
     @property
     def length(self) -> int:
@@ -150,9 +155,19 @@ class ZImageTextEncoder:
     # -- settings --------------------------------------------------------------------------------------
 
     def resolve(self, **overrides: Any) -> EncoderSettings:
-        """This encoder's settings with per-call overrides, validated."""
+        """This encoder's settings with per-call overrides, validated.
+
+        ``device`` and ``torch_dtype`` (:data:`ENCODER_LOAD_FIELDS`) are refused: they are fixed when the
+        encoder is built and would otherwise be silently ignored.
+        """
         if not overrides:
             return self.settings
+        for name in ENCODER_LOAD_FIELDS:
+            if name in overrides:
+                raise LlmDitError(
+                    f"encoder setting {name!r} cannot be changed per call: it is fixed when the encoder loads "
+                    f"(ZImageTextEncoder.from_pretrained / the constructor, or the [encoder] config section)"
+                )
         if "hidden_layer" in overrides and "layer_weights" not in overrides:
             # A per-call layer is an explicit choice: it replaces a blend set on the encoder.
             overrides = {**overrides, "layer_weights": None}
@@ -273,13 +288,16 @@ class ZImageTextEncoder:
         tokenized = self._tokenize(prompts, base)
         layers = list(dict.fromkeys(layer for v in variants for layer in layers_of(v)))
         per_prompt = self._forward(tokenized, layers, base)
+        where = module_device(self.model)  # the model that just ran (records keep it past offload_encoder)
         return [
-            [self._assemble(tok, states, variant) for tok, states in zip(tokenized, per_prompt, strict=True)]
+            [self._assemble(tok, states, variant, where) for tok, states in zip(tokenized, per_prompt, strict=True)]
             for variant in variants
         ]
 
     @staticmethod
-    def _assemble(tok: TokenizedPrompt, states: dict[int, torch.Tensor], settings: EncoderSettings) -> EncodedPrompt:
+    def _assemble(
+        tok: TokenizedPrompt, states: dict[int, torch.Tensor], settings: EncoderSettings, encoder_device: str
+    ) -> EncodedPrompt:
         weights = settings.layer_weights
         embeds = blend_layers(states, weights) if weights else states[settings.hidden_layer]
         return EncodedPrompt(
@@ -295,6 +313,7 @@ class ZImageTextEncoder:
             compressed=tok.compress,
             prefix_len=tok.prefix_len,
             suffix_len=tok.suffix_len,
+            encoder_device=encoder_device,
         )
 
     def unload(self) -> None:

@@ -48,8 +48,7 @@ def ensure_writable(path: str | Path, overwrite: bool = False) -> Path:
         raise LlmDitError(f"output {path} already exists; choose another path or pass --overwrite")
     if path.exists() and path.is_dir():
         raise LlmDitError(f"output {path} is a directory; give a file path such as {path / 'image.png'}")
-    parent = path.parent if str(path.parent) else Path(".")
-    probe = parent
+    probe = path.parent
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK):

@@ -9,10 +9,10 @@ encodes each distinct (prompt, conditioning settings) once, groups samples that 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -20,17 +20,17 @@ from torch import nn
 
 from llm_dit import __version__, checkpoint
 from llm_dit.config import EncoderSettings, GenerationSettings, PipelineSettings, Settings, build_section
-from llm_dit.constants import HARD_MAX_TEXT_TOKENS
-from llm_dit.encoder import EncodedPrompt, ZImageTextEncoder, layer_agnostic_key
+from llm_dit.constants import HARD_MAX_TEXT_TOKENS, SIZE_MULTIPLE
+from llm_dit.encoder import ENCODER_LOAD_FIELDS, EncodedPrompt, ZImageTextEncoder, layer_agnostic_key
 from llm_dit.errors import LlmDitError
 from llm_dit.image import decode_latents, ensure_writable, save_png, to_pil
-from llm_dit.record import package_versions, parameters_line, tensor_fingerprint, utc_now
+from llm_dit.record import module_device, package_versions, parameters_line, tensor_fingerprint, utc_now
 from llm_dit.sampler import denoise, initial_noise
 from llm_dit.schedule import resolve_sigmas
 
 ProgressCallback = Callable[[int, int], None]  # (DiT forwards done, total)
 
-_ENCODER_FIELDS = set(EncoderSettings.model_fields) - {"device", "torch_dtype"}
+_ENCODER_FIELDS = set(EncoderSettings.model_fields) - set(ENCODER_LOAD_FIELDS)
 _GENERATION_FIELDS = set(GenerationSettings.model_fields)
 _ENCODER_RECORD_KEYS = (
     "system_prompt",
@@ -95,6 +95,23 @@ class GenerationResult:
         return save_png(self.pil(), path, self.record, parameters_line(self.record))
 
 
+def sampling_group(request: GenerationRequest, sigmas: torch.Tensor | None = None) -> tuple[int, int, int, str]:
+    """``(width, height, steps, refiner)``: requests with equal keys can share batched DiT forwards.
+
+    ``sigmas`` is the request's resolved schedule when the caller already has it (saves resolving it again).
+    """
+    gen = request.generation
+    if sigmas is None:
+        sigmas = resolve_sigmas(gen.steps, gen.shift, gen.sigmas)
+    return (gen.width, gen.height, len(sigmas) - 1, gen.refiner)
+
+
+def _config_of(module: nn.Module) -> Mapping[str, Any]:
+    """A module's ``config`` as a mapping (diffusers' FrozenDict is one; a namespace-like config is read by vars)."""
+    config = module.config
+    return config if isinstance(config, Mapping) else vars(config)
+
+
 class _Lazy:
     """A component loaded on first use, so bad input fails before any weights are read."""
 
@@ -135,7 +152,10 @@ class LlmDitPipeline:
         self.max_batch_size = max_batch_size
         # (text, encoder settings JSON) -> EncodedPrompt: each distinct formatted prompt is encoded once.
         self._cache: dict[tuple[str, str], EncodedPrompt] = {}
-        self.size_multiple = info.size_multiple if info is not None else 16
+        # What the DiT and VAE accept: from the checkpoint's configs (from_components reads the modules' own);
+        # cap_feat_dim None (no configs known) leaves the width of precomputed embeddings unchecked.
+        self.size_multiple = info.size_multiple if info is not None else SIZE_MULTIPLE
+        self.cap_feat_dim: int | None = info.cap_feat_dim if info is not None else None
 
     # -- construction ---------------------------------------------------------------------------------
 
@@ -184,15 +204,19 @@ class LlmDitPipeline:
         max_batch_size: int = 8,
         **encoder_settings: Any,
     ) -> LlmDitPipeline:
-        """A pipeline over components already in memory (e.g. the same objects a diffusers pipeline holds)."""
-        axes_lens = getattr(transformer.config, "axes_lens", None)
-        cap = int(axes_lens[0]) - 32 if axes_lens else HARD_MAX_TEXT_TOKENS
+        """A pipeline over components already in memory (e.g. the same objects a diffusers pipeline holds).
+
+        Caption cap, size multiple and caption width come from the modules' configs, by the same rules as for
+        a checkpoint on disk (:class:`llm_dit.checkpoint.CheckpointInfo`).
+        """
+        dit_config, vae_config = _config_of(transformer), _config_of(vae)
+        cap = checkpoint.dit_max_caption_tokens(dit_config)
         encoder = ZImageTextEncoder(
             tokenizer, text_encoder, max_caption_tokens=min(cap, HARD_MAX_TEXT_TOKENS), **encoder_settings
         )
-        size_multiple = 2 ** len(vae.config.block_out_channels)
         pipe = cls(encoder, transformer, vae, model_path=model_path, max_batch_size=max_batch_size)
-        pipe.size_multiple = size_multiple
+        pipe.size_multiple = checkpoint.vae_size_multiple(vae_config)
+        pipe.cap_feat_dim = checkpoint.dit_cap_feat_dim(dit_config)
         return pipe
 
     @classmethod
@@ -219,12 +243,17 @@ class LlmDitPipeline:
 
     def check(self, requests: Sequence[GenerationRequest]) -> None:
         """Validate requests against the checkpoint without loading any weights (tokenizer only)."""
+        self._check(requests)
+
+    def _check(self, requests: Sequence[GenerationRequest]) -> list[torch.Tensor]:
+        """:meth:`check`, returning each request's resolved sigmas."""
+        schedules = []
         for request in requests:
             gen = request.generation
             for name, value in (("width", gen.width), ("height", gen.height)):
                 if value % self.size_multiple:
                     raise LlmDitError(f"{name} {value} is not a multiple of {self.size_multiple} for this checkpoint")
-            resolve_sigmas(gen.steps, gen.shift, gen.sigmas)
+            schedules.append(resolve_sigmas(gen.steps, gen.shift, gen.sigmas))
             if request.prompt is not None:
                 self.encoder.tokenize(request.prompt, **request.encoder)
             if gen.guidance_scale > 0 and request.negative_embeddings is None:
@@ -232,13 +261,13 @@ class LlmDitPipeline:
             for name, emb in (("embeddings", request.embeddings), ("negative_embeddings", request.negative_embeddings)):
                 if emb is not None:
                     self._check_embeddings(name, emb)
+        return schedules
 
     def _check_embeddings(self, name: str, emb: torch.Tensor) -> None:
         if not isinstance(emb, torch.Tensor) or emb.ndim != 2:
             raise LlmDitError(f"{name} must be a [L, D] tensor")
-        cap_dim = self.info.cap_feat_dim if self.info is not None else emb.shape[1]
-        if emb.shape[1] != cap_dim:
-            raise LlmDitError(f"{name} have width {emb.shape[1]}, the DiT expects {cap_dim}")
+        if self.cap_feat_dim is not None and emb.shape[1] != self.cap_feat_dim:
+            raise LlmDitError(f"{name} have width {emb.shape[1]}, the DiT expects {self.cap_feat_dim}")
         cap = self.encoder.max_caption_tokens
         if not 1 <= emb.shape[0] <= cap:
             raise LlmDitError(f"{name} have {emb.shape[0]} rows; the DiT accepts 1..{cap}")
@@ -265,18 +294,14 @@ class LlmDitPipeline:
     ) -> list[GenerationResult]:
         """Many images; samples that can share a DiT forward are batched (up to ``max_batch_size``)."""
         requests = list(requests)
-        self.check(requests)
+        schedules = self._check(requests)
         positives, negatives = self._encode_all(requests)
 
         groups: dict[tuple[int, int, int, str], list[int]] = {}
         for index, request in enumerate(requests):
-            gen = request.generation
-            steps = len(resolve_sigmas(gen.steps, gen.shift, gen.sigmas)) - 1
-            groups.setdefault((gen.width, gen.height, steps, gen.refiner), []).append(index)
+            groups.setdefault(sampling_group(request, schedules[index]), []).append(index)
 
-        total = sum(
-            len(resolve_sigmas(r.generation.steps, r.generation.shift, r.generation.sigmas)) - 1 for r in requests
-        )
+        total = sum(len(sigmas) - 1 for sigmas in schedules)
         done = 0
         results: list[GenerationResult | None] = [None] * len(requests)
         for (width, height, _, refiner), indices in groups.items():
@@ -290,8 +315,9 @@ class LlmDitPipeline:
                     if progress is not None:
                         progress(done, total)
 
-                images, sigmas = self._sample(
+                images = self._sample(
                     [requests[i] for i in chunk],
+                    torch.stack([schedules[i] for i in chunk]),
                     [positives[i] for i in chunk],
                     [negatives[i] for i in chunk],
                     width,
@@ -301,11 +327,12 @@ class LlmDitPipeline:
                 )
                 seconds = (time.perf_counter() - t0) / len(chunk)
                 for k, index in enumerate(chunk):
-                    record = self._record(requests[index], positives[index], negatives[index], sigmas[k])
+                    record = self._record(requests[index], positives[index], negatives[index], schedules[index])
                     record["seconds_per_image"] = round(seconds, 4)
                     record["batch_size"] = len(chunk)
                     results[index] = GenerationResult(images[k], record, requests[index].tag)
-        return [r for r in results if r is not None]
+        assert all(r is not None for r in results)  # the groups partition the requests
+        return cast(list[GenerationResult], results)
 
     def _encode_all(
         self, requests: list[GenerationRequest]
@@ -326,8 +353,8 @@ class LlmDitPipeline:
                     negatives[index] = self._cache[(request.generation.negative_prompt, settings.model_dump_json())]
         return positives, negatives
 
-    def precompute_encodings(self, requests: Sequence[GenerationRequest]) -> int:
-        """Encode every distinct (text, encoder settings) of ``requests`` not yet cached; returns how many.
+    def precompute_encodings(self, requests: Sequence[GenerationRequest]) -> None:
+        """Encode every distinct (text, encoder settings) of ``requests`` not yet cached.
 
         Texts whose settings differ only in the layer choice share one encoder forward (all layers at once),
         so a hidden-layer sweep encodes each prompt once. Results stay cached for later batches; a runner
@@ -344,15 +371,12 @@ class LlmDitPipeline:
                     variants, wanted = groups.setdefault(layer_agnostic_key(settings), ({}, {}))
                     variants[key] = settings
                     wanted[text] = None
-        count = 0
         for variants, wanted in groups.values():
             texts = list(wanted)
             results = self.encoder.encode_variants(texts, list(variants.values()))
             for key, encoded in zip(variants, results, strict=True):
                 for text, item in zip(texts, encoded, strict=True):
                     self._cache[(text, key)] = item
-                    count += 1
-        return count
 
     def _encoder_settings(self, requests: Sequence[GenerationRequest]) -> list[EncoderSettings]:
         return [self.encoder.resolve(**request.encoder) for request in requests]
@@ -369,13 +393,16 @@ class LlmDitPipeline:
     def _sample(
         self,
         requests: list[GenerationRequest],
+        sigmas: torch.Tensor,
         positives: list[EncodedPrompt | torch.Tensor],
         negatives: list[EncodedPrompt | torch.Tensor | None],
         width: int,
         height: int,
         refiner: str,
         on_step: Callable[[int, int], None],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` (CPU) of one batch sharing size, step count (``sigmas`` is ``[B, steps + 1]``)
+        and refiner mode."""
         transformer = self.transformer
         param = next(transformer.parameters())
         device, dtype = param.device, param.dtype
@@ -383,9 +410,6 @@ class LlmDitPipeline:
         channels = int(transformer.config.in_channels)
         latents = initial_noise(
             [r.generation.seed for r in requests], channels, height // scale, width // scale, device
-        )
-        sigmas = torch.stack(
-            [resolve_sigmas(r.generation.steps, r.generation.shift, r.generation.sigmas) for r in requests]
         )
 
         def features(item: EncodedPrompt | torch.Tensor | None) -> torch.Tensor | None:
@@ -404,8 +428,7 @@ class LlmDitPipeline:
             refiner=refiner,
             on_step=on_step,
         )
-        images = decode_latents(self.vae, latents).cpu()
-        return images, sigmas
+        return decode_latents(self.vae, latents).cpu()
 
     def _record(
         self,
@@ -438,7 +461,7 @@ class LlmDitPipeline:
             "refiner": gen.refiner,
             "model_path": self.model_path,
             "model_fingerprint": self.fingerprint,
-            "devices": self._devices(),
+            "devices": self._devices(positive, negative),
             "versions": package_versions(),
             "llm_dit_version": __version__,
             "created": utc_now(),
@@ -470,13 +493,17 @@ class LlmDitPipeline:
             record["negative_embeddings_fingerprint"] = tensor_fingerprint(negative)
         return record
 
-    def _devices(self) -> dict[str, str]:
+    def _devices(
+        self, positive: EncodedPrompt | torch.Tensor, negative: EncodedPrompt | torch.Tensor | None
+    ) -> dict[str, str]:
+        """Where the DiT and VAE ran and, when text was encoded, where the encoder did (as recorded at encode
+        time: still true after :meth:`offload_encoder`, or for an encoding cached earlier)."""
         out = {}
         for name, lazy in (("dit", self._transformer), ("vae", self._vae)):
             if lazy._value is not None:
-                p = next(lazy._value.parameters())
-                out[name] = f"{p.device.type}/{str(p.dtype).removeprefix('torch.')}"
-        if self.encoder._model is not None:
-            p = next(self.encoder._model.parameters())
-            out["encoder"] = f"{p.device.type}/{str(p.dtype).removeprefix('torch.')}"
+                out[name] = module_device(lazy._value)
+        for item in (positive, negative):
+            if isinstance(item, EncodedPrompt) and item.encoder_device is not None:
+                out["encoder"] = item.encoder_device
+                break
         return out

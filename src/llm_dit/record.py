@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import platform
@@ -14,7 +15,12 @@ PACKAGES = ("llm-dit", "torch", "diffusers", "transformers", "tokenizers", "safe
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of the packages that can change an image, plus Python's."""
+    """Versions of the packages that can change an image, plus Python's (looked up once per process)."""
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -24,6 +30,12 @@ def package_versions() -> dict[str, str]:
     if torch.cuda.is_available():
         versions["cuda"] = str(torch.version.cuda)
     return versions
+
+
+def module_device(module: torch.nn.Module) -> str:
+    """Where a module runs, as records state it: ``"<device type>/<dtype>"`` of its first parameter (cpu/float32)."""
+    p = next(module.parameters())
+    return f"{p.device.type}/{str(p.dtype).removeprefix('torch.')}"
 
 
 def tensor_fingerprint(tensor: torch.Tensor) -> str:

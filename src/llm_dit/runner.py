@@ -30,9 +30,8 @@ from llm_dit.config import Settings
 from llm_dit.experiments import Experiment
 from llm_dit.experiments import PlannedRun as Run
 from llm_dit.image import save_png
-from llm_dit.pipeline import GenerationRequest, GenerationResult, LlmDitPipeline
+from llm_dit.pipeline import GenerationRequest, GenerationResult, LlmDitPipeline, sampling_group
 from llm_dit.record import package_versions, parameters_line, utc_now
-from llm_dit.schedule import resolve_sigmas
 from llm_dit.store import PlannedRun as StoreRow
 from llm_dit.store import ResultsStore
 
@@ -146,9 +145,7 @@ class ExperimentRunner:
             self.pipeline.offload_encoder()
         groups: dict[tuple[int, int, int, str], list[GenerationRequest]] = {}
         for request in requests:
-            gen = request.generation
-            steps = len(resolve_sigmas(gen.steps, gen.shift, gen.sigmas)) - 1
-            groups.setdefault((gen.width, gen.height, steps, gen.refiner), []).append(request)
+            groups.setdefault(sampling_group(request), []).append(request)
         self._finished = 0
         self._report(len(todo), summary)
         # PNG encoding and fsync run on a writer thread while the next batch samples (measured on an H200 at
@@ -349,9 +346,7 @@ def plan_cost(runs: Sequence[Run], batch_size: int, pipeline: LlmDitPipeline) ->
     for request in requests:
         settings = pipeline.encoder.resolve(**request.encoder)
         texts.add((request.prompt or "", layer_agnostic_key(settings)))
-        gen = request.generation
-        steps = len(resolve_sigmas(gen.steps, gen.shift, gen.sigmas)) - 1
-        key = (gen.width, gen.height, steps, gen.refiner)
+        key = sampling_group(request)
         groups[key] = groups.get(key, 0) + 1
     dit_forwards = sum(-(-count // batch_size) * key[2] for key, count in groups.items())
     return {
