@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from llm_dit.config import parse_scalar
 from llm_dit.encoder import ZImageTextEncoder
 from llm_dit.errors import LlmDitError
 from llm_dit.metrics.embedding_stats import (
@@ -228,6 +229,26 @@ def test_parse_condition_errors(text, match):
         parse_condition(text)
 
 
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("-6", -6),
+        (" 2.5 ", 2.5),
+        ("true", True),
+        ('"a, b"', "a, b"),
+        ("[1, 2]", [1, 2]),
+        ("{a = 1}", {"a": 1}),
+        ("empty", "empty"),
+        ("-2:0.7,-5:0.3", "-2:0.7,-5:0.3"),
+        (" The user wants a cat. ", "The user wants a cat."),
+        ("", ""),
+    ],
+)
+def test_parse_scalar(raw, value):
+    # TOML value syntax; anything TOML rejects is the bare (stripped) string. cli's --set parses values the same.
+    assert parse_scalar(raw) == value and type(parse_scalar(raw)) is type(value)
+
+
 # -- compare_embeddings on the tiny checkpoint ------------------------------------------------------------------
 
 
@@ -247,7 +268,6 @@ def _rows(report, label):
 
 
 def test_report_shape_and_columns(report):
-    assert report.columns == ROW_COLUMNS and report.summary_columns == SUMMARY_COLUMNS
     assert [list(row) for row in report.rows] == [list(ROW_COLUMNS)] * 6
     assert [(r["prompt_index"], r["condition"]) for r in report.rows] == [
         (p, c) for p in range(2) for c in ("default", "think_block=empty", "hidden_layer=-6")

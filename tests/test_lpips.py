@@ -6,7 +6,10 @@ in torchvision's key layout; the linear-layer weights are the real ones packaged
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import re
+import shutil
 import sys
 import types
 from collections.abc import Iterator
@@ -19,8 +22,12 @@ import torch
 from PIL import Image, ImageFilter
 from torch import nn
 
+from llm_dit import checkpoint
+from llm_dit.config import MetricsSettings
 from llm_dit.errors import LlmDitError
+from llm_dit.metrics.compute import weights_key
 from llm_dit.metrics.lpips import LpipsDistance, build_features
+from llm_dit.metrics.registry import select_metrics
 
 
 def _random_features(net: str, seed: int) -> nn.Sequential:
@@ -101,13 +108,38 @@ def test_batch_size_does_not_change_values(alex_file: Path) -> None:
 
 
 def test_backbone_weights_are_used(tmp_path: Path, alex_file: Path, alex: LpipsDistance) -> None:
-    other = LpipsDistance.from_weights(_save(tmp_path / "b.pth", _features_state("alex", 1)), "alex", device="cpu")
+    other_file = _save(tmp_path / "b.pth", _features_state("alex", 1))
+    other = LpipsDistance.from_weights(other_file, "alex", device="cpu")
     a, b = [_image(20), _image(21)], [_image(22), _image(23)]
     mine, theirs = alex.distance(a, b), other.distance(a, b)
     assert all(abs(x - y) > 1e-4 for x, y in zip(mine, theirs, strict=True))
-    assert other.fingerprint() != alex.fingerprint()
-    again = LpipsDistance.from_weights(alex_file, "alex", device="cpu")
-    assert again.fingerprint() == alex.fingerprint() and len(alex.fingerprint()) == 16
+    # The metrics pass keys stored values by the file's fingerprint: other weights, another key.
+    assert weights_key(other_file) != weights_key(alex_file)
+    assert re.fullmatch(r"[0-9a-f]{16}", weights_key(alex_file))
+
+
+def test_weights_key_of_a_file_is_that_of_a_folder_holding_it(tmp_path: Path, alex_file: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(alex_file, folder / alex_file.name)
+    key = weights_key(alex_file)
+    assert key == checkpoint.fingerprint(folder) == checkpoint.fingerprint(folder / alex_file.name)
+    # The key stored by earlier versions (sha256 of "name\0size\0", the first and the last MiB) still matches.
+    data = alex_file.read_bytes()
+    assert len(data) > 2 << 20  # head and tail both count
+    legacy = hashlib.sha256(f"{alex_file.name}\0{len(data)}\0".encode() + data[: 1 << 20] + data[-(1 << 20) :])
+    assert key == legacy.hexdigest()[:16]
+    with pytest.raises(
+        LlmDitError, match=r"metric weights .*nope\.pth do not exist; fix the path in \[default\.metrics\]"
+    ):
+        weights_key(tmp_path / "nope.pth")
+
+
+def test_arrays_paths_and_pil_images_give_the_same_distance(tmp_path: Path, alex: LpipsDistance) -> None:
+    a, b = _image(24), _noisy(_image(24), 20)
+    b.save(tmp_path / "b.png")
+    values = alex.distance([a, np.asarray(a), np.asarray(a.convert("RGBA"))], [b, np.asarray(b), tmp_path / "b.png"])
+    assert values == [values[0]] * 3
 
 
 def test_full_torchvision_state_dict_loads(tmp_path: Path, alex: LpipsDistance) -> None:
@@ -137,6 +169,30 @@ def test_missing_backbone_file(tmp_path: Path) -> None:
         LpipsDistance.from_weights(tmp_path / "nope.pth", "vgg")
     with pytest.raises(LlmDitError, match="unknown net 'squeeze'"):
         LpipsDistance.from_weights(tmp_path / "nope.pth", "squeeze")
+    with pytest.raises(LlmDitError, match=r"is not a file; set lpips_backbone"):
+        LpipsDistance.from_weights(tmp_path, "alex")
+
+
+def test_check_weights_refuses_a_bad_backbone_before_loading(tmp_path: Path, alex_file: Path) -> None:
+    # select_metrics checks the file exists (LpipsDistance.check_backbone) and loads nothing.
+    for path, problem in ((tmp_path / "nope.pth", "not found"), (tmp_path, "is not a file")):
+        settings = MetricsSettings(lpips_backbone=str(path), lpips_net="vgg")
+        with pytest.raises(
+            LlmDitError, match=rf"{re.escape(str(path))} {problem}; set lpips_backbone .*vgg16-397923af"
+        ):
+            select_metrics(["lpips"], settings)
+    assert [s.name for s in select_metrics(["diversity_lpips"], MetricsSettings(lpips_backbone=str(alex_file)))[0]] == [
+        "diversity_lpips"
+    ]
+
+
+def test_zip_and_legacy_torch_files_load(tmp_path: Path, alex: LpipsDistance) -> None:
+    # torch.save's zip format is memory-mapped; older (pre-1.6, legacy pickle) files, as some torchvision
+    # weights are, are read whole. Both give the same model.
+    legacy = tmp_path / "legacy.pth"
+    torch.save(_features_state("alex", 0), legacy, _use_new_zipfile_serialization=False)
+    a, b = [_image(32)], [_image(33)]
+    assert LpipsDistance.from_weights(legacy, "alex", device="cpu").distance(a, b) == alex.distance(a, b)
 
 
 def test_missing_key(tmp_path: Path) -> None:
@@ -171,9 +227,7 @@ def test_other_architecture_and_unreadable_files(tmp_path: Path) -> None:
 
 def test_unload(alex_file: Path) -> None:
     model = LpipsDistance.from_weights(alex_file, "alex", device="cpu")
-    fingerprint = model.fingerprint()
     model.unload()
-    assert model.fingerprint() == fingerprint
     with pytest.raises(LlmDitError, match="unloaded"):
         model.distance([_image(1)], [_image(2)])
 

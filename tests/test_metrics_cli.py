@@ -4,8 +4,8 @@ One real generation per module (a two-value hidden_layer experiment, one prompt,
 ``--compute-metrics``; tests that change stored values work on a copy of its results directory. Every other
 command fails or finishes without loading a generation model. Calls ``llm_dit.cli.main(argv)`` in-process.
 
-Errors are one 'error: ' line on stderr, except that a pass over the default metric set prints its note about
-unconfigured model weights before it finds that the experiment, reference or source image is wrong.
+Errors are one 'error: ' line on stderr (notes are printed only after a pass succeeds); a sweep prints its heading
+first.
 """
 
 from __future__ import annotations
@@ -198,7 +198,6 @@ def test_unknown_experiment_and_missing_results_dir(
     done: Done, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc, out, err = run(capsys, "metrics", "nope", "--output-dir", done.root)
-    # The default metric set's note about unconfigured weights is printed first (see the module docstring).
     assert_user_error(rc, out, err, "no experiment 'nope'", f"experiments there: {EXP}")
     missing = tmp_path / "missing"
     rc, out, err = run(capsys, "metrics", EXP, "--output-dir", missing)

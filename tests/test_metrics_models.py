@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from llm_dit.cli import main
+from llm_dit.metrics.compute import weights_key
 from llm_dit.metrics.lpips import LpipsDistance, build_features
 from llm_dit.metrics.scorers import ClipScorer, SiglipScorer
 from llm_dit.store import ResultsStore
@@ -74,12 +75,24 @@ def test_model_metrics_are_stored_match_the_scorers_and_resume(
         assert (run["metrics"]["lpips"] == 0) == (run is ref)
         assert run["metrics"]["diversity_lpips"] > 0
 
-    # A second pass finds everything stored; a different dtype is a different value (recomputed).
+    # A second pass finds everything stored; so does one with torch_dtype "auto", which is float32 on the CPU.
     assert main(["metrics", EXP, "--output-dir", str(out), "--config", str(config)]) == 0
     assert "siglip 0, clip_score 0" in capsys.readouterr().out
+    auto = _config(tmp_path / "auto.toml", weights, dtype="auto")
+    assert main(["metrics", EXP, "--output-dir", str(out), "--config", str(auto)]) == 0
+    assert "lpips 0, diversity_ssim 0, diversity_mad 0, diversity_lpips 0, siglip 0, clip_score 0" in (
+        capsys.readouterr().out
+    )
+    # A different dtype is a different SigLIP/CLIP value (recomputed); LPIPS always runs in float32 (kept).
     bf16 = _config(tmp_path / "bf16.toml", weights, dtype="bfloat16")
-    assert main(["metrics", EXP, "--metric", "siglip", "--output-dir", str(out), "--config", str(bf16)]) == 0
-    assert "computed siglip 12" in capsys.readouterr().out
+    argv = ["metrics", EXP, "--metric", "siglip,lpips,diversity_lpips", "--output-dir", str(out)]
+    assert main([*argv, "--config", str(bf16)]) == 0
+    assert "computed siglip 12, lpips 0, diversity_lpips 0" in capsys.readouterr().out
+    with ResultsStore(out) as store:
+        params = {v.name: v.params for v in store.metric_values(EXP) if v.run_id == runs[0]["run_id"]}
+    assert params["siglip"]["dtype"] == "bfloat16" and params["clip_score"]["dtype"] == "float32"
+    assert "dtype" not in params["lpips"] and "dtype" not in params["diversity_lpips"]
+    assert params["lpips"]["weights"] == params["diversity_lpips"]["weights"] == weights_key(weights["lpips"])
 
 
 def test_broken_weights_fail_before_generation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

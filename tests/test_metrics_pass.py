@@ -278,6 +278,14 @@ def test_no_default_and_no_choice(store: ResultsStore) -> None:
         MetricsPass(store).run("flat", specs("ssim"))
 
 
+def test_reference_axes_and_images_cannot_be_combined(store: ResultsStore, tmp_path: Path) -> None:
+    source = tmp_path / "source.png"
+    Image.fromarray(noise("source")).save(source)
+    # A source image replaces the reference run: axis labels next to it would be silently ignored.
+    with pytest.raises(LlmDitError, match=r"--reference hidden_layer=-1 and --reference-image cannot be combined"):
+        ReferenceChoice(axes={"hidden_layer": "-1"}, images={None: source})
+
+
 def test_unknown_experiment(store: ResultsStore) -> None:
     populate(store, definition(hidden_layer_axis()), hidden_layer_runs())
     with pytest.raises(LlmDitError, match=r"no experiment 'nope' in .*; experiments there: exp"):
@@ -402,6 +410,29 @@ def test_adding_a_seed_recomputes_its_group(store: ResultsStore) -> None:
     assert params_of[("p1_hidden_layer-2_s1", "diversity_mad")]["n"] == 2
 
 
+def test_runs_of_two_plans_are_grouped_apart_and_noted(store: ResultsStore) -> None:
+    # Seeds 1, 2 planned at the default steps, then seeds 3, 4 re-planned with --set steps=4: two plans.
+    defn = definition(hidden_layer_axis(("-1", "-2")))
+    first = hidden_layer_runs(labels=("-1", "-2"), seeds=(1, 2))
+    populate(store, defn, first)
+    report = MetricsPass(store).run(EXP, specs("mad", "diversity_mad"))
+    assert not any("plan" in note for note in report.notes)
+    second = [
+        Run("p1", seed, {"hidden_layer": h}, params(hidden_layer=int(h), steps=4))
+        for h in ("-1", "-2")
+        for seed in (3, 4)
+    ]
+    populate(store, defn, [*first, *second], start=False)
+    report = MetricsPass(store).run(EXP, specs("mad", "diversity_mad"))
+    assert report.computed == {"mad": 4, "diversity_mad": 4}  # the first plan's values are kept
+    # Diversity groups stay within a plan; summary.csv mixes both plans, and the report says so.
+    params_of = {(v.run_id, v.name): v.params for v in store.metric_values(EXP)}
+    assert {params_of[(r.run_id, "diversity_mad")]["n"] for r in [*first, *second]} == {2}
+    notes = [note for note in report.notes if "more than one plan" in note]
+    assert len(notes) == 1 and "differ in steps" in notes[0] and "summary.csv averages" in notes[0]
+    assert {row["n"] for row in report.summary if row["metric"] == "mad"} == {4}
+
+
 # ---------------------------------------------------------------------------------------------- 4. resume
 
 
@@ -451,6 +482,8 @@ def test_a_new_metric_version_recomputes_and_wins_in_results_csv(
 
 
 def test_a_crash_midway_keeps_finished_batches(store: ResultsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A batch is a few runs with every missing value of theirs, committed in one transaction: a crash in the
+    # second batch keeps the first one whole (both metrics) and nothing of the second; a rerun does the rest.
     runs = hidden_layer_runs()
     populate(store, definition(hidden_layer_axis()), runs)
     monkeypatch.setattr(compute, "BATCH", 2)
@@ -459,20 +492,45 @@ def test_a_crash_midway_keeps_finished_batches(store: ResultsStore, monkeypatch:
 
     def flaky(a: np.ndarray, b: np.ndarray) -> float:
         calls["n"] += 1
-        if calls["n"] == 3:  # the first value of the second batch
+        if calls["n"] == 3:  # mad of the first run of the second batch, after that batch's ssim values
             raise RuntimeError("crash in batch 2")
         return real(a, b)
 
     monkeypatch.setitem(compute._PIXEL_REFERENCE, "mad", flaky)
     with pytest.raises(RuntimeError, match="crash in batch 2"):
         MetricsPass(store).run(EXP, specs("ssim", "mad"))
-    assert len(stored(store, "ssim")) == 6  # computed before mad
-    assert len(stored(store, "mad")) == 2  # the first batch of mad
+    first_batch = set(stored(store, "ssim"))
+    assert len(first_batch) == 2
+    assert set(stored(store, "mad")) == first_batch
     monkeypatch.setitem(compute._PIXEL_REFERENCE, "mad", real)
     report = MetricsPass(store).run(EXP, specs("ssim", "mad"))
-    assert report.computed == {"ssim": 0, "mad": 4}
-    assert report.kept == {"ssim": 6, "mad": 2}
+    assert report.computed == {"ssim": 4, "mad": 4}
+    assert report.kept == {"ssim": 2, "mad": 2}
     check_against(store, {r.run_id: f"p1_hidden_layer-2_s{r.seed}" for r in runs}, ("ssim", "mad"))
+
+
+@pytest.mark.parametrize(("batch", "cache"), [(32, 0), (2, compute.IMAGE_CACHE)], ids=["one-batch", "batches"])
+def test_each_image_is_decoded_once(
+    store: ResultsStore, monkeypatch: pytest.MonkeyPatch, batch: int, cache: int
+) -> None:
+    # Every weight-free metric of a batch is computed from one decode of each image it needs (even with no cache
+    # across batches); the cache carries references and seed groups into the next batches.
+    runs = hidden_layer_runs(seeds=(1, 2, 3))
+    populate(store, definition(hidden_layer_axis()), runs)
+    monkeypatch.setattr(compute, "BATCH", batch)
+    monkeypatch.setattr(compute, "IMAGE_CACHE", cache)
+    decoded: list[Path] = []
+    real = pixel.load_rgb
+
+    def counting(value: Any) -> np.ndarray:
+        if isinstance(value, (str, Path)):  # the metrics call it on arrays too
+            decoded.append(Path(value))
+        return real(value)
+
+    monkeypatch.setattr(pixel, "load_rgb", counting)
+    report = MetricsPass(store).run(EXP, specs())
+    assert report.computed == dict.fromkeys(WEIGHT_FREE, 9)
+    assert sorted(decoded) == sorted(image(store, r) for r in runs)
 
 
 def test_progress_reports_every_value(store: ResultsStore) -> None:

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import LlmDitError
 from llm_dit.sweeps import SWEEPS
 
@@ -171,7 +172,9 @@ def generate(
         output or _default_output(settings.generation.output_dir, settings.generation.seed), overwrite
     )
     features, features_meta = _load_embeddings(embeddings) if embeddings is not None else (None, {})
-    encoder_flags = [k for k in overrides if k.startswith("encoder.") and not k.endswith(("device", "torch_dtype"))]
+    encoder_flags = [
+        k for k in overrides if k.startswith("encoder.") and k.rpartition(".")[2] not in ENCODER_LOAD_FIELDS
+    ]
     if embeddings is not None and encoder_flags:
         console.print(
             f"[yellow]note:[/yellow] {', '.join(encoder_flags)} do not apply to --embeddings "
@@ -303,18 +306,14 @@ def _csv(text: str | None, what: str, cast: Any = str) -> list[Any] | None:
 
 def _parse_sets(items: list[str] | None) -> dict[str, Any]:
     """``--set key=value`` (TOML value syntax; bare words are strings) -> flat experiment parameters."""
-    import tomllib
+    from llm_dit.config import parse_scalar
 
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise LlmDitError(f"--set {item!r}: expected key=value, e.g. --set steps=4 or --set think_block=empty")
-        try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()
-        out[key.strip()] = value
+        out[key.strip()] = parse_scalar(raw)
     return out
 
 
@@ -712,9 +711,7 @@ def _list(experiments: bool, prompts: bool) -> None:
 
 @app.command()
 def sweep(
-    name: Annotated[
-        str | None, typer.Argument(help=" | ".join(p.name for p in SWEEPS))
-    ] = None,
+    name: Annotated[str | None, typer.Argument(help=" | ".join(p.name for p in SWEEPS))] = None,
     all_: Annotated[bool, typer.Option("--all", help="Run every sweep in priority order.")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer prompts and seeds.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,

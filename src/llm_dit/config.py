@@ -183,6 +183,17 @@ DeviceName = Annotated[str, BeforeValidator(lambda v: _device("device", v))]
 DtypeName = Annotated[str, BeforeValidator(lambda v: _dtype("torch_dtype", v))]
 
 
+def parse_scalar(raw: str) -> Any:
+    """A ``key=value`` value: TOML value syntax (``-6``, ``2.5``, ``true``, ``"quoted"``, ``[1, 2]``,
+    ``{a = 1}``); anything TOML rejects is a bare string (``empty``, ``-2:0.7,-5:0.3``). Surrounding
+    whitespace is ignored."""
+    text = raw.strip()
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 def _check_layer(name: str, layer: int) -> int:
     if not MIN_LAYER <= layer <= MAX_LAYER:
         raise ValueError(

@@ -37,3 +37,6 @@ REFINER_MODES = ("default", "skip", "single", "double")
 PADDING_MODES = ("diffusers", "longest")
 # Seeds are stored as SQLite integers (signed 64-bit).
 MAX_SEED = 2**63 - 1
+# Encoder settings fixed when the encoder loads (where and in which precision it runs): not per-call options,
+# not experiment parameters.
+ENCODER_LOAD_FIELDS: tuple[str, ...] = ("device", "torch_dtype")

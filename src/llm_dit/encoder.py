@@ -21,15 +21,11 @@ import torch
 from torch import nn
 
 from llm_dit.config import EncoderSettings, build_section
-from llm_dit.constants import DIFFUSERS_MAX_SEQUENCE_LENGTH, HARD_MAX_TEXT_TOKENS
+from llm_dit.constants import DIFFUSERS_MAX_SEQUENCE_LENGTH, ENCODER_LOAD_FIELDS, HARD_MAX_TEXT_TOKENS
 from llm_dit.embeddings import blend_layers, compress_sequence
 from llm_dit.errors import LlmDitError
 from llm_dit.prompt import FormattedPrompt, format_prompt
 from llm_dit.record import module_device
-
-# EncoderSettings fields fixed when the encoder is built (from_pretrained / the constructor): where and in what
-# dtype the model loads. They cannot be changed per call (resolve / encode / a request's encoder overrides).
-ENCODER_LOAD_FIELDS: tuple[str, ...] = ("device", "torch_dtype")
 
 
 @dataclass

@@ -48,6 +48,7 @@ from llm_dit.config import (
     count_steps,
     parse_sigmas,
 )
+from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import ConfigError, LlmDitError
 
 if TYPE_CHECKING:  # prompts.py is imported lazily: planning must stay light whatever it grows to import
@@ -75,9 +76,7 @@ __all__ = [
 TOKEN_MANIPULATION = "token_manipulation"
 # Hardware and output location are not experiment variables: they come from the config profile, and the
 # numerics that can change pixels (dtype, device) are hashed into run ids through plan(numerics=...).
-ENCODER_PARAMETERS: tuple[str, ...] = tuple(
-    n for n in EncoderSettings.model_fields if n not in ("device", "torch_dtype")
-)
+ENCODER_PARAMETERS: tuple[str, ...] = tuple(n for n in EncoderSettings.model_fields if n not in ENCODER_LOAD_FIELDS)
 GENERATION_PARAMETERS: tuple[str, ...] = tuple(n for n in GenerationSettings.model_fields if n != "output_dir")
 PARAMETERS: tuple[str, ...] = (*ENCODER_PARAMETERS, *GENERATION_PARAMETERS, TOKEN_MANIPULATION)
 # The seed is a parameter of a run but not of an experiment: it always comes from the seeds list.

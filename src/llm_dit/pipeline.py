@@ -20,8 +20,8 @@ from torch import nn
 
 from llm_dit import __version__, checkpoint
 from llm_dit.config import EncoderSettings, GenerationSettings, PipelineSettings, Settings, build_section
-from llm_dit.constants import HARD_MAX_TEXT_TOKENS, SIZE_MULTIPLE
-from llm_dit.encoder import ENCODER_LOAD_FIELDS, EncodedPrompt, ZImageTextEncoder, layer_agnostic_key
+from llm_dit.constants import ENCODER_LOAD_FIELDS, HARD_MAX_TEXT_TOKENS, SIZE_MULTIPLE
+from llm_dit.encoder import EncodedPrompt, ZImageTextEncoder, layer_agnostic_key
 from llm_dit.errors import LlmDitError
 from llm_dit.image import decode_latents, ensure_writable, save_png, to_pil
 from llm_dit.record import module_device, package_versions, parameters_line, tensor_fingerprint, utc_now

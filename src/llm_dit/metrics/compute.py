@@ -1,14 +1,16 @@
 """A resumable metrics pass over an experiment's results: compute what is missing, store it, export, summarise.
 
 A value counts as present when the store holds it for the run, the metric's current version and the same params
-(reference, scorer weights, group of seeds, prompt text); everything else is computed, in batches, each batch
-committed in one transaction, so an interrupted pass resumes where it stopped. Models load once per pass, only if
-there is work for them.
+(reference, weights, dtype of the SigLIP/CLIP models, group of seeds, prompt text); everything else is computed.
+The pass goes over the runs with missing values in batches: each batch computes every missing value of its runs
+(decoding each image once) and is committed in one transaction, so an interrupted pass resumes where it stopped.
+Models load once per pass, only if there is work for them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -19,26 +21,32 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from llm_dit import checkpoint
 from llm_dit.config import MetricsSettings
-from llm_dit.errors import LlmDitError
+from llm_dit.errors import CheckpointError, LlmDitError
 from llm_dit.experiments import default_params
 from llm_dit.metrics import pixel
 from llm_dit.metrics.reference import (
     Reference,
     ReferenceChoice,
     check_choice,
+    condition_key,
     default_labels,
     fixed_params,
     resolve_references,
+    swept_parameters,
 )
-from llm_dit.metrics.registry import METRICS, MetricSpec
+from llm_dit.metrics.registry import METRICS, MetricSpec, missing_setting_message
 from llm_dit.metrics.summary import SUMMARY_NAME, summarize, write_summary
 from llm_dit.store import MetricValue, ResultsStore
 
 ProgressCallback = Callable[[int, int], None]  # (work items finished, work items in this pass)
-BATCH = 32  # runs per committed batch of weight-free values
+BATCH = 32  # runs per committed batch (at least batch_size when a model metric is computed)
+IMAGE_CACHE = 64  # decoded images kept from one batch to the next (references, seeds of a condition)
 _PIXEL_REFERENCE = {"ssim": pixel.ssim, "psnr": pixel.psnr, "mad": pixel.mean_abs_diff}
 _PIXEL_DIVERSITY = {"diversity_ssim": pixel.ssim_distance, "diversity_mad": pixel.mean_abs_diff}
+# Settings whose models run in torch_dtype (bf16 moves their scores measurably); LPIPS always runs in float32.
+_DTYPE_SETTINGS = frozenset({"siglip_path", "clip_path"})
 
 
 @dataclass
@@ -57,28 +65,19 @@ class MetricsReport:
 
 
 def weights_key(path: str | Path) -> str:
-    """A quick identity of local weights (directory or file): changing them recomputes model-based values."""
-    from llm_dit.checkpoint import fingerprint
-
-    target = Path(path).expanduser()
-    if target.is_dir():
-        return fingerprint(target)
-    if not target.is_file():
-        raise LlmDitError(f"metric weights {target} do not exist; fix the path in [default.metrics]")
-    size = target.stat().st_size
-    digest = hashlib.sha256(f"{target.name}\0{size}\0".encode())
-    with target.open("rb") as fh:  # like checkpoint.fingerprint: head and tail, not the whole file
-        digest.update(fh.read(1 << 20))
-        if size > 1 << 20:
-            fh.seek(max(1 << 20, size - (1 << 20)))
-            digest.update(fh.read(1 << 20))
-    return digest.hexdigest()[:16]
+    """A quick identity of local weights, a model directory or a weights file (``checkpoint.fingerprint``):
+    changing them recomputes model-based values."""
+    try:
+        return checkpoint.fingerprint(path)
+    except CheckpointError:
+        target = Path(path).expanduser()
+        raise LlmDitError(f"metric weights {target} do not exist; fix the path in [default.metrics]") from None
 
 
 class _Images:
     """Decoded images by path, a few at a time (references and seed groups are reused across runs)."""
 
-    def __init__(self, capacity: int = 64) -> None:
+    def __init__(self, capacity: int) -> None:
         self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
         self._capacity = capacity
 
@@ -92,9 +91,6 @@ class _Images:
             self._cache.popitem(last=False)
         return value
 
-    def pil(self, path: Path) -> Image.Image:
-        return Image.fromarray(self.array(path))
-
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -103,16 +99,17 @@ def _digest(text: str) -> str:
 class MetricsPass:
     """Computes missing metric values of one experiment into its results store."""
 
+    # Per pass (run() sets them): a source image may be replaced between two passes of one MetricsPass.
+    _images: _Images
+    _pairs: dict[tuple[str, str, str], float]  # diversity visits each pair from both ends: one distance per pass
+
     def __init__(
         self, store: ResultsStore, settings: MetricsSettings | None = None, progress: ProgressCallback | None = None
     ) -> None:
         self.store = store
         self.settings = settings or MetricsSettings()
         self.progress = progress
-        self._models: dict[str, Any] = {}
-        self._images = _Images()
-        # Diversity visits each pair of seeds from both ends: compute each distance once per pass.
-        self._pairs: dict[tuple[str, str, str], float] = {}
+        self._models: dict[str, Any] = {}  # by spec.setting: lpips and diversity_lpips share one model
 
     # -- planning --------------------------------------------------------------------------------------------
 
@@ -128,7 +125,7 @@ class MetricsPass:
         """Each done run's reference, and a description of the choice (raises if nothing can be compared)."""
         directory = self.store.experiment_dir(experiment)
         axes = [axis["name"] for axis in definition.get("axes", [])]
-        if choice.images:
+        if choice.images:  # ReferenceChoice refuses axes next to images: nothing is ignored here
             refs = resolve_references(runs, {}, choice.images, directory)
             described = ", ".join(f"{k or 'every prompt'}: {v}" for k, v in choice.images.items())
             return refs, f"source image ({described})"
@@ -164,7 +161,7 @@ class MetricsPass:
         instead of raising (used when metrics were not asked for by name).
         """
         start = time.perf_counter()
-        self._images, self._pairs = _Images(), {}  # per pass: a source image may be replaced between passes
+        self._images, self._pairs = _Images(IMAGE_CACHE), {}
         choice = choice or ReferenceChoice()
         info, runs = self._experiment(experiment)
         definition = info["definition"] or {}
@@ -190,41 +187,39 @@ class MetricsPass:
             report.notes.append("diversity metrics need >= 2 seeds per condition; this experiment has one")
         stored = {(v.run_id, v.name, v.version): v.params for v in self.store.metric_values(experiment)}
 
-        # Work: (spec, run, params) for every missing value.
-        work: list[tuple[MetricSpec, dict[str, Any], dict[str, Any]]] = []
+        # Work: run id -> metric name -> the params of its missing value.
+        work: dict[str, dict[str, dict[str, Any]]] = {}
+        model_params = self._model_params(specs)
         for spec in specs:
-            model_key = weights_key(getattr(self.settings, spec.setting)) if spec.setting else None
             kept = unavailable = 0
             for run in done:
-                params = self._params(spec, run, refs, groups, model_key)
+                params = self._params(spec, run, refs, groups, model_params.get(spec.setting, {}))
                 if params is None:
                     unavailable += 1
                 elif not force and stored.get((run["run_id"], spec.name, spec.version)) == params:
                     kept += 1
                 else:
-                    work.append((spec, run, params))
+                    work.setdefault(run["run_id"], {})[spec.name] = params
             report.kept[spec.name], report.unavailable[spec.name] = kept, unavailable
             report.computed[spec.name] = 0
-        total, finished = len(work), 0
+        # The seeds of a condition side by side, so a batch's diversity values mostly reuse its own images.
+        order: dict[str, int] = {}
+        for run in done:
+            order.setdefault(condition_key(run), len(order))
+        todo = sorted((run for run in done if run["run_id"] in work), key=lambda r: order[condition_key(r)])
+        size = max(BATCH, self.settings.batch_size) if any(s.setting for s in specs) else BATCH
+        total, finished = sum(len(names) for names in work.values()), 0
         if self.progress:
             self.progress(0, total)
         try:
-            for spec in specs:
-                items = [(run, params) for s, run, params in work if s is spec]
-                for i in range(0, len(items), self._batch(spec)):
-                    chunk = items[i : i + self._batch(spec)]
-                    values = self._compute(spec, chunk, refs, groups, directory)
-                    self.store.put_metrics(
-                        experiment,
-                        [
-                            MetricValue(run["run_id"], spec.name, value, spec.version, params)
-                            for (run, params), value in zip(chunk, values, strict=True)
-                        ],
-                    )
-                    report.computed[spec.name] += len(chunk)
-                    finished += len(chunk)
-                    if self.progress:
-                        self.progress(finished, total)
+            for i in range(0, len(todo), size):
+                values = self._compute_batch(specs, todo[i : i + size], work, refs, groups, directory)
+                self.store.put_metrics(experiment, values)
+                for value in values:
+                    report.computed[value.name] += 1
+                finished += len(values)
+                if self.progress:
+                    self.progress(finished, total)
         finally:
             self.unload()
         report.results_csv = self.store.export(experiment)[1]
@@ -234,6 +229,9 @@ class MetricsPass:
         diversity = {name for name, spec in METRICS.items() if spec.kind == "diversity"}
         report.summary = summarize(runs, axes, [*names, "generation_time_s"], per_condition=diversity)
         report.summary_csv = write_summary(report.summary, directory / SUMMARY_NAME)
+        plans = _plans_note(runs, definition)
+        if plans:
+            report.notes.append(plans)
         report.seconds = time.perf_counter() - start
         return report
 
@@ -244,41 +242,46 @@ class MetricsPass:
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
-    def _batch(self, spec: MetricSpec) -> int:
-        return self.settings.batch_size if spec.setting else BATCH
+    def _model_params(self, specs: Sequence[MetricSpec]) -> dict[str, dict[str, Any]]:
+        """setting -> what its model-based values depend on: the weights (fingerprinted once per setting) and,
+        for SigLIP/CLIP, the dtype they run in, resolved ("auto" on a GPU is bfloat16, on a CPU float32)."""
+        out: dict[str, dict[str, Any]] = {}
+        for spec in specs:
+            if spec.setting is None or spec.setting in out:
+                continue
+            path = getattr(self.settings, spec.setting)
+            if not path:
+                raise LlmDitError(missing_setting_message(spec))
+            out[spec.setting] = {"weights": weights_key(path)}
+            if spec.setting in _DTYPE_SETTINGS:
+                s = self.settings
+                dtype = checkpoint.resolve_dtype(s.torch_dtype, checkpoint.resolve_device(s.device))
+                out[spec.setting]["dtype"] = str(dtype).removeprefix("torch.")
+        return out
 
-    @staticmethod
-    def _condition(run: Mapping[str, Any]) -> tuple:
-        # Every parameter but the seed: the seeds of one condition, never runs of an older plan at another size.
-        return run["prompt_id"], fixed_params(run, frozenset()), tuple(sorted(run["variables"].items()))
-
-    def _seed_groups(self, done: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
-        groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    def _seed_groups(self, done: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+        groups: dict[str, list[Mapping[str, Any]]] = {}
         for run in done:
-            groups.setdefault(self._condition(run), []).append(run)
+            groups.setdefault(condition_key(run), []).append(run)
         return groups
-
-    def _group_of(self, run: Mapping[str, Any], groups: Mapping[tuple, list]) -> list[Mapping[str, Any]]:
-        return groups[self._condition(run)]
 
     def _params(
         self,
         spec: MetricSpec,
         run: Mapping[str, Any],
         refs: Mapping[str, Reference],
-        groups: Mapping[tuple, list],
-        model_key: str | None,
+        groups: Mapping[str, list],
+        model_params: Mapping[str, Any],
     ) -> dict[str, Any] | None:
         """What the value depends on besides the image; None if the metric does not apply to this run."""
-        # Model-based values depend on the weights and the dtype they ran in (bf16 moves scores measurably).
-        out: dict[str, Any] = {} if model_key is None else {"weights": model_key, "dtype": self.settings.torch_dtype}
+        out: dict[str, Any] = dict(model_params)
         if spec.kind == "reference":
             ref = refs.get(run["run_id"])
             if ref is None:
                 return None
             out["reference"] = ref.key
         elif spec.kind == "diversity":
-            group = self._group_of(run, groups)
+            group = groups[condition_key(run)]
             if len(group) < 2:
                 return None
             out["group"] = _digest(",".join(sorted(r["run_id"] for r in group)))
@@ -306,69 +309,119 @@ class MetricsPass:
                 )
 
     def _model(self, spec: MetricSpec) -> Any:
-        key = "lpips" if spec.name in ("lpips", "diversity_lpips") else spec.name
-        if key not in self._models:
+        """The model of ``spec``, loaded on first use; metrics of one setting share it (lpips, diversity_lpips)."""
+        setting = spec.setting
+        if setting is None:
+            raise LlmDitError(f"metric {spec.name!r} is weight-free: it has no model")
+        if setting not in self._models:
             s = self.settings
-            if key == "lpips":
+            if setting == "lpips_backbone":
                 from llm_dit.metrics.lpips import LpipsDistance
 
-                self._models[key] = LpipsDistance.from_weights(
+                self._models[setting] = LpipsDistance.from_weights(
                     s.lpips_backbone or "", net=s.lpips_net, device=s.device, batch_size=s.batch_size
                 )
             else:
                 from llm_dit.metrics.scorers import ClipScorer, SiglipScorer
 
-                cls = SiglipScorer if key == "siglip" else ClipScorer
-                path = s.siglip_path if key == "siglip" else s.clip_path
-                self._models[key] = cls.from_pretrained(
-                    path or "", device=s.device, dtype=s.torch_dtype, batch_size=s.batch_size
+                cls = {"siglip_path": SiglipScorer, "clip_path": ClipScorer}[setting]
+                self._models[setting] = cls.from_pretrained(
+                    getattr(s, setting) or "", device=s.device, dtype=s.torch_dtype, batch_size=s.batch_size
                 )
-        return self._models[key]
+        return self._models[setting]
 
-    def _compute(
+    def _compute_batch(
+        self,
+        specs: Sequence[MetricSpec],
+        batch: Sequence[Mapping[str, Any]],
+        work: Mapping[str, Mapping[str, dict[str, Any]]],
+        refs: Mapping[str, Reference],
+        groups: Mapping[str, list],
+        directory: Path,
+    ) -> list[MetricValue]:
+        """Every missing value of the runs in ``batch``, metric by metric; each image is decoded once."""
+        arrays: dict[Path, np.ndarray] = {}  # held for the whole batch (the LRU cache carries them across batches)
+
+        def image(run: Mapping[str, Any] | Path) -> np.ndarray:
+            path = run if isinstance(run, Path) else directory / run["image_path"]
+            if path not in arrays:
+                arrays[path] = self._images.array(path)
+            return arrays[path]
+
+        out: list[MetricValue] = []
+        for spec in specs:
+            runs = [run for run in batch if spec.name in work[run["run_id"]]]
+            if not runs:
+                continue
+            if spec.kind == "reference":
+                pairs = [(image(run), image(refs[run["run_id"]].path)) for run in runs]
+                values = self._distances(spec, _PIXEL_REFERENCE.get(spec.name), pairs)
+            elif spec.kind == "diversity":
+                values = self._diversity(spec, runs, groups, image)
+            else:
+                texts = [run["prompt_text"] for run in runs]
+                values = self._model(spec).score([Image.fromarray(image(run)) for run in runs], texts)
+            for run, value in zip(runs, values, strict=True):
+                out.append(MetricValue(run["run_id"], spec.name, value, spec.version, work[run["run_id"]][spec.name]))
+        return out
+
+    def _distances(
+        self, spec: MetricSpec, fn: Callable[[np.ndarray, np.ndarray], float] | None, pairs: Sequence[tuple]
+    ) -> list[float]:
+        """``spec``'s distance of each (image, image) pair: the weight-free ``fn``, or the metric's model."""
+        if fn is not None:
+            return [float(fn(a, b)) for a, b in pairs]
+        if not pairs:
+            return []
+        return self._model(spec).distance([a for a, _ in pairs], [b for _, b in pairs])
+
+    def _diversity(
         self,
         spec: MetricSpec,
-        chunk: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
-        refs: Mapping[str, Reference],
-        groups: Mapping[tuple, list],
-        directory: Path,
+        runs: Sequence[Mapping[str, Any]],
+        groups: Mapping[str, list],
+        image: Callable[[Mapping[str, Any]], np.ndarray],
     ) -> list[float]:
-        images = self._images
+        """Each run's mean distance to the other seeds of its condition; every pair's distance is computed once
+        per pass (the pairs new in this batch together, in one model call)."""
+        others = {
+            run["run_id"]: [o for o in groups[condition_key(run)] if o["run_id"] != run["run_id"]] for run in runs
+        }
+        todo: dict[tuple[str, str, str], tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
+        for run in runs:
+            for other in others[run["run_id"]]:
+                key = _pair_key(spec, run, other)
+                if key not in self._pairs and key not in todo:
+                    todo[key] = (run, other)
+        found = self._distances(spec, _PIXEL_DIVERSITY.get(spec.name), [(image(a), image(b)) for a, b in todo.values()])
+        self._pairs.update(zip(todo, map(float, found), strict=True))
+        return [float(np.mean([self._pairs[_pair_key(spec, run, o)] for o in others[run["run_id"]]])) for run in runs]
 
-        def path(run: Mapping[str, Any]) -> Path:
-            return directory / run["image_path"]
 
-        if spec.kind == "reference":
-            pairs = [(path(run), refs[run["run_id"]].path) for run, _ in chunk]
-            if spec.name in _PIXEL_REFERENCE:
-                fn = _PIXEL_REFERENCE[spec.name]
-                return [fn(images.array(a), images.array(b)) for a, b in pairs]
-            return self._model(spec).distance([images.pil(a) for a, _ in pairs], [images.pil(b) for _, b in pairs])
-        if spec.kind == "diversity":
-            out = []
-            for run, _ in chunk:
-                others = [r for r in self._group_of(run, groups) if r["run_id"] != run["run_id"]]
-                todo = [o for o in others if self._pair_key(spec, run, o) not in self._pairs]
-                if spec.name in _PIXEL_DIVERSITY:
-                    fn = _PIXEL_DIVERSITY[spec.name]
-                    found = [fn(images.array(path(run)), images.array(path(o))) for o in todo]
-                elif todo:
-                    found = self._model(spec).distance(
-                        [images.pil(path(run))] * len(todo), [images.pil(path(o)) for o in todo]
-                    )
-                else:
-                    found = []
-                for other, value in zip(todo, found, strict=True):
-                    self._pairs[self._pair_key(spec, run, other)] = float(value)
-                out.append(float(np.mean([self._pairs[self._pair_key(spec, run, o)] for o in others])))
-            return out
-        texts = [run["prompt_text"] for run, _ in chunk]
-        return self._model(spec).score([images.pil(path(run)) for run, _ in chunk], texts)
+def _pair_key(spec: MetricSpec, a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[str, str, str]:
+    first, second = sorted((a["run_id"], b["run_id"]))
+    return spec.name, first, second
 
-    @staticmethod
-    def _pair_key(spec: MetricSpec, a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[str, str, str]:
-        first, second = sorted((a["run_id"], b["run_id"]))
-        return spec.name, first, second
+
+def _plans_note(runs: Sequence[Mapping[str, Any]], definition: Mapping[str, Any]) -> str | None:
+    """A note when the done runs come from more than one plan (runs with the same axis values differ in a
+    parameter no axis sets, e.g. a re-run at another size): summary.csv averages over all of them."""
+    swept = swept_parameters(definition)
+    plans: dict[str, dict[str, dict[str, Any]]] = {}  # variables -> fixed params key -> those params
+    for run in runs:
+        if run["status"] == "done":
+            fixed = fixed_params(run, swept)
+            plans.setdefault(json.dumps(run["variables"], sort_keys=True), {})[fixed] = json.loads(fixed)
+    mixed = [list(found.values()) for found in plans.values() if len(found) > 1]
+    if not mixed:
+        return None
+    differ = sorted(
+        {key for found in mixed for key in set().union(*found) if len({json.dumps(p.get(key)) for p in found}) > 1}
+    )
+    return (
+        f"the done runs come from more than one plan (runs with the same axis values differ in {', '.join(differ)}): "
+        "reference and diversity values compare runs of one plan only, but summary.csv averages over all of them"
+    )
 
 
 def _metric_order(name: str) -> tuple[int, str]:

@@ -18,11 +18,9 @@ content instead; ``content_cosine`` aligns the user's content tokens for that ca
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from llm_dit.config import EncoderSettings, build_section
+from llm_dit.config import EncoderSettings, _closest, build_section, parse_scalar
+from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import LlmDitError
 from llm_dit.files import write_atomic, write_csv
 
@@ -54,9 +53,6 @@ __all__ = [
 
 # Floor for a reference std in outlier ratios: a dimension that is constant in the reference would divide by 0.
 DEFAULT_STD_EPS = 1e-12
-
-# Encoder settings fixed when the model loads: as a per-condition override they would silently do nothing.
-_LOAD_TIME_KEYS = ("device", "torch_dtype")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -271,26 +267,18 @@ def _split_assignments(text: str) -> list[str]:
     return parts
 
 
-def _parse_value(raw: str) -> Any:
-    # TOML scalar syntax (numbers, quoted strings, tables); anything TOML rejects is a bare string.
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
 def _check_overrides(overrides: Mapping[str, Any], where: str) -> None:
     """Keys must be per-call encoder settings; values must validate as EncoderSettings."""
     for key in overrides:
-        if key in _LOAD_TIME_KEYS:
+        if key in ENCODER_LOAD_FIELDS:
             raise LlmDitError(
                 f"{where}: '{key}' is fixed when the encoder loads and cannot vary per condition; "
                 f"set it on the encoder instead"
             )
         if key not in _ENCODER_KEYS:
-            choices = [k for k in _ENCODER_KEYS if k not in _LOAD_TIME_KEYS]
-            hint = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
-            extra = f"did you mean '{hint[0]}'? " if hint else ""
+            choices = [k for k in _ENCODER_KEYS if k not in ENCODER_LOAD_FIELDS]
+            hint = _closest(key, choices)
+            extra = f"did you mean '{hint}'? " if hint else ""
             raise LlmDitError(f"{where}: unknown encoder setting '{key}'; {extra}valid: {', '.join(choices)}")
     try:
         build_section(EncoderSettings, dict(overrides))
@@ -321,7 +309,7 @@ def parse_condition(text: str) -> Condition:
             )
         if key in overrides:
             raise LlmDitError(f"condition {label!r}: '{key}' is given twice")
-        overrides[key] = _parse_value(raw.strip())
+        overrides[key] = parse_scalar(raw)
     _check_overrides(overrides, f"condition {label!r}")
     return Condition(label=label, overrides=overrides)
 
@@ -397,18 +385,16 @@ class EmbedStatsReport:
     conditions: list[Condition]
     prompts: list[str]
     outlier_threshold: float
-    columns: tuple[str, ...] = ROW_COLUMNS
-    summary_columns: tuple[str, ...] = SUMMARY_COLUMNS
 
     @property
     def reference(self) -> Condition:
         return self.conditions[0]
 
     def to_csv(self, path: str | Path, table: Literal["rows", "summary"] = "rows") -> Path:
-        """Write ``rows`` (or ``summary``) as CSV, atomically; returns the path."""
+        """Write ``rows`` (columns ROW_COLUMNS) or ``summary`` (SUMMARY_COLUMNS) as CSV, atomically; returns it."""
         if table not in ("rows", "summary"):
             raise LlmDitError(f"table must be 'rows' or 'summary', got {table!r}")
-        columns, records = (self.columns, self.rows) if table == "rows" else (self.summary_columns, self.summary)
+        columns, records = (ROW_COLUMNS, self.rows) if table == "rows" else (SUMMARY_COLUMNS, self.summary)
         path = Path(path)
         write_csv(path, columns, [[record[c] for c in columns] for record in records])
         return path
@@ -419,9 +405,9 @@ class EmbedStatsReport:
             "conditions": [{"label": c.label, "overrides": c.overrides} for c in self.conditions],
             "prompts": self.prompts,
             "outlier_threshold": self.outlier_threshold,
-            "columns": list(self.columns),
+            "columns": list(ROW_COLUMNS),
             "rows": self.rows,
-            "summary_columns": list(self.summary_columns),
+            "summary_columns": list(SUMMARY_COLUMNS),
             "summary": self.summary,
         }
 

@@ -10,24 +10,22 @@ BSD-2-Clause, from lpips 0.1.4); the backbone is torchvision's ImageNet weights 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import pickle
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from llm_dit.checkpoint import resolve_device
 from llm_dit.errors import LlmDitError
-from llm_dit.metrics.pixel import load_rgb
+from llm_dit.metrics.pixel import ImageLike, load_rgb
 
 NETS = ("alex", "vgg")
 
@@ -103,11 +101,13 @@ def _fix(spec: _NetSpec, net: str) -> str:
     return f"set lpips_backbone in [default.metrics] to torchvision's {spec.weights_file} (lpips_net = {net!r})"
 
 
-def _load_backbone(path: Path, net: str, data: bytes) -> nn.Sequential:
+def _load_backbone(path: Path, net: str) -> nn.Sequential:
     """The features stack of ``net`` with every parameter loaded from a torchvision state dict (full or features)."""
     spec = _NETS[net]
     try:
-        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        # Memory-mapped when the file is in torch's zip format (torch >= 1.6 saves); older (legacy pickle) files,
+        # which torch cannot map, are read whole.
+        state = torch.load(path, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(path))
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LlmDitError(f"lpips: cannot read backbone weights file {path} ({first}); {_fix(spec, net)}") from exc
@@ -134,8 +134,8 @@ def _load_backbone(path: Path, net: str, data: bytes) -> nn.Sequential:
     return features.eval().requires_grad_(False)
 
 
-def _load_lins(net: str) -> tuple[bytes, list[torch.Tensor]]:
-    """lpips v0.1's packaged linear-layer weights of ``net``: the file bytes and one (1, C, 1, 1) weight per tap."""
+def _load_lins(net: str) -> list[torch.Tensor]:
+    """lpips v0.1's packaged linear-layer weights of ``net``: one (1, C, 1, 1) weight per tap."""
     name = f"llm_dit/data/lpips/{net}.pth"
     try:
         data = (resources.files("llm_dit") / "data" / "lpips" / f"{net}.pth").read_bytes()
@@ -148,7 +148,7 @@ def _load_lins(net: str) -> tuple[bytes, list[torch.Tensor]]:
         if not isinstance(w, torch.Tensor) or w.shape != (1, channels, 1, 1):  # pragma: no cover - shipped file
             raise LlmDitError(f"lpips: {name} lacks lin{k}.model.1.weight of shape (1, {channels}, 1, 1); reinstall")
         weights.append(w.float())
-    return data, weights
+    return weights
 
 
 @contextlib.contextmanager
@@ -167,56 +167,52 @@ def _ieee_fp32(device: torch.device) -> Iterator[None]:
 
 
 class LpipsDistance:
-    """LPIPS v0.1 distance between image pairs (0 = identical; larger = more different). Build with from_weights."""
+    """LPIPS v0.1 distance between image pairs (0 = identical; larger = more different). Build with from_weights.
 
-    name: ClassVar[str] = "lpips"
-    version: ClassVar[int] = 1
+    Always computed in float32 (whatever the metrics' torch_dtype), with TF32 off on CUDA.
+    """
 
     def __init__(
-        self,
-        net: str,
-        features: nn.Sequential,
-        lins: Sequence[torch.Tensor],
-        fingerprint: str,
-        device: torch.device,
-        batch_size: int,
+        self, net: str, features: nn.Sequential, lins: Sequence[torch.Tensor], device: torch.device, batch_size: int
     ) -> None:
         self.net = net
         self.device = device
         self.batch_size = batch_size
-        self._fingerprint = fingerprint
         self._features: nn.Sequential | None = features.to(device)
         self._lins: list[torch.Tensor] | None = [w.to(device) for w in lins]
         self._shift = torch.tensor(_SHIFT, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._scale = torch.tensor(_SCALE, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    @staticmethod
+    def check_backbone(path: str | Path, net: str = "alex") -> Path:
+        """Check that ``net`` is known and ``path`` is a file (loads nothing); returns the expanded path.
+
+        Raises LlmDitError naming the path and the torchvision file lpips_backbone should point at.
+        """
+        spec = _spec(net)
+        target = Path(path).expanduser()
+        if not target.exists():
+            raise LlmDitError(f"lpips: backbone weights file {target} not found; {_fix(spec, net)}")
+        if not target.is_file():
+            raise LlmDitError(f"lpips: backbone weights file {target} is not a file; {_fix(spec, net)}")
+        return target
 
     @classmethod
     def from_weights(
         cls, backbone: str | Path, net: str = "alex", device: str = "auto", batch_size: int = 16
     ) -> LpipsDistance:
         """Load ``net``'s backbone from a local torchvision ImageNet weights file plus the packaged lin weights."""
-        spec = _spec(net)
+        path = cls.check_backbone(backbone, net)
         if batch_size < 1:
             raise LlmDitError(f"lpips: batch_size must be at least 1, got {batch_size}; set batch_size in [metrics]")
         resolved = resolve_device(device)
-        path = Path(backbone).expanduser()
-        if not path.is_file():
-            raise LlmDitError(f"lpips: backbone weights file {path} not found; {_fix(spec, net)}")
-        # Read once: the same bytes are fingerprinted and loaded.
-        data = path.read_bytes()
-        features = _load_backbone(path, net, data)
-        lin_bytes, lins = _load_lins(net)
-        digest = hashlib.sha256(data)
-        digest.update(b"\0" + net.encode() + b"\0")
-        digest.update(lin_bytes)
-        return cls(net, features, lins, digest.hexdigest()[:16], resolved, batch_size)
+        return cls(net, _load_backbone(path, net), _load_lins(net), resolved, batch_size)
 
-    def fingerprint(self) -> str:
-        """sha256[:16] over the backbone file, the net name and the lin weights file: changes when the weights do."""
-        return self._fingerprint
+    def distance(self, a: Sequence[ImageLike], b: Sequence[ImageLike]) -> list[float]:
+        """LPIPS of ``a[i]`` vs ``b[i]`` for every i; each pair must share its size (pairs may differ from others).
 
-    def distance(self, a: Sequence[Image.Image], b: Sequence[Image.Image]) -> list[float]:
-        """LPIPS of ``a[i]`` vs ``b[i]`` for every i; each pair must share its size (pairs may differ from others)."""
+        Images are paths, PIL images or 8-bit RGB arrays ``[H, W, 3]`` (see pixel.load_rgb).
+        """
         if self._features is None:
             raise LlmDitError("lpips: the model was unloaded; create a new LpipsDistance with from_weights")
         if len(a) != len(b):
@@ -249,7 +245,7 @@ class LpipsDistance:
         return out
 
     def unload(self) -> None:
-        """Free the backbone (and cached GPU memory); the fingerprint stays readable."""
+        """Free the backbone (and cached GPU memory); the distance cannot be computed afterwards."""
         self._features = None
         self._lins = None
         if self.device.type == "cuda":

@@ -27,6 +27,15 @@ class ReferenceChoice:
     axes: dict[str, str] = field(default_factory=dict)
     images: dict[str | None, Path] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A source image replaces the reference run, so axis labels would be silently ignored.
+        if self.axes and self.images:
+            given = ", ".join(f"{axis}={label}" for axis, label in self.axes.items())
+            raise LlmDitError(
+                f"--reference {given} and --reference-image cannot be combined: a source image replaces the "
+                "reference run; pass one or the other"
+            )
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -167,6 +176,16 @@ def fixed_params(run: Mapping[str, Any], swept: frozenset[str]) -> str:
     256x256 re-run of an experiment is never compared with its earlier 512x512 images.
     """
     return json.dumps({k: v for k, v in run["params"].items() if k not in swept and k != "seed"}, sort_keys=True)
+
+
+def condition_key(run: Mapping[str, Any]) -> str:
+    """The run's condition: its prompt, variables and every parameter but the seed, as a key.
+
+    The runs sharing it are the seeds of one condition (a diversity group, one summary sample of a diversity
+    metric); runs of an older plan at another size or step count form another condition.
+    """
+    params = {k: v for k, v in (run.get("params") or {}).items() if k != "seed"}
+    return json.dumps([run["prompt_id"], params, run["variables"]], sort_keys=True)
 
 
 def _frozen(variables: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from llm_dit.config import MetricsSettings
@@ -61,8 +60,6 @@ UNAVAILABLE: dict[str, str] = {
     "transformers < 5 (apply_chunking_to_forward and friends were removed) and pulls torch/torchvision versions "
     "other than llm-dit's pins; see docs/metrics.md. Use siglip or clip_score for text-image alignment",
 }
-
-WEIGHT_FREE = tuple(name for name, spec in METRICS.items() if spec.setting is None)
 
 
 def configured(spec: MetricSpec, settings: MetricsSettings) -> bool:
@@ -121,9 +118,6 @@ def check_weights(specs: Sequence[MetricSpec], settings: MetricsSettings) -> Non
         if "clip_path" in settings_used:
             ClipScorer.check_directory(settings.clip_path or "")
     if "lpips_backbone" in settings_used:
-        path = Path(settings.lpips_backbone or "").expanduser()
-        if not path.is_file():
-            raise LlmDitError(
-                f"lpips_backbone {path} is not a file; set lpips_backbone in [default.metrics] to torchvision's "
-                f"{'alexnet-owt-7be5be79.pth' if settings.lpips_net == 'alex' else 'vgg16-397923af.pth'}"
-            )
+        from llm_dit.metrics.lpips import LpipsDistance
+
+        LpipsDistance.check_backbone(settings.lpips_backbone or "", settings.lpips_net)

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import torch
 
-from llm_dit.checkpoint import fingerprint as checkpoint_fingerprint
 from llm_dit.checkpoint import quiet_hf, resolve_device, resolve_dtype
 from llm_dit.errors import CheckpointError, LlmDitError
 
@@ -134,12 +133,12 @@ def _cosine(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tens
 class ImageTextScorer:
     """An image-text alignment model loaded from a local directory: one score per (image, text) pair.
 
-    Build with :meth:`from_pretrained`. ``name`` is the metric name stored in results; bump ``version`` when
-    the computation changes; :meth:`fingerprint` identifies the weights.
+    Build with :meth:`from_pretrained`. ``name`` is the metric's name, for messages. What a stored value
+    depends on (the metric's version, the weights' fingerprint, the dtype) is kept by the metrics pass: bump
+    the version in ``llm_dit.metrics.registry.METRICS`` when the computation changes.
     """
 
     name: ClassVar[str]
-    version: ClassVar[int] = 1
     text_kind: ClassVar[TextKind]
     model_types: ClassVar[frozenset[str]]  # config.json model_type values this scorer accepts
     family: ClassVar[str]  # for messages: "SigLIP/SigLIP2"
@@ -158,7 +157,6 @@ class ImageTextScorer:
         self.dtype = dtype
         self.batch_size = batch_size
         self.text_length = int(model.config.text_config.max_position_embeddings)
-        self._fingerprint = checkpoint_fingerprint(path)
 
     @classmethod
     def _fix(cls) -> str:
@@ -225,10 +223,6 @@ class ImageTextScorer:
                 raise CheckpointError(f"{root}: the saved processor has no {part}; {cls._fix()}")
         model = model.to(resolved_device).eval().requires_grad_(False)
         return cls(root, model, processor, device=resolved_device, dtype=resolved_dtype, batch_size=batch_size)
-
-    def fingerprint(self) -> str:
-        """Fingerprint of the model directory (llm_dit.checkpoint.fingerprint), taken when it was loaded."""
-        return self._fingerprint
 
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[float]:
         """One score per pair (``images[i]``, ``texts[i]``), computed in batches of ``batch_size`` pairs."""

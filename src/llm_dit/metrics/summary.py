@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from llm_dit.files import write_csv
+from llm_dit.metrics.reference import condition_key
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ("metric", "axis", "value", "n", "mean", "std", "ci95_low", "ci95_high")
@@ -45,7 +45,8 @@ def summarize(
     may be ``generation_time_s``. Values keep their first-seen (planned) order; runs without a value (not
     computed, or NULL) are left out of n. Metrics in ``per_condition`` (diversity: each run holds its distance to
     the other seeds of its condition, so the runs of a condition are not independent samples) are first averaged
-    per condition (prompt + variables), and n counts conditions.
+    per condition (``condition_key``: prompt, variables and every parameter but the seed), and n counts
+    conditions.
     """
     rows: list[dict[str, Any]] = []
     done = [run for run in runs if run["status"] == "done"]
@@ -57,7 +58,7 @@ def summarize(
                 if label is None:
                     continue
                 raw = run.get(metric) if metric == "generation_time_s" else run["metrics"].get(metric)
-                unit = _condition(run) if metric in per_condition else i
+                unit = condition_key(run) if metric in per_condition else i
                 samples = groups.setdefault(label, {})
                 if raw is not None and not (isinstance(raw, float) and math.isnan(raw)):
                     samples.setdefault(unit, []).append(float(raw))
@@ -66,12 +67,6 @@ def summarize(
                     values = [math.fsum(v) / len(v) for v in samples.values()]
                     rows.append({"metric": metric, "axis": axis, "value": label, **t_interval(values)})
     return rows
-
-
-def _condition(run: Mapping[str, Any]) -> str:
-    """A run's condition: prompt and every parameter but the seed (as diversity groups its runs)."""
-    params = {k: v for k, v in run.get("params", {}).items() if k != "seed"}
-    return json.dumps([run["prompt_id"], params, run["variables"]], sort_keys=True)
 
 
 def write_summary(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
