@@ -499,6 +499,9 @@ def test_batched_run_matches_one_by_one(
     }
     assert cost1["dit_forwards_batched"] == cost1["dit_forwards_unbatched"] == 16
     assert cost4["dit_forwards_batched"] < cost1["dit_forwards_batched"]
+    # With CFG the negative prompt is encoded too (once per encoder group), as the pipeline will do.
+    cfg = prepare(tiny_checkpoint, experiment_file=exp, batch_size=4, overrides={**SMALL, "guidance_scale": 2.0})
+    assert plan_cost(cfg.runs, 4, cfg.pipeline)["distinct_prompt_encodings"] == 2
 
 
 # ---------------------------------------------------------------------------------------- 7. failures
@@ -672,12 +675,25 @@ def test_sweep_quick_dry_run_prints_the_plan_and_writes_nothing(
 
 
 def test_sweep_all_covers_the_presets_in_priority_order(
-    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_model_load: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    built: list[object] = []
+    real = LlmDitPipeline.from_settings.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type, *args: Any, **kwargs: Any) -> Any:
+        built.append(args)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(LlmDitPipeline, "from_settings", classmethod(counting))
     out = tmp_path / "results"
     argv = ["sweep", "--all", "--quick", "--dry-run", "--model-path", tiny_checkpoint, "--output-dir", out]
     rc, stdout, err = run(capsys, *argv)
     assert rc == 0, err
+    assert len(built) == 1  # the five presets share one pipeline: models would load once
     assert re.findall(r"^sweep (\w+):", err, flags=re.M) == [preset for preset, _ in SWEEP_ORDER]
     experiments = {name for _, name in SWEEP_ORDER}
     headings = [m for m in re.findall(r"^(\w+): ", stdout, flags=re.M) if m in experiments]
@@ -719,8 +735,18 @@ def test_profile_writes_encode_and_generate_timings(
 
 
 def test_profile_uses_the_configs_recipe(
-    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from llm_dit.encoder import ZImageTextEncoder
+
+    forwards: list[int] = []
+    real = ZImageTextEncoder.encode_variants
+
+    def counting(self: ZImageTextEncoder, *args: Any, **kwargs: Any) -> Any:
+        forwards.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ZImageTextEncoder, "encode_variants", counting)
     # Unset size/steps flags take the config's values; explicit sigmas there are timed as such, not refused.
     config = tmp_path / "c.toml"
     config.write_text("[default.generation]\nwidth = 64\nheight = 32\nsigmas = [1.0, 0.6, 0.3, 0.0]\nshift = 2.0\n")
@@ -731,6 +757,8 @@ def test_profile_uses_the_configs_recipe(
     generate = json.loads(path.read_text(encoding="utf-8"))["generate"]
     assert (generate["width"], generate["height"], generate["steps"]) == (64, 32, 3)
     assert generate["sigmas"] == [1.0, 0.6, 0.3, 0.0]
+    # 3 prompts x (warm-up + 1) encodes, then every timed generation encodes again (warm-up + 1): end to end.
+    assert len(forwards) == 3 * 2 + 2
 
 
 # ------------------------------------------------------------------------------- planned-vs-run agreement

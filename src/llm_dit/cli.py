@@ -619,7 +619,7 @@ def ablate(
     if experiment is None and experiment_file is None:
         raise LlmDitError("name an experiment (--experiment NAME or --experiment-file FILE); see --list-experiments")
     failed = _ablate(
-        experiment,
+        [experiment],
         experiment_file=experiment_file,
         prompt_ids=_csv(prompt_ids, "--prompt-ids"),
         prompt_category=prompt_category,
@@ -643,7 +643,7 @@ def ablate(
 
 
 def _ablate(
-    name: str | None,
+    names: list[str | None],
     *,
     config: Path | None,
     profile: str | None,
@@ -654,10 +654,15 @@ def _ablate(
     dry_run: bool,
     force: bool,
     metric_names: list[str] | None = None,
+    headings: list[str] | None = None,
     **selection: Any,
 ) -> int:
-    """Plan, check and run one experiment; with ``metric_names`` (a list, [] = the default set) compute metrics
-    afterwards. Returns the number of failed runs."""
+    """Plan and check every named experiment, then run each (printing its heading, if given); with
+    ``metric_names`` (a list, [] = the default set) compute metrics after each. Returns the number of failed runs.
+
+    Everything is checked before the first image is made, and the experiments share one pipeline, so a sweep loads
+    its models once.
+    """
     from llm_dit.config import load_settings
     from llm_dit.runner import prepare_experiment
 
@@ -670,13 +675,24 @@ def _ablate(
         from llm_dit.metrics.registry import select_metrics
 
         metrics = select_metrics(metric_names, settings.metrics)  # before any model loads or GPU time is spent
-    prepared = prepare_experiment(name, settings=settings, batch_size=batch_size, **selection)
-    failed = _run_prepared(
-        prepared, output_dir, dry_run=dry_run, force=force, batch_size=batch_size, offload_encoder=offload_encoder
-    )
-    if metrics is not None and not dry_run:
-        specs, notes = metrics
-        _metrics_pass(output_dir, prepared.experiment.name, specs, notes, settings.metrics, explicit=bool(metric_names))
+    prepared_all: list[Any] = []
+    for name in names:
+        shared = prepared_all[0].pipeline if prepared_all else None
+        prepared_all.append(
+            prepare_experiment(name, settings=settings, batch_size=batch_size, pipeline=shared, **selection)
+        )
+    failed = 0
+    for i, prepared in enumerate(prepared_all):
+        if headings:
+            console.print(headings[i], highlight=False)
+        failed += _run_prepared(
+            prepared, output_dir, dry_run=dry_run, force=force, batch_size=batch_size, offload_encoder=offload_encoder
+        )
+        if metrics is not None and not dry_run:
+            specs, notes = metrics
+            _metrics_pass(
+                output_dir, prepared.experiment.name, specs, notes, settings.metrics, explicit=bool(metric_names)
+            )
     return failed
 
 
@@ -737,25 +753,23 @@ def sweep(
         raise LlmDitError("name one sweep or pass --all; sweeps: " + ", ".join(p.name for p in SWEEPS))
     presets = list(SWEEPS) if all_ else [get_sweep(name or "")]
     seed_list = _csv(seeds, "--seeds", int) or (list(QUICK_SEEDS) if quick else None)
-    failed = 0
-    for preset in presets:
-        console.print(f"[bold]sweep {preset.name}[/bold]: {preset.question}", highlight=False)
-        failed += _ablate(
-            preset.experiment,
-            config=config,
-            profile=profile,
-            model_path=_model_path(model_path, model),
-            output_dir=output_dir,
-            batch_size=batch_size,
-            offload_encoder=False,
-            dry_run=dry_run,
-            force=force,
-            prompt_category=category,
-            max_prompts=QUICK_MAX_PROMPTS if quick else None,
-            seeds=seed_list,
-            overrides=_parse_sets(set_),
-            metric_names=_metric_names(metric) if compute_metrics or metric else None,
-        )
+    failed = _ablate(
+        [preset.experiment for preset in presets],
+        headings=[f"[bold]sweep {preset.name}[/bold]: {escape(preset.question)}" for preset in presets],
+        config=config,
+        profile=profile,
+        model_path=_model_path(model_path, model),
+        output_dir=output_dir,
+        batch_size=batch_size,
+        offload_encoder=False,
+        dry_run=dry_run,
+        force=force,
+        prompt_category=category,
+        max_prompts=QUICK_MAX_PROMPTS if quick else None,
+        seeds=seed_list,
+        overrides=_parse_sets(set_),
+        metric_names=_metric_names(metric) if compute_metrics or metric else None,
+    )
     if failed:
         raise typer.Exit(code=1)
 

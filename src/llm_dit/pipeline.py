@@ -95,6 +95,15 @@ class GenerationResult:
         return save_png(self.pil(), path, self.record, parameters_line(self.record))
 
 
+def encoding_texts(request: GenerationRequest) -> list[str]:
+    """The texts a request needs encoded: its prompt (unless it brings embeddings) and, with CFG, its negative
+    prompt (unless it brings negative embeddings)."""
+    texts = [request.prompt or ""] if request.embeddings is None else []
+    if request.generation.guidance_scale > 0 and request.negative_embeddings is None:
+        texts.append(request.generation.negative_prompt)
+    return texts
+
+
 def sampling_group(request: GenerationRequest, sigmas: torch.Tensor | None = None) -> tuple[int, int, int, str]:
     """``(width, height, steps, refiner)``: requests with equal keys can share batched DiT forwards.
 
@@ -362,11 +371,8 @@ class LlmDitPipeline:
         """
         groups: dict[str, tuple[dict[str, EncoderSettings], dict[str, None]]] = {}
         for request, settings in zip(requests, self._encoder_settings(requests), strict=True):
-            texts = [request.prompt] if request.embeddings is None else []
-            if request.generation.guidance_scale > 0 and request.negative_embeddings is None:
-                texts.append(request.generation.negative_prompt)
             key = settings.model_dump_json()
-            for text in texts:
+            for text in encoding_texts(request):
                 if (text, key) not in self._cache:
                     variants, wanted = groups.setdefault(layer_agnostic_key(settings), ({}, {}))
                     variants[key] = settings

@@ -30,7 +30,7 @@ from llm_dit.config import Settings
 from llm_dit.experiments import Experiment
 from llm_dit.experiments import PlannedRun as Run
 from llm_dit.image import save_png
-from llm_dit.pipeline import GenerationRequest, GenerationResult, LlmDitPipeline, sampling_group
+from llm_dit.pipeline import GenerationRequest, GenerationResult, LlmDitPipeline, encoding_texts, sampling_group
 from llm_dit.record import package_versions, parameters_line, utc_now
 from llm_dit.store import PlannedRun as StoreRow
 from llm_dit.store import ResultsStore
@@ -102,13 +102,12 @@ class ExperimentRunner:
         self.batch_size = max(1, batch_size)
         self.offload_encoder = offload_encoder
         self.progress = progress
-        self._finished = 0
 
     def pending(self, experiment: Experiment, runs: Sequence[Run], force: bool = False) -> list[Run]:
         """Runs still to make: all with ``force``, else those not done (a done run whose image vanished counts)."""
         if force:
             return list(runs)
-        done = self.store.done_run_ids(experiment.name) if experiment.name in self.store.experiments() else set()
+        done = self.store.done_run_ids(experiment.name)  # empty for an experiment the store has not seen
         return [r for r in runs if r.run_id not in done]
 
     def run(
@@ -146,7 +145,6 @@ class ExperimentRunner:
         groups: dict[tuple[int, int, int, str], list[GenerationRequest]] = {}
         for request in requests:
             groups.setdefault(sampling_group(request), []).append(request)
-        self._finished = 0
         self._report(len(todo), summary)
         # PNG encoding and fsync run on a writer thread while the next batch samples (measured on an H200 at
         # 1024x1024: ~0.13 s per image when done inline). A run is marked done only once its file is on disk.
@@ -203,14 +201,12 @@ class ExperimentRunner:
                 record=record,
             )
             summary.done += 1
-            self._finished += 1
         self._report(total, summary)
 
     def _failed(self, name: str, run: Run, error: str, summary: RunSummary) -> None:
         self.store.mark_failed(name, run.run_id, error)
         summary.failed += 1
         summary.failures.append((run.run_id, error))
-        self._finished += 1
 
     def _metadata(self, settings: Settings) -> dict[str, Any]:
         return {
@@ -228,7 +224,7 @@ class ExperimentRunner:
 
     def _report(self, total: int, summary: RunSummary) -> None:
         if self.progress is not None:
-            self.progress(self._finished, total, summary.failed)
+            self.progress(summary.done + summary.failed, total, summary.failed)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -262,10 +258,12 @@ def prepare_experiment(
     seeds: Sequence[int] | None = None,
     overrides: dict[str, Any] | None = None,
     batch_size: int = 8,
+    pipeline: LlmDitPipeline | None = None,
 ) -> PreparedExperiment:
     """Resolve the experiment, its prompts and seeds, plan every run and check them all before any model loads.
 
     A bad value fails here, naming the run; so does a prompt that cannot fit the token cap (tokenizer only).
+    ``pipeline``: one already built from the same ``settings`` (a sweep shares one, so models load once).
     """
     from llm_dit import checkpoint
     from llm_dit.experiments import get_experiment, plan, swept_overrides
@@ -304,7 +302,7 @@ def prepare_experiment(
     notes = [
         f"--set {key} is swept by the experiment; the axis values win" for key in swept_overrides(experiment, overrides)
     ]
-    pipeline = LlmDitPipeline.from_settings(settings, max_batch_size=batch_size)
+    pipeline = pipeline or LlmDitPipeline.from_settings(settings, max_batch_size=batch_size)
     for run in runs:
         try:
             pipeline.check([request_for(run)])
@@ -337,7 +335,8 @@ def _numerics(settings: Settings) -> dict[str, str]:
 
 
 def plan_cost(runs: Sequence[Run], batch_size: int, pipeline: LlmDitPipeline) -> dict[str, int]:
-    """What a plan costs: images, distinct encodes, encoder forwards and batched DiT forwards."""
+    """What a plan costs: images, distinct (text, encoder settings) encodings - negative prompts included, layers
+    of one forward counted once, as the pipeline encodes them - and DiT forwards batched and one by one."""
     from llm_dit.encoder import layer_agnostic_key
 
     requests = [request_for(r) for r in runs]
@@ -345,7 +344,7 @@ def plan_cost(runs: Sequence[Run], batch_size: int, pipeline: LlmDitPipeline) ->
     groups: dict[tuple[int, int, int, str], int] = {}
     for request in requests:
         settings = pipeline.encoder.resolve(**request.encoder)
-        texts.add((request.prompt or "", layer_agnostic_key(settings)))
+        texts.update((text, layer_agnostic_key(settings)) for text in encoding_texts(request))
         key = sampling_group(request)
         groups[key] = groups.get(key, 0) + 1
     dit_forwards = sum(-(-count // batch_size) * key[2] for key, count in groups.items())
