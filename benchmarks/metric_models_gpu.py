@@ -1,6 +1,7 @@
 """Metric models on a GPU: SigLIP2 (fixed and NaFlex) and CLIP scores on CUDA in float32 and bfloat16 against CPU
 float32, on the tiny test models (tests/tiny_scorers.py) with 1024x1024 inputs. Prints the largest difference and
-the time per batch of 8. Run from the repository root on a machine with CUDA (see docs/metrics.md)."""
+the time to score the 8 images (batches of 4, no warm-up: indicative only). Run from the repository root on a
+machine with CUDA (see docs/metrics.md)."""
 
 from __future__ import annotations
 

@@ -18,16 +18,15 @@ import pytest
 
 from cli_helpers import read_csv, subprocess_env
 from llm_dit.errors import LlmDitError
+from llm_dit.files import write_atomic
 from llm_dit.store import (
     DB_NAME,
     SCHEMA_VERSION,
     PlannedRun,
     ResultsStore,
     load_results,
-    write_atomic,
 )
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 EXP = "shift_sweep"
 TRICKY_PROMPT = 'A cat, "sleeping"\non a mat'
 

@@ -885,9 +885,10 @@ def profile_cmd(
     import json
 
     from llm_dit.config import load_settings
+    from llm_dit.files import write_json
     from llm_dit.image import ensure_writable
     from llm_dit.pipeline import LlmDitPipeline
-    from llm_dit.profiling import run_profile, write_json
+    from llm_dit.profiling import run_profile
 
     overrides = _overrides(model_path=_model_path(model_path, model), width=width, height=height, steps=steps)
     settings = load_settings(config, profile, overrides).settings
@@ -899,7 +900,7 @@ def profile_cmd(
     generation = settings.generation.model_dump(exclude={"output_dir", "seed"})
     result = run_profile(pipe, generation, repeats=repeats)
     result["model_path"] = pipe.model_path
-    write_json(result, output)
+    write_json(output, result)
     typer.echo(json.dumps(result, indent=2))
     _wrote(str(output))
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,8 @@ def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[
     writer.writerow(columns)
     writer.writerows([[csv_cell(value) for value in row] for row in rows])
     write_atomic(path, buffer.getvalue().encode())
+
+
+def write_json(path: str | Path, data: Any, default: Callable[[Any], Any] | None = None) -> None:
+    """Indented UTF-8 JSON (non-ASCII kept as is) with a final newline, written atomically."""
+    write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False, default=default) + "\n").encode())

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-
-from llm_dit.files import write_atomic
 
 
 def _peak_memory_gib(device: torch.device) -> float:
@@ -67,8 +63,3 @@ def run_profile(pipeline: Any, generation: dict[str, Any], *, repeats: int = 3) 
     out["peak_memory_kind"] = "cuda max_memory_allocated" if dit_device.type == "cuda" else "process peak RSS"
     out["devices"] = {"encoder": str(device), "dit": str(dit_device)}
     return out
-
-
-def write_json(data: dict[str, Any], path: Path) -> Path:
-    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
-    return path

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_dit.constants import MAX_SEED
 from llm_dit.errors import LlmDitError
-from llm_dit.files import is_temp_file, write_atomic, write_csv
+from llm_dit.files import is_temp_file, write_csv, write_json
 
 if TYPE_CHECKING:
     import pandas
@@ -664,10 +664,7 @@ class ResultsStore:
         }
         directory = self.experiment_dir(experiment)
         metadata_path, results_path = directory / METADATA_NAME, directory / RESULTS_NAME
-        write_atomic(
-            metadata_path,
-            (json.dumps(metadata, indent=2, ensure_ascii=False, default=_json_default) + "\n").encode(),
-        )
+        write_json(metadata_path, metadata, default=_json_default)
         write_csv(results_path, columns, rows)
         return metadata_path, results_path
 

@@ -18,7 +18,6 @@ content instead; ``content_cosine`` aligns the user's content tokens for that ca
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,7 @@ from torch import Tensor
 from llm_dit.config import EncoderSettings, _closest, build_section, parse_scalar
 from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import LlmDitError
-from llm_dit.files import write_atomic, write_csv
+from llm_dit.files import write_csv, write_json
 
 __all__ = [
     "ROW_COLUMNS",
@@ -413,9 +412,8 @@ class EmbedStatsReport:
 
     def to_json(self, path: str | Path) -> Path:
         """Write the whole report (conditions, rows, summary) as JSON, atomically; returns the path."""
-        text = json.dumps(_json_safe(self.to_dict()), indent=2, ensure_ascii=False, allow_nan=False, default=str)
         path = Path(path)
-        write_atomic(path, (text + "\n").encode())
+        write_json(path, _json_safe(self.to_dict()), default=str)  # NaN/inf already null: strict JSON
         return path
 
 
