@@ -55,3 +55,46 @@ def cached_tokenizer() -> Iterator[None]:
 def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to load a model's weights fails the test."""
     forbid_model_loading(monkeypatch)
+
+
+# A small two-axis experiment for the comparison tools: prompts of two library categories plus a custom one,
+# two seeds, labels with a comma (a blend) and a space, and a third axis-free dimension (seed) to filter on.
+RESULTS_EXPERIMENT = """
+name = "look"
+description = "shift x layer on the tiny model, for the comparison tools' tests"
+seeds = [1, 2]
+
+[prompts]
+ids = ["animal_001", "animal_002", "simple_001"]
+
+[[axes]]
+name = "shift"
+values = [2.0, 3.0, 6.0]
+
+[[axes]]
+name = "layer"
+values = [
+  { label = "-2", hidden_layer = -2 },
+  { label = "-2:0.5,-5:0.5", layer_weights = { "-2" = 0.5, "-5" = 0.5 } },
+]
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_results(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results directory made by the tiny model (64x64, 4 steps): experiment 'look' (3 prompts x shift 2.0,
+    3.0, 6.0 x layer '-2' | '-2:0.5,-5:0.5' x seeds 1, 2 = 36 runs, with weight-free metrics) and 'look_custom'
+    (one custom prompt, the same axes, seed 1). Session-scoped: treat it as read-only."""
+    from llm_dit.cli import main
+
+    root = tmp_path_factory.mktemp("results")
+    toml = root.parent / "look.toml"
+    toml.write_text(RESULTS_EXPERIMENT, encoding="utf-8")
+    common = ["--model-path", str(tiny_checkpoint), "--output-dir", str(root), "--experiment-file", str(toml)]
+    common += ["--set", "width=64", "--set", "height=64", "--set", "steps=4"]
+    assert main(["ablate", *common, "--compute-metrics", "--metric", "ssim,psnr,mad,diversity_mad"]) == 0
+    custom = RESULTS_EXPERIMENT.replace('name = "look"', 'name = "look_custom"')
+    custom = custom.replace("seeds = [1, 2]", "seeds = [1]")
+    toml.write_text(custom, encoding="utf-8")
+    assert main(["ablate", *common, "--prompt", "A red cube on a blue table"]) == 0
+    return root

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from llm_dit import cli_compare, cli_plot, cli_view
 from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import LlmDitError
 from llm_dit.sweeps import SWEEPS
@@ -925,6 +926,11 @@ def config_show(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
     from llm_dit.config import load_settings, render_settings
 
     typer.echo(render_settings(load_settings(config, profile)))
+
+
+# Commands over existing results (compare, view, plot) live in their own modules, one each.
+for _module in (cli_compare, cli_view, cli_plot):
+    _module.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

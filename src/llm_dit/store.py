@@ -207,18 +207,30 @@ class ResultsStore:
     threads (calls are serialized). After ``fork`` the child opens its own connection automatically.
     """
 
-    def __init__(self, root: str | Path = DEFAULT_ROOT) -> None:
-        """Create ``root`` and the database (if missing) and check its schema version."""
+    def __init__(self, root: str | Path = DEFAULT_ROOT, *, read_only: bool = False) -> None:
+        """Create ``root`` and the database (if missing) and check its schema version.
+
+        ``read_only``: open an existing database for reading only (viewers, comparisons, plots): nothing is
+        created, migrated or written, and every write method raises.
+        """
         self.root = Path(root)
         self.db_path = self.root / DB_NAME
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise LlmDitError(f"cannot create results directory {self.root}: {exc.strerror}") from exc
+        self.read_only = read_only
         self._mutex = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
         self._held: set[str] = set()
+        if read_only:
+            if not self.db_path.is_file():
+                raise LlmDitError(
+                    f"no results database {self.db_path}; pass the --output-dir the experiments ran with"
+                )
+            self._check_schema()
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LlmDitError(f"cannot create results directory {self.root}: {exc.strerror}") from exc
         self._init_schema()
 
     # -- connection and transactions -------------------------------------------------------------------------
@@ -226,14 +238,21 @@ class ResultsStore:
     def _connection(self) -> sqlite3.Connection:
         # A connection must not cross fork(): the child would share the parent's file locks and state.
         if self._conn is None or self._pid != os.getpid():
+            # mode=ro: SQLite itself refuses writes, whatever a caller tries.
+            target = f"{self.db_path.resolve().as_uri()}?mode=ro" if self.read_only else str(self.db_path)
             try:
                 # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each public call is one transaction.
                 conn = sqlite3.connect(
-                    self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                    target, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False,
+                    uri=self.read_only,
                 )
             except sqlite3.Error as exc:
                 raise LlmDitError(f"cannot open results database {self.db_path}: {exc}") from exc
             conn.row_factory = sqlite3.Row
+            if self.read_only:
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                self._conn, self._pid = conn, os.getpid()
+                return conn
             # busy_timeout first: switching to WAL needs a lock that another process may briefly hold.
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -252,6 +271,7 @@ class ResultsStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction. IMMEDIATE takes the write lock up front, so concurrent writers queue on the
         busy timeout instead of failing with SQLITE_BUSY when a read transaction tries to upgrade."""
+        self._check_writable()
         with self._mutex:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
@@ -291,6 +311,28 @@ class ResultsStore:
             elif version < SCHEMA_VERSION:
                 _migrate(conn, version)
 
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise LlmDitError(f"results database {self.db_path} was opened read-only; nothing can be written")
+
+    def _check_schema(self) -> None:
+        """Read-only opening: the schema must be this version's (an older one is migrated by any writer)."""
+        try:
+            with self._read() as conn:
+                version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise LlmDitError(f"cannot read results database {self.db_path}: {exc}") from exc
+        if version != SCHEMA_VERSION:
+            raise LlmDitError(
+                f"results database {self.db_path} has schema version {version}, this llm-dit reads version "
+                f"{SCHEMA_VERSION}; "
+                + (
+                    "upgrade llm-dit"
+                    if (version or 0) > SCHEMA_VERSION
+                    else "run 'llm-dit metrics EXPERIMENT' on it once to migrate it"
+                )
+            )
+
     def close(self) -> None:
         """Close the database connection (reopened on the next call)."""
         with self._mutex:
@@ -320,6 +362,7 @@ class ResultsStore:
         A second ``lock()`` of the same experiment in the same process also fails (separate open files).
         Children forked while it is held share it until they exit.
         """
+        self._check_writable()
         directory = self.experiment_dir(experiment)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / LOCK_NAME
@@ -637,6 +680,7 @@ class ResultsStore:
 
         Returns their paths. Deterministic: the same database content gives byte-identical files.
         """
+        self._check_writable()
         with self._read() as conn:
             info = self._experiment_row(conn, experiment)
             runs = self._runs(conn, experiment)
