@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install demo test lint
+.PHONY: install browser demo test lint
 
 # torch is pinned exactly: 2.13.0 is the CPU wheel already on disk; a looser pin pulls GBs of CUDA packages.
 install:
@@ -16,7 +16,14 @@ demo: install
 
 # lpips only as the reference for our LPIPS port's tests: --no-deps, since its torchvision dependency is a CUDA
 # build that cannot import next to the CPU torch (and would break transformers' imports).
-test: install
+# The viewer's end-to-end tests drive Debian's chromium through Playwright (no browser download: there is no
+# internet for it). Installing it needs root, as on CI; elsewhere install the 'chromium' package yourself.
+browser:
+	@test -x /usr/bin/chromium || { apt-get install -y -q chromium fonts-dejavu-core >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q chromium fonts-dejavu-core >/dev/null; }; }
+	@/usr/bin/chromium --version
+
+test: install browser
 	$(PIP) install -q --no-deps lpips==0.1.4
 	$(PYTHON) -m ruff check src tests benchmarks
 	$(PYTHON) -m pytest
