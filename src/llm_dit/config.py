@@ -46,6 +46,7 @@ from llm_dit.constants import (
     SIZE_MULTIPLE,
 )
 from llm_dit.errors import ConfigError
+from llm_dit.prompt import THINK_EMPTY, THINK_NONE
 
 __all__ = [
     "CLI_FLAGS",
@@ -76,9 +77,10 @@ QWEN3_NUM_LAYERS = 36
 NUM_HIDDEN_STATES = QWEN3_NUM_LAYERS + 1
 MIN_LAYER, MAX_LAYER = -NUM_HIDDEN_STATES, QWEN3_NUM_LAYERS
 
-# think_block keywords. The official path (diffusers / DiffSynth / Tongyi) uses NO think block.
-THINK_BLOCK_NONE = "none"
-THINK_BLOCK_EMPTY = "empty"
+# think_block keywords (defined with the chat format). The official path (diffusers / DiffSynth / Tongyi) uses NO
+# think block.
+THINK_BLOCK_NONE = THINK_NONE
+THINK_BLOCK_EMPTY = THINK_EMPTY
 
 
 _DTYPES = {
