@@ -173,5 +173,20 @@ def test_read_only_store_refuses_an_old_schema(root: Path) -> None:
     conn.execute("UPDATE schema_version SET version = 1")
     conn.commit()
     conn.close()
-    with pytest.raises(LlmDitError, match=r"schema version 1.*llm-dit metrics"):
+    with pytest.raises(LlmDitError, match=r"schema version 1, this llm-dit reads versions 2 to 3.*llm-dit metrics"):
         ResultsStore(root, read_only=True)
+
+
+def test_runs_of_earlier_plans_are_left_out_unless_asked(root: Path) -> None:
+    store = ResultsStore(root)
+    replanned = [r for r in store.runs(EXP) if r["prompt_id"] == "animal_001"]
+    store.plan_runs(
+        EXP, [PlannedRun(r["run_id"], r["prompt_id"], r["prompt_text"], r["seed"], r["variables"]) for r in replanned]
+    )
+    store.close()
+    results = load_experiment(root, EXP)
+    assert results.dimensions[PROMPT] == ["animal_001"]
+    assert len(results.done()) == 12
+    assert load_experiment(root, EXP, earlier_plans=True).dimensions[PROMPT] == ["animal_001", "custom_001"]
+    (summary,) = list_experiments(root)
+    assert summary.counts == {"planned": 0, "done": 12, "failed": 0, "total": 12}

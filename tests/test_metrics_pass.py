@@ -433,6 +433,26 @@ def test_runs_of_two_plans_are_grouped_apart_and_noted(store: ResultsStore) -> N
     assert {row["n"] for row in report.summary if row["metric"] == "mad"} == {4}
 
 
+def test_summary_is_of_the_latest_plan(store: ResultsStore) -> None:
+    # Seeds 1, 2 at the default steps, then a re-run that plans only seeds 3, 4 with --set steps=4.
+    defn = definition(hidden_layer_axis(("-1", "-2")))
+    populate(store, defn, hidden_layer_runs(labels=("-1", "-2"), seeds=(1, 2)))
+    second = [
+        Run("p1", seed, {"hidden_layer": h}, params(hidden_layer=int(h), steps=4))
+        for h in ("-1", "-2")
+        for seed in (3, 4)
+    ]
+    populate(store, defn, second, start=False)
+    report = MetricsPass(store).run(EXP, specs("mad"))
+    assert report.computed == {"mad": 8}  # every done run keeps its values
+    assert {row["n"] for row in report.summary if row["metric"] == "mad"} == {2}  # the summary: seeds 3, 4 only
+    want = np.mean([stored(store, "mad")[r.run_id] for r in second if r.variables["hidden_layer"] == "-1"])
+    assert next(row["mean"] for row in report.summary if (row["metric"], row["value"]) == ("mad", "-1")) == approx(
+        float(want)
+    )
+    assert any("4 done runs of earlier plans" in note and "left out of summary.csv" in note for note in report.notes)
+
+
 # ---------------------------------------------------------------------------------------------- 4. resume
 
 
@@ -664,7 +684,7 @@ def test_v1_database_is_migrated(tmp_path: Path) -> None:
         )
     with sqlite3.connect(root / DB_NAME) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 2
+        assert SCHEMA_VERSION == 3
         columns = [row[1] for row in conn.execute("PRAGMA table_info(metrics)")]
         assert {"version", "params", "computed_at"} <= set(columns)
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'metrics_v1'").fetchone() == (0,)

@@ -139,6 +139,32 @@ def test_replan_keeps_done_rows_and_adds_new_ones(store: ResultsStore) -> None:
     assert list(status) == [r.run_id for r in second_plan] + [first_plan[3].run_id]
     assert status[first_plan[3].run_id] == "planned"
     assert store.done_run_ids(EXP) == {first_plan[0].run_id}
+    # Only the dropped run is marked as left from an earlier plan; planning it again brings it back.
+    assert {r["run_id"] for r in store.runs(EXP) if not r["in_plan"]} == {first_plan[3].run_id}
+    store.plan_runs(EXP, first_plan)
+    assert {r["run_id"] for r in store.runs(EXP) if not r["in_plan"]} == {"p0_shift2.0_s42", "p1_shift2.0_s42"}
+
+
+def test_version_2_database_gains_in_plan(store: ResultsStore) -> None:
+    store.plan_runs(EXP, make_runs())
+    store.close()
+    conn = sqlite3.connect(store.db_path)
+    conn.execute("ALTER TABLE runs DROP COLUMN in_plan")
+    conn.execute("UPDATE schema_version SET version = 2")
+    conn.commit()
+    conn.close()
+    # A read-only open reads it as it is (every run in the plan), and changes nothing.
+    with ResultsStore(store.root, read_only=True) as reader:
+        assert [r["in_plan"] for r in reader.runs(EXP)] == [True] * 4
+    conn = sqlite3.connect(store.db_path)
+    assert conn.execute("SELECT version FROM schema_version").fetchone() == (2,)
+    conn.close()
+    with ResultsStore(store.root) as writer:
+        assert [r["in_plan"] for r in writer.runs(EXP)] == [True] * 4
+    conn = sqlite3.connect(store.db_path)
+    assert conn.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+    assert "in_plan" in {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    conn.close()
 
 
 def test_done_run_ids_excludes_done_row_whose_image_vanished(store: ResultsStore) -> None:

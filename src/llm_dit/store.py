@@ -44,7 +44,9 @@ from llm_dit.files import is_temp_file, write_csv, write_json
 if TYPE_CHECKING:
     import pandas
 
-SCHEMA_VERSION = 2  # 2: metrics are keyed by version and carry params
+SCHEMA_VERSION = 3  # 2: metrics are keyed by version and carry params; 3: runs.in_plan
+# A read-only open needs no migration for these: version 2 lacks only runs.in_plan (read as "in the plan").
+READABLE_VERSIONS = (2, 3)
 DB_NAME = "results.db"
 LOCK_NAME = ".lock"
 METADATA_NAME = "metadata.json"
@@ -91,6 +93,7 @@ _SCHEMA = (
     experiment        TEXT NOT NULL REFERENCES experiments(name) ON DELETE CASCADE,
     run_id            TEXT NOT NULL,
     seq               INTEGER NOT NULL,       -- position in the latest plan: the order of runs() and exports
+    in_plan           INTEGER NOT NULL DEFAULT 1,  -- 1: in the latest plan; 0: kept from an earlier plan
     prompt_id         TEXT NOT NULL,
     prompt_text       TEXT NOT NULL,
     seed              INTEGER NOT NULL,
@@ -169,6 +172,11 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
                    SELECT experiment, run_id, name, 1, value, '{}' FROM metrics_v1"""
             )
             conn.execute("DROP TABLE metrics_v1")
+    if version < 3:
+        # Which plan a run came from was not recorded: every existing run counts as in the latest plan.
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        if "in_plan" not in columns:
+            conn.execute("ALTER TABLE runs ADD COLUMN in_plan INTEGER NOT NULL DEFAULT 1")
     conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 
@@ -322,10 +330,10 @@ class ResultsStore:
                 version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
         except sqlite3.Error as exc:
             raise LlmDitError(f"cannot read results database {self.db_path}: {exc}") from exc
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise LlmDitError(
-                f"results database {self.db_path} has schema version {version}, this llm-dit reads version "
-                f"{SCHEMA_VERSION}; "
+                f"results database {self.db_path} has schema version {version}, this llm-dit reads versions "
+                f"{READABLE_VERSIONS[0]} to {SCHEMA_VERSION}; "
                 + (
                     "upgrade llm-dit"
                     if (version or 0) > SCHEMA_VERSION
@@ -452,7 +460,8 @@ class ResultsStore:
         Existing rows keep their status. Rows that are not ``done`` take the plan's prompt, seed, variables,
         params and image name (they will be generated from this plan); ``done`` rows keep what was generated.
         Every row takes its position in this plan as its order. Runs of the experiment that are no longer in the
-        plan are left untouched (they stay in the database and the exports, ordered after the plan's runs).
+        plan keep their results (they stay in the database and the exports, ordered after the plan's runs) and are
+        marked ``in_plan = 0``: summaries and the comparison tools show the latest plan.
         """
         ids = [run.run_id for run in runs]
         for dup, count in Counter(ids).items():
@@ -495,25 +504,26 @@ class ResultsStore:
                 status = existing.get(run.run_id)
                 if status is None:
                     conn.execute(
-                        """INSERT INTO runs (experiment, run_id, seq, prompt_id, prompt_text, seed, variables,
-                               params, image_name, status, created_at, updated_at)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)""",
+                        """INSERT INTO runs (experiment, run_id, seq, in_plan, prompt_id, prompt_text, seed,
+                               variables, params, image_name, status, created_at, updated_at)
+                           VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)""",
                         (experiment, run.run_id, seq, run.prompt_id, run.prompt_text, int(run.seed), variables,
                          params, image_name, now, now),
                     )  # fmt: skip
                 elif status == "done":
                     conn.execute(
-                        "UPDATE runs SET seq = ? WHERE experiment = ? AND run_id = ?", (seq, experiment, run.run_id)
+                        "UPDATE runs SET seq = ?, in_plan = 1 WHERE experiment = ? AND run_id = ?",
+                        (seq, experiment, run.run_id),
                     )
                 else:
                     conn.execute(
-                        """UPDATE runs SET seq = ?, prompt_id = ?, prompt_text = ?, seed = ?, variables = ?,
-                               params = ?, image_name = ? WHERE experiment = ? AND run_id = ?""",
+                        """UPDATE runs SET seq = ?, in_plan = 1, prompt_id = ?, prompt_text = ?, seed = ?,
+                               variables = ?, params = ?, image_name = ? WHERE experiment = ? AND run_id = ?""",
                         (seq, run.prompt_id, run.prompt_text, int(run.seed), variables, params, image_name,
                          experiment, run.run_id),
                     )  # fmt: skip
             conn.executemany(
-                "UPDATE runs SET seq = ? WHERE experiment = ? AND run_id = ?",
+                "UPDATE runs SET seq = ?, in_plan = 0 WHERE experiment = ? AND run_id = ?",
                 [(len(rows) + i, experiment, rid) for i, rid in enumerate(others)],
             )
 
@@ -633,7 +643,8 @@ class ResultsStore:
             ]
 
     def runs(self, experiment: str) -> list[dict[str, Any]]:
-        """All runs of the experiment in planned order, JSON fields decoded, plus ``metrics`` (name -> value)."""
+        """All runs of the experiment in planned order, JSON fields decoded, ``in_plan`` a bool (False: a run kept
+        from an earlier plan), plus ``metrics`` (name -> value)."""
         with self._read() as conn:
             return self._runs(conn, experiment)
 
@@ -649,6 +660,7 @@ class ResultsStore:
             run = dict(row)
             for key in ("variables", "params", "record"):
                 run[key] = _loads(run[key])
+            run["in_plan"] = bool(run.get("in_plan", 1))  # a read-only open of a version-2 database lacks it
             run["metrics"] = metrics.get(run["run_id"], {})
             out.append(run)
         return out

@@ -27,7 +27,7 @@ CUSTOM_CATEGORY = "custom"
 
 @dataclass(frozen=True)
 class ExperimentSummary:
-    """One line of ``compare --list``: an experiment found in the results store."""
+    """One line of ``compare --list``: an experiment found in the results store (counts: its latest plan)."""
 
     name: str
     description: str
@@ -140,16 +140,19 @@ def list_experiments(root: str | Path) -> list[ExperimentSummary]:
         out = []
         for name in store.experiments():
             info = store.experiment(name)
+            latest = [run for run in store.runs(name) if run["in_plan"]]
             out.append(
-                ExperimentSummary(
-                    name, info["description"], _counts(store.runs(name)), info["started_at"], info["finished_at"]
-                )
+                ExperimentSummary(name, info["description"], _counts(latest), info["started_at"], info["finished_at"])
             )
     return out
 
 
-def load_experiment(root: str | Path, name: str) -> ExperimentResults:
-    """An experiment's runs and dimensions, read through a read-only connection."""
+def load_experiment(root: str | Path, name: str, *, earlier_plans: bool = False) -> ExperimentResults:
+    """An experiment's runs and dimensions, read through a read-only connection.
+
+    Only the runs of the latest plan, unless ``earlier_plans``: a re-run at another size or with other seeds
+    keeps its predecessors' runs in the store, and they would fill the same grid cells twice.
+    """
     root = Path(root)
     with ResultsStore(root, read_only=True) as store:
         names = store.experiments()
@@ -159,7 +162,7 @@ def load_experiment(root: str | Path, name: str) -> ExperimentResults:
                 f"experiments: {', '.join(names) or 'none'}"
             )
         info = store.experiment(name)
-        runs = store.runs(name)
+        runs = [run for run in store.runs(name) if earlier_plans or run["in_plan"]]
     axes = [axis["name"] for axis in (info["definition"] or {}).get("axes", [])]
     for run in runs:  # axes of older plans (or definitions without them) still show
         axes.extend(axis for axis in run["variables"] if axis not in axes)

@@ -223,7 +223,16 @@ class MetricsPass:
         finally:
             self.unload()
         report.results_csv = self.store.export(experiment)[1]
-        runs = self.store.runs(experiment)
+        everything = self.store.runs(experiment)
+        # The summary is of the latest plan: runs kept from earlier plans (another size, other seeds, ...) would
+        # mix into its means.
+        runs = [run for run in everything if run["in_plan"]]
+        earlier = sum(run["status"] == "done" and not run["in_plan"] for run in everything)
+        if earlier:
+            report.notes.append(
+                f"{earlier} done runs of earlier plans of {experiment} are kept in the store and results.csv but "
+                "left out of summary.csv"
+            )
         names = sorted({name for run in runs for name in run["metrics"]}, key=_metric_order)
         axes = [axis["name"] for axis in definition.get("axes", [])]
         diversity = {name for name, spec in METRICS.items() if spec.kind == "diversity"}
