@@ -1,0 +1,658 @@
+"""Figures of an experiment's metrics: metric vs an axis, prompt category x axis heatmaps, quality-speed Pareto fronts.
+
+The numbers are kept apart from the drawing: ``line_series``, ``heatmap_table`` and ``pareto_points`` return the
+plotted data (pure functions of the stored results, testable against hand computations), and ``draw_line``,
+``draw_heatmap`` and ``draw_pareto`` turn that data into a ``matplotlib.figure.Figure`` through the object API
+(never pyplot's global state), which ``save_figure`` writes as PNG or SVG.
+
+Statistics are those of ``summary.csv`` (``llm_dit.metrics.summary.summarize``): the mean of the runs with a
+value and its two-sided 95% Student-t interval; diversity metrics are first averaged per condition (the seeds of
+one condition are not independent samples), so their n counts conditions. Values that are not finite (PSNR of an
+image identical to its reference is inf) cannot be drawn: they are left out and every figure and command says
+so in a note, as are selected runs with no value at all.
+
+Only done runs are plotted (their images are not needed: the numbers live in the results store, which is opened
+read-only).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import textwrap
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from llm_dit.analysis.results import CUSTOM_CATEGORY, PROMPT, ExperimentResults, _hint
+from llm_dit.errors import LlmDitError
+from llm_dit.files import write_atomic
+from llm_dit.metrics.registry import METRICS
+from llm_dit.metrics.summary import summarize
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+KINDS: tuple[str, ...] = ("line", "heatmap", "pareto")
+FORMATS: tuple[str, ...] = (".png", ".svg")
+GENERATION_TIME = "generation_time_s"
+# The default --metric: the first of these with values. Text-image alignment says most about a condition (it
+# needs no reference), then perceptual distance, then the weight-free reference metrics (SSIM first: bounded
+# and never inf, unlike PSNR), then seed diversity.
+DEFAULT_METRICS: tuple[str, ...] = (
+    "siglip", "clip_score", "lpips", "ssim", "psnr", "mad", "diversity_lpips", "diversity_ssim", "diversity_mad",
+)  # fmt: skip
+FIGSIZE = (8.0, 5.0)  # inches; PNG pixels = FIGSIZE x dpi (the layout is constrained, never cropped)
+DEFAULT_DPI = 150
+MIN_DPI, MAX_DPI = 20, 600
+INTERVAL_TEXT = "mean with its 95% t-interval"
+_GROUP = "\x00plot_group"  # a variable name no axis can have (axis names are identifiers)
+_LEFT_OUT = "\x00plot_left_out"  # marks a run copy whose non-finite value was taken out
+_FOOTNOTE_PT = 7.0
+
+
+class Stat(NamedTuple):
+    """One plotted mean: the group's label, n (runs; for diversity metrics: conditions), mean and 95% interval
+    (NaN with n = 1)."""
+
+    label: str
+    n: int
+    mean: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class LineSeries:
+    """Metric vs axis, one series per prompt category: ``series[category]`` holds a Stat per axis value with
+    values, in x order. ``numeric``: every axis label is a number, so x positions are those numbers."""
+
+    experiment: str
+    metric: str
+    axis: str
+    labels: list[str]  # axis values with at least one value, in planned order
+    numeric: bool
+    series: dict[str, list[Stat]]
+    filters: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def x_position(self, label: str) -> float:
+        """Where a label sits on the x axis: its number, or its index among the labels (categorical)."""
+        return float(label) if self.numeric else float(self.labels.index(label))
+
+
+@dataclass(frozen=True)
+class HeatmapTable:
+    """Prompt category (rows) x axis value (columns) -> Stat; missing cells are absent from ``cells``."""
+
+    experiment: str
+    metric: str
+    axis: str
+    rows: list[str]  # categories
+    columns: list[str]  # axis labels in planned order
+    cells: dict[tuple[str, str], Stat]
+    filters: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    left_out: dict[tuple[str, str], int] = field(default_factory=dict)  # non-finite values per cell
+
+    def means(self) -> list[list[float]]:
+        """Row-major cell means, NaN where a cell has no value."""
+        return [
+            [self.cells[(r, c)].mean if (r, c) in self.cells else math.nan for c in self.columns] for r in self.rows
+        ]
+
+
+class ParetoPoint(NamedTuple):
+    """One condition (a combination of the swept axes' values), averaged over prompts and seeds."""
+
+    label: str  # e.g. "shift=3.0, steps=8": the axes that vary between the points
+    condition: dict[str, str]  # axis -> label, every swept axis
+    time: Stat  # generation_time_s of the runs that have a metric value
+    value: Stat
+
+
+@dataclass(frozen=True)
+class ParetoData:
+    """Every condition's point and which of them are on the frontier (indices into ``points``, by time)."""
+
+    experiment: str
+    metric: str
+    axes: list[str]
+    points: list[ParetoPoint]
+    front: list[int]
+    higher_is_better: bool
+    filters: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A drawn figure, what it shows and the notes to tell the user (left-out values)."""
+
+    figure: Figure
+    kind: str
+    metric: str
+    axis: str | None
+    notes: list[str]
+
+
+# -- checking the request -------------------------------------------------------------------------------------
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise LlmDitError(f"--kind {kind!r} is not a plot kind{_hint(kind, KINDS)}; kinds: {', '.join(KINDS)}")
+    return kind
+
+
+def check_output(path: str | Path) -> str:
+    """The output format ('png' or 'svg') from the file name's suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise LlmDitError(f"--output {path}: use a .png or .svg file name (matplotlib writes the format it names)")
+    return suffix[1:]
+
+
+def check_dpi(dpi: int) -> int:
+    if not MIN_DPI <= dpi <= MAX_DPI:
+        raise LlmDitError(f"--dpi must be {MIN_DPI}..{MAX_DPI}, got {dpi}")
+    return dpi
+
+
+def higher_is_better(metric: str) -> bool | None:
+    """The metric's direction: the registry's, False for generation time, None for a metric it does not know."""
+    if metric == GENERATION_TIME:
+        return False
+    spec = METRICS.get(metric)
+    return spec.higher_is_better if spec else None
+
+
+def resolve_metric(results: ExperimentResults, metric: str | None) -> str:
+    """``metric`` if the experiment has values of it (or it is generation_time_s); None: the default
+    (``DEFAULT_METRICS`` order, then any other stored metric)."""
+    available = [*results.metrics, GENERATION_TIME]
+    if metric is None:
+        for name in [*DEFAULT_METRICS, *results.metrics]:
+            if name in results.metrics:
+                return name
+        raise LlmDitError(
+            f"experiment {results.name!r} has no metric values yet; compute them with 'llm-dit metrics "
+            f"{results.name}' (or plot --metric {GENERATION_TIME})"
+        )
+    if metric in available:
+        return metric
+    if metric in METRICS:
+        raise LlmDitError(
+            f"experiment {results.name!r} has no {metric} values; compute them with 'llm-dit metrics "
+            f"{results.name} --metric {metric}'; it has: {', '.join(available)}"
+        )
+    raise LlmDitError(
+        f"unknown metric {metric!r}{_hint(metric, [*available, *METRICS])}; experiment {results.name!r} has: "
+        f"{', '.join(available)}"
+    )
+
+
+def resolve_axis(results: ExperimentResults, axis: str | None) -> str:
+    """``axis`` if it is one of the experiment's swept axes; None: the first swept axis."""
+    if not results.axes:
+        raise LlmDitError(f"experiment {results.name!r} sweeps no axis, so there is nothing to plot a metric against")
+    if axis is None:
+        return results.axes[0]
+    if axis not in results.axes:
+        raise LlmDitError(
+            f"experiment {results.name!r} has no axis {axis!r}{_hint(axis, results.axes)}; axes: "
+            f"{', '.join(results.axes)} (filter prompts and seeds with --where)"
+        )
+    return axis
+
+
+# -- the numbers ----------------------------------------------------------------------------------------------
+
+
+def is_numeric(labels: Sequence[str]) -> bool:
+    """Whether every label is a finite number (shift, steps, hidden_layer), so x positions can be the numbers."""
+    if not labels:
+        return False
+    for label in labels:
+        try:
+            number = float(label)
+        except ValueError:
+            return False
+        if not math.isfinite(number):
+            return False
+    return True
+
+
+def line_series(
+    results: ExperimentResults, metric: str, axis: str, filters: Mapping[str, Sequence[str]] | None = None
+) -> LineSeries:
+    """Mean metric (95% interval) per axis value, one series per prompt category, over the done runs passing the
+    filters; x order is numeric when every label is a number, else planned order."""
+    table = heatmap_table(results, metric, axis, filters)
+    numeric = is_numeric(table.columns)
+    series = {}
+    for category in table.rows:
+        stats = [table.cells[(category, label)] for label in table.columns if (category, label) in table.cells]
+        series[category] = sorted(stats, key=lambda s: float(s.label)) if numeric else stats
+    return LineSeries(
+        results.name, metric, axis, table.columns, numeric, series, dict(table.filters), list(table.notes)
+    )
+
+
+def heatmap_table(
+    results: ExperimentResults, metric: str, axis: str, filters: Mapping[str, Sequence[str]] | None = None
+) -> HeatmapTable:
+    """Mean metric (95% interval) per (prompt category, axis value) over the done runs passing the filters."""
+    resolve_axis(results, axis)
+    filters = {dim: list(values) for dim, values in (filters or {}).items()}
+    runs, notes = _selected(results, metric, filters)
+    stats = _grouped(runs, lambda run: _pair(results, run, axis), metric)
+    if not stats:
+        raise _no_values(results, metric, filters, notes)
+    # Rows and columns: every category and axis value among the selected runs, also those without a finite value
+    # (the reference column of PSNR): an empty cell says so, a missing column would hide it.
+    selected = {key for key in (_pair(results, run, axis) for run in runs) if key is not None}
+    categories = _ordered_categories(results, {category for category, _ in selected})
+    columns = [label for label in results.dimensions[axis] if any(key[1] == label for key in selected)]
+    cells = {key: _stat(key[1], row) for key, row in stats.items()}
+    left_out: dict[tuple[str, str], int] = {}
+    for run in runs:
+        key = _pair(results, run, axis)
+        if run.get(_LEFT_OUT) and key is not None:
+            left_out[key] = left_out.get(key, 0) + 1
+    return HeatmapTable(results.name, metric, axis, categories, columns, cells, filters, notes, left_out)
+
+
+def pareto_points(
+    results: ExperimentResults, metric: str, filters: Mapping[str, Sequence[str]] | None = None
+) -> ParetoData:
+    """One point per condition (combination of every swept axis' values), averaged over prompts and seeds:
+    mean generation time (of the runs with a metric value) vs mean metric, and the frontier's indices."""
+    direction = higher_is_better(metric)
+    if metric == GENERATION_TIME:
+        raise LlmDitError("a Pareto plot puts generation_time_s on x; pick a quality metric for y with --metric")
+    if direction is None:
+        raise LlmDitError(f"metric {metric!r} has no known direction (higher or lower is better); cannot rank it")
+    filters = {dim: list(values) for dim, values in (filters or {}).items()}
+    runs, notes = _selected(results, metric, filters)
+    with_value = [run for run in runs if _value(run, metric) is not None]
+
+    def condition_of(run: Mapping[str, Any]) -> tuple[str, ...] | None:
+        labels = tuple(run["variables"].get(axis) for axis in results.axes)
+        return None if None in labels else labels
+
+    values = _grouped(with_value, condition_of, metric)
+    if not values:
+        raise _no_values(results, metric, filters, notes)
+    times = _grouped(with_value, condition_of, GENERATION_TIME)
+    conditions = [key for key in _planned_conditions(results) if key in values and key in times]
+    varying = [i for i, _ in enumerate(results.axes) if len({key[i] for key in conditions}) > 1]
+    points = []
+    for key in conditions:
+        label = ", ".join(f"{results.axes[i]}={key[i]}" for i in varying) or "all runs"
+        points.append(
+            ParetoPoint(
+                label, dict(zip(results.axes, key, strict=True)), _stat(label, times[key]), _stat(label, values[key])
+            )
+        )
+    front = pareto_front([(p.time.mean, p.value.mean) for p in points], direction)
+    return ParetoData(results.name, metric, list(results.axes), points, front, direction, filters, notes)
+
+
+def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) -> list[int]:
+    """Indices of the non-dominated (x, y) points, by increasing x; x is a cost (lower is better), y is better
+    higher or lower as told.
+
+    A point is dominated when another is at least as good on both and better on one; equal points do not
+    dominate each other, so ties all stay on the front. Points with a non-finite coordinate are never on it.
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    finite = [(i, x, sign * y) for i, (x, y) in enumerate(points) if math.isfinite(x) and math.isfinite(y)]
+    front = [
+        (x, -gain, i)
+        for i, x, gain in finite
+        if not any(ox <= x and og >= gain and (ox < x or og > gain) for _, ox, og in finite)
+    ]
+    return [i for _, _, i in sorted(front)]
+
+
+def _selected(
+    results: ExperimentResults, metric: str, filters: Mapping[str, Sequence[str]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Done runs passing the filters (images not needed), each with a non-finite metric value taken out, and
+    notes saying what was left out."""
+    runs = results.select(filters, runs=[run for run in results.runs if run["status"] == "done"])
+    notes = []
+    raw = [_raw(run, metric) for run in runs]
+    missing = sum(value is None for value in raw)
+    infinite = [value for value in raw if value is not None and not math.isfinite(value)]
+    if infinite:
+        kinds = sorted({repr(value) for value in infinite})
+        why = (
+            "; PSNR is inf where an image equals its reference (the reference runs themselves)"
+            if metric == "psnr"
+            else ""
+        )
+        notes.append(
+            f"left out {len(infinite)} of {len(runs)} {metric} values that are not finite: {', '.join(kinds)}{why}"
+        )
+    if missing:
+        notes.append(
+            f"{missing} of {len(runs)} selected runs have no {metric} value (llm-dit metrics {results.name} "
+            "computes missing values)"
+        )
+    kept = [
+        run if value is None or math.isfinite(value) else _without_value(run, metric)
+        for run, value in zip(runs, raw, strict=True)
+    ]
+    return kept, notes
+
+
+def _raw(run: Mapping[str, Any], metric: str) -> float | None:
+    raw = run.get(metric) if metric == GENERATION_TIME else run["metrics"].get(metric)
+    return None if raw is None else float(raw)
+
+
+def _value(run: Mapping[str, Any], metric: str) -> float | None:
+    raw = _raw(run, metric)
+    return raw if raw is not None and math.isfinite(raw) else None
+
+
+def _without_value(run: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    """A copy of the run with the metric's value taken out, marked as such (the heatmap counts them per cell)."""
+    if metric == GENERATION_TIME:
+        return {**run, metric: None, _LEFT_OUT: True}
+    return {**run, "metrics": {**run["metrics"], metric: None}, _LEFT_OUT: True}
+
+
+def _grouped(
+    runs: Sequence[Mapping[str, Any]], group_of: Callable[[Mapping[str, Any]], Hashable | None], metric: str
+) -> dict[Any, dict[str, Any]]:
+    """summarize()'s statistics per group (runs whose group is None are left out): each run is tagged with its
+    group as a pseudo-axis, so grouping, per-condition averaging and the interval are exactly summary.csv's.
+    Groups are functions of a run's prompt and variables, so the runs of one condition share a group."""
+    tagged = []
+    for run in runs:
+        group = group_of(run)
+        if group is not None:
+            tagged.append({**run, "variables": {**run["variables"], _GROUP: group}})
+    spec = METRICS.get(metric)
+    per_condition = {metric} if spec is not None and spec.kind == "diversity" else set()
+    rows = summarize(tagged, [_GROUP], [metric], per_condition)
+    return {row["value"]: row for row in rows if row["n"]}
+
+
+def _pair(results: ExperimentResults, run: Mapping[str, Any], axis: str) -> tuple[str, str] | None:
+    label = run["variables"].get(axis)
+    return None if label is None else (results.category(run["prompt_id"]), label)
+
+
+def _stat(label: str, row: Mapping[str, Any]) -> Stat:
+    return Stat(label, int(row["n"]), float(row["mean"]), float(row["ci95_low"]), float(row["ci95_high"]))
+
+
+def _ordered_categories(results: ExperimentResults, present: set[str]) -> list[str]:
+    """Categories in the order their first prompt was planned; 'custom' last."""
+    order = [results.category(pid) for pid in results.dimensions[PROMPT]]
+    ordered = [c for c in dict.fromkeys(order) if c in present and c != CUSTOM_CATEGORY]
+    return ordered + ([CUSTOM_CATEGORY] if CUSTOM_CATEGORY in present else [])
+
+
+def _planned_conditions(results: ExperimentResults) -> list[tuple[str, ...]]:
+    conditions = (tuple(run["variables"].get(axis) for axis in results.axes) for run in results.runs)
+    return list(dict.fromkeys(conditions))
+
+
+def _no_values(
+    results: ExperimentResults, metric: str, filters: Mapping[str, Sequence[str]], notes: Sequence[str]
+) -> LlmDitError:
+    where = " ".join(f"--where {dim}={_csv_row(values)}" for dim, values in filters.items())
+    scope = f"the runs selected by {where}" if where else "its done runs"
+    infinite = [note for note in notes if "not finite" in note]
+    fix = (
+        f"{infinite[0]}; select other runs or pick another --metric"
+        if infinite
+        else f"compute metrics with 'llm-dit metrics {results.name}' or pick another --metric"
+    )
+    return LlmDitError(f"experiment {results.name!r} has no finite {metric} values among {scope}: {fix}")
+
+
+def _csv_row(values: Sequence[str]) -> str:
+    """Labels as --values / --where take them back (a label with a comma in double quotes)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(values)
+    return buffer.getvalue()
+
+
+# -- drawing --------------------------------------------------------------------------------------------------
+
+
+def metric_label(metric: str) -> str:
+    """Axis / colour bar label: the metric and which direction is better."""
+    direction = higher_is_better(metric)
+    if metric == GENERATION_TIME:
+        return "generation time, s per image (lower is better)"
+    if direction is None:
+        return metric
+    return f"{metric} ({'higher' if direction else 'lower'} is better)"
+
+
+def draw_line(data: LineSeries, dpi: int = DEFAULT_DPI) -> Figure:
+    """One line per category with 95% interval error bars; categories dodge sideways a little so bars at the
+    same x stay readable."""
+    from matplotlib.transforms import ScaledTranslation
+
+    fig, ax = _figure(dpi)
+    count = len(data.series)
+    for i, (category, stats) in enumerate(data.series.items()):
+        xs = [data.x_position(s.label) for s in stats]
+        means = [s.mean for s in stats]
+        below = [s.mean - s.ci_low for s in stats]  # NaN (n = 1): no bar
+        above = [s.ci_high - s.mean for s in stats]
+        bars = ax.errorbar(
+            xs, means, yerr=[below, above], marker="o", markersize=4, capsize=3, linewidth=1.5,
+            label=f"{category} ({_n_text(stats)})",
+        )  # fmt: skip
+        # Shift after drawing: autoscaling has seen the data coordinates; the offset is in points, so it is the
+        # same on numeric and categorical axes.
+        dodge = ScaledTranslation((i - (count - 1) / 2) * 4 / 72, 0, fig.dpi_scale_trans)  # 4 pt apart
+        for artist in bars.get_children():
+            artist.set_transform(artist.get_transform() + dodge)
+    if data.numeric:
+        if len(data.labels) <= 15:
+            ax.set_xticks([float(label) for label in data.labels], data.labels)
+    else:
+        ax.set_xticks(range(len(data.labels)), data.labels)
+        ax.set_xlim(-0.5, len(data.labels) - 0.5)
+    _rotate_long(ax, data.labels)
+    ax.set_xlabel(data.axis)
+    ax.set_ylabel(metric_label(data.metric))
+    ax.set_title(_title(data.experiment, f"{data.metric} by {data.axis}", data.filters))
+    ax.grid(alpha=0.3)
+    ax.legend(title="prompt category (n per point)", fontsize=8, title_fontsize=8)
+    _footnote(fig, [f"{INTERVAL_TEXT}{_n_meaning(data.metric)}", *data.notes])
+    return fig
+
+
+def draw_heatmap(data: HeatmapTable, dpi: int = DEFAULT_DPI) -> Figure:
+    """Categories x axis values, each cell its mean and n; better is always the bright (yellow) end of viridis,
+    and the colour bar has its better end on top."""
+    import matplotlib as mpl
+    import numpy as np
+
+    fig, ax = _figure(dpi)
+    direction = higher_is_better(data.metric)
+    cmap = mpl.colormaps["viridis" if direction is not False else "viridis_r"].with_extremes(bad="#dddddd")
+    means = np.ma.masked_invalid(np.array(data.means(), dtype=float))
+    image = ax.imshow(means, cmap=cmap, aspect="auto")
+    size = max(5.0, min(9.0, 70 / max(len(data.columns), 2 * len(data.rows))))
+    decimals = _decimals([stat.mean for stat in data.cells.values()])
+    for (row, column), stat in data.cells.items():
+        r, c = data.rows.index(row), data.columns.index(column)
+        red, green, blue, _ = cmap(image.norm(stat.mean))
+        dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.55  # ITU-R 601 luma: white text on dark cells
+        ax.text(
+            c, r, f"{stat.mean:.{decimals}f}\nn={stat.n}", ha="center", va="center", fontsize=size,
+            color="white" if dark else "black",
+        )  # fmt: skip
+    for row in range(len(data.rows)):
+        for column in range(len(data.columns)):
+            key = (data.rows[row], data.columns[column])
+            if key not in data.cells:
+                text = f"{data.left_out[key]} not finite\n(left out)" if key in data.left_out else "no value"
+                ax.text(column, row, text, ha="center", va="center", fontsize=size, color="0.35")
+    ax.set_xticks(range(len(data.columns)), data.columns)
+    ax.set_yticks(range(len(data.rows)), data.rows)
+    _rotate_long(ax, data.columns)
+    ax.set_xlabel(data.axis)
+    ax.set_ylabel("prompt category")
+    ax.set_title(_title(data.experiment, f"{data.metric} by prompt category x {data.axis}", data.filters))
+    bar = fig.colorbar(image, ax=ax, label=metric_label(data.metric))
+    if direction is False:
+        bar.ax.invert_yaxis()  # better (lower) on top, as for higher-is-better metrics
+    _footnote(fig, [f"cell: mean and n{_n_meaning(data.metric)}", *data.notes])
+    return fig
+
+
+def draw_pareto(data: ParetoData, dpi: int = DEFAULT_DPI) -> Figure:
+    """All conditions as points (dominated ones faded), the frontier as a staircase through the non-dominated
+    ones, each of those labelled with its condition."""
+    fig, ax = _figure(dpi)
+    on_front = set(data.front)
+    faded = [p for i, p in enumerate(data.points) if i not in on_front]
+    if faded:
+        ax.scatter(
+            [p.time.mean for p in faded], [p.value.mean for p in faded], s=18, color="0.55", alpha=0.45,
+            label=f"dominated ({len(faded)})",
+        )  # fmt: skip
+    front = [data.points[i] for i in data.front]
+    # steps-post: from each point right at its level, then up/down to the next; the region below-right is
+    # what the frontier dominates.
+    ax.plot(
+        [p.time.mean for p in front], [p.value.mean for p in front], drawstyle="steps-post", marker="o",
+        color="C3", markersize=5, linewidth=1.5, label=f"Pareto frontier ({len(front)})",
+    )  # fmt: skip
+    # The staircase reaches each frontier point from below (higher is better) or above, then leaves it to the
+    # right: the quadrant up-left (down-left) of the point is free of it, and of dominated points.
+    vertical = (6, "bottom") if data.higher_is_better else (-6, "top")
+    for point in front:
+        ax.annotate(
+            point.label, (point.time.mean, point.value.mean), xytext=(-5, vertical[0]), textcoords="offset points",
+            fontsize=7, color="C3", ha="right", va=vertical[1],
+        )  # fmt: skip
+    ax.margins(x=0.18, y=0.08)  # room for the leftmost label
+    ax.set_xlabel("generation time, s per image (mean; lower is better)")
+    ax.set_ylabel(metric_label(data.metric))
+    ax.set_title(
+        _title(data.experiment, f"{data.metric} vs generation time, per {' x '.join(data.axes)}", data.filters)
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    n_values = sorted({p.value.n for p in data.points})
+    n_text = str(n_values[0]) if len(n_values) == 1 else f"{n_values[0]}-{n_values[-1]}"
+    _footnote(
+        fig,
+        [f"each point: a condition's means over prompts and seeds (n = {n_text}{_n_meaning(data.metric, short=True)})",
+         *data.notes],
+    )  # fmt: skip
+    return fig
+
+
+def make_plot(
+    results: ExperimentResults,
+    kind: str,
+    metric: str | None = None,
+    axis: str | None = None,
+    filters: Mapping[str, Sequence[str]] | None = None,
+    dpi: int = DEFAULT_DPI,
+) -> Plot:
+    """Check the request against the experiment, compute the numbers and draw them."""
+    check_kind(kind)
+    check_dpi(dpi)
+    filters = dict(filters or {})
+    for dim, values in filters.items():
+        results.check_values(dim, values)
+    metric = resolve_metric(results, metric)
+    if kind == "pareto":
+        if axis is not None:
+            raise LlmDitError(
+                "--axis does not apply to --kind pareto: its points are combinations of every swept axis "
+                f"({', '.join(results.axes)}); fix axes with --where AXIS=VALUE"
+            )
+        pareto = pareto_points(results, metric, filters)
+        return Plot(draw_pareto(pareto, dpi), kind, metric, None, pareto.notes)
+    axis = resolve_axis(results, axis)
+    if kind == "line":
+        line = line_series(results, metric, axis, filters)
+        return Plot(draw_line(line, dpi), kind, metric, axis, line.notes)
+    table = heatmap_table(results, metric, axis, filters)
+    return Plot(draw_heatmap(table, dpi), kind, metric, axis, table.notes)
+
+
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Write the figure as PNG or SVG (by suffix), atomically. SVG keeps text as text (searchable, editable) and
+    carries no date, so the same data gives the same file."""
+    import matplotlib as mpl
+
+    path = Path(path)
+    fmt = check_output(path)
+    buffer = io.BytesIO()
+    metadata = {"Date": None} if fmt == "svg" else None
+    with mpl.rc_context({"svg.fonttype": "none", "svg.hashsalt": "llm-dit"}):
+        figure.savefig(buffer, format=fmt, metadata=metadata)
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def _figure(dpi: int) -> tuple[Figure, Any]:
+    from matplotlib.figure import Figure
+
+    # Figure() itself, not pyplot: no global figure manager, no GUI backend; savefig renders with Agg / SVG.
+    fig = Figure(figsize=FIGSIZE, dpi=dpi, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _footnote(fig: Figure, lines: Sequence[str]) -> None:
+    """Small print under the axes; the constrained layout keeps its band free."""
+    wrapped = [part for line in lines for part in textwrap.wrap(line, 140)]
+    height = (len(wrapped) * _FOOTNOTE_PT * 1.35 + 6) / (FIGSIZE[1] * 72)
+    fig.get_layout_engine().set(rect=(0, height, 1, 1 - height))
+    fig.text(0.01, 0.008, "\n".join(wrapped), fontsize=_FOOTNOTE_PT, color="0.3", ha="left", va="bottom")
+
+
+def _title(experiment: str, what: str, filters: Mapping[str, Sequence[str]]) -> str:
+    where = "; ".join(f"{dim} = {', '.join(values)}" for dim, values in filters.items())
+    return f"{experiment}: {what}" + (f"\nwhere {where}" if where else "")
+
+
+def _n_text(stats: Sequence[Stat]) -> str:
+    ns = sorted({s.n for s in stats})
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
+
+
+def _n_meaning(metric: str, short: bool = False) -> str:
+    spec = METRICS.get(metric)
+    if spec is not None and spec.kind == "diversity":
+        return (
+            " conditions"
+            if short
+            else "; n = conditions (seed groups): diversity values are averaged per condition first"
+        )
+    return " runs" if short else "; n = runs"
+
+
+def _decimals(values: Sequence[float]) -> int:
+    """Decimals that give the largest value about four significant digits, the same for every cell."""
+    largest = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
+    if largest == 0:
+        return 2
+    return max(0, min(6, 3 - math.floor(math.log10(largest))))
+
+
+def _rotate_long(ax: Any, labels: Sequence[str]) -> None:
+    if sum(len(label) for label in labels) > 60:
+        for tick in ax.get_xticklabels():
+            tick.set_rotation(25)
+            tick.set_horizontalalignment("right")
