@@ -1,0 +1,393 @@
+"""Comparison pages as pictures: a pure layout, then PIL drawing.
+
+A page is a table of images: a title, one header per column, one label per row, and under each image a caption
+(metric values, diff statistics). :func:`layout_page` turns a :class:`GridPage` into a :class:`PageLayout`: the
+canvas size, every image box and every text block with its exact (wrapped, truncated) lines. It needs no image
+pixels, so tests check geometry and label text exactly; :func:`render_page` only draws what the layout says.
+
+Text uses Pillow's built-in scalable font (``ImageFont.load_default(size=N)``), so pages look the same on every
+machine, with or without system fonts. It covers Latin-1 (and '…'); other characters draw as boxes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image, ImageDraw, ImageFont
+
+FONT_MIN, FONT_MAX = 12, 18  # px; the font scales with the cell width; below 12 px its spaces collapse
+MAX_HEADER_LINES = 4  # a column header (a prompt column: id + 3 lines of its text)
+MAX_TITLE_LINES = 2
+ELLIPSIS = "…"
+CAPTION_SEP = "\t"  # in a caption line, "name\tvalue": name left-aligned, value right-aligned
+
+BACKGROUND = (255, 255, 255)
+TEXT = (30, 30, 30)
+MUTED = (100, 100, 100)  # row-label text after its first paragraph (e.g. a prompt's text under its id)
+PLACEHOLDER_FILL = (228, 228, 228)
+PLACEHOLDER_EDGE = (160, 160, 160)
+PLACEHOLDER_TEXT = (80, 80, 80)
+
+Align = Literal["left", "center"]
+
+
+@dataclass(frozen=True)
+class Box:
+    """A pixel rectangle: left, top, width, height."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+    @property
+    def right(self) -> int:
+        return self.x + self.width
+
+    @property
+    def bottom(self) -> int:
+        return self.y + self.height
+
+    @property
+    def corners(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom), right and bottom exclusive: PIL's crop box and numpy's slice ends."""
+        return (self.x, self.y, self.right, self.bottom)
+
+
+@dataclass(frozen=True)
+class Label:
+    """A block of text: its lines exactly as drawn, in a box exactly ``len(lines)`` lines high."""
+
+    box: Box
+    lines: tuple[str, ...]
+    size: int  # font size, px
+    align: Align = "left"
+    emphasis: int = 0  # the first lines drawn in the text colour; the rest muted (0 = all in the text colour)
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """What one cell shows: an image (a file, loaded when drawn, or a picture) or a placeholder saying why not."""
+
+    image: Path | Image.Image | None = None
+    caption: tuple[str, ...] = ()  # lines under the image; "name\tvalue" puts the value on the right
+    missing: str = ""  # why there is no image; drawn inside a grey placeholder
+
+
+@dataclass(frozen=True)
+class GridPage:
+    """One page: ``cells[row][col]``; a row label's paragraphs are separated by '\\n' (the first one stands out)."""
+
+    title: str
+    col_labels: tuple[str, ...]
+    row_labels: tuple[str, ...]
+    cells: tuple[tuple[GridCell, ...], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.cells) != len(self.row_labels) or any(len(row) != len(self.col_labels) for row in self.cells):
+            raise ValueError(
+                f"page {self.title!r}: cells must be {len(self.row_labels)} rows of {len(self.col_labels)}, "
+                f"got {[len(row) for row in self.cells]}"
+            )
+
+
+@dataclass(frozen=True)
+class PageLayout:
+    """Where everything of a page goes. ``cells[r][c]`` is the image area of a cell (an image is fitted into it,
+    keeping its aspect ratio, centred); ``captions[r][c]`` the text under it; ``placeholders[r][c]`` the text of a
+    missing image (None where there is an image)."""
+
+    width: int
+    height: int
+    font_size: int
+    line_height: int
+    margin: int
+    gap: int
+    title: Label | None
+    col_headers: tuple[Label, ...]
+    row_labels: tuple[Label, ...]
+    cells: tuple[tuple[Box, ...], ...]
+    captions: tuple[tuple[Label | None, ...], ...]
+    placeholders: tuple[tuple[Label | None, ...], ...]
+
+    def labels(self) -> list[Label]:
+        """The page's text blocks outside the cells: title, headers, row labels, captions."""
+        out = [self.title] if self.title else []
+        out += [*self.col_headers, *self.row_labels]
+        for row in self.captions:
+            out += [label for label in row if label is not None]
+        return out
+
+
+def font_size_for(cell_width: int) -> int:
+    """Font size (px) for a cell width: about 1/14 of it, within FONT_MIN..FONT_MAX."""
+    return max(FONT_MIN, min(FONT_MAX, round(cell_width / 14)))
+
+
+@cache
+def font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's built-in font at ``size`` px (needs Pillow built with FreeType, as its wheels are)."""
+    loaded = ImageFont.load_default(size=size)
+    if not isinstance(loaded, ImageFont.FreeTypeFont):  # a Pillow without FreeType: fixed-size bitmap font only
+        raise RuntimeError("Pillow was built without FreeType; scalable text is needed for comparison pages")
+    return loaded
+
+
+def line_height(size: int) -> int:
+    """Height of one line of text: the font's ascent + descent."""
+    ascent, descent = font(size).getmetrics()
+    return ascent + descent
+
+
+def text_width(text: str, size: int) -> float:
+    return font(size).getlength(text)
+
+
+def wrap(text: str, width: float, size: int, max_lines: int | None = None) -> tuple[str, ...]:
+    """``text`` broken into lines no wider than ``width`` px at font ``size``.
+
+    Paragraphs ('\\n') start new lines; lines break at spaces (dropped), else after ',', '=', ':', ';', '/' or
+    '_' (kept), else anywhere. Beyond ``max_lines`` the last kept line ends in '…'.
+    """
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        lines.extend(_wrap_paragraph(paragraph, width, size))
+    if max_lines is not None and len(lines) > max_lines:
+        lines = lines[:max_lines] if max_lines > 0 else []
+        if lines:
+            lines[-1] = truncate(lines[-1] + ELLIPSIS, width, size)
+    return tuple(lines)
+
+
+def truncate(text: str, width: float, size: int) -> str:
+    """``text`` if it fits ``width``, else its longest prefix that fits with '…' appended."""
+    if text_width(text, size) <= width:
+        return text
+    body = text.removesuffix(ELLIPSIS).rstrip()
+    while body and text_width(body + ELLIPSIS, size) > width:
+        body = body[:-1]
+    return body.rstrip() + ELLIPSIS if body else ELLIPSIS
+
+
+_BREAK_AFTER = ",=:;/_"
+
+
+def _wrap_paragraph(paragraph: str, width: float, size: int) -> list[str]:
+    if not paragraph:
+        return [""]
+    lines: list[str] = []
+    current = ""
+    for word in paragraph.split(" "):
+        candidate = f"{current} {word}" if current else word
+        if text_width(candidate, size) <= width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        current = ""
+        # The word alone may still be too wide: break it after separators, then anywhere.
+        for piece in _pieces(word):
+            candidate = current + piece
+            if text_width(candidate, size) <= width:
+                current = candidate
+                continue
+            if current:
+                lines.append(current)
+            current = ""
+            for char in piece:
+                if current and text_width(current + char, size) > width:
+                    lines.append(current)
+                    current = ""
+                current += char
+    lines.append(current)
+    return lines
+
+
+def _pieces(word: str) -> list[str]:
+    """``word`` split after each break character: 'layer=-2:0.5,-5:0.5' -> ['layer=', '-2:', '0.5,', '-5:', '0.5']."""
+    pieces, start = [], 0
+    for i, char in enumerate(word):
+        if char in _BREAK_AFTER:
+            pieces.append(word[start : i + 1])
+            start = i + 1
+    if start < len(word):
+        pieces.append(word[start:])
+    return pieces
+
+
+def layout_page(page: GridPage, cell_width: int, cell_height: int, font_size: int | None = None) -> PageLayout:
+    """The geometry and text of ``page`` with image areas of ``cell_width`` x ``cell_height`` px.
+
+    From the top: margin, title (up to 2 lines, a larger font), column headers (centred, bottom-aligned, up to 4
+    lines), then the rows: the row label left of the images, each image with its caption below. The row label
+    column is as wide as its longest paragraph, capped at ``max(cell_width, 12 em)``. Every caption band is as
+    high as the page's longest caption, so rows line up.
+    """
+    if cell_width < 1 or cell_height < 1:
+        raise ValueError(f"cell size must be positive, got {cell_width}x{cell_height}")
+    size = font_size or font_size_for(cell_width)
+    line = line_height(size)
+    margin = size
+    gap = max(6, round(size * 0.8))  # wide enough that one cell's caption values never touch the next's
+    pad = max(2, size // 3)  # between an image and its caption, a header and its image
+    n_rows, n_cols = len(page.row_labels), len(page.col_labels)
+
+    caption_lines = max((len(cell.caption) for row in page.cells for cell in row), default=0)
+    caption_band = pad + caption_lines * line if caption_lines else 0
+    row_height = cell_height + caption_band
+
+    widest = max((text_width(p, size) for label in page.row_labels for p in label.split("\n")), default=0.0)
+    label_width = min(math.ceil(widest), max(cell_width, 12 * size)) if widest else 0
+    cells_x = margin + (label_width + gap if label_width else 0)
+    width = cells_x + n_cols * cell_width + max(n_cols - 1, 0) * gap + margin
+
+    y = margin
+    title = None
+    if page.title:
+        title_size = size + max(2, size // 5)
+        lines = wrap(page.title, width - 2 * margin, title_size, MAX_TITLE_LINES)
+        title = Label(Box(margin, y, width - 2 * margin, len(lines) * line_height(title_size)), lines, title_size)
+        y = title.box.bottom + gap
+
+    header_lines = [wrap(label, cell_width, size, MAX_HEADER_LINES) for label in page.col_labels]
+    header_band = max((len(lines) for lines in header_lines), default=0) * line
+    headers = []
+    for col, lines in enumerate(header_lines):
+        height = len(lines) * line
+        box = Box(cells_x + col * (cell_width + gap), y + header_band - height, cell_width, height)
+        emphasis = _first_paragraph_lines(page.col_labels[col], lines, cell_width, size)
+        headers.append(Label(box, lines, size, "center", emphasis))
+    y += header_band + (pad if header_band else 0)
+
+    row_labels, cells, captions, placeholders = [], [], [], []
+    max_label_lines = max(1, row_height // line)
+    for row in range(n_rows):
+        top = y + row * (row_height + gap)
+        text = page.row_labels[row]
+        lines = wrap(text, label_width, size, max_label_lines) if label_width else ()
+        emphasis = _first_paragraph_lines(text, lines, label_width, size)
+        row_labels.append(Label(Box(margin, top, label_width, len(lines) * line), lines, size, emphasis=emphasis))
+        boxes, row_captions, row_placeholders = [], [], []
+        for col in range(n_cols):
+            box = Box(cells_x + col * (cell_width + gap), top, cell_width, cell_height)
+            cell = page.cells[row][col]
+            boxes.append(box)
+            row_captions.append(_caption(cell.caption, box, pad, size, line))
+            row_placeholders.append(None if cell.image is not None else placeholder_label(cell.missing, box, size))
+        cells.append(tuple(boxes))
+        captions.append(tuple(row_captions))
+        placeholders.append(tuple(row_placeholders))
+    height = y + n_rows * row_height + max(n_rows - 1, 0) * gap + margin
+    return PageLayout(
+        width, height, size, line, margin, gap, title, tuple(headers), tuple(row_labels), tuple(cells),
+        tuple(captions), tuple(placeholders),
+    )  # fmt: skip
+
+
+def _first_paragraph_lines(text: str, lines: Sequence[str], width: float, size: int) -> int:
+    """How many of ``lines`` (``text`` wrapped) are its first paragraph's; 0 if it has only one paragraph."""
+    if "\n" not in text:
+        return 0
+    return min(len(wrap(text.split("\n", 1)[0], width, size)), len(lines))
+
+
+def _caption(caption: Sequence[str], box: Box, pad: int, size: int, line: int) -> Label | None:
+    if not caption:
+        return None
+    lines = tuple(_fit_caption_line(text, box.width, size) for text in caption)
+    return Label(Box(box.x, box.bottom + pad, box.width, len(lines) * line), lines, size)
+
+
+def _fit_caption_line(text: str, width: int, size: int) -> str:
+    """A caption line that fits the cell: 'name\\tvalue' keeps the value whole and shortens the name."""
+    name, sep, value = text.partition(CAPTION_SEP)
+    if not sep:
+        return truncate(text, width, size)
+    room = width - text_width(value, size) - text_width("  ", size)
+    return f"{truncate(name, max(room, 0), size)}{CAPTION_SEP}{value}"
+
+
+def placeholder_label(reason: str, box: Box, size: int) -> Label:
+    """The text of a missing image's placeholder, centred in its cell."""
+    inset = max(2, size // 2)
+    line = line_height(size)
+    lines = wrap(reason or "no image", box.width - 2 * inset, size, max(1, (box.height - 2 * inset) // line))
+    height = len(lines) * line
+    return Label(
+        Box(box.x + inset, box.y + (box.height - height) // 2, box.width - 2 * inset, height), lines, size, "center"
+    )
+
+
+def fit(image: Image.Image, box: Box) -> tuple[Image.Image, Box]:
+    """``image`` scaled to fit ``box`` (aspect ratio kept) and the box it fills, centred in ``box``.
+
+    Enlarging uses nearest neighbour (each source pixel becomes a block: diff pixels stay exact and sharp);
+    shrinking uses Lanczos (no aliasing).
+    """
+    scale = min(box.width / image.width, box.height / image.height)
+    width = max(1, min(box.width, round(image.width * scale)))
+    height = max(1, min(box.height, round(image.height * scale)))
+    target = Box(box.x + (box.width - width) // 2, box.y + (box.height - height) // 2, width, height)
+    if (width, height) == image.size:
+        return image, target
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+    return image.resize((width, height), resample), target
+
+
+def load_image(source: Path | Image.Image) -> Image.Image:
+    """A cell's image as RGB (files are read fully and closed)."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB") if source.mode != "RGB" else source
+    with Image.open(source) as img:
+        return img.convert("RGB")
+
+
+def render_page(page: GridPage, layout: PageLayout) -> Image.Image:
+    """Draw ``page`` as ``layout`` places it: an RGB image of ``layout.width`` x ``layout.height``."""
+    canvas = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for row, cells in enumerate(page.cells):
+        for col, cell in enumerate(cells):
+            box = layout.cells[row][col]
+            placeholder = layout.placeholders[row][col]
+            if cell.image is not None:
+                try:
+                    image = load_image(cell.image)
+                except OSError as exc:  # a damaged file: say so in its cell, draw everything else
+                    placeholder = placeholder_label(f"cannot read image: {exc}", box, layout.font_size)
+                else:
+                    resized, target = fit(image, box)
+                    canvas.paste(resized, (target.x, target.y))
+            if placeholder is not None:
+                draw.rectangle((box.x, box.y, box.right - 1, box.bottom - 1), PLACEHOLDER_FILL, PLACEHOLDER_EDGE)
+                draw_label(draw, placeholder, PLACEHOLDER_TEXT)
+    for label in layout.labels():
+        draw_label(draw, label)
+    return canvas
+
+
+def draw_label(draw: ImageDraw.ImageDraw, label: Label, colour: tuple[int, int, int] = TEXT) -> None:
+    """Draw a label's lines top to bottom; 'name\\tvalue' lines put the value flush right."""
+    face = font(label.size)
+    step = line_height(label.size)
+    for i, text in enumerate(label.lines):
+        fill = colour if not label.emphasis or i < label.emphasis else MUTED
+        y = label.box.y + i * step
+        name, sep, value = text.partition(CAPTION_SEP)
+        if sep:
+            draw.text((label.box.x, y), name, fill=fill, font=face, anchor="la")
+            draw.text((label.box.right, y), value, fill=fill, font=face, anchor="ra")
+        elif label.align == "center":
+            draw.text((label.box.x + label.box.width / 2, y), text, fill=fill, font=face, anchor="ma")
+        else:
+            draw.text((label.box.x, y), text, fill=fill, font=face, anchor="la")
+
+
+def page_image(page: GridPage, cell_width: int, cell_height: int, font_size: int | None = None) -> Image.Image:
+    """Lay out and draw ``page`` in one call."""
+    return render_page(page, layout_page(page, cell_width, cell_height, font_size))
