@@ -3,8 +3,49 @@ are imported inside the command."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+# Repeated here rather than imported from llm_dit.viewer: that package imports fastapi, and `llm-dit --help`
+# should not pay for it. tests/test_viewer_api.py checks that both agree.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7861
+
+
+def view_cmd(
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Results directory.")] = Path("experiments/results"),
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; anything but loopback exposes your results.")
+    ] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option("--port", help="TCP port (0 = any free port).")] = DEFAULT_PORT,
+) -> None:
+    """Browse results in a web browser: grids, slider, A/B toggle and diff overlays (read-only; Ctrl-C stops)."""
+    from llm_dit.errors import LlmDitError
+    from llm_dit.store import DB_NAME
+
+    # Checked here, before fastapi/uvicorn are even imported: bad input fails fast.
+    if not (output_dir / DB_NAME).is_file():
+        raise LlmDitError(
+            f"no results database in {output_dir}; pass the --output-dir the experiments ran with "
+            "(e.g. --output-dir outputs/results)"
+        )
+    from llm_dit.viewer.server import is_loopback, serve
+
+    if not is_loopback(host):
+        typer.echo(
+            f"warning: --host {host} makes the viewer reachable from other machines; it has no authentication "
+            "and shows every result in this directory",
+            err=True,
+        )
+
+    def announce(url: str) -> None:
+        typer.echo(f"llm-dit viewer: serving {output_dir} at {url} (read-only; Ctrl-C to stop)")
+
+    serve(output_dir, host, port, announce=announce)
 
 
 def register(app: typer.Typer) -> None:
     """Add the command to ``app``."""
+    app.command("view")(view_cmd)

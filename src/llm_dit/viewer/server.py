@@ -1,0 +1,487 @@
+"""The viewer's web server: a read-only JSON API over the results store, the run images, server-side diffs and the
+static page (``static/``), as one FastAPI app.
+
+Security model (the server has no authentication, so it relies on where it listens and what it will serve):
+
+- It binds to 127.0.0.1 unless told otherwise; on a loopback bind it also refuses requests whose ``Host`` header is
+  not a loopback name, so a web page on another origin cannot reach it through DNS rebinding.
+- Every route is GET and nothing writes: the store is opened read-only (SQLite ``mode=ro``), diffs are encoded in
+  memory, and no file is created in the results directory (SQLite itself may create its ``-wal``/``-shm``
+  sidecars to read a WAL database; the database file is never changed).
+- ``/files/<path>`` serves only image files (png, jpg, jpeg, webp) whose resolved path (symlinks followed) lies
+  inside the resolved results root, is a regular file and has no dot-named component: ``results.db``, ``.lock``,
+  exports, temp files and anything outside the root are 404; malformed paths (``..``, absolute, NUL,
+  backslashes) are 400.
+- Responses carry ``X-Content-Type-Options: nosniff`` and a Content-Security-Policy that allows this origin only,
+  so the page can load nothing from elsewhere.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import math
+import socket
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from llm_dit.analysis.diff import DEFAULT_THRESHOLD, DIFF_MODES, check_mode, diff_image, diff_stats
+from llm_dit.analysis.results import (
+    ExperimentResults,
+    ExperimentSummary,
+    dimension_value,
+    list_experiments,
+    load_experiment,
+)
+from llm_dit.errors import LlmDitError
+from llm_dit.metrics.registry import METRICS
+from llm_dit.store import DB_NAME
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7861
+IMAGE_TYPES: dict[str, str] = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+# The page's own files: a fixed list, so /static/<name> can never name anything else in the package.
+STATIC_TYPES: dict[str, str] = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+MAX_GAIN = 1000.0  # beyond this every non-zero difference is already white
+CACHED_EXPERIMENTS = 16
+SECURITY_HEADERS: dict[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+}
+
+
+class FileRefused(Exception):
+    """A ``/files`` path the server will not serve: ``status`` is 400 (malformed) or 404 (not servable)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def resolve_image(root: Path, relative: str) -> Path:
+    """The image file ``relative`` (a '/'-separated path under the results root), checked against the path rules.
+
+    ``root`` must already be resolved. Raises :class:`FileRefused` (400 for malformed paths, 404 for anything
+    that is not a servable image inside the root). The checks run on the request path and again on the resolved
+    path, so a symlink cannot lead outside the root, to a dotfile or to a non-image.
+    """
+    if not relative or "\0" in relative or "\\" in relative or any(ord(ch) < 32 for ch in relative):
+        raise FileRefused(400, "malformed path")
+    if relative.startswith("/"):
+        raise FileRefused(400, "absolute paths are not served")
+    parts = relative.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise FileRefused(400, "path segments '', '.' and '..' are not allowed")
+    if any(part.startswith(".") for part in parts):
+        raise FileRefused(404, "not found")
+    if Path(parts[-1]).suffix.lower() not in IMAGE_TYPES:
+        raise FileRefused(404, "not found")
+    try:
+        resolved = (root / relative).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop
+        raise FileRefused(404, "not found") from None
+    if not resolved.is_relative_to(root) or not resolved.is_file():
+        raise FileRefused(404, "not found")
+    inside = resolved.relative_to(root).parts
+    if any(part.startswith(".") for part in inside) or resolved.suffix.lower() not in IMAGE_TYPES:
+        raise FileRefused(404, "not found")
+    return resolved
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an IP, IPv6 possibly in brackets) is only reachable from this machine."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_header_name(header: str) -> str:
+    """The host part of an HTTP ``Host`` header: ``127.0.0.1:7861`` -> 127.0.0.1, ``[::1]:7861`` -> ::1."""
+    header = header.strip()
+    if header.startswith("["):
+        end = header.find("]")
+        return header[1:end] if end > 0 else ""
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats as the strings 'inf', '-inf', 'nan' (JSON has no such numbers; PSNR of
+    identical images is inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def _db_stamp(root: Path) -> tuple[tuple[int, int] | None, ...]:
+    """What changes whenever the store changes: size and mtime of the database and its WAL (WAL-mode commits go
+    to the WAL first; the database file only changes at checkpoints)."""
+    out = []
+    for name in (DB_NAME, f"{DB_NAME}-wal"):
+        try:
+            stat = (root / name).stat()
+            out.append((stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+class ResultsCache:
+    """Experiments read through the read-only store, cached until the database changes (new runs show on reload).
+
+    One lock serializes loading: a local viewer has one user, and loading twice in parallel would only waste time.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        self._stamp: tuple[tuple[int, int] | None, ...] | None = None
+        self._summaries: list[ExperimentSummary] | None = None
+        self._experiments: OrderedDict[str, tuple[ExperimentResults, dict[str, dict[str, Any]]]] = OrderedDict()
+
+    def _check_fresh(self) -> None:
+        # The stamp is taken before reading: a commit during the read changes it, so the next request reloads.
+        stamp = _db_stamp(self.root)
+        if stamp != self._stamp:
+            self._stamp, self._summaries = stamp, None
+            self._experiments.clear()
+
+    def summaries(self) -> list[ExperimentSummary]:
+        with self._lock:
+            self._check_fresh()
+            if self._summaries is None:
+                self._summaries = list_experiments(self.root)
+            return self._summaries
+
+    def experiment(self, name: str) -> tuple[ExperimentResults, dict[str, dict[str, Any]]]:
+        """(the experiment, its runs by id); LlmDitError if there is no such experiment."""
+        with self._lock:
+            self._check_fresh()
+            if name not in self._experiments:
+                results = load_experiment(self.root, name)
+                self._experiments[name] = (results, {run["run_id"]: run for run in results.runs})
+                while len(self._experiments) > CACHED_EXPERIMENTS:
+                    self._experiments.popitem(last=False)
+            self._experiments.move_to_end(name)
+            return self._experiments[name]
+
+
+class NotFound(Exception):
+    """An experiment or run that does not exist (404)."""
+
+
+class BadRequest(Exception):
+    """A request the server understands but refuses (400), e.g. images of two sizes to diff."""
+
+
+def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI:
+    """The viewer app over the results directory ``root`` (which must hold a results database).
+
+    ``loopback_hosts_only``: refuse requests whose Host header is not a loopback name (right for a server bound
+    to a loopback address; pass False when it listens on a public interface on purpose).
+    """
+    root = Path(root)
+    if not (root / DB_NAME).is_file():
+        raise LlmDitError(f"no results database in {root}; pass the --output-dir the experiments ran with")
+    resolved_root = root.resolve()
+    cache = ResultsCache(root)
+    # No OpenAPI/docs pages: they load scripts from a CDN, and the viewer promises to work offline.
+    app = FastAPI(title="llm-dit viewer", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if loopback_hosts_only and not is_loopback(host_header_name(request.headers.get("host", ""))):
+            response: Response = JSONResponse({"detail": "Host header is not a loopback name"}, status_code=400)
+        else:
+            response = await call_next(request)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # 400 rather than FastAPI's 422: a bad query parameter is simply a bad request here.
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        return JSONResponse({"detail": problems}, status_code=400)
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(FileRefused)
+    async def refused(request: Request, exc: FileRefused) -> JSONResponse:
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status)
+
+    def experiment_or_404(name: str) -> tuple[ExperimentResults, dict[str, dict[str, Any]]]:
+        try:
+            return cache.experiment(name)
+        except LlmDitError as exc:
+            raise NotFound(str(exc)) from None
+
+    def run_or_404(name: str, run_id: str) -> tuple[ExperimentResults, dict[str, Any]]:
+        results, by_id = experiment_or_404(name)
+        if run_id not in by_id:
+            raise NotFound(f"experiment {name!r} has no run {run_id!r}")
+        return results, by_id[run_id]
+
+    def image_url(results: ExperimentResults, run: dict[str, Any]) -> str | None:
+        """The /files URL of a done run's image, or None when it has none that the path rules allow."""
+        if run["status"] != "done" or not run.get("image_path"):
+            return None
+        relative = f"{results.name}/{run['image_path']}"
+        try:
+            resolve_image(resolved_root, relative)
+        except FileRefused:
+            return None
+        return "/files/" + quote(relative, safe="/")
+
+    def image_array(results: ExperimentResults, run: dict[str, Any], which: str) -> np.ndarray:
+        from PIL import Image
+
+        if image_url(results, run) is None:
+            raise NotFound(f"run {run['run_id']!r} ({which}) has no image (status {run['status']})")
+        path = resolve_image(resolved_root, f"{results.name}/{run['image_path']}")
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"))
+        except OSError as exc:
+            raise BadRequest(f"image of run {run['run_id']!r} ({which}) cannot be read: {exc}") from None
+
+    def diff_inputs(name: str, a: str, b: str, mode: str, threshold: int, gain: float) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            check_mode(mode)
+        except LlmDitError as exc:
+            raise BadRequest(str(exc)) from None
+        if not math.isfinite(gain) or not 0 < gain <= MAX_GAIN:
+            raise BadRequest(f"gain must be > 0 and <= {MAX_GAIN:g}, got {gain}")
+        results, run_a = run_or_404(name, a)
+        _, run_b = run_or_404(name, b)
+        image_a, image_b = image_array(results, run_a, "A"), image_array(results, run_b, "B")
+        if image_a.shape != image_b.shape:
+            raise BadRequest(
+                f"images differ in size ({image_a.shape[1]}x{image_a.shape[0]} vs "
+                f"{image_b.shape[1]}x{image_b.shape[0]}); a pixel diff needs two images of one size"
+            )
+        return image_a, image_b
+
+    @app.get("/")
+    def index() -> Response:
+        return static_file("index.html")
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        # Browsers ask for it on any page of this origin (error pages and raw images too).
+        return static_file("favicon.svg")
+
+    @app.get("/static/{name}")
+    def static_file(name: str) -> Response:
+        if name not in STATIC_TYPES:
+            raise FileRefused(404, "not found")
+        data = (resources.files("llm_dit.viewer") / "static" / name).read_bytes()
+        return Response(data, media_type=STATIC_TYPES[name], headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/experiments")
+    def experiments() -> JSONResponse:
+        rows = [
+            {
+                "name": s.name,
+                "description": s.description,
+                "counts": s.counts,
+                "status": s.status,
+                "started_at": s.started_at,
+                "finished_at": s.finished_at,
+            }
+            for s in cache.summaries()
+        ]
+        return JSONResponse({"root": str(root), "experiments": rows})
+
+    @app.get("/api/experiments/{name}")
+    def experiment(name: str) -> JSONResponse:
+        results, _ = experiment_or_404(name)
+        runs = [
+            {
+                "run_id": run["run_id"],
+                "prompt_id": run["prompt_id"],
+                "seed": run["seed"],
+                "variables": run["variables"],
+                "dims": {dim: dimension_value(run, dim) for dim in results.dimensions},
+                "status": run["status"],
+                "error": run.get("error"),
+                "image_url": image_url(results, run),
+                "generation_time_s": run.get("generation_time_s"),
+                "metrics": run["metrics"],
+            }
+            for run in results.runs
+        ]
+        metrics = [
+            {
+                "name": metric,
+                "higher_is_better": METRICS[metric].higher_is_better if metric in METRICS else None,
+                "description": METRICS[metric].description if metric in METRICS else "",
+            }
+            for metric in results.metrics
+        ]
+        body = {
+            "name": results.name,
+            "description": results.description,
+            "axes": results.axes,
+            "dimensions": results.dimensions,
+            "metrics": metrics,
+            "prompt_texts": results.prompt_texts,
+            "categories": results.categories,
+            "counts": results.counts,
+            "runs": runs,
+        }
+        return JSONResponse(jsonable(body))
+
+    @app.get("/api/experiments/{name}/runs/{run_id}")
+    def run_record(name: str, run_id: str) -> JSONResponse:
+        results, run = run_or_404(name, run_id)
+        keys = (
+            "run_id", "prompt_id", "prompt_text", "seed", "variables", "params", "status", "error",
+            "generation_time_s", "token_count", "created_at", "updated_at", "metrics", "record", "image_path",
+        )  # fmt: skip
+        body = {key: run.get(key) for key in keys}
+        body.update(
+            experiment=results.name,
+            category=results.category(run["prompt_id"]),
+            dims={dim: dimension_value(run, dim) for dim in results.dimensions},
+            image_url=image_url(results, run),
+        )
+        return JSONResponse(jsonable(body))
+
+    @app.get("/api/experiments/{name}/diff")
+    def diff_png(
+        name: str,
+        a: str,
+        b: str,
+        mode: str = Query("highlight", description=" | ".join(DIFF_MODES)),
+        threshold: int = Query(DEFAULT_THRESHOLD, ge=0, le=255),
+        gain: float = 1.0,
+    ) -> Response:
+        from PIL import Image
+
+        image_a, image_b = diff_inputs(name, a, b, mode, threshold, gain)
+        picture = diff_image(image_a, image_b, mode=mode, threshold=threshold, gain=gain)
+        buffer = io.BytesIO()  # in memory: the viewer writes no file, anywhere
+        Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
+        return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/experiments/{name}/diff-stats")
+    def diff_numbers(
+        name: str,
+        a: str,
+        b: str,
+        threshold: int = Query(DEFAULT_THRESHOLD, ge=0, le=255),
+    ) -> JSONResponse:
+        image_a, image_b = diff_inputs(name, a, b, "highlight", threshold, 1.0)
+        stats = diff_stats(image_a, image_b, threshold)
+        return JSONResponse(
+            {
+                "max_abs_diff": stats.max_abs_diff,
+                "mean_abs_diff": stats.mean_abs_diff,
+                "max_mean_diff": stats.max_mean_diff,
+                "changed_fraction": stats.changed_fraction,
+                "threshold": stats.threshold,
+                "width": int(image_a.shape[1]),
+                "height": int(image_a.shape[0]),
+            }
+        )
+
+    @app.get("/files/{path:path}")
+    def files(path: str) -> Response:
+        from fastapi.responses import FileResponse
+
+        resolved = resolve_image(resolved_root, path)
+        return FileResponse(resolved, media_type=IMAGE_TYPES[resolved.suffix.lower()])
+
+    return app
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free port), or LlmDitError naming the fix.
+
+    The server binds before it announces its URL, so the URL printed is one that already answers.
+    """
+    if not 0 <= port <= 65535:
+        raise LlmDitError(f"--port {port} is not a TCP port; use 1..65535 (or 0 for any free port)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise LlmDitError(f"--host {host!r} cannot be resolved ({exc.strerror}); use an IP address") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart without waiting
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise LlmDitError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """``http://HOST:PORT/`` of a bound socket (IPv6 hosts in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def serve(
+    root: str | Path,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the viewer over ``root`` until interrupted (Ctrl-C). ``announce(url)`` is called once it listens.
+
+    Everything that can fail on bad input (no database, a taken port, an unknown host) fails before serving.
+    """
+    import uvicorn
+
+    app = create_app(root, loopback_hosts_only=is_loopback(host))
+    sock = bind_socket(host, port)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    if announce is not None:
+        announce(url_of(sock))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal; stopping is what was asked for.
+        pass
+    finally:
+        sock.close()
