@@ -25,8 +25,8 @@ browser:
 
 test: install browser
 	$(PIP) install -q --no-deps lpips==0.1.4
-	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m ruff check src tests benchmarks scripts
 	$(PYTHON) -m pytest
 
 lint:
-	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m ruff check src tests benchmarks scripts
