@@ -16,13 +16,12 @@ import io
 import json
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
+
+from llm_dit.viewer.server import running
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -40,26 +39,6 @@ def generate(root: Path) -> None:
                 "--compute-metrics"]  # fmt: skip
         if main(argv) != 0:
             sys.exit(f"generating {experiment} failed")
-
-
-@contextmanager
-def served(root: Path) -> Iterator[str]:
-    import uvicorn
-
-    from llm_dit.viewer.server import bind_socket, create_app, url_of
-
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(root), log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield url_of(sock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 def save_small(png: bytes, path: Path) -> int:
@@ -119,13 +98,13 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.results is not None:
-        with served(args.results) as base:
+        with running(args.results) as base:
             shoot(base, args.out)
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "results"
         generate(root)
-        with served(root) as base:
+        with running(root) as base:
             shoot(base, args.out)
 
 

@@ -4,6 +4,7 @@ exports, forbid model loading."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -72,3 +73,22 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
     env.pop("FORCE_COLOR", None)
     return env
+
+
+def results_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under a results directory: (size, mtime_ns, sha256), to show that a reader changed nothing.
+
+    SQLite's own side files are not results: a read-only connection to a WAL database creates an empty
+    ``results.db-wal`` when absent and keeps its read marks in ``results.db-shm`` (shared memory), so ``-shm`` is
+    left out and an empty ``-wal`` counts as absent (a ``-wal`` with frames would be a write, and is compared).
+    """
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.name.endswith(".db-shm"):
+            continue
+        stat = path.stat()
+        if path.name.endswith(".db-wal") and stat.st_size == 0:
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        out[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns, digest)
+    return out

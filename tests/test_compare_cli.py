@@ -4,7 +4,6 @@ results directory left exactly as it was."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import sys
@@ -15,12 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import assert_user_error, flat, run, subprocess_env
+from cli_helpers import assert_user_error, flat, results_snapshot, run, subprocess_env
 from llm_dit.analysis.compare import plan_grid, plan_pairs
 from llm_dit.analysis.diff import diff_image
 from llm_dit.analysis.grid import Box
 from llm_dit.analysis.results import load_experiment
-from llm_dit.store import DB_NAME
 
 BLEND = "-2:0.5,-5:0.5"  # a layer label with a comma
 WROTE = re.compile(r"^wrote (\S+) \((\d+)x(\d+)\)$", re.MULTILINE)
@@ -61,20 +59,6 @@ def source_pixels(root: Path, experiment: str, scale: int = 2, **dims: str) -> n
 def cell(path: Path, box: Box) -> np.ndarray:
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"))[box.y : box.bottom, box.x : box.right]
-
-
-def snapshot(root: Path) -> dict[str, Any]:
-    """Every file under the results directory (size, mtime) and the database's bytes.
-
-    SQLite's own ``results.db-wal`` / ``-shm`` are left out: a read-only connection to a WAL database creates them
-    when absent (SQLite needs the shared-memory index to read), and they hold no results.
-    """
-    files = {
-        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and path.name not in (f"{DB_NAME}-wal", f"{DB_NAME}-shm")
-    }
-    return {"files": files, "db": hashlib.sha256((root / DB_NAME).read_bytes()).hexdigest()}
 
 
 # -- --list and --info ------------------------------------------------------------------------------------------
@@ -302,7 +286,7 @@ def test_output_inside_the_results_directory_is_refused(
 def test_the_results_directory_is_left_as_it_was(
     capsys: pytest.CaptureFixture[str], tiny_results: Path, in_tmp: Path
 ) -> None:
-    before = snapshot(tiny_results)
+    before = results_snapshot(tiny_results)
     commands = [
         ["--list"],
         ["-e", "look", "--info"],
@@ -315,7 +299,7 @@ def test_the_results_directory_is_left_as_it_was(
         rc, _out, err = run(capsys, "compare", *argv, "--output-dir", tiny_results)
         assert rc == 0, (argv, err)
     assert run(capsys, "compare", "-e", "look", "--values", "7", "--output-dir", tiny_results)[0] == 2
-    assert snapshot(tiny_results) == before
+    assert results_snapshot(tiny_results) == before
 
 
 def test_help_is_light() -> None:

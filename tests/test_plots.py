@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from cli_helpers import assert_user_error, run, subprocess_env
+from cli_helpers import assert_user_error, results_snapshot, run, subprocess_env
 from llm_dit import cli_plot
 from llm_dit.analysis import plots
 from llm_dit.analysis.plots import Stat, heatmap_table, line_series, pareto_front, pareto_points
@@ -320,15 +320,11 @@ def svg_texts(path: Path) -> str:
     return " | ".join("".join(element.itertext()) for element in root.iter("{http://www.w3.org/2000/svg}text"))
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
-
-
 @pytest.mark.parametrize("kind", plots.KINDS)
 def test_cli_writes_png_and_svg_of_each_kind(
     kind: str, tiny_results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = snapshot(tiny_results)
+    before = results_snapshot(tiny_results)
     png, svg = tmp_path / f"{kind}.png", tmp_path / "sub" / f"{kind}.svg"
     common = ["plot", "look", "--kind", kind, "--output-dir", tiny_results, "--dpi", str(DPI)]
     rc, out, err = run(capsys, *common, "-o", png)
@@ -350,7 +346,7 @@ def test_cli_writes_png_and_svg_of_each_kind(
     else:
         assert f"look: psnr by {'prompt category x ' if kind == 'heatmap' else ''}shift" in texts
         assert "animals" in texts and "simple" in texts and "-2:0.5,-5:0.5" not in texts  # x is shift
-    assert snapshot(tiny_results) == before  # read-only
+    assert results_snapshot(tiny_results) == before  # read-only
 
 
 def test_cli_defaults_filters_and_custom_category(

@@ -4,7 +4,6 @@ rules of /files, the Host guard, read-only behaviour, and the ``llm-dit view`` c
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import re
@@ -22,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cli_helpers import SRC, assert_user_error, run, subprocess_env
+from cli_helpers import SRC, assert_user_error, results_snapshot, run, subprocess_env
 from llm_dit import cli_view
 from llm_dit.analysis.diff import DIFF_MODES, diff_image, diff_stats
 from llm_dit.analysis.results import load_experiment
@@ -94,18 +93,6 @@ def pix_client(pix: tuple[Path, dict[str, np.ndarray]]) -> TestClient:
 @pytest.fixture(scope="module")
 def tiny_client(tiny_results: Path) -> TestClient:
     return TestClient(create_app(tiny_results), base_url=LOCAL)
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
-    """Every file under root: (size, mtime_ns, sha256). SQLite's -shm is left out: readers of a WAL database
-    update their read marks in it (shared memory, not results)."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name != f"{DB_NAME}-shm":
-            stat = path.stat()
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            out[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns, digest)
-    return out
 
 
 # ---- listing, experiment data, records -----------------------------------------------------------------------------
@@ -424,7 +411,7 @@ def test_static_page_loads_nothing_from_elsewhere_and_never_parses_data_as_html(
 
 
 def test_viewer_never_writes_into_the_results_dir(tiny_results: Path) -> None:
-    before = snapshot(tiny_results)
+    before = results_snapshot(tiny_results)
     db_bytes = (tiny_results / DB_NAME).read_bytes()
     client = TestClient(create_app(tiny_results), base_url=LOCAL)
     body = client.get("/api/experiments/look").json()
@@ -435,11 +422,7 @@ def test_viewer_never_writes_into_the_results_dir(tiny_results: Path) -> None:
     urls += [f"/api/experiments/look/diff?a={run_a}&b={run_b}&mode={mode}" for mode in DIFF_MODES]
     for url in urls:
         client.get(url)
-    after = snapshot(tiny_results)
-    wal = f"{DB_NAME}-wal"
-    # Reading a WAL database may create an empty WAL file (SQLite's, not the viewer's); it must hold no frames.
-    if wal in after and wal not in before:
-        assert after.pop(wal)[0] == 0
+    after = results_snapshot(tiny_results)
     assert after == before
     assert (tiny_results / DB_NAME).read_bytes() == db_bytes
 

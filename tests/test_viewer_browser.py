@@ -10,10 +10,7 @@ from __future__ import annotations
 import http.client
 import io
 import os
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
@@ -27,7 +24,7 @@ from llm_dit.analysis.diff import diff_image, diff_stats
 from llm_dit.analysis.results import ExperimentResults, load_experiment
 from llm_dit.files import write_atomic
 from llm_dit.store import PlannedRun, ResultsStore
-from llm_dit.viewer.server import bind_socket, create_app, url_of
+from llm_dit.viewer.server import running
 
 pytestmark = pytest.mark.slow
 
@@ -38,27 +35,6 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 TRICKY_LABEL = '<i>&"q"'
 TRICKY_PROMPT = '<script>window.hacked = 1</script> & "quoted", <b>bold</b>'
-
-
-@contextmanager
-def served(root: Path) -> Iterator[str]:
-    """The viewer over ``root`` on a free loopback port, in a background thread; yields its base URL."""
-    import uvicorn
-
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(root), log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the viewer did not start"
-        time.sleep(0.02)
-    try:
-        yield url_of(sock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 def build_tricky(root: Path) -> None:
@@ -88,7 +64,7 @@ def build_tricky(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server_url(tiny_results: Path) -> Iterator[str]:
-    with served(tiny_results) as url:
+    with running(tiny_results) as url:
         yield url
 
 
@@ -96,7 +72,7 @@ def server_url(tiny_results: Path) -> Iterator[str]:
 def tricky_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("tricky") / "results"
     build_tricky(root)
-    with served(root) as url:
+    with running(root) as url:
         yield url
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from llm_dit.analysis.results import CUSTOM_CATEGORY, PROMPT, ExperimentResults, _hint
+from llm_dit.analysis.results import CUSTOM_CATEGORY, PROMPT, ExperimentResults, did_you_mean
 from llm_dit.errors import LlmDitError
 from llm_dit.files import write_atomic
 from llm_dit.metrics.registry import METRICS
@@ -143,7 +143,7 @@ class Plot:
 
 def check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise LlmDitError(f"--kind {kind!r} is not a plot kind{_hint(kind, KINDS)}; kinds: {', '.join(KINDS)}")
+        raise LlmDitError(f"--kind {kind!r} is not a plot kind{did_you_mean(kind, KINDS)}; kinds: {', '.join(KINDS)}")
     return kind
 
 
@@ -189,7 +189,7 @@ def resolve_metric(results: ExperimentResults, metric: str | None) -> str:
             f"{results.name} --metric {metric}'; it has: {', '.join(available)}"
         )
     raise LlmDitError(
-        f"unknown metric {metric!r}{_hint(metric, [*available, *METRICS])}; experiment {results.name!r} has: "
+        f"unknown metric {metric!r}{did_you_mean(metric, [*available, *METRICS])}; experiment {results.name!r} has: "
         f"{', '.join(available)}"
     )
 
@@ -202,7 +202,7 @@ def resolve_axis(results: ExperimentResults, axis: str | None) -> str:
         return results.axes[0]
     if axis not in results.axes:
         raise LlmDitError(
-            f"experiment {results.name!r} has no axis {axis!r}{_hint(axis, results.axes)}; axes: "
+            f"experiment {results.name!r} has no axis {axis!r}{did_you_mean(axis, results.axes)}; axes: "
             f"{', '.join(results.axes)} (filter prompts and seeds with --where)"
         )
     return axis

@@ -109,7 +109,7 @@ class ExperimentResults:
     def check_dimension(self, dim: str) -> str:
         if dim not in self.dimensions:
             raise LlmDitError(
-                f"experiment {self.name!r} has no dimension {dim!r}{_hint(dim, list(self.dimensions))}; "
+                f"experiment {self.name!r} has no dimension {dim!r}{did_you_mean(dim, list(self.dimensions))}; "
                 f"dimensions: {', '.join(self.dimensions)}"
             )
         return dim
@@ -120,7 +120,7 @@ class ExperimentResults:
             if value not in known:
                 shown = ", ".join(repr(v) for v in known)
                 raise LlmDitError(
-                    f"{dim} has no value {value!r} in experiment {self.name!r}{_hint(value, known)}; "
+                    f"{dim} has no value {value!r} in experiment {self.name!r}{did_you_mean(value, known)}; "
                     f"values: {shown}"
                 )
 
@@ -158,7 +158,7 @@ def load_experiment(root: str | Path, name: str, *, earlier_plans: bool = False)
         names = store.experiments()
         if name not in names:
             raise LlmDitError(
-                f"no experiment {name!r} in {store.db_path}{_hint(name, names)}; "
+                f"no experiment {name!r} in {store.db_path}{did_you_mean(name, names)}; "
                 f"experiments: {', '.join(names) or 'none'}"
             )
         info = store.experiment(name)
@@ -227,6 +227,7 @@ def _ordered(values: Any) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def _hint(word: str, choices: Sequence[str]) -> str:
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """The tail of an unknown-name error: " (did you mean 'x'?)" for a close choice, else ""."""
     hit = _closest(word, list(choices))
     return f" (did you mean {hit!r}?)" if hit else ""

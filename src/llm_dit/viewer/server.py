@@ -23,8 +23,10 @@ import ipaddress
 import math
 import socket
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -484,4 +486,31 @@ def serve(
         # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal; stopping is what was asked for.
         pass
     finally:
+        sock.close()
+
+
+@contextmanager
+def running(root: str | Path, host: str = DEFAULT_HOST, port: int = 0) -> Iterator[str]:
+    """The viewer over ``root`` in a background thread (port 0: a free one); yields its base URL, stops on exit.
+
+    For notebooks, scripts and tests: ``with running(root) as url: ...``.
+    """
+    import uvicorn
+
+    sock = bind_socket(host, port)
+    app = create_app(root, loopback_hosts_only=is_loopback(host))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise LlmDitError(f"the viewer over {root} did not start")
+        time.sleep(0.02)
+    try:
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
         sock.close()
