@@ -401,3 +401,23 @@ def test_help_stays_light_and_defaults_agree() -> None:
     code = "import sys, llm_dit.cli; print(sorted(m for m in ('matplotlib', 'scipy') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env())
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_cli_never_replaces_a_file_or_writes_into_the_results(
+    tiny_results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    existing = tmp_path / "kept.png"
+    existing.write_bytes(b"mine")
+    common = ["plot", "look", "--metric", "mad", "--output-dir", tiny_results, "--dpi", str(DPI)]
+    assert_user_error(*run(capsys, *common, "-o", existing), "kept.png already exists", "--overwrite")
+    assert existing.read_bytes() == b"mine"
+    rc, out, _err = run(capsys, *common, "-o", existing, "--overwrite")
+    assert (rc, out.strip()) == (0, str(existing)) and existing.read_bytes().startswith(b"\x89PNG")
+    inside = tiny_results / "look" / "plot.png"
+    assert_user_error(*run(capsys, *common, "-o", inside), "inside the results directory")
+    assert not inside.exists()
+    # The default name (known once the metric is resolved) is checked too.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "look_line_mad.png").write_bytes(b"mine")
+    assert_user_error(*run(capsys, *common), "look_line_mad.png already exists")
+    assert (tmp_path / "look_line_mad.png").read_bytes() == b"mine"

@@ -34,6 +34,7 @@ def plot_cmd(
         Path | None,
         typer.Option("--output", "-o", help="A .png or .svg file. Default: EXPERIMENT_KIND_METRIC.png here."),
     ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
     output_dir: Annotated[Path, typer.Option("--output-dir", help="Results directory.")] = DEFAULT_RESULTS,
     dpi: Annotated[int, typer.Option("--dpi", help="PNG resolution (the figure is 8 x 5 inches).")] = DEFAULT_DPI,
 ) -> None:
@@ -44,17 +45,21 @@ def plot_cmd(
     from rich.markup import escape
 
     from llm_dit.analysis import plots
+    from llm_dit.analysis.output import check_output_path
     from llm_dit.analysis.results import load_experiment, parse_filters
 
     # Everything that can be checked without the results is, before they are read or matplotlib loads.
     plots.check_kind(kind)
     if output is not None:
         plots.check_output(output)
+        check_output_path(output, output_dir, overwrite)
     plots.check_dpi(dpi)
     filters = parse_filters(where)
     results = load_experiment(output_dir, experiment)
     plot = plots.make_plot(results, kind, metric=metric, axis=axis, filters=filters, dpi=dpi)
     path = output if output is not None else Path(f"{experiment}_{kind}_{plot.metric}.png")
+    if output is None:  # the default name needs the resolved metric; still checked before anything is written
+        check_output_path(path, output_dir, overwrite)
     console = Console(stderr=True)
     for note in plot.notes:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)

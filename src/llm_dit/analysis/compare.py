@@ -28,6 +28,7 @@ from PIL import Image
 
 from llm_dit.analysis.diff import DEFAULT_THRESHOLD, check_mode, diff_image, diff_stats
 from llm_dit.analysis.grid import GridCell, GridPage, PageLayout, layout_page, load_image, render_page
+from llm_dit.analysis.output import check_output_path
 from llm_dit.analysis.results import PROMPT, SEED, ExperimentResults, dimension_value
 from llm_dit.errors import LlmDitError
 from llm_dit.files import write_atomic
@@ -444,26 +445,10 @@ def page_paths(output: str | Path, count: int) -> list[Path]:
 
 
 def check_outputs(paths: Sequence[Path], results_root: str | Path, overwrite: bool = False) -> None:
-    """Before rendering: every output is a writable image path outside the results directory, new unless
-    ``overwrite``."""
-    root = Path(results_root).resolve()
+    """Before rendering: every output is an image path outside the results directory, new unless ``overwrite``."""
     for path in paths:
         image_format(path)
-        resolved = path.resolve()
-        if resolved == root or root in resolved.parents:
-            raise LlmDitError(
-                f"output {path} is inside the results directory {results_root}; comparisons never write there, "
-                "choose a path outside it"
-            )
-        if path.is_dir():
-            raise LlmDitError(f"output {path} is a directory; give a file path such as {path / 'grid.png'}")
-        if path.exists() and not overwrite:
-            raise LlmDitError(f"output {path} already exists; choose another path or pass --overwrite")
-        probe = path.parent
-        while not probe.exists():
-            probe = probe.parent
-        if not probe.is_dir():
-            raise LlmDitError(f"cannot write {path}: {probe} is not a directory")
+        check_output_path(path, results_root, overwrite)
 
 
 def save_image(image: Image.Image, path: str | Path) -> Path:
