@@ -295,6 +295,11 @@ BLOCKED = [
     ("/static/..%2fserver.py", 404),
     ("/static/server.py", 404),
     ("/files/", 400),
+    # Thumbnails follow the same path rules.
+    ("/thumbs/results.db?size=64", 404),
+    ("/thumbs/pix/link_out.png?size=64", 404),
+    ("/thumbs/pix/%2e%2e/%2e%2e/secret.png?size=64", 400),
+    ("/thumbs/pix/r_a.png?size=100", 400),  # not one of the sizes
 ]
 
 
@@ -332,6 +337,28 @@ def raw_get(app: Any, path: str) -> int:
     }  # fmt: skip
     asyncio.run(app(scope, receive, send))
     return statuses[0]
+
+
+def test_thumbnails_are_the_image_shrunk_to_a_fixed_size(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    build_pix(root)
+    big = np.zeros((300, 200, 3), np.uint8)
+    big[:, :100] = (250, 10, 10)  # left half red, right half black
+    write_atomic(root / "pix" / "large.png", png(big))
+    client = TestClient(create_app(root), base_url=LOCAL)
+    response = client.get("/thumbs/pix/large.png?size=128")
+    assert response.headers["content-type"] == "image/webp"
+    with Image.open(io.BytesIO(response.content)) as thumb:
+        assert (thumb.format, thumb.size) == ("WEBP", (85, 128))  # the longer side is 128, the aspect kept
+        pixels = np.asarray(thumb.convert("RGB")).astype(int)
+    assert np.abs(pixels[64, 10] - (250, 10, 10)).max() < 12 and pixels[64, 75].max() < 12
+    assert client.get("/thumbs/pix/large.png?size=128").content == response.content  # cached, same bytes
+    # An image no larger than the size is sent as it is (no re-encoding).
+    assert client.get("/thumbs/pix/r_a.png?size=64").content == (root / "pix" / "r_a.png").read_bytes()
+    # A regenerated image gets a new thumbnail (the cache is keyed by mtime and size).
+    write_atomic(root / "pix" / "large.png", png(np.full((300, 200, 3), 200, np.uint8)))
+    with Image.open(io.BytesIO(client.get("/thumbs/pix/large.png?size=128").content)) as thumb:
+        assert np.abs(np.asarray(thumb.convert("RGB")).astype(int) - 200).max() < 12
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import numpy as np
 import pytest
@@ -263,6 +263,14 @@ def test_grid_follows_axes_fixed_values_and_filters(
         for name in ("mad", "psnr", "ssim", "diversity_mad"):
             assert f"{name} {js_metric(run['metrics'][name])}" in caption, (caption, run["metrics"])
     page.wait_for_function("() => [...document.querySelectorAll('img[data-run-id]')].every(n => n.naturalWidth)")
+    # Cells show thumbnails at the next size up from the displayed one (160 px by default, pixel ratio 1); the
+    # full image stays one click away.
+    paths = [quote(f"look/{run['image_path']}") for run in expected]
+    assert run_ids(page, "grid-image", "src") == [f"/thumbs/{path}?size=256" for path in paths]
+    assert run_ids(page, "grid-image", "data-full") == [f"/files/{path}" for path in paths]
+    page.locator('[data-testid="grid-size"]').fill("400")
+    assert run_ids(page, "grid-image", "src") == [f"/thumbs/{path}?size=512" for path in paths]
+    page.locator('[data-testid="grid-size"]').fill("160")
     shot(page, shots, "grid_default")
 
     # Prompts on the rows: 3 x 3, with the layer now fixed by a select.

@@ -11,7 +11,7 @@ Security model (the server has no authentication, so it relies on where it liste
 - ``/files/<path>`` serves only image files (png, jpg, jpeg, webp) whose resolved path (symlinks followed) lies
   inside the resolved results root, is a regular file and has no dot-named component: ``results.db``, ``.lock``,
   exports, temp files and anything outside the root are 404; malformed paths (``..``, absolute, NUL,
-  backslashes) are 400.
+  backslashes) are 400. ``/thumbs/<path>?size=N`` (grid thumbnails, WebP made in memory) follows the same rules.
 - Responses carry ``X-Content-Type-Options: nosniff`` and a Content-Security-Policy that allows this origin only,
   so the page can load nothing from elsewhere.
 """
@@ -60,6 +60,11 @@ STATIC_TYPES: dict[str, str] = {
     "favicon.svg": "image/svg+xml",
 }
 MAX_GAIN = 1000.0  # beyond this every non-zero difference is already white
+# Grid thumbnails: a few fixed sizes (the page picks the next one up from what it displays), so the cache is shared
+# across zoom levels; a full-size 1024x1024 PNG is ~1.5 MB, a 256-px WebP ~20 KB.
+THUMB_SIZES: tuple[int, ...] = (64, 128, 256, 512, 1024)
+THUMB_QUALITY = 90
+CACHED_THUMBS = 1024
 CACHED_EXPERIMENTS = 16
 SECURITY_HEADERS: dict[str, str] = {
     "X-Content-Type-Options": "nosniff",
@@ -422,6 +427,42 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
                 "height": int(image_a.shape[0]),
             }
         )
+
+    thumbs: OrderedDict[tuple[str, int, int, int], bytes] = OrderedDict()
+    thumbs_lock = threading.Lock()
+
+    @app.get("/thumbs/{path:path}")
+    def thumb(path: str, size: int = Query(256)) -> Response:
+        """The image at most ``size`` px on its longer side (WebP), for grids; a smaller image is sent as it is."""
+        from fastapi.responses import FileResponse
+        from PIL import Image
+
+        if size not in THUMB_SIZES:
+            raise BadRequest(f"size must be one of {', '.join(map(str, THUMB_SIZES))}, got {size}")
+        resolved = resolve_image(resolved_root, path)
+        stat = resolved.stat()
+        key = (str(resolved), stat.st_mtime_ns, stat.st_size, size)  # a regenerated image gets a new thumbnail
+        with thumbs_lock:
+            data = thumbs.get(key)
+            if data is not None:
+                thumbs.move_to_end(key)
+        if data is None:
+            try:
+                with Image.open(resolved) as image:
+                    if max(image.size) <= size:
+                        return FileResponse(resolved, media_type=IMAGE_TYPES[resolved.suffix.lower()])
+                    small = image.convert("RGB")
+                    small.thumbnail((size, size), Image.Resampling.LANCZOS)
+            except OSError as exc:
+                raise BadRequest(f"image {path} cannot be read: {exc}") from None
+            buffer = io.BytesIO()
+            small.save(buffer, format="WEBP", quality=THUMB_QUALITY)
+            data = buffer.getvalue()
+            with thumbs_lock:
+                thumbs[key] = data
+                while len(thumbs) > CACHED_THUMBS:
+                    thumbs.popitem(last=False)
+        return Response(data, media_type="image/webp")
 
     @app.get("/files/{path:path}")
     def files(path: str) -> Response:

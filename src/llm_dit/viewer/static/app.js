@@ -397,6 +397,10 @@
       oninput: (e) => {
         state.thumb = Number(e.target.value);
         $("view").style.setProperty("--thumb", `${state.thumb}px`);
+        // Same bucket, same URL: the browser only fetches when the thumbnail size actually changes.
+        document.querySelectorAll('[data-testid="grid-image"]').forEach((img) => {
+          img.src = thumbUrl(img.dataset.full);
+        });
       },
       onchange: () => writeHash(),
     });
@@ -495,6 +499,16 @@
     return el("table", { class: "grid", testid: "grid" }, el("thead", {}, head), el("tbody", {}, body));
   }
 
+  // Grid cells show server-made thumbnails (the next size up from what is displayed, times the pixel ratio): a page
+  // of full-size 1024x1024 PNGs would be ~1.5 MB a cell. Every other view shows the full image.
+  const THUMB_SIZES = [64, 128, 256, 512, 1024];
+
+  function thumbUrl(url) {
+    const want = state.thumb * (window.devicePixelRatio || 1);
+    const size = THUMB_SIZES.find((s) => s >= want) || THUMB_SIZES[THUMB_SIZES.length - 1];
+    return `${url.replace(/^\/files\//, "/thumbs/")}?size=${size}`;
+  }
+
   function describe(values) {
     return dimensions()
       .map((d) => dimValue(d, values[d]))
@@ -507,11 +521,11 @@
       return el("div", { class: "missing", testid: "grid-missing", title: (run && run.error) || describe(values) }, why);
     }
     const img = el("img", {
-      src: run.image_url,
+      src: thumbUrl(run.image_url),
       alt: describe(run.dims),
       title: `${describe(run.dims)}\n(click for the full record)`,
       testid: "grid-image",
-      dataset: { runId: run.run_id },
+      dataset: { runId: run.run_id, full: run.image_url },
       draggable: "false",
       onclick: () => openRecord(run.run_id),
     });
