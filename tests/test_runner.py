@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import assert_user_error, flat, read_csv, run, subprocess_env
+from cli_helpers import assert_user_error, flat, read_csv, results_snapshot, run, subprocess_env
 from llm_dit.config import Settings, load_settings
 from llm_dit.image import read_record
 from llm_dit.pipeline import LlmDitPipeline
@@ -120,13 +120,6 @@ def pixels(path: Path) -> np.ndarray:
         assert img.format == "PNG"
         img.load()  # a truncated file fails here
         return np.asarray(img.convert("RGB")).astype(np.int16)
-
-
-def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file under ``root``: relative path -> (content, mtime_ns)."""
-    return {
-        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()
-    }
 
 
 # ----------------------------------------------------------------------------------------- 1. planning
@@ -237,19 +230,19 @@ def test_dry_run_on_existing_results_reports_progress_and_changes_nothing(
     exp = write_experiment(tmp_path, "mini", [2.0, 4.0], [1, 2])
     rc, _, err = run(capsys, *ablate_argv(tiny_checkpoint, out, "--experiment-file", exp))
     assert rc == 0, err
-    before = snapshot(out)
+    before = results_snapshot(out)
     rc, stdout, _ = run(capsys, *ablate_argv(tiny_checkpoint, out, "--experiment-file", exp, "--dry-run"))
     assert rc == 0
     assert "already done: 4; to run: 0" in flat(stdout)
     assert "estimated time" not in flat(stdout)
-    assert snapshot(out) == before  # same files, same bytes, same mtimes
+    assert results_snapshot(out) == before  # same files, same bytes, same mtimes
     next((out / "mini").glob("*.png")).unlink()  # one image lost: one run to redo, with an estimate
-    before = snapshot(out)
+    before = results_snapshot(out)
     rc, stdout, _ = run(capsys, *ablate_argv(tiny_checkpoint, out, "--experiment-file", exp, "--dry-run"))
     assert rc == 0
     assert "already done: 3; to run: 1" in flat(stdout)
     assert re.search(r"estimated time: \d+ s \([0-9.]+ s per image so far\)", flat(stdout))
-    assert snapshot(out) == before
+    assert results_snapshot(out) == before
 
 
 # ------------------------------------------------------------------------------- 2. fail fast, by name
