@@ -1,7 +1,7 @@
 """Regenerate the screenshots of docs/viewer.md: one per view of ``llm-dit view``.
 
     python scripts/viewer_screenshots.py                  # tiny model at 128x128 into a temp dir, then screenshots
-    python scripts/viewer_screenshots.py --results DIR    # screenshots of existing results instead
+    python scripts/viewer_screenshots.py --results DIR    # reuse results this script generated earlier
 
 Needs Debian's chromium (``make browser``) and playwright. Without --results it runs two built-in experiments on
 the built-in tiny random model (its images are noise: the screenshots show the viewer, not image quality):
@@ -93,7 +93,8 @@ def shoot(base: str, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, help="existing results directory (default: generate one)")
+    parser.add_argument("--results", type=Path, help="a results directory this script generated before (it needs think_block and shift_steps_grid "
+        "from the tiny model, prompts simple_001/animal_001, seed 42); default: generate one")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "images")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

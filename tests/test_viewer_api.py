@@ -236,7 +236,7 @@ def test_diff_on_tiny_results_matches_and_stats_agree(tiny_client: TestClient, t
         ({"a": "r_a", "b": "r_b", "threshold": "x"}, 400, "threshold"),
         ({"a": "r_a", "b": "r_b", "gain": 0}, 400, "gain must be > 0"),
         ({"a": "r_a", "b": "r_b", "gain": "inf"}, 400, "gain must be > 0"),
-        ({"a": "r_a"}, 400, "b"),
+        ({"a": "r_a"}, 400, "query.b: Field required"),
         ({"a": "r_a", "b": "r_big"}, 400, "images differ in size (8x6 vs 10x10)"),
         ({"a": "r_a", "b": "r_fail"}, 404, "has no image (status failed)"),
         ({"a": "r_a", "b": "nope"}, 404, "no run 'nope'"),

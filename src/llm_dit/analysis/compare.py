@@ -20,13 +20,13 @@ import io
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from llm_dit.analysis.diff import DEFAULT_THRESHOLD, check_mode, diff_image, diff_stats
+from llm_dit.analysis.diff import DEFAULT_THRESHOLD, check_diff_params, diff_with_stats
 from llm_dit.analysis.grid import GridCell, GridPage, PageLayout, layout_page, load_image, render_page
 from llm_dit.analysis.output import check_output_path
 from llm_dit.analysis.results import PROMPT, SEED, ExperimentResults, dimension_value
@@ -78,25 +78,26 @@ class Comparison:
         for runs in planned.runs:
             row = [run_cell(self.experiment, run, self.metrics) for run in runs]
             if self.mode == DIFF:
-                row.append(self.diff_cell(runs[0], runs[1]))
+                row = self.diff_row(row)
             cells.append(tuple(row))
         return GridPage(planned.title, planned.col_labels, planned.row_labels, tuple(cells))
 
-    def diff_cell(self, run_a: dict[str, Any] | None, run_b: dict[str, Any] | None) -> GridCell:
-        """The diff picture of two runs' images, with its statistics as the caption."""
+    def diff_row(self, row: list[GridCell]) -> list[GridCell]:
+        """Cells A and B with their images loaded (each file is decoded once), then their diff picture with its
+        statistics as the caption."""
         import numpy as np
 
-        paths = [None if run is None else self.experiment.image_path(run) for run in (run_a, run_b)]
-        if paths[0] is None or paths[1] is None:
-            return GridCell(missing="no diff: needs both images")
+        if not isinstance(row[0].image, Path) or not isinstance(row[1].image, Path):
+            return [*row, GridCell(missing="no diff: needs both images")]
         try:
-            a, b = (np.asarray(load_image(path)) for path in paths)
+            a, b = (load_image(cell.image) for cell in row)
         except OSError as exc:
-            return GridCell(missing=f"no diff: cannot read image: {exc}")
-        if a.shape != b.shape:
-            return GridCell(missing=f"no diff: sizes differ ({a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]})")
-        picture = Image.fromarray(diff_image(a, b, self.diff_mode, self.threshold, self.gain))
-        return GridCell(picture, diff_caption(diff_stats(a, b, self.threshold), self.diff_mode))
+            return [*row, GridCell(missing=f"no diff: cannot read image: {exc}")]
+        if a.size != b.size:
+            return [*row, GridCell(missing=f"no diff: sizes differ ({a.width}x{a.height} vs {b.width}x{b.height})")]
+        picture, stats = diff_with_stats(np.asarray(a), np.asarray(b), self.diff_mode, self.threshold, self.gain)
+        loaded = [replace(cell, image=image) for cell, image in zip(row, (a, b), strict=True)]
+        return [*loaded, GridCell(Image.fromarray(picture), diff_caption(stats, self.diff_mode))]
 
     def layout(self, index: int) -> PageLayout:
         """Geometry and text of page ``index`` (loads and diffs its images, draws nothing)."""
@@ -188,11 +189,7 @@ def plan_pairs(
     """
     if mode not in (SIDE_BY_SIDE, DIFF):
         raise LlmDitError(f"pair mode {mode!r} is not valid; use {SIDE_BY_SIDE} or {DIFF}")
-    check_mode(diff_mode)
-    if not 0 <= threshold <= 255:
-        raise LlmDitError(f"--threshold must be 0..255 (8-bit levels), got {threshold}")
-    if not (gain > 0 and math.isfinite(gain)):
-        raise LlmDitError(f"--gain must be a finite number > 0, got {gain}")
+    check_diff_params(diff_mode, threshold, gain)
     axis = exp.check_dimension(axis or default_axis(exp))
     _check_page_limit("--max-rows", max_rows)
     values, index = _select(exp, filters)

@@ -14,6 +14,7 @@ Used by ``llm-dit compare --mode diff`` and the web viewer's diff overlay, so bo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cache
 
@@ -76,35 +77,50 @@ def heatmap_lut() -> np.ndarray:
     return colormaps[HEATMAP_CMAP].resampled(256)(np.arange(256), bytes=True)[:, :3].copy()
 
 
+def check_diff_params(mode: str, threshold: int, gain: float) -> None:
+    """The one check of a diff request (compare and the viewer call it before loading images)."""
+    check_mode(mode)
+    if not 0 <= threshold <= 255:
+        raise LlmDitError(f"--threshold must be 0..255 (8-bit levels), got {threshold}")
+    if not (gain > 0 and math.isfinite(gain)):
+        raise LlmDitError(f"--gain must be a finite number > 0, got {gain}")
+
+
 def diff_stats(a: np.ndarray, b: np.ndarray, threshold: int = DEFAULT_THRESHOLD) -> DiffStats:
-    diff = abs_diff(a, b)
-    per_pixel = diff.mean(axis=2)
-    return DiffStats(
-        max_abs_diff=int(diff.max()),
-        mean_abs_diff=float(diff.mean()),
-        max_mean_diff=float(per_pixel.max()),
-        changed_fraction=float((diff.max(axis=2) > threshold).mean()),
-        threshold=threshold,
-    )
+    return _stats(abs_diff(a, b), threshold)
 
 
 def diff_image(
     a: np.ndarray, b: np.ndarray, mode: str = "highlight", threshold: int = DEFAULT_THRESHOLD, gain: float = 1.0
 ) -> np.ndarray:
     """The diff picture of A and B (HxWx3 uint8) in ``mode`` (see the module docstring)."""
-    check_mode(mode)
-    if not 0 <= threshold <= 255:
-        raise LlmDitError(f"diff threshold must be 0..255 (8-bit levels), got {threshold}")
-    if not gain > 0:
-        raise LlmDitError(f"diff gain must be > 0, got {gain}")
+    return diff_with_stats(a, b, mode, threshold, gain)[0]
+
+
+def diff_with_stats(
+    a: np.ndarray, b: np.ndarray, mode: str = "highlight", threshold: int = DEFAULT_THRESHOLD, gain: float = 1.0
+) -> tuple[np.ndarray, DiffStats]:
+    """The diff picture and its numbers from one ``|A - B|``."""
+    check_diff_params(mode, threshold, gain)
     diff = abs_diff(a, b)
+    stats = _stats(diff, threshold)
     if mode == "absolute":
-        return np.clip(np.rint(diff * gain), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(diff * gain), 0, 255).astype(np.uint8), stats
     if mode == "heatmap":
         per_pixel = diff.mean(axis=2)
         top = per_pixel.max()
         index = np.zeros(per_pixel.shape, np.int64) if top == 0 else np.rint(per_pixel / top * 255).astype(np.int64)
-        return heatmap_lut()[index]
+        return heatmap_lut()[index], stats
     out = np.repeat(luma(a)[..., None], 3, axis=2)
     out[diff.max(axis=2) > threshold] = HIGHLIGHT_RGB
-    return out
+    return out, stats
+
+
+def _stats(diff: np.ndarray, threshold: int) -> DiffStats:
+    return DiffStats(
+        max_abs_diff=int(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        max_mean_diff=float(diff.mean(axis=2).max()),
+        changed_fraction=float((diff.max(axis=2) > threshold).mean()),
+        threshold=threshold,
+    )

@@ -37,7 +37,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from llm_dit.analysis.diff import DEFAULT_THRESHOLD, DIFF_MODES, check_mode, diff_image, diff_stats
+from llm_dit.analysis.diff import DEFAULT_THRESHOLD, DIFF_MODES, DiffStats, check_diff_params, diff_with_stats
 from llm_dit.analysis.results import (
     ExperimentResults,
     ExperimentSummary,
@@ -46,6 +46,7 @@ from llm_dit.analysis.results import (
     load_experiment,
 )
 from llm_dit.errors import LlmDitError
+from llm_dit.metrics.pixel import load_rgb
 from llm_dit.metrics.registry import METRICS
 from llm_dit.store import DB_NAME
 
@@ -65,6 +66,7 @@ MAX_GAIN = 1000.0  # beyond this every non-zero difference is already white
 THUMB_SIZES: tuple[int, ...] = (64, 128, 256, 512, 1024)
 THUMB_QUALITY = 90
 CACHED_THUMBS = 1024
+CACHED_DECODED = 8  # full-size images as arrays: a 1024x1024 one is 3 MiB
 CACHED_EXPERIMENTS = 16
 SECURITY_HEADERS: dict[str, str] = {
     "X-Content-Type-Options": "nosniff",
@@ -275,34 +277,42 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
             return None
         return "/files/" + quote(relative, safe="/")
 
-    def image_array(results: ExperimentResults, run: dict[str, Any], which: str) -> np.ndarray:
-        from PIL import Image
+    decoded: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()  # the page asks for a diff and its stats
+    decoded_lock = threading.Lock()
 
+    def image_array(results: ExperimentResults, run: dict[str, Any], which: str) -> np.ndarray:
+        """The run's image as RGB, decoded once for consecutive requests (a diff and its stats) of the same file."""
         if image_url(results, run) is None:
             raise NotFound(f"run {run['run_id']!r} ({which}) has no image (status {run['status']})")
         path = resolve_image(resolved_root, f"{results.name}/{run['image_path']}")
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        with decoded_lock:
+            if key in decoded:
+                decoded.move_to_end(key)
+                return decoded[key]
         try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
-        except OSError as exc:
-            raise BadRequest(f"image of run {run['run_id']!r} ({which}) cannot be read: {exc}") from None
-
-    def diff_inputs(name: str, a: str, b: str, mode: str, threshold: int, gain: float) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            check_mode(mode)
+            array = load_rgb(path)
         except LlmDitError as exc:
-            raise BadRequest(str(exc)) from None
+            raise BadRequest(f"image of run {run['run_id']!r} ({which}): {exc}") from None
+        with decoded_lock:
+            decoded[key] = array
+            while len(decoded) > CACHED_DECODED:
+                decoded.popitem(last=False)
+        return array
+
+    def diff_of(name: str, a: str, b: str, mode: str, threshold: int, gain: float) -> tuple[np.ndarray, DiffStats]:
+        """The diff picture and its numbers, or 400/404 naming what is wrong with the request."""
         if not math.isfinite(gain) or not 0 < gain <= MAX_GAIN:
             raise BadRequest(f"gain must be > 0 and <= {MAX_GAIN:g}, got {gain}")
-        results, run_a = run_or_404(name, a)
-        _, run_b = run_or_404(name, b)
-        image_a, image_b = image_array(results, run_a, "A"), image_array(results, run_b, "B")
-        if image_a.shape != image_b.shape:
-            raise BadRequest(
-                f"images differ in size ({image_a.shape[1]}x{image_a.shape[0]} vs "
-                f"{image_b.shape[1]}x{image_b.shape[0]}); a pixel diff needs two images of one size"
-            )
-        return image_a, image_b
+        try:
+            check_diff_params(mode, threshold, gain)
+            results, run_a = run_or_404(name, a)
+            _, run_b = run_or_404(name, b)
+            image_a, image_b = image_array(results, run_a, "A"), image_array(results, run_b, "B")
+            return diff_with_stats(image_a, image_b, mode, threshold, gain)
+        except LlmDitError as exc:  # a bad mode, or images of two sizes
+            raise BadRequest(str(exc)) from None
 
     @app.get("/")
     def index() -> Response:
@@ -401,8 +411,7 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
     ) -> Response:
         from PIL import Image
 
-        image_a, image_b = diff_inputs(name, a, b, mode, threshold, gain)
-        picture = diff_image(image_a, image_b, mode=mode, threshold=threshold, gain=gain)
+        picture, _ = diff_of(name, a, b, mode, threshold, gain)
         buffer = io.BytesIO()  # in memory: the viewer writes no file, anywhere
         Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
         return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})
@@ -414,8 +423,7 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
         b: str,
         threshold: int = Query(DEFAULT_THRESHOLD, ge=0, le=255),
     ) -> JSONResponse:
-        image_a, image_b = diff_inputs(name, a, b, "highlight", threshold, 1.0)
-        stats = diff_stats(image_a, image_b, threshold)
+        picture, stats = diff_of(name, a, b, "highlight", threshold, 1.0)
         return JSONResponse(
             {
                 "max_abs_diff": stats.max_abs_diff,
@@ -423,8 +431,8 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
                 "max_mean_diff": stats.max_mean_diff,
                 "changed_fraction": stats.changed_fraction,
                 "threshold": stats.threshold,
-                "width": int(image_a.shape[1]),
-                "height": int(image_a.shape[0]),
+                "width": int(picture.shape[1]),
+                "height": int(picture.shape[0]),
             }
         )
 
@@ -538,8 +546,8 @@ def running(root: str | Path, host: str = DEFAULT_HOST, port: int = 0) -> Iterat
     """
     import uvicorn
 
+    app = create_app(root, loopback_hosts_only=is_loopback(host))  # before binding: a bad root leaks no socket
     sock = bind_socket(host, port)
-    app = create_app(root, loopback_hosts_only=is_loopback(host))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
