@@ -29,6 +29,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 MAX_BYTES = 300_000
 
 
+RESULTS_HELP = (
+    "a results directory this script generated before (it needs think_block and shift_steps_grid from the tiny "
+    "model, prompts simple_001/animal_001, seed 42); default: generate one"
+)
+
+
 def generate(root: Path) -> None:
     """The two experiments the screenshots show, on the tiny model at 128x128."""
     from llm_dit.cli import main
@@ -93,8 +99,7 @@ def shoot(base: str, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, help="a results directory this script generated before (it needs think_block and shift_steps_grid "
-        "from the tiny model, prompts simple_001/animal_001, seed 42); default: generate one")
+    parser.add_argument("--results", type=Path, help=RESULTS_HELP)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "images")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
