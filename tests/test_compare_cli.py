@@ -176,7 +176,7 @@ def test_side_by_side_with_a_comma_label(capsys: pytest.CaptureFixture[str], tin
 def test_diff_modes(capsys: pytest.CaptureFixture[str], tiny_results: Path, in_tmp: Path, diff_mode: str) -> None:
     # layer has exactly two values: no --values needed
     argv = ["compare", "-e", "look", "--mode", "diff", "--axis", "layer", "--prompt", "animal_001", "--seed", "2"]
-    argv += ["--where", "shift=6.0", "--diff-mode", diff_mode, "--gain", "4" if diff_mode == "absolute" else "1"]
+    argv += ["--where", "shift=6.0", "--diff-mode", diff_mode, *(["--gain", "4"] if diff_mode == "absolute" else [])]
     rc, _out, err = run(capsys, *argv, "--threshold", "3", "-o", "d.png", "--output-dir", tiny_results)
     assert rc == 0, err
     ((path, size),) = written(err)
@@ -255,6 +255,9 @@ def test_existing_outputs_are_refused_before_anything_is_drawn(
         (["-e", "look", "--axis", "layer"], ("--axis applies to --mode side-by-side and diff", "--cols")),
         (["-e", "look", "--threshold", "3"], ("--threshold applies to --mode diff",)),
         (["-e", "look", "--mode", "side-by-side", "--gain", "2", "--axis", "layer"], ("--gain applies",)),
+        (["-e", "look", "--mode", "diff", "--axis", "layer", "--gain", "2"], ("--gain multiplies", "absolute only")),
+        (["-e", "look", "--mode", "side-by-side", "--axis", "layer", "--max-cols", "3"], ("--max-cols applies",)),
+        (["-e", "look", "--max-cols", "0"], ("--max-cols must be >= 1",)),
         (["-e", "look", "--mode", "diff", "--axis", "layer", "--diff-mode", "blink"], ("diff mode 'blink'",)),
         (["-e", "look", "--mode", "diff", "--axis", "layer", "--threshold", "300"], ("--threshold must be 0..255",)),
         (["-e", "look", "-o", "grid.gif"], ("unknown image type '.gif'",)),
@@ -318,6 +321,6 @@ def test_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _err = run(capsys, "compare", "--help")
     assert rc == 0
     for flag in ("--list", "--info", "--mode", "--rows", "--cols", "--axis", "--values", "--prompt", "--seed",
-                 "--where", "--metric", "--diff-mode", "--threshold", "--gain", "--max-rows", "--cell-size",
-                 "--output", "--overwrite", "--output-dir"):  # fmt: skip
+                 "--where", "--metric", "--no-metrics", "--diff-mode", "--threshold", "--gain", "--max-rows",
+                 "--max-cols", "--cell-size", "--output", "--overwrite", "--output-dir", "--experiment"):  # fmt: skip
         assert flag in out, flag

@@ -20,6 +20,7 @@ from rich.markup import escape
 from llm_dit import cli_compare, cli_plot, cli_view
 from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import LlmDitError
+from llm_dit.store import DEFAULT_ROOT
 from llm_dit.sweeps import SWEEPS
 
 app = typer.Typer(
@@ -547,7 +548,7 @@ def metrics_cmd(
         list[str] | None,
         typer.Option("--reference-image", help="[PROMPT_ID=]PATH: compare with a source image instead."),
     ] = None,
-    output_dir: OutputDirOpt = Path("experiments/results"),
+    output_dir: OutputDirOpt = DEFAULT_ROOT,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute values already stored.")] = False,
@@ -598,7 +599,7 @@ def ablate(
     prompts_file: Annotated[Path | None, typer.Option("--prompts-file", help="JSON library or one per line.")] = None,
     max_prompts: Annotated[int | None, typer.Option("--max-prompts", help="Keep the first N prompts.")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated seeds.")] = None,
-    output_dir: OutputDirOpt = Path("experiments/results"),
+    output_dir: OutputDirOpt = DEFAULT_ROOT,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     model_path: ModelPathOpt = None,
@@ -736,7 +737,7 @@ def sweep(
     category: Annotated[
         str | None, typer.Option("--prompt-category", "--category", help="Prompt category (as in ablate).")
     ] = None,
-    output_dir: OutputDirOpt = Path("experiments/results"),
+    output_dir: OutputDirOpt = DEFAULT_ROOT,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     model_path: ModelPathOpt = None,

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from llm_dit.errors import LlmDitError
+from llm_dit.store import DEFAULT_ROOT
 
 MODES = ("grid", "side-by-side", "diff")  # llm_dit.analysis.compare.MODES, repeated here to keep --help light
-DEFAULT_RESULTS = Path("experiments/results")
 
 
 def compare_cmd(
@@ -55,7 +55,7 @@ def compare_cmd(
     ] = None,
     gain: Annotated[float | None, typer.Option("--gain", help="diff --diff-mode absolute: multiply |A-B| (1).")] = None,
     max_rows: Annotated[int, typer.Option("--max-rows", help="Rows per page; more go to further pages.")] = 8,
-    max_cols: Annotated[int, typer.Option("--max-cols", help="Grid columns per page.")] = 8,
+    max_cols: Annotated[int | None, typer.Option("--max-cols", help="Grid columns per page (8).")] = None,
     cell_size: Annotated[
         int | None, typer.Option("--cell-size", help="Image size in a cell, px (default: the image's, 128..256).")
     ] = None,
@@ -63,7 +63,7 @@ def compare_cmd(
         Path | None, typer.Option("--output", "-o", help="Image file (.png/.jpg/.webp; default <exp>_<mode>.png).")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
-    output_dir: Annotated[Path, typer.Option("--output-dir", help="Results directory.")] = DEFAULT_RESULTS,
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Results directory.")] = DEFAULT_ROOT,
 ) -> None:
     """Compare an experiment's images: grids of any two dimensions, A/B pairs side by side, pixel diffs.
     Read-only on the results directory; pages beyond --max-rows/--max-cols go to FILE_p01, FILE_p02, ..."""
@@ -76,7 +76,11 @@ def compare_cmd(
         raise LlmDitError("name an experiment: llm-dit compare -e NAME (llm-dit compare --list shows them)")
     if mode not in MODES:
         raise LlmDitError(f"--mode {mode!r} is not valid; use one of: {', '.join(MODES)}")
-    _check_flags(mode, rows=rows, cols=cols, axis=axis, diff_mode=diff_mode, threshold=threshold, gain=gain)
+    _check_flags(
+        mode, rows=rows, cols=cols, max_cols=max_cols, axis=axis, diff_mode=diff_mode, threshold=threshold, gain=gain
+    )
+    if gain is not None and diff_mode != "absolute":
+        raise LlmDitError("--gain multiplies |A-B| in --diff-mode absolute only; add --diff-mode absolute or drop it")
     if no_metrics and metric:
         raise LlmDitError("--metric and --no-metrics contradict each other; give one")
 
@@ -98,7 +102,14 @@ def compare_cmd(
     metrics = [] if no_metrics else ([m for item in metric for m in parse_values([item]) if m] if metric else None)
     if mode == "grid":
         comparison = compare.plan_grid(
-            exp, rows, cols, filters, metrics, max_rows=max_rows, max_cols=max_cols, cell_size=cell_size
+            exp,
+            rows,
+            cols,
+            filters,
+            metrics,
+            max_rows=max_rows,
+            max_cols=compare.DEFAULT_MAX_COLS if max_cols is None else max_cols,
+            cell_size=cell_size,
         )
     else:
         comparison = compare.plan_pairs(
@@ -122,7 +133,7 @@ def compare_cmd(
 
 def _check_flags(mode: str, **given: Any) -> None:
     """Options that only one kind of comparison reads are errors elsewhere (never silently ignored)."""
-    only = {"rows": ("grid",), "cols": ("grid",), "axis": ("side-by-side", "diff")}
+    only = {"rows": ("grid",), "cols": ("grid",), "max_cols": ("grid",), "axis": ("side-by-side", "diff")}
     only |= {"diff_mode": ("diff",), "threshold": ("diff",), "gain": ("diff",)}
     for name, value in given.items():
         if value is not None and mode not in only[name]:

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-# Declared here, not imported from llm_dit.cli: cli imports this module at its top.
-DEFAULT_RESULTS = Path("experiments/results")
+from llm_dit.store import DEFAULT_ROOT
+
 DEFAULT_DPI = 150  # llm_dit.analysis.plots.DEFAULT_DPI, repeated so --help needs no import of the analysis code
 METRIC_HELP = (
     "A stored metric or generation_time_s. Default: the first with values of siglip, clip_score, lpips, ssim, psnr, "
@@ -35,7 +35,7 @@ def plot_cmd(
         typer.Option("--output", "-o", help="A .png or .svg file. Default: EXPERIMENT_KIND_METRIC.png here."),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
-    output_dir: Annotated[Path, typer.Option("--output-dir", help="Results directory.")] = DEFAULT_RESULTS,
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Results directory.")] = DEFAULT_ROOT,
     dpi: Annotated[int, typer.Option("--dpi", help="PNG resolution (the figure is 8 x 5 inches).")] = DEFAULT_DPI,
 ) -> None:
     """Plot an experiment's metric: vs an axis per prompt category (line), as a prompt category x axis table

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from llm_dit.store import DEFAULT_ROOT
+
 # Repeated here rather than imported from llm_dit.viewer: that package imports fastapi, and `llm-dit --help`
 # should not pay for it. tests/test_viewer_api.py checks that both agree.
 DEFAULT_HOST = "127.0.0.1"
@@ -15,7 +17,7 @@ DEFAULT_PORT = 7861
 
 
 def view_cmd(
-    output_dir: Annotated[Path, typer.Option("--output-dir", help="Results directory.")] = Path("experiments/results"),
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Results directory.")] = DEFAULT_ROOT,
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; anything but loopback exposes your results.")
     ] = DEFAULT_HOST,

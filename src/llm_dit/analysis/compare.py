@@ -260,17 +260,13 @@ def _select(
     index: dict[tuple[str | None, ...], dict[str, Any]] = {}
     for run in pool:
         key = tuple(dimension_value(run, dim) for dim in exp.dimensions)
-        if key not in index or (not _has_image(exp, index[key]) and _has_image(exp, run)):
+        if key not in index or (not exp.has_image(index[key]) and exp.has_image(run)):
             index[key] = run
     return values, index
 
 
 def _key(exp: ExperimentResults, at: Mapping[str, str]) -> tuple[str | None, ...]:
     return tuple(at.get(dim) for dim in exp.dimensions)
-
-
-def _has_image(exp: ExperimentResults, run: Mapping[str, Any]) -> bool:
-    return run["status"] == "done" and exp.image_path(run) is not None
 
 
 def _check_page_limit(flag: str, value: int) -> None:
@@ -325,9 +321,9 @@ def run_cell(exp: ExperimentResults, run: Mapping[str, Any] | None, metrics: Seq
     """A run's image with its metric values under it, or a placeholder saying why there is no image."""
     if run is None:
         return GridCell(missing="no run planned")
-    path = exp.image_path(run)
-    if run["status"] == "done" and path is not None:
-        return GridCell(path, tuple(f"{name}\t{format_metric(run['metrics'].get(name))}" for name in metrics))
+    if exp.has_image(run):
+        caption = tuple(f"{name}\t{format_metric(run['metrics'].get(name))}" for name in metrics)
+        return GridCell(exp.image_path(run), caption)
     if run["status"] == "failed":
         error = (run.get("error") or "").strip().splitlines()
         return GridCell(missing="failed" + (f": {error[0]}" if error else ""))

@@ -53,11 +53,6 @@ class Box:
     def bottom(self) -> int:
         return self.y + self.height
 
-    @property
-    def corners(self) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom), right and bottom exclusive: PIL's crop box and numpy's slice ends."""
-        return (self.x, self.y, self.right, self.bottom)
-
 
 @dataclass(frozen=True)
 class Label:
@@ -386,8 +381,3 @@ def draw_label(draw: ImageDraw.ImageDraw, label: Label, colour: tuple[int, int, 
             draw.text((label.box.x + label.box.width / 2, y), text, fill=fill, font=face, anchor="ma")
         else:
             draw.text((label.box.x, y), text, fill=fill, font=face, anchor="la")
-
-
-def page_image(page: GridPage, cell_width: int, cell_height: int, font_size: int | None = None) -> Image.Image:
-    """Lay out and draw ``page`` in one call."""
-    return render_page(page, layout_page(page, cell_width, cell_height, font_size))

@@ -82,9 +82,13 @@ class ExperimentResults:
         path = self.directory / run["image_path"]
         return path if path.is_file() else None
 
+    def has_image(self, run: Mapping[str, Any]) -> bool:
+        """The run is done and its image file exists."""
+        return run["status"] == "done" and self.image_path(run) is not None
+
     def done(self) -> list[dict[str, Any]]:
         """Runs that are done and whose image exists, in planned order."""
-        return [run for run in self.runs if run["status"] == "done" and self.image_path(run) is not None]
+        return [run for run in self.runs if self.has_image(run)]
 
     def category(self, prompt_id: str) -> str:
         return self.categories.get(prompt_id, CUSTOM_CATEGORY)
