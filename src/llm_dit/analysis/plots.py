@@ -5,7 +5,7 @@ plotted data (pure functions of the stored results, testable against hand comput
 ``draw_heatmap`` and ``draw_pareto`` turn that data into a ``matplotlib.figure.Figure`` through the object API
 (never pyplot's global state), which ``save_figure`` writes as PNG or SVG.
 
-Statistics are those of ``summary.csv`` (``llm_dit.metrics.summary.summarize``): the mean of the runs with a
+Statistics are those of ``summary.csv`` (``llm_dit.metrics.summary.group_stats``): the mean of the runs with a
 value and its two-sided 95% Student-t interval; diversity metrics are first averaged per condition (the seeds of
 one condition are not independent samples), so their n counts conditions. Values that are not finite (PSNR of an
 image identical to its reference is inf) cannot be drawn: they are left out and every figure and command says
@@ -29,15 +29,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from llm_dit.analysis.results import CUSTOM_CATEGORY, PROMPT, ExperimentResults, did_you_mean
 from llm_dit.errors import LlmDitError
 from llm_dit.files import write_atomic
-from llm_dit.metrics.registry import METRICS
-from llm_dit.metrics.summary import summarize
+from llm_dit.metrics.registry import DIVERSITY_METRICS, METRICS
+from llm_dit.metrics.summary import GENERATION_TIME, group_stats, metric_value
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 KINDS: tuple[str, ...] = ("line", "heatmap", "pareto")
 FORMATS: tuple[str, ...] = (".png", ".svg")
-GENERATION_TIME = "generation_time_s"
 # The default --metric: the first of these with values. Text-image alignment says most about a condition (it
 # needs no reference), then perceptual distance, then the weight-free reference metrics (SSIM first: bounded
 # and never inf, unlike PSNR), then seed diversity.
@@ -48,8 +47,6 @@ FIGSIZE = (8.0, 5.0)  # inches; PNG pixels = FIGSIZE x dpi (the layout is constr
 DEFAULT_DPI = 150
 MIN_DPI, MAX_DPI = 20, 600
 INTERVAL_TEXT = "mean with its 95% t-interval"
-_GROUP = "\x00plot_group"  # a variable name no axis can have (axis names are identifiers)
-_LEFT_OUT = "\x00plot_left_out"  # marks a run copy whose non-finite value was taken out
 _FOOTNOTE_PT = 7.0
 
 
@@ -248,7 +245,9 @@ def heatmap_table(
     resolve_axis(results, axis)
     filters = {dim: list(values) for dim, values in (filters or {}).items()}
     runs, notes = _selected(results, metric, filters)
-    stats = _grouped(runs, lambda run: _pair(results, run, axis), metric)
+    finite = _finite(runs, metric)
+    finite_ids = {id(run) for run in finite}
+    stats = _grouped(finite, lambda run: _pair(results, run, axis), metric)
     if not stats:
         raise _no_values(results, metric, filters, notes)
     # Rows and columns: every category and axis value among the selected runs, also those without a finite value
@@ -260,7 +259,7 @@ def heatmap_table(
     left_out: dict[tuple[str, str], int] = {}
     for run in runs:
         key = _pair(results, run, axis)
-        if run.get(_LEFT_OUT) and key is not None:
+        if key is not None and id(run) not in finite_ids:
             left_out[key] = left_out.get(key, 0) + 1
     return HeatmapTable(results.name, metric, axis, categories, columns, cells, filters, notes, left_out)
 
@@ -277,7 +276,7 @@ def pareto_points(
         raise LlmDitError(f"metric {metric!r} has no known direction (higher or lower is better); cannot rank it")
     filters = {dim: list(values) for dim, values in (filters or {}).items()}
     runs, notes = _selected(results, metric, filters)
-    with_value = [run for run in runs if _value(run, metric) is not None]
+    with_value = [run for run in _finite(runs, metric) if metric_value(run, metric) is not None]
 
     def condition_of(run: Mapping[str, Any]) -> tuple[str, ...] | None:
         labels = tuple(run["variables"].get(axis) for axis in results.axes)
@@ -321,8 +320,7 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) 
 def _selected(
     results: ExperimentResults, metric: str, filters: Mapping[str, Sequence[str]]
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Done runs passing the filters (images not needed), each with a non-finite metric value taken out, and
-    notes saying what was left out."""
+    """Done runs passing the filters (images not needed), and notes saying which values statistics leave out."""
     runs = results.select(filters, runs=[run for run in results.runs if run["status"] == "done"])
     notes = []
     raw = [_raw(run, metric) for run in runs]
@@ -343,45 +341,25 @@ def _selected(
             f"{missing} of {len(runs)} selected runs have no {metric} value (llm-dit metrics {results.name} "
             "computes missing values)"
         )
-    kept = [
-        run if value is None or math.isfinite(value) else _without_value(run, metric)
-        for run, value in zip(runs, raw, strict=True)
-    ]
-    return kept, notes
+    return runs, notes
 
 
 def _raw(run: Mapping[str, Any], metric: str) -> float | None:
+    """The stored value, NaN included (it says "not finite" in notes): metric_value maps NaN to None."""
     raw = run.get(metric) if metric == GENERATION_TIME else run["metrics"].get(metric)
     return None if raw is None else float(raw)
 
 
-def _value(run: Mapping[str, Any], metric: str) -> float | None:
-    raw = _raw(run, metric)
-    return raw if raw is not None and math.isfinite(raw) else None
-
-
-def _without_value(run: Mapping[str, Any], metric: str) -> dict[str, Any]:
-    """A copy of the run with the metric's value taken out, marked as such (the heatmap counts them per cell)."""
-    if metric == GENERATION_TIME:
-        return {**run, metric: None, _LEFT_OUT: True}
-    return {**run, "metrics": {**run["metrics"], metric: None}, _LEFT_OUT: True}
+def _finite(runs: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """The runs whose value is not a non-finite number (those are left out of every statistic, with a note)."""
+    return [run for run in runs if (value := _raw(run, metric)) is None or math.isfinite(value)]
 
 
 def _grouped(
     runs: Sequence[Mapping[str, Any]], group_of: Callable[[Mapping[str, Any]], Hashable | None], metric: str
 ) -> dict[Any, dict[str, Any]]:
-    """summarize()'s statistics per group (runs whose group is None are left out): each run is tagged with its
-    group as a pseudo-axis, so grouping, per-condition averaging and the interval are exactly summary.csv's.
-    Groups are functions of a run's prompt and variables, so the runs of one condition share a group."""
-    tagged = []
-    for run in runs:
-        group = group_of(run)
-        if group is not None:
-            tagged.append({**run, "variables": {**run["variables"], _GROUP: group}})
-    spec = METRICS.get(metric)
-    per_condition = {metric} if spec is not None and spec.kind == "diversity" else set()
-    rows = summarize(tagged, [_GROUP], [metric], per_condition)
-    return {row["value"]: row for row in rows if row["n"]}
+    """summary.csv's statistics (``group_stats``) per group of the runs, diversity metrics per condition first."""
+    return group_stats(runs, group_of, metric, per_condition=metric in DIVERSITY_METRICS)
 
 
 def _pair(results: ExperimentResults, run: Mapping[str, Any], axis: str) -> tuple[str, str] | None:
@@ -633,8 +611,7 @@ def _n_text(stats: Sequence[Stat]) -> str:
 
 
 def _n_meaning(metric: str, short: bool = False) -> str:
-    spec = METRICS.get(metric)
-    if spec is not None and spec.kind == "diversity":
+    if metric in DIVERSITY_METRICS:
         return (
             " conditions"
             if short

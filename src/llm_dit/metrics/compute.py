@@ -36,8 +36,8 @@ from llm_dit.metrics.reference import (
     resolve_references,
     swept_parameters,
 )
-from llm_dit.metrics.registry import METRICS, MetricSpec, missing_setting_message
-from llm_dit.metrics.summary import SUMMARY_NAME, summarize, write_summary
+from llm_dit.metrics.registry import DIVERSITY_METRICS, METRICS, MetricSpec, missing_setting_message
+from llm_dit.metrics.summary import GENERATION_TIME, SUMMARY_NAME, summarize, write_summary
 from llm_dit.store import MetricValue, ResultsStore
 
 ProgressCallback = Callable[[int, int], None]  # (work items finished, work items in this pass)
@@ -235,8 +235,7 @@ class MetricsPass:
             )
         names = sorted({name for run in runs for name in run["metrics"]}, key=_metric_order)
         axes = [axis["name"] for axis in definition.get("axes", [])]
-        diversity = {name for name, spec in METRICS.items() if spec.kind == "diversity"}
-        report.summary = summarize(runs, axes, [*names, "generation_time_s"], per_condition=diversity)
+        report.summary = summarize(runs, axes, [*names, GENERATION_TIME], per_condition=DIVERSITY_METRICS)
         report.summary_csv = write_summary(report.summary, directory / SUMMARY_NAME)
         plans = _plans_note(runs, definition)
         if plans:

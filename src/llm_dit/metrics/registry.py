@@ -54,6 +54,9 @@ METRICS: dict[str, MetricSpec] = {
     )
 }  # fmt: skip
 
+# Per-run values that are means over the other seeds of a condition: summaries average them per condition first.
+DIVERSITY_METRICS: frozenset[str] = frozenset(name for name, spec in METRICS.items() if spec.kind == "diversity")
+
 # Asked for by the seeds but not runnable here; requesting them explains why instead of silently skipping.
 UNAVAILABLE: dict[str, str] = {
     "image_reward": "ImageReward is not available: the image-reward package (1.5) imports BLIP code that needs "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from llm_dit.files import write_csv
 from llm_dit.metrics.reference import condition_key
 
 SUMMARY_NAME = "summary.csv"
+GENERATION_TIME = "generation_time_s"  # a run field, summarized like a metric
 SUMMARY_COLUMNS = ("metric", "axis", "value", "n", "mean", "std", "ci95_low", "ci95_high")
 
 
@@ -33,6 +34,39 @@ def t_interval(values: Sequence[float]) -> dict[str, float | int]:
     return {"n": n, "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
 
 
+def metric_value(run: Mapping[str, Any], metric: str) -> float | None:
+    """A run's value of ``metric`` (a stored metric or ``generation_time_s``); None when missing or NaN."""
+    raw = run.get(metric) if metric == GENERATION_TIME else run["metrics"].get(metric)
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return None
+    return float(raw)
+
+
+def group_stats(
+    runs: Sequence[Mapping[str, Any]],
+    group_of: Callable[[Mapping[str, Any]], Hashable | None],
+    metric: str,
+    per_condition: bool = False,
+) -> dict[Any, dict[str, float | int]]:
+    """``t_interval`` of ``metric`` per group of runs (first-seen order; ``group_of`` None = left out), over the
+    runs with a value. ``per_condition``: each condition (``condition_key``) is averaged first and n counts
+    conditions (diversity values of one condition are not independent samples)."""
+    groups: dict[Any, dict[Any, list[float]]] = {}
+    for i, run in enumerate(runs):
+        group = group_of(run)
+        if group is None:
+            continue
+        samples = groups.setdefault(group, {})
+        value = metric_value(run, metric)
+        if value is not None:
+            samples.setdefault(condition_key(run) if per_condition else i, []).append(value)
+    return {
+        group: t_interval([math.fsum(v) / len(v) for v in samples.values()])
+        for group, samples in groups.items()
+        if samples
+    }
+
+
 def summarize(
     runs: Sequence[Mapping[str, Any]],
     axes: Sequence[str],
@@ -52,20 +86,10 @@ def summarize(
     done = [run for run in runs if run["status"] == "done"]
     for metric in metrics:
         for axis in axes:
-            groups: dict[str, dict[Any, list[float]]] = {}
-            for i, run in enumerate(done):
-                label = run["variables"].get(axis)
-                if label is None:
-                    continue
-                raw = run.get(metric) if metric == "generation_time_s" else run["metrics"].get(metric)
-                unit = condition_key(run) if metric in per_condition else i
-                samples = groups.setdefault(label, {})
-                if raw is not None and not (isinstance(raw, float) and math.isnan(raw)):
-                    samples.setdefault(unit, []).append(float(raw))
-            for label, samples in groups.items():
-                if samples:
-                    values = [math.fsum(v) / len(v) for v in samples.values()]
-                    rows.append({"metric": metric, "axis": axis, "value": label, **t_interval(values)})
+            stats = group_stats(
+                done, lambda run, axis=axis: run["variables"].get(axis), metric, metric in per_condition
+            )
+            rows.extend({"metric": metric, "axis": axis, "value": label, **row} for label, row in stats.items())
     return rows
 
 
