@@ -846,7 +846,7 @@ def load_results(root: str | Path, experiment: str) -> pandas.DataFrame:
     root = Path(root)
     if not (root / DB_NAME).is_file():
         raise LlmDitError(f"no results database {root / DB_NAME}; run an experiment with --output-dir {root}")
-    with ResultsStore(root) as store:
+    with ResultsStore(root, read_only=True) as store:  # a reader: never migrates or writes
         columns, sources, rows = store.table(experiment)
     frame = pd.DataFrame(rows, columns=columns)
     for name, (kind, key) in zip(columns, sources, strict=True):
