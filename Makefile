@@ -2,20 +2,28 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install browser demo test lint
+.PHONY: install browser demo test lint lock
 
-# torch is pinned exactly: 2.13.0 is the CPU wheel already on disk; a looser pin pulls GBs of CUDA packages.
+# Every install resolves exactly the versions in constraints.txt (the lock; refresh it with 'make lock'), and
+# check_lock.py fails naming any package that differs. torch is pinned exactly: 2.13.0 is the CPU wheel already
+# on disk; a looser pin pulls GBs of CUDA packages.
+# lpips is only the reference for our LPIPS port's tests: --no-deps, since its torchvision dependency is a CUDA
+# build that cannot import next to the CPU torch (and would break transformers' imports).
 install:
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q -c constraints.txt --no-deps lpips
+	$(PYTHON) scripts/check_lock.py
+
+# Rebuild the lock from a clean install in a throwaway venv (see scripts/refresh_lock.sh).
+lock:
+	scripts/refresh_lock.sh
 
 # The main job: a quick hidden-layer sweep with metrics (tiny model unless a checkpoint is configured); it ends
 # with a metrics table per layer and where the results are. Re-running resumes (nothing is redone).
 demo: install
 	llm-dit sweep hidden_layer --quick --set width=256 --set height=256 --output-dir outputs/results --compute-metrics
 
-# lpips only as the reference for our LPIPS port's tests: --no-deps, since its torchvision dependency is a CUDA
-# build that cannot import next to the CPU torch (and would break transformers' imports).
 # The viewer's end-to-end tests drive Debian's chromium through Playwright (no browser download: there is no
 # internet for it). Installing it needs root, as on CI; elsewhere install the 'chromium' package yourself.
 browser:
@@ -24,7 +32,6 @@ browser:
 	@/usr/bin/chromium --version
 
 test: install browser
-	$(PIP) install -q --no-deps lpips==0.1.4
 	$(PYTHON) -m ruff check src tests benchmarks scripts
 	$(PYTHON) -m pytest
 
