@@ -59,8 +59,8 @@ def main() -> None:
 
     from diffusers import ZImagePipeline
 
-    from llm_dit.pipeline import GenerationRequest, LlmDitPipeline
-    from llm_dit.tiny import make_components
+    from llm_dit.generation.pipeline import GenerationRequest, LlmDitPipeline
+    from llm_dit.models.tiny import make_components
 
     on_gpu = torch.cuda.is_available()
     if args.preset == "full" and not on_gpu:

@@ -31,9 +31,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from llm_dit.config import load_settings
-    from llm_dit.experiments import Axis, AxisValue, Experiment
-    from llm_dit.runner import ExperimentRunner, prepare_experiment, request_for
-    from llm_dit.store import ResultsStore
+    from llm_dit.experiments.planner import Axis, AxisValue, Experiment
+    from llm_dit.experiments.runner import ExperimentRunner, prepare_experiment, request_for
+    from llm_dit.experiments.store import ResultsStore
 
     overrides = {"model_path": args.model_path} if args.model_path else {}
     settings = load_settings(None, None, overrides).settings
@@ -50,7 +50,7 @@ def main() -> None:
         axes=(Axis("shift", tuple(AxisValue(str(s), {"shift": s}) for s in shifts), None),),
         source="benchmark",
     )
-    import llm_dit.experiments as experiments_module
+    import llm_dit.experiments.planner as experiments_module
 
     original = experiments_module.get_experiment
     experiments_module.get_experiment = lambda name, experiment_file=None: experiment

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from llm_dit import checkpoint
 from llm_dit.cli import main
+from llm_dit.models import checkpoint
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cli_helpers import forbid_model_loading
-from llm_dit import checkpoint
-from llm_dit.tiny import build_tiny_checkpoint
+from llm_dit.models import checkpoint
+from llm_dit.models.tiny import build_tiny_checkpoint
 
 # The tiny models gain nothing from intra-op threads, and on a small shared machine torch's OpenMP threads
 # spin against other processes: a 2-step 64x64 generation measured 6 s with 2 threads under load versus

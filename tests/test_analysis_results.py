@@ -20,8 +20,8 @@ from llm_dit.analysis.results import (
     parse_values,
 )
 from llm_dit.errors import LlmDitError
+from llm_dit.experiments.store import DB_NAME, PlannedRun, ResultsStore
 from llm_dit.files import write_atomic
-from llm_dit.store import DB_NAME, PlannedRun, ResultsStore
 
 EXP = "grid"
 

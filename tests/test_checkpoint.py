@@ -10,20 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_dit import checkpoint, tiny
-from llm_dit.checkpoint import (
+from llm_dit.errors import CheckpointError, LlmDitError
+from llm_dit.models import checkpoint, tiny
+from llm_dit.models.checkpoint import (
     CheckpointInfo,
     fingerprint,
     load_text_encoder,
     load_tokenizer,
     load_transformer,
     load_vae,
-    resolve_device,
-    resolve_dtype,
     resolve_model_path,
     validate_checkpoint,
 )
-from llm_dit.errors import CheckpointError, LlmDitError
+from llm_dit.models.devices import resolve_device, resolve_dtype
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -305,7 +304,7 @@ def test_loaders_return_the_right_classes(tiny_checkpoint: Path, capfd: pytest.C
 
 
 def test_loaded_tokenizer_equals_the_built_one(tiny_checkpoint: Path):
-    from llm_dit.tokenizer import build_qwen3_tokenizer
+    from llm_dit.models.tokenizer import build_qwen3_tokenizer
 
     loaded, built = load_tokenizer(tiny_checkpoint), build_qwen3_tokenizer()
     assert type(loaded).__name__ == "Qwen2Tokenizer"

@@ -27,9 +27,9 @@ from PIL import Image
 from safetensors import safe_open
 
 from cli_helpers import ANSI, forbid_model_loading, run, subprocess_env
-from llm_dit import checkpoint
 from llm_dit.cli import main
-from llm_dit.image import read_record
+from llm_dit.generation.image import read_record
+from llm_dit.models import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "A tabby cat on a windowsill"

@@ -308,7 +308,7 @@ def test_the_results_directory_is_left_as_it_was(
 def test_help_is_light() -> None:
     """--help must not pay for PIL, numpy or matplotlib: the command module imports them only when it runs."""
     code = (
-        "import sys, llm_dit.cli_compare; print(sorted(m for m in ('PIL', 'numpy', 'matplotlib') if m in sys.modules))"
+        "import sys, llm_dit.cli.compare; print(sorted(m for m in ('PIL', 'numpy', 'matplotlib') if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, timeout=60

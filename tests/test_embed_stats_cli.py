@@ -51,7 +51,7 @@ def test_embed_stats_prints_and_writes(
 def test_embed_stats_errors_before_loading(
     extra: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llm_dit import encoder
+    from llm_dit.conditioning import text_encoder as encoder
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the encoder must not load for bad input")

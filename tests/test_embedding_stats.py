@@ -11,10 +11,7 @@ import math
 import pytest
 import torch
 
-from llm_dit.config import parse_scalar
-from llm_dit.encoder import ZImageTextEncoder
-from llm_dit.errors import LlmDitError
-from llm_dit.metrics.embedding_stats import (
+from llm_dit.conditioning.embedding_stats import (
     ROW_COLUMNS,
     SUMMARY_COLUMNS,
     Condition,
@@ -27,6 +24,9 @@ from llm_dit.metrics.embedding_stats import (
     pooled_cosine,
     token_cosine,
 )
+from llm_dit.conditioning.text_encoder import ZImageTextEncoder
+from llm_dit.config import parse_scalar
+from llm_dit.errors import LlmDitError
 
 pytestmark = pytest.mark.usefixtures("cached_tokenizer")
 

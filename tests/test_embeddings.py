@@ -1,4 +1,4 @@
-"""Tests for llm_dit.embeddings: hand-computed expectations on small tensors."""
+"""Tests for llm_dit.conditioning.embeddings: hand-computed expectations on small tensors."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from llm_dit.constants import FILL_MODES, LONG_PROMPT_MODES
-from llm_dit.embeddings import (
+from llm_dit.conditioning.embeddings import (
     apply_fill_mode,
     blend_layers,
     compress,
     compress_sequence,
 )
+from llm_dit.constants import FILL_MODES, LONG_PROMPT_MODES
 from llm_dit.errors import LlmDitError
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

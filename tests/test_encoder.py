@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import Qwen3Model
 
-from llm_dit import checkpoint
-from llm_dit.encoder import ZImageTextEncoder
+from llm_dit.conditioning.prompt import format_prompt
+from llm_dit.conditioning.text_encoder import ZImageTextEncoder
 from llm_dit.errors import LlmDitError
-from llm_dit.prompt import format_prompt
+from llm_dit.models import checkpoint
 
 NUM_LAYERS = 36
 HIDDEN = 32

@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
 
-from llm_dit.pipeline import GenerationRequest, LlmDitPipeline
+from llm_dit.generation.pipeline import GenerationRequest, LlmDitPipeline
 
 # Images are in [0, 1]. With padding="longest" the only difference is the encoder's rounding (~1e-6 in the
 # hidden states, amplified by CFG). A real mismatch (one wrong sigma, token or seed) moves pixels by > 1e-2,

@@ -19,7 +19,7 @@ import pytest
 
 from llm_dit.config import Settings
 from llm_dit.errors import ConfigError, LlmDitError
-from llm_dit.experiments import (
+from llm_dit.experiments.planner import (
     PARAMETERS,
     AxisValue,
     Experiment,
@@ -30,7 +30,7 @@ from llm_dit.experiments import (
     plan,
     swept_overrides,
 )
-from llm_dit.prompts import Prompt
+from llm_dit.experiments.prompts import Prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 FP = "fp-test"
@@ -370,8 +370,8 @@ def test_run_id_changes_with_anything_that_affects_pixels() -> None:
 
 def test_run_id_stable_across_processes() -> None:
     code = (
-        "from llm_dit.config import Settings; from llm_dit.experiments import get_experiment, plan;"
-        "from llm_dit.prompts import Prompt;"
+        "from llm_dit.config import Settings; from llm_dit.experiments.planner import get_experiment, plan;"
+        "from llm_dit.experiments.prompts import Prompt;"
         "print(plan(get_experiment('shift_sweep'), [Prompt('a', 'A cat')], [42], Settings(),"
         " model_fingerprint='fp')[3].run_id)"
     )
@@ -549,8 +549,8 @@ def test_planning_imports_no_torch() -> None:
     code = (
         "import sys\n"
         "from llm_dit.config import Settings\n"
-        "from llm_dit.experiments import builtin_experiments, plan\n"
-        "from llm_dit.prompts import Prompt\n"
+        "from llm_dit.experiments.planner import builtin_experiments, plan\n"
+        "from llm_dit.experiments.prompts import Prompt\n"
         "p = [Prompt('a', 'A red cat', subjects=('cat',), descriptors=('red',))]\n"
         "for exp in builtin_experiments().values():\n"
         "    plan(exp, p, exp.seeds, Settings(), model_fingerprint='fp')\n"

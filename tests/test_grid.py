@@ -35,7 +35,7 @@ from llm_dit.analysis.grid import (
 )
 from llm_dit.analysis.results import ExperimentResults, load_experiment
 from llm_dit.errors import LlmDitError
-from llm_dit.store import PlannedRun, ResultsStore
+from llm_dit.experiments.store import PlannedRun, ResultsStore
 
 RGB = tuple[int, int, int]
 Key = tuple[str, ...]  # (prompt id, each axis value, seed)

@@ -22,12 +22,12 @@ import torch
 from PIL import Image, ImageFilter
 from torch import nn
 
-from llm_dit import checkpoint
 from llm_dit.config import MetricsSettings
 from llm_dit.errors import LlmDitError
 from llm_dit.metrics.compute import weights_key
 from llm_dit.metrics.lpips import LpipsDistance, build_features
 from llm_dit.metrics.registry import select_metrics
+from llm_dit.models import checkpoint
 
 
 def _random_features(net: str, seed: int) -> nn.Sequential:

@@ -22,9 +22,9 @@ from PIL import Image
 
 from cli_helpers import ANSI, assert_user_error, flat, read_csv, run
 from llm_dit.cli import main
+from llm_dit.experiments.store import DB_NAME, ResultsStore
 from llm_dit.metrics import pixel
 from llm_dit.metrics.registry import METRICS
-from llm_dit.store import DB_NAME, ResultsStore
 
 pytestmark = pytest.mark.usefixtures("cached_tokenizer")
 

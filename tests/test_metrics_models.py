@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from llm_dit.cli import main
+from llm_dit.experiments.store import ResultsStore
 from llm_dit.metrics.compute import weights_key
 from llm_dit.metrics.lpips import LpipsDistance, build_features
 from llm_dit.metrics.scorers import ClipScorer, SiglipScorer
-from llm_dit.store import ResultsStore
 from tiny_scorers import build_tiny_clip, build_tiny_siglip
 
 pytestmark = pytest.mark.usefixtures("cached_tokenizer")

@@ -25,12 +25,12 @@ from PIL import Image
 from scipy import stats
 
 from llm_dit.errors import LlmDitError
-from llm_dit.experiments import default_params
+from llm_dit.experiments.planner import default_params
+from llm_dit.experiments.store import DB_NAME, SCHEMA_VERSION, MetricValue, PlannedRun, ResultsStore
 from llm_dit.metrics import compute, pixel
 from llm_dit.metrics.compute import MetricsPass
 from llm_dit.metrics.reference import ReferenceChoice
 from llm_dit.metrics.registry import METRICS, MetricSpec
-from llm_dit.store import DB_NAME, SCHEMA_VERSION, MetricValue, PlannedRun, ResultsStore
 
 EXP = "exp"
 SIZE = 32

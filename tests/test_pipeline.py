@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit import checkpoint
+from llm_dit.conditioning.text_encoder import EncodedPrompt
 from llm_dit.config import GenerationSettings
-from llm_dit.encoder import EncodedPrompt
 from llm_dit.errors import LlmDitError
-from llm_dit.image import read_record, to_pil
-from llm_dit.pipeline import GenerationRequest, GenerationResult, LlmDitPipeline, sampling_group
+from llm_dit.generation.image import read_record, to_pil
+from llm_dit.generation.pipeline import GenerationRequest, GenerationResult, LlmDitPipeline, sampling_group
+from llm_dit.models import checkpoint
 
 SIZE = {"width": 64, "height": 64, "steps": 2}
 LONG_PROMPT = " ".join(f"word{i} castle dragon" for i in range(40))  # > 64 tokens

@@ -23,12 +23,12 @@ from PIL import Image
 from scipy import stats
 
 from cli_helpers import assert_user_error, results_snapshot, run, subprocess_env
-from llm_dit import cli_plot
 from llm_dit.analysis import plots
 from llm_dit.analysis.plots import Stat, heatmap_table, line_series, pareto_front, pareto_points
 from llm_dit.analysis.results import ExperimentResults, load_experiment
+from llm_dit.cli import plot as cli_plot
 from llm_dit.errors import LlmDitError
-from llm_dit.store import PlannedRun, ResultsStore
+from llm_dit.experiments.store import PlannedRun, ResultsStore
 
 EXP = "synthetic"
 DPI = 40

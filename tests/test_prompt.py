@@ -2,8 +2,9 @@
 
 import pytest
 
+from llm_dit.conditioning.prompt import format_prompt, think_block_text
+from llm_dit.constants import DEFAULT_THINK_BLOCK
 from llm_dit.errors import LlmDitError
-from llm_dit.prompt import DEFAULT_THINK_BLOCK, format_prompt, think_block_text
 
 OFFICIAL = "<|im_start|>user\nA cat<|im_end|>\n<|im_start|>assistant\n"
 

@@ -11,7 +11,7 @@ import pytest
 
 from llm_dit.constants import HARD_MAX_TEXT_TOKENS
 from llm_dit.errors import LlmDitError
-from llm_dit.prompts import (
+from llm_dit.experiments.prompts import (
     CATEGORIES,
     CATEGORY_ID_PREFIX,
     MANIPULATIONS,
@@ -38,7 +38,7 @@ def library() -> dict[str, Prompt]:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from llm_dit.tokenizer import build_qwen3_tokenizer
+    from llm_dit.models.tokenizer import build_qwen3_tokenizer
 
     return build_qwen3_tokenizer()
 

@@ -29,10 +29,10 @@ from PIL import Image
 
 from cli_helpers import assert_user_error, flat, read_csv, results_snapshot, run, subprocess_env
 from llm_dit.config import Settings, load_settings
-from llm_dit.image import read_record
-from llm_dit.pipeline import LlmDitPipeline
-from llm_dit.runner import ExperimentRunner, PreparedExperiment, plan_cost, prepare_experiment, request_for
-from llm_dit.store import ResultsStore, load_results
+from llm_dit.experiments.runner import ExperimentRunner, PreparedExperiment, plan_cost, prepare_experiment, request_for
+from llm_dit.experiments.store import ResultsStore, load_results
+from llm_dit.generation.image import read_record
+from llm_dit.generation.pipeline import LlmDitPipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL: dict[str, Any] = {"width": 64, "height": 64, "steps": 2}
@@ -175,7 +175,7 @@ def test_run_ids_are_stable_across_processes(tiny_checkpoint: Path, tmp_path: Pa
     code = (
         "import json, sys\n"
         "from llm_dit.config import load_settings\n"
-        "from llm_dit.runner import prepare_experiment\n"
+        "from llm_dit.experiments.runner import prepare_experiment\n"
         "settings = load_settings(None, None, {'model_path': sys.argv[1]}).settings\n"
         "p = prepare_experiment('shift_sweep', settings=settings, prompt_ids=['animal_001', 'animal_002'],\n"
         "                       seeds=[1, 2], overrides={'width': 64, 'height': 64, 'steps': 2})\n"
@@ -552,7 +552,7 @@ def held_lock(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
     out = tmp_path / "results"
     code = (
         "import sys, time\n"
-        "from llm_dit.store import ResultsStore\n"
+        "from llm_dit.experiments.store import ResultsStore\n"
         "with ResultsStore(sys.argv[1]).lock('mini'):\n"
         "    print('locked', flush=True)\n"
         "    time.sleep(120)\n"
@@ -730,7 +730,7 @@ def test_profile_writes_encode_and_generate_timings(
 def test_profile_uses_the_configs_recipe(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llm_dit.encoder import ZImageTextEncoder
+    from llm_dit.conditioning.text_encoder import ZImageTextEncoder
 
     forwards: list[int] = []
     real = ZImageTextEncoder.encode_variants

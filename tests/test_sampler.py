@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_dit import checkpoint
 from llm_dit.errors import LlmDitError
-from llm_dit.sampler import context_refiner_mode, denoise, initial_noise
-from llm_dit.schedule import resolve_sigmas
+from llm_dit.generation.sampler import context_refiner_mode, denoise, initial_noise
+from llm_dit.generation.schedule import resolve_sigmas
+from llm_dit.models import checkpoint
 
 CHANNELS = 16
 LATENT = 8  # 64x64 pixels / 8

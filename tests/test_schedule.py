@@ -5,7 +5,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from llm_dit.errors import LlmDitError
-from llm_dit.schedule import dit_timestep, explicit_sigmas, resolve_sigmas, shifted_sigmas
+from llm_dit.generation.schedule import dit_timestep, explicit_sigmas, resolve_sigmas, shifted_sigmas
 
 TURBO_8 = [1, 0.954545, 0.9, 0.833333, 0.75, 0.642857, 0.5, 0.3, 0]
 TURBO_9 = [1, 0.96, 0.913044, 0.857143, 0.789474, 0.705882, 0.6, 0.461538, 0.272727, 0]

@@ -16,10 +16,10 @@ import torch
 import transformers
 from PIL import Image
 
-from llm_dit import checkpoint
 from llm_dit.errors import LlmDitError
 from llm_dit.metrics.compute import weights_key
 from llm_dit.metrics.scorers import ClipScorer, ImageTextScorer, SiglipScorer, text_inputs
+from llm_dit.models import checkpoint
 from tiny_scorers import build_tiny_clip, build_tiny_siglip
 
 KINDS = ("siglip", "naflex", "clip")

@@ -18,14 +18,14 @@ import pytest
 
 from cli_helpers import read_csv, subprocess_env
 from llm_dit.errors import LlmDitError
-from llm_dit.files import write_atomic
-from llm_dit.store import (
+from llm_dit.experiments.store import (
     DB_NAME,
     SCHEMA_VERSION,
     PlannedRun,
     ResultsStore,
     load_results,
 )
+from llm_dit.files import write_atomic
 
 EXP = "shift_sweep"
 TRICKY_PROMPT = 'A cat, "sleeping"\non a mat'
@@ -332,7 +332,7 @@ def test_cleanup_temp_files_removes_only_temp_files(store: ResultsStore) -> None
 TRY_LOCK = """
 import sys
 from llm_dit.errors import LlmDitError
-from llm_dit.store import ResultsStore
+from llm_dit.experiments.store import ResultsStore
 try:
     with ResultsStore(sys.argv[1]).lock(sys.argv[2]):
         print("locked")
@@ -343,7 +343,7 @@ except LlmDitError as exc:
 
 HOLD_LOCK = """
 import sys, time
-from llm_dit.store import ResultsStore
+from llm_dit.experiments.store import ResultsStore
 with ResultsStore(sys.argv[1]).lock(sys.argv[2]):
     print("locked", flush=True)
     time.sleep(60)
@@ -384,7 +384,7 @@ def test_lock_of_a_process_killed_with_sigkill_is_not_stale(store: ResultsStore)
 
 MARK_LOOP = """
 import sys
-from llm_dit.store import ResultsStore
+from llm_dit.experiments.store import ResultsStore
 store = ResultsStore(sys.argv[1])
 exp, prefix, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
 go = sys.argv[5] if len(sys.argv) > 5 else None

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llm_dit import tiny
-from llm_dit.tiny import (
+from llm_dit.models import tiny
+from llm_dit.models.tiny import (
     FULL_SIZE_CONFIGS,
     TINY_CONFIGS,
     TINY_VERSION,
@@ -72,7 +72,7 @@ def test_saved_configs_keep_the_real_geometry(tiny_checkpoint: Path):
 def pipe(tiny_checkpoint: Path):
     from diffusers import ZImagePipeline
 
-    from llm_dit.checkpoint import quiet_hf
+    from llm_dit.models.devices import quiet_hf
 
     with quiet_hf():
         pipeline = ZImagePipeline.from_pretrained(tiny_checkpoint)

@@ -7,7 +7,7 @@ import unicodedata
 import pytest
 
 from llm_dit import constants
-from llm_dit.tokenizer import (
+from llm_dit.models.tokenizer import (
     NUM_BPE_RANKS,
     QWEN2_PRETOKENIZE_REGEX,
     QWEN3_ADDED_TOKENS,

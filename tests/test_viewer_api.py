@@ -22,11 +22,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cli_helpers import SRC, assert_user_error, results_snapshot, run, subprocess_env
-from llm_dit import cli_view
 from llm_dit.analysis.diff import DIFF_MODES, diff_image, diff_stats
 from llm_dit.analysis.results import load_experiment
+from llm_dit.cli import view as cli_view
+from llm_dit.experiments.store import DB_NAME, PlannedRun, ResultsStore
 from llm_dit.files import write_atomic
-from llm_dit.store import DB_NAME, PlannedRun, ResultsStore
 from llm_dit.viewer import server as viewer_server
 from llm_dit.viewer.server import create_app, host_header_name, is_loopback
 

@@ -22,8 +22,8 @@ from playwright.sync_api import sync_playwright
 
 from llm_dit.analysis.diff import diff_image, diff_stats
 from llm_dit.analysis.results import ExperimentResults, load_experiment
+from llm_dit.experiments.store import PlannedRun, ResultsStore
 from llm_dit.files import write_atomic
-from llm_dit.store import PlannedRun, ResultsStore
 from llm_dit.viewer.server import running
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from llm_dit.checkpoint import quiet_hf
+from llm_dit.models.devices import quiet_hf
 
 __all__ = ["build_tiny_clip", "build_tiny_siglip"]
 

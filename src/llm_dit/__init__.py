@@ -10,16 +10,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "LlmDitPipeline": "llm_dit.pipeline",
-    "GenerationRequest": "llm_dit.pipeline",
-    "GenerationResult": "llm_dit.pipeline",
-    "ZImageTextEncoder": "llm_dit.encoder",
-    "EncodedPrompt": "llm_dit.encoder",
-    "format_prompt": "llm_dit.prompt",
+    "LlmDitPipeline": "llm_dit.generation.pipeline",
+    "GenerationRequest": "llm_dit.generation.pipeline",
+    "GenerationResult": "llm_dit.generation.pipeline",
+    "ZImageTextEncoder": "llm_dit.conditioning.text_encoder",
+    "EncodedPrompt": "llm_dit.conditioning.text_encoder",
+    "format_prompt": "llm_dit.conditioning.prompt",
     "load_settings": "llm_dit.config",
     "Settings": "llm_dit.config",
     "LlmDitError": "llm_dit.errors",
-    "read_record": "llm_dit.image",
+    "read_record": "llm_dit.generation.image",
 }
 __all__ = ["__version__", *_EXPORTS]
 

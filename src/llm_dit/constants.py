@@ -40,3 +40,8 @@ MAX_SEED = 2**63 - 1
 # Encoder settings fixed when the encoder loads (where and in which precision it runs): not per-call options,
 # not experiment parameters.
 ENCODER_LOAD_FIELDS: tuple[str, ...] = ("device", "torch_dtype")
+
+# think_block keywords. The official path (diffusers / DiffSynth / Tongyi) uses NO think block.
+THINK_NONE = "none"
+THINK_EMPTY = "empty"
+DEFAULT_THINK_BLOCK = THINK_NONE

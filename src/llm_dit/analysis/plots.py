@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from llm_dit.analysis.results import CUSTOM_CATEGORY, PROMPT, ExperimentResults, did_you_mean
-from llm_dit.errors import LlmDitError
+from llm_dit.analysis.results import CUSTOM_CATEGORY, PROMPT, ExperimentResults
+from llm_dit.errors import LlmDitError, did_you_mean
 from llm_dit.files import write_atomic
 from llm_dit.metrics.registry import DIVERSITY_METRICS, METRICS
 from llm_dit.metrics.summary import GENERATION_TIME, group_stats, metric_value

@@ -3,7 +3,7 @@
 A run varies along the experiment's axes (``hidden_layer``, ``shift``, ...), its prompt and its seed. These are
 the *dimensions* of an experiment: ``prompt`` (prompt ids, in planned order), each axis (value labels, in
 planned order), then ``seed``. Grids put any two dimensions on rows and columns, and filters pick values of any
-dimension. ``prompt`` and ``seed`` are reserved axis names (see ``llm_dit.experiments``), so they never clash.
+dimension. ``prompt`` and ``seed`` are reserved axis names (see ``llm_dit.experiments.planner``), so they never clash.
 
 Everything here reads the results store through a read-only connection: comparing never changes results.
 """
@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_dit.config import _closest
-from llm_dit.errors import LlmDitError
-from llm_dit.store import STATUSES, ResultsStore
+from llm_dit.errors import LlmDitError, did_you_mean
+from llm_dit.experiments.store import STATUSES, ResultsStore
 
 PROMPT = "prompt"
 SEED = "seed"
@@ -183,7 +182,7 @@ def load_experiment(root: str | Path, name: str, *, earlier_plans: bool = False)
 
 def prompt_categories(prompt_ids: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
     """Prompt id -> category of the packaged library; ids not in it (custom prompts) are 'custom'."""
-    from llm_dit.prompts import load_library
+    from llm_dit.experiments.prompts import load_library
 
     library = load_library()
     return {pid: library[pid].category if pid in library else CUSTOM_CATEGORY for pid in prompt_ids}
@@ -230,8 +229,3 @@ def _counts(runs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 def _ordered(values: Any) -> list[str]:
     return list(dict.fromkeys(values))
 
-
-def did_you_mean(word: str, choices: Sequence[str]) -> str:
-    """The tail of an unknown-name error: " (did you mean 'x'?)" for a close choice, else ""."""
-    hit = _closest(word, list(choices))
-    return f" (did you mean {hit!r}?)" if hit else ""

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from llm_dit import checkpoint
 from llm_dit.config import MetricsSettings
 from llm_dit.errors import CheckpointError, LlmDitError
-from llm_dit.experiments import default_params
+from llm_dit.experiments.planner import default_params
+from llm_dit.experiments.store import MetricValue, ResultsStore
 from llm_dit.metrics import pixel
 from llm_dit.metrics.reference import (
     Reference,
@@ -38,7 +38,7 @@ from llm_dit.metrics.reference import (
 )
 from llm_dit.metrics.registry import DIVERSITY_METRICS, METRICS, MetricSpec, missing_setting_message
 from llm_dit.metrics.summary import GENERATION_TIME, SUMMARY_NAME, summarize, write_summary
-from llm_dit.store import MetricValue, ResultsStore
+from llm_dit.models import checkpoint, devices
 
 ProgressCallback = Callable[[int, int], None]  # (work items finished, work items in this pass)
 BATCH = 32  # runs per committed batch (at least batch_size when a model metric is computed)
@@ -263,7 +263,7 @@ class MetricsPass:
             out[spec.setting] = {"weights": weights_key(path)}
             if spec.setting in _DTYPE_SETTINGS:
                 s = self.settings
-                dtype = checkpoint.resolve_dtype(s.torch_dtype, checkpoint.resolve_device(s.device))
+                dtype = devices.resolve_dtype(s.torch_dtype, devices.resolve_device(s.device))
                 out[spec.setting]["dtype"] = str(dtype).removeprefix("torch.")
         return out
 

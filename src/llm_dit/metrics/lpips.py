@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_dit.checkpoint import resolve_device
 from llm_dit.errors import LlmDitError
 from llm_dit.metrics.pixel import ImageLike, load_rgb
+from llm_dit.models.devices import resolve_device
 
 NETS = ("alex", "vgg")
 

@@ -163,7 +163,7 @@ def resolve_references(
 
 def swept_parameters(definition: Mapping[str, Any]) -> frozenset[str]:
     """Parameters the axes set, plus those they replace (hidden_layer <-> layer_weights, sigmas <-> steps/shift)."""
-    from llm_dit.experiments import REPLACES
+    from llm_dit.experiments.planner import REPLACES
 
     params = {p for names in axis_parameters(definition).values() for p in names}
     return frozenset(params | {r for p in params for r in REPLACES.get(p, ())})

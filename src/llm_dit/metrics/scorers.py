@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import torch
 
-from llm_dit.checkpoint import quiet_hf, resolve_device, resolve_dtype
 from llm_dit.errors import CheckpointError, LlmDitError
+from llm_dit.models.devices import quiet_hf, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from PIL import Image

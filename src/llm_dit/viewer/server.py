@@ -46,9 +46,9 @@ from llm_dit.analysis.results import (
     load_experiment,
 )
 from llm_dit.errors import LlmDitError
+from llm_dit.experiments.store import DB_NAME
 from llm_dit.metrics.pixel import load_rgb
 from llm_dit.metrics.registry import METRICS
-from llm_dit.store import DB_NAME
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7861

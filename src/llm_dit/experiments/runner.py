@@ -27,13 +27,19 @@ from typing import Any
 
 from llm_dit import __version__
 from llm_dit.config import Settings
-from llm_dit.experiments import Experiment
-from llm_dit.experiments import PlannedRun as Run
-from llm_dit.image import save_png
-from llm_dit.pipeline import GenerationRequest, GenerationResult, LlmDitPipeline, encoding_texts, sampling_group
-from llm_dit.record import package_versions, parameters_line, utc_now
-from llm_dit.store import PlannedRun as StoreRow
-from llm_dit.store import ResultsStore
+from llm_dit.experiments.planner import Experiment
+from llm_dit.experiments.planner import PlannedRun as Run
+from llm_dit.experiments.store import PlannedRun as StoreRow
+from llm_dit.experiments.store import ResultsStore
+from llm_dit.generation.image import save_png
+from llm_dit.generation.pipeline import (
+    GenerationRequest,
+    GenerationResult,
+    LlmDitPipeline,
+    encoding_texts,
+    sampling_group,
+)
+from llm_dit.generation.record import package_versions, parameters_line, utc_now
 
 ProgressCallback = Callable[[int, int, int], None]  # (images finished, images to make, failed so far)
 
@@ -265,9 +271,9 @@ def prepare_experiment(
     A bad value fails here, naming the run; so does a prompt that cannot fit the token cap (tokenizer only).
     ``pipeline``: one already built from the same ``settings`` (a sweep shares one, so models load once).
     """
-    from llm_dit import checkpoint
-    from llm_dit.experiments import get_experiment, plan, swept_overrides
-    from llm_dit.prompts import load_library, select_prompts
+    from llm_dit.experiments.planner import get_experiment, plan, swept_overrides
+    from llm_dit.experiments.prompts import load_library, select_prompts
+    from llm_dit.models import checkpoint
 
     experiment = get_experiment(name, experiment_file)
     library = load_library()
@@ -321,23 +327,23 @@ def prepare_experiment(
 
 def _numerics(settings: Settings) -> dict[str, str]:
     """Resolved devices and dtypes: they change pixels, so they enter every run id."""
-    from llm_dit import checkpoint
+    from llm_dit.models import devices
 
-    enc_dev = checkpoint.resolve_device(settings.encoder.device)
-    dit_dev = checkpoint.resolve_device(settings.pipeline.device)
-    vae_dev = checkpoint.resolve_device(settings.pipeline.vae_device or settings.pipeline.device)
+    enc_dev = devices.resolve_device(settings.encoder.device)
+    dit_dev = devices.resolve_device(settings.pipeline.device)
+    vae_dev = devices.resolve_device(settings.pipeline.vae_device or settings.pipeline.device)
     vae_dtype = settings.pipeline.vae_dtype or settings.pipeline.torch_dtype
     return {
-        "encoder": f"{enc_dev.type}/{checkpoint.resolve_dtype(settings.encoder.torch_dtype, enc_dev)}",
-        "dit": f"{dit_dev.type}/{checkpoint.resolve_dtype(settings.pipeline.torch_dtype, dit_dev)}",
-        "vae": f"{vae_dev.type}/{checkpoint.resolve_dtype(vae_dtype, vae_dev)}",
+        "encoder": f"{enc_dev.type}/{devices.resolve_dtype(settings.encoder.torch_dtype, enc_dev)}",
+        "dit": f"{dit_dev.type}/{devices.resolve_dtype(settings.pipeline.torch_dtype, dit_dev)}",
+        "vae": f"{vae_dev.type}/{devices.resolve_dtype(vae_dtype, vae_dev)}",
     }
 
 
 def plan_cost(runs: Sequence[Run], batch_size: int, pipeline: LlmDitPipeline) -> dict[str, int]:
     """What a plan costs: images, distinct (text, encoder settings) encodings - negative prompts included, layers
     of one forward counted once, as the pipeline encodes them - and DiT forwards batched and one by one."""
-    from llm_dit.encoder import layer_agnostic_key
+    from llm_dit.conditioning.text_encoder import layer_agnostic_key
 
     requests = [request_for(r) for r in runs]
     texts: set[tuple[str, str]] = set()

@@ -17,11 +17,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from llm_dit import cli_compare, cli_plot, cli_view
+from llm_dit.cli import compare as cli_compare
+from llm_dit.cli import plot as cli_plot
+from llm_dit.cli import view as cli_view
 from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import LlmDitError
-from llm_dit.store import DEFAULT_ROOT
-from llm_dit.sweeps import SWEEPS
+from llm_dit.experiments.store import DEFAULT_ROOT
+from llm_dit.experiments.sweeps import SWEEPS
 
 app = typer.Typer(
     add_completion=False,
@@ -135,7 +137,7 @@ def generate(
 ) -> None:
     """Generate one image from a prompt or from --embeddings; the PNG carries its full record ('llm_dit')."""
     from llm_dit.config import load_settings
-    from llm_dit.image import ensure_writable
+    from llm_dit.generation.image import ensure_writable
 
     if (prompt is None) == (embeddings is None):
         raise LlmDitError("give a PROMPT or --embeddings FILE.safetensors (exactly one)")
@@ -185,7 +187,7 @@ def generate(
             soft_wrap=True,
         )
 
-    from llm_dit.pipeline import GenerationRequest, LlmDitPipeline
+    from llm_dit.generation.pipeline import GenerationRequest, LlmDitPipeline
 
     pipe = LlmDitPipeline.from_settings(settings)
     request = GenerationRequest(prompt=prompt, embeddings=features, generation=settings.generation)
@@ -253,7 +255,7 @@ def encode(
 ) -> None:
     """Encode a prompt to caption features: tensor 'embeddings' [L, D] plus string metadata."""
     from llm_dit.config import load_settings
-    from llm_dit.image import ensure_writable
+    from llm_dit.generation.image import ensure_writable
 
     if output.suffix != ".safetensors":
         raise LlmDitError(f"--output {output}: use a .safetensors file name")
@@ -276,8 +278,8 @@ def encode(
     ensure_writable(output, overwrite)
     from safetensors.torch import save_file
 
-    from llm_dit import checkpoint
-    from llm_dit.encoder import ZImageTextEncoder
+    from llm_dit.conditioning.text_encoder import ZImageTextEncoder
+    from llm_dit.models import checkpoint
 
     settings = resolved.settings
     encoder = ZImageTextEncoder.from_pretrained(settings.model_path, **settings.encoder.model_dump())
@@ -344,8 +346,8 @@ def _run_prepared(
     )
     from rich.table import Table
 
-    from llm_dit.runner import ExperimentRunner, plan_cost
-    from llm_dit.store import ResultsStore, peek_done
+    from llm_dit.experiments.runner import ExperimentRunner, plan_cost
+    from llm_dit.experiments.store import ResultsStore, peek_done
 
     exp, runs = prepared.experiment, prepared.runs
     for note in prepared.notes:
@@ -433,7 +435,7 @@ def _run_prepared(
     )
     console.print(
         f"look: open {exp_dir / 'results.csv'}, or in Python: "
-        f"llm_dit.store.load_results({str(output_dir)!r}, {exp.name!r})",
+        f"llm_dit.experiments.store.load_results({str(output_dir)!r}, {exp.name!r})",
         highlight=False,
         soft_wrap=True,
     )
@@ -467,8 +469,8 @@ def _metrics_pass(
     """Run a metrics pass with a progress bar, print its summary table; returns the report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from llm_dit.experiments.store import ResultsStore
     from llm_dit.metrics.compute import MetricsPass
-    from llm_dit.store import ResultsStore
 
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
@@ -557,9 +559,9 @@ def metrics_cmd(
     """Compute metrics over existing results: only missing values (resumable); per-run values go to the store
     and results.csv, per-value statistics to summary.csv and the terminal."""
     from llm_dit.config import load_settings
+    from llm_dit.experiments.store import DB_NAME, ResultsStore
     from llm_dit.metrics.reference import ReferenceChoice, parse_reference, parse_reference_images
     from llm_dit.metrics.registry import METRICS, UNAVAILABLE, configured, select_metrics
-    from llm_dit.store import DB_NAME, ResultsStore
 
     settings = load_settings(config, profile).settings.metrics
     if list_metrics:
@@ -666,7 +668,7 @@ def _ablate(
     its models once.
     """
     from llm_dit.config import load_settings
-    from llm_dit.runner import prepare_experiment
+    from llm_dit.experiments.runner import prepare_experiment
 
     if batch_size < 1:
         raise LlmDitError(f"--batch-size must be >= 1, got {batch_size}")
@@ -703,7 +705,7 @@ def _list(experiments: bool, prompts: bool) -> None:
 
     out = Console()
     if experiments:
-        from llm_dit.experiments import builtin_experiments
+        from llm_dit.experiments.planner import builtin_experiments
 
         table = Table("experiment", "question", "variables", "runs per prompt", "seeds")
         for exp in builtin_experiments().values():
@@ -717,8 +719,8 @@ def _list(experiments: bool, prompts: bool) -> None:
             )
         out.print(table)
     if prompts:
-        from llm_dit.prompts import list_prompts as all_prompts
-        from llm_dit.prompts import load_library
+        from llm_dit.experiments.prompts import list_prompts as all_prompts
+        from llm_dit.experiments.prompts import load_library
 
         table = Table("id", "category", "text")
         for p in all_prompts(load_library()):
@@ -749,7 +751,7 @@ def sweep(
     metric: MetricOpt = None,
 ) -> None:
     """The seeds' priority sweeps as presets over the built-in experiments."""
-    from llm_dit.sweeps import QUICK_MAX_PROMPTS, QUICK_SEEDS, get_sweep
+    from llm_dit.experiments.sweeps import QUICK_MAX_PROMPTS, QUICK_SEEDS, get_sweep
 
     if all_ == (name is not None):
         raise LlmDitError("name one sweep or pass --all; sweeps: " + ", ".join(p.name for p in SWEEPS))
@@ -809,10 +811,10 @@ def embed_stats(
     mean-pooled, norms, per-dimension statistics and outlier dimensions, against the first condition."""
     from rich.table import Table
 
+    from llm_dit.conditioning.embedding_stats import compare_embeddings, parse_condition
     from llm_dit.config import load_settings
-    from llm_dit.image import ensure_writable
-    from llm_dit.metrics.embedding_stats import compare_embeddings, parse_condition
-    from llm_dit.prompts import load_library, select_prompts
+    from llm_dit.experiments.prompts import load_library, select_prompts
+    from llm_dit.generation.image import ensure_writable
 
     if not condition:
         raise LlmDitError(
@@ -839,7 +841,7 @@ def embed_stats(
         model_path=_model_path(model_path, model), encoder_device=encoder_device, encoder_dtype=encoder_dtype
     )
     settings = load_settings(config, profile, overrides).settings
-    from llm_dit.encoder import ZImageTextEncoder
+    from llm_dit.conditioning.text_encoder import ZImageTextEncoder
 
     encoder = ZImageTextEncoder.from_pretrained(settings.model_path, **settings.encoder.model_dump())
     report = compare_embeddings(encoder, [p.text for p in selected], conditions, outlier_threshold=outlier_threshold)
@@ -888,9 +890,9 @@ def profile_cmd(
 
     from llm_dit.config import load_settings
     from llm_dit.files import write_json
-    from llm_dit.image import ensure_writable
-    from llm_dit.pipeline import LlmDitPipeline
-    from llm_dit.profiling import run_profile
+    from llm_dit.generation.image import ensure_writable
+    from llm_dit.generation.pipeline import LlmDitPipeline
+    from llm_dit.generation.profiling import run_profile
 
     overrides = _overrides(model_path=_model_path(model_path, model), width=width, height=height, steps=steps)
     settings = load_settings(config, profile, overrides).settings
@@ -915,7 +917,7 @@ def tiny_model(
     """Write a tiny, architecture-faithful random Z-Image checkpoint in diffusers layout."""
     if directory.exists():
         raise LlmDitError(f"{directory} already exists; give a new directory")
-    from llm_dit.tiny import build_tiny_checkpoint
+    from llm_dit.models.tiny import build_tiny_checkpoint
 
     path = build_tiny_checkpoint(directory, seed=seed)
     _wrote(f"tiny Z-Image checkpoint to {path}")
@@ -948,7 +950,3 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

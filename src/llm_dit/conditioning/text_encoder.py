@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from llm_dit.conditioning.embeddings import blend_layers, compress_sequence
+from llm_dit.conditioning.prompt import FormattedPrompt, format_prompt
 from llm_dit.config import EncoderSettings, build_section
 from llm_dit.constants import DIFFUSERS_MAX_SEQUENCE_LENGTH, ENCODER_LOAD_FIELDS, HARD_MAX_TEXT_TOKENS
-from llm_dit.embeddings import blend_layers, compress_sequence
 from llm_dit.errors import LlmDitError
-from llm_dit.prompt import FormattedPrompt, format_prompt
-from llm_dit.record import module_device
+from llm_dit.models.devices import module_device
 
 
 @dataclass
@@ -125,12 +125,12 @@ class ZImageTextEncoder:
         ``model_path`` None or "tiny" is the built-in tiny checkpoint. ``settings`` are
         :class:`EncoderSettings` fields (``hidden_layer=-2``, ``layer_weights``, ``system_prompt``, ...).
         """
-        from llm_dit import checkpoint
+        from llm_dit.models import checkpoint, devices
 
         path = checkpoint.resolve_model_path(model_path)
         info = checkpoint.validate_checkpoint(path)
-        dev = checkpoint.resolve_device(device)
-        dtype = checkpoint.resolve_dtype(torch_dtype, dev)
+        dev = devices.resolve_device(device)
+        dtype = devices.resolve_dtype(torch_dtype, dev)
         return cls(
             checkpoint.load_tokenizer(path),
             model_loader=lambda: checkpoint.load_text_encoder(path, dev, dtype),

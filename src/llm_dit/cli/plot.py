@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from llm_dit.store import DEFAULT_ROOT
+from llm_dit.experiments.store import DEFAULT_ROOT
 
 DEFAULT_DPI = 150  # llm_dit.analysis.plots.DEFAULT_DPI, repeated so --help needs no import of the analysis code
 METRIC_HELP = (

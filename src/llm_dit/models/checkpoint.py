@@ -6,11 +6,10 @@ what is missing, before any weights load.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ from typing import Any
 import torch
 
 from llm_dit.constants import SEQ_MULTIPLE
-from llm_dit.errors import CheckpointError, LlmDitError
+from llm_dit.errors import CheckpointError
+from llm_dit.models.devices import quiet_hf
 
 __all__ = [
     "CheckpointInfo",
@@ -29,9 +29,6 @@ __all__ = [
     "load_tokenizer",
     "load_transformer",
     "load_vae",
-    "quiet_hf",
-    "resolve_device",
-    "resolve_dtype",
     "resolve_model_path",
     "vae_size_multiple",
     "validate_checkpoint",
@@ -79,7 +76,7 @@ def vae_size_multiple(vae_config: Mapping[str, Any]) -> int:
 def resolve_model_path(model_path: str | Path | None) -> Path:
     """None or "tiny" -> the cached tiny checkpoint (built on first use); anything else -> that directory."""
     if model_path is None or (isinstance(model_path, str) and model_path.strip().lower() == "tiny"):
-        from llm_dit.tiny import tiny_checkpoint_path
+        from llm_dit.models.tiny import tiny_checkpoint_path
 
         return tiny_checkpoint_path()
     return Path(model_path).expanduser()
@@ -265,77 +262,6 @@ def fingerprint(path: str | Path) -> str:
                 fh.seek(max(_CHUNK, size - _CHUNK))
                 digest.update(fh.read(_CHUNK))
     return digest.hexdigest()[:16]
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """Device by name: "auto"/None -> cuda if available else cpu; others are checked to exist."""
-    if isinstance(name, torch.device):
-        device = name
-    elif name is None or name.strip().lower() == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(name.strip().lower())
-        except (RuntimeError, ValueError) as exc:
-            raise LlmDitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LlmDitError(f"device {device} requested but CUDA is not available; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise LlmDitError(f"device {device} requested but only {torch.cuda.device_count()} GPU(s) exist")
-    return device
-
-
-_DTYPES: dict[str, torch.dtype] = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp32": torch.float32,
-    "float32": torch.float32,
-}
-_FP16_NAMES = ("fp16", "float16", "half")
-
-
-def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
-    """Dtype by name: "auto"/None -> bfloat16 on cuda, float32 elsewhere; bf16/bfloat16/fp32/float32.
-
-    fp16 is refused: Z-Image's activations overflow float16 (NaN latents, black images).
-    """
-    if isinstance(name, torch.dtype):
-        key = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(name, str(name))
-    else:
-        key = "auto" if name is None else name.strip().lower()
-    if key == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    if key in _FP16_NAMES:
-        raise LlmDitError(
-            f"dtype {name} is not supported: Z-Image overflows in float16 (NaN latents, black images); "
-            "use bfloat16 (bf16)"
-        )
-    if key not in _DTYPES:
-        raise LlmDitError(f"unknown dtype {name!r}; valid: auto, {', '.join(_DTYPES)}")
-    return _DTYPES[key]
-
-
-@contextlib.contextmanager
-def quiet_hf() -> Iterator[None]:
-    """Silence diffusers/transformers info logs and progress bars (restored afterwards)."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    saved = (dlog.get_verbosity(), tlog.get_verbosity(), dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled())
-    dlog.set_verbosity_error()
-    tlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        dlog.set_verbosity(saved[0])
-        tlog.set_verbosity(saved[1])
-        if saved[2]:
-            dlog.enable_progress_bar()
-        if saved[3]:
-            tlog.enable_progress_bar()
 
 
 def _device_map(device: torch.device) -> dict[str, torch.device] | None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from llm_dit.errors import LlmDitError
-from llm_dit.store import DEFAULT_ROOT
+from llm_dit.experiments.store import DEFAULT_ROOT
 
 MODES = ("grid", "side-by-side", "diff")  # llm_dit.analysis.compare.MODES, repeated here to keep --help light
 

@@ -8,7 +8,7 @@ value stops the whole experiment before any model loads. This module must not im
 Parameters are flat names: every :class:`~llm_dit.config.EncoderSettings` field except ``device`` and
 ``torch_dtype`` (hardware, recorded through ``numerics``), every :class:`~llm_dit.config.GenerationSettings`
 field except ``output_dir`` (and ``seed``, which comes from ``seeds``), plus ``token_manipulation``
-(a name from ``llm_dit.prompts.MANIPULATIONS``, applied to the prompt text with the run's seed).
+(a name from ``llm_dit.experiments.prompts.MANIPULATIONS``, applied to the prompt text with the run's seed).
 
 Precedence (highest wins): axis values > overrides (CLI) > experiment ``[base]`` > settings (config
 profile) > built-in defaults. Two pairs of parameters replace each other, as in the config and the encoder:
@@ -43,16 +43,15 @@ from llm_dit.config import (
     EncoderSettings,
     GenerationSettings,
     Settings,
-    _closest,
     build_section,
     count_steps,
     parse_sigmas,
 )
 from llm_dit.constants import ENCODER_LOAD_FIELDS
-from llm_dit.errors import ConfigError, LlmDitError
+from llm_dit.errors import ConfigError, LlmDitError, closest
 
 if TYPE_CHECKING:  # prompts.py is imported lazily: planning must stay light whatever it grows to import
-    from llm_dit.prompts import Prompt
+    from llm_dit.experiments.prompts import Prompt
 
 __all__ = [
     "ENCODER_PARAMETERS",
@@ -304,11 +303,13 @@ def file_label(label: str, limit: int = _LABEL_LIMIT) -> str:
 
 def _manipulation_names() -> tuple[str, ...]:
     # Lazy: prompts.py may grow heavier imports; only experiments that use manipulations pay for them.
-    from llm_dit import prompts
+    from llm_dit.experiments import prompts
 
     names = getattr(prompts, "MANIPULATIONS", None)
     if names is None:
-        raise ConfigError("token_manipulation needs llm_dit.prompts.MANIPULATIONS, which this installation lacks")
+        raise ConfigError(
+            "token_manipulation needs llm_dit.experiments.prompts.MANIPULATIONS, which this installation lacks"
+        )
     return tuple(names)
 
 
@@ -317,7 +318,7 @@ def _check_manipulation(value: Any) -> str:
         raise ConfigError(f"token_manipulation must be a string (got {_show(value)})")
     names = _manipulation_names()
     if value not in names:
-        hint = _closest(value, names)
+        hint = closest(value, names)
         extra = f"; did you mean '{hint}'?" if hint else ""
         raise ConfigError(f"token_manipulation '{value}' is not valid; use one of: {', '.join(names)}{extra}")
     return value
@@ -326,7 +327,7 @@ def _check_manipulation(value: Any) -> str:
 def _unknown_parameter(key: str) -> str:
     if key in _NOT_PARAMETERS:
         return f"'{key}' is not an experiment parameter: {_NOT_PARAMETERS[key]}"
-    hint = _closest(key, _SETTABLE)
+    hint = closest(key, _SETTABLE)
     if hint:
         return f"unknown parameter '{key}'; did you mean '{hint}'?"
     return f"unknown parameter '{key}'; parameters: {', '.join(_SETTABLE)}"
@@ -560,7 +561,7 @@ class _Loader:
             elif key in _NOT_PARAMETERS:
                 hint = _NOT_PARAMETERS[key]
             else:
-                near = _closest(key, _TOP_KEYS)
+                near = closest(key, _TOP_KEYS)
                 hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(_TOP_KEYS)}"
             self.error((key,), f"unknown key '{key}' in experiment '{self.name}'; {hint}")
 
@@ -615,7 +616,7 @@ class _Loader:
             return (), None, None
         for key in raw:
             if key not in _PROMPT_KEYS:
-                near = _closest(key, _PROMPT_KEYS)
+                near = closest(key, _PROMPT_KEYS)
                 hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(_PROMPT_KEYS)}"
                 self.error(("prompts", key), f"unknown key '{key}' in [prompts]; {hint}")
         ids: list[str] = []
@@ -697,7 +698,7 @@ class _Loader:
             if key in _SETTABLE:
                 hint = "an axis sets parameters through its values (scalars for `name`/`parameter`, or tables)"
             else:
-                near = _closest(key, _AXIS_KEYS)
+                near = closest(key, _AXIS_KEYS)
                 hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(_AXIS_KEYS)}"
             self.error((*path, key), f"unknown key '{key}' in [[axes]]; {hint}")
         name = table.get("name")
@@ -732,7 +733,7 @@ class _Loader:
                 item = self._table_value(name, vpath, value)
             elif scalar_param is None:
                 if not scalar_error:
-                    near = _closest(name, _SETTABLE)
+                    near = closest(name, _SETTABLE)
                     hint = f" (did you mean '{near}'?)" if near else ""
                     self.error(
                         (*path, "name"),
@@ -852,7 +853,7 @@ def get_experiment(name: str | None, experiment_file: str | Path | None = None) 
         return load_experiment_file(name)
     if name in builtins:
         return builtins[name]
-    hint = _closest(name, list(builtins))
+    hint = closest(name, list(builtins))
     extra = f"did you mean '{hint}'? " if hint else ""
     raise LlmDitError(
         f"unknown experiment '{name}'; {extra}built-in experiments: {', '.join(builtins)} (or pass a TOML file)"
@@ -1079,7 +1080,7 @@ def plan(
                 manipulation = params[TOKEN_MANIPULATION]
                 text = prompt.text
                 if manipulation is not None:
-                    from llm_dit.prompts import manipulate
+                    from llm_dit.experiments.prompts import manipulate
 
                     try:
                         text = manipulate(prompt, manipulation, seed)

@@ -105,7 +105,7 @@ class _QwenTikTokenConverter(TikTokenConverter):
 @functools.cache
 def qwen3_chat_template() -> str:
     """The official Qwen3 (Qwen3-4B tokenizer_config) chat template, verbatim."""
-    text = (resources.files("llm_dit") / "chat_template.jinja").read_text(encoding="utf-8")
+    text = (resources.files("llm_dit.models") / "chat_template.jinja").read_text(encoding="utf-8")
     # The official template ends with ``{%- endif %}``; drop a newline an editor may have appended.
     return text.rstrip("\n")
 

@@ -18,15 +18,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from llm_dit import __version__, checkpoint
+from llm_dit import __version__
+from llm_dit.conditioning.text_encoder import EncodedPrompt, ZImageTextEncoder, layer_agnostic_key
 from llm_dit.config import EncoderSettings, GenerationSettings, PipelineSettings, Settings, build_section
 from llm_dit.constants import ENCODER_LOAD_FIELDS, HARD_MAX_TEXT_TOKENS, SIZE_MULTIPLE
-from llm_dit.encoder import EncodedPrompt, ZImageTextEncoder, layer_agnostic_key
 from llm_dit.errors import LlmDitError
-from llm_dit.image import decode_latents, ensure_writable, save_png, to_pil
-from llm_dit.record import module_device, package_versions, parameters_line, tensor_fingerprint, utc_now
-from llm_dit.sampler import denoise, initial_noise
-from llm_dit.schedule import resolve_sigmas
+from llm_dit.generation.image import decode_latents, ensure_writable, save_png, to_pil
+from llm_dit.generation.record import package_versions, parameters_line, tensor_fingerprint, utc_now
+from llm_dit.generation.sampler import denoise, initial_noise
+from llm_dit.generation.schedule import resolve_sigmas
+from llm_dit.models import checkpoint, devices
+from llm_dit.models.devices import module_device
 
 ProgressCallback = Callable[[int, int], None]  # (DiT forwards done, total)
 
@@ -186,10 +188,10 @@ class LlmDitPipeline:
         pipe = pipeline if isinstance(pipeline, PipelineSettings) else build_section(PipelineSettings, pipeline or {})
         path = checkpoint.resolve_model_path(model_path)
         info = checkpoint.validate_checkpoint(path)
-        dit_device = checkpoint.resolve_device(pipe.device)
-        dit_dtype = checkpoint.resolve_dtype(pipe.torch_dtype, dit_device)
-        vae_device = checkpoint.resolve_device(pipe.vae_device or pipe.device)
-        vae_dtype = checkpoint.resolve_dtype(pipe.vae_dtype or pipe.torch_dtype, vae_device)
+        dit_device = devices.resolve_device(pipe.device)
+        dit_dtype = devices.resolve_dtype(pipe.torch_dtype, dit_device)
+        vae_device = devices.resolve_device(pipe.vae_device or pipe.device)
+        vae_dtype = devices.resolve_dtype(pipe.vae_dtype or pipe.torch_dtype, vae_device)
         text_encoder = ZImageTextEncoder.from_pretrained(path, **enc.model_dump())
         return cls(
             text_encoder,
@@ -216,7 +218,7 @@ class LlmDitPipeline:
         """A pipeline over components already in memory (e.g. the same objects a diffusers pipeline holds).
 
         Caption cap, size multiple and caption width come from the modules' configs, by the same rules as for
-        a checkpoint on disk (:class:`llm_dit.checkpoint.CheckpointInfo`).
+        a checkpoint on disk (:class:`llm_dit.models.checkpoint.CheckpointInfo`).
         """
         dit_config, vae_config = _config_of(transformer), _config_of(vae)
         cap = checkpoint.dit_max_caption_tokens(dit_config)

@@ -12,7 +12,6 @@ an error with a suggested fix, never silently ignored.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import shlex
@@ -44,9 +43,10 @@ from llm_dit.constants import (
     PADDING_MODES,
     REFINER_MODES,
     SIZE_MULTIPLE,
+    THINK_EMPTY,
+    THINK_NONE,
 )
-from llm_dit.errors import ConfigError
-from llm_dit.prompt import THINK_EMPTY, THINK_NONE
+from llm_dit.errors import ConfigError, closest
 
 __all__ = [
     "CLI_FLAGS",
@@ -77,8 +77,6 @@ QWEN3_NUM_LAYERS = 36
 NUM_HIDDEN_STATES = QWEN3_NUM_LAYERS + 1
 MIN_LAYER, MAX_LAYER = -NUM_HIDDEN_STATES, QWEN3_NUM_LAYERS
 
-# think_block keywords (defined with the chat format). The official path (diffusers / DiffSynth / Tongyi) uses NO
-# think block.
 THINK_BLOCK_NONE = THINK_NONE
 THINK_BLOCK_EMPTY = THINK_EMPTY
 
@@ -149,16 +147,11 @@ def _as_str(name: str, value: Any) -> str:
     return value
 
 
-def _closest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
-    hits = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return hits[0] if hits else None
-
-
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     text = _as_str(name, value).strip().lower()
     if text in choices:
         return text
-    hint = _closest(text, choices)
+    hint = closest(text, choices)
     extra = f"; did you mean '{hint}'?" if hint else ""
     raise ValueError(f"{name} '{value}' is not valid; use one of: {', '.join(choices)}{extra}")
 
@@ -896,7 +889,7 @@ def _override_layer(overrides: Mapping[str, Any] | None) -> _Layer:
     errors: list[str] = []
     for key, value in (overrides or {}).items():
         if key not in SETTING_KEYS:
-            hint = _closest(key, SETTING_KEYS)
+            hint = closest(key, SETTING_KEYS)
             if hint is None:
                 # A bare name such as "steps": point at its dotted form.
                 hint = next((k for k in SETTING_KEYS if k.rpartition(".")[2] == key), None)
@@ -1030,10 +1023,10 @@ class _ConfigFile:
         homes = [h for h in _key_home(key) if h != sec]
         if homes:
             return head + f"'{key}' belongs in " + " or ".join(_sect(profile, h) for h in homes)
-        hint = _closest(key, valid)
+        hint = closest(key, valid)
         if hint:
             return head + f"did you mean '{hint}'?"
-        everywhere = _closest(key, [k.rpartition(".")[2] for k in SETTING_KEYS])
+        everywhere = closest(key, [k.rpartition(".")[2] for k in SETTING_KEYS])
         if everywhere:
             homes = " or ".join(_sect(profile, h) for h in _key_home(everywhere))
             return head + f"did you mean '{everywhere}' in {homes}?"
@@ -1057,7 +1050,7 @@ class _ConfigFile:
             elif isinstance(value, dict):
                 # An unknown sub-table such as [default.pytorch]: name the nearest section, and
                 # where each of its keys belongs, in one line.
-                hint = _closest(key, list(SECTIONS))
+                hint = closest(key, list(SECTIONS))
                 fix = (
                     f"did you mean [{profile}.{hint}]?"
                     if hint
@@ -1180,7 +1173,7 @@ def load_settings(
         cfg = _ConfigFile(path, str(config_path))
         cfg.check()
         if name not in cfg.data and name != DEFAULT_PROFILE:
-            hint = _closest(name, cfg.profiles)
+            hint = closest(name, cfg.profiles)
             extra = f"did you mean '{hint}'? " if hint else ""
             raise ConfigError(
                 f"profile '{name}' not found in {cfg.label}; {extra}profiles in the file: "

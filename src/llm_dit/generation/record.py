@@ -32,12 +32,6 @@ def _package_versions() -> dict[str, str]:
     return versions
 
 
-def module_device(module: torch.nn.Module) -> str:
-    """Where a module runs, as records state it: ``"<device type>/<dtype>"`` of its first parameter (cpu/float32)."""
-    p = next(module.parameters())
-    return f"{p.device.type}/{str(p.dtype).removeprefix('torch.')}"
-
-
 def tensor_fingerprint(tensor: torch.Tensor) -> str:
     """sha256 (16 hex chars) of a tensor's dtype, shape and bytes: identifies caller-supplied embeddings."""
     t = tensor.detach().contiguous().cpu()

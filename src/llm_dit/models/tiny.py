@@ -248,7 +248,7 @@ def make_components(
         model.eval().requires_grad_(False)
     components["scheduler"] = FlowMatchEulerDiscreteScheduler(**configs["scheduler"])
     if with_tokenizer:
-        from llm_dit.tokenizer import build_qwen3_tokenizer
+        from llm_dit.models.tokenizer import build_qwen3_tokenizer
 
         components["tokenizer"] = build_qwen3_tokenizer()
     return components
@@ -278,7 +278,7 @@ def build_tiny_checkpoint(path: str | Path, seed: int = 0, *, exist_ok: bool = F
     """
     from diffusers import ZImagePipeline
 
-    from llm_dit.checkpoint import quiet_hf
+    from llm_dit.models.devices import quiet_hf
 
     dest = Path(path).expanduser().absolute()
     if dest.exists():

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llm_dit.constants import DEFAULT_THINK_BLOCK, THINK_EMPTY, THINK_NONE
 from llm_dit.errors import LlmDitError
-
-THINK_NONE = "none"
-THINK_EMPTY = "empty"
-DEFAULT_THINK_BLOCK = THINK_NONE
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from llm_dit.store import DEFAULT_ROOT
+from llm_dit.experiments.store import DEFAULT_ROOT
 
 # Repeated here rather than imported from llm_dit.viewer: that package imports fastapi, and `llm-dit --help`
 # should not pay for it. tests/test_viewer_api.py checks that both agree.
@@ -25,7 +25,7 @@ def view_cmd(
 ) -> None:
     """Browse results in a web browser: grids, slider, A/B toggle and diff overlays (read-only; Ctrl-C stops)."""
     from llm_dit.errors import LlmDitError
-    from llm_dit.store import DB_NAME
+    from llm_dit.experiments.store import DB_NAME
 
     # Checked here, before fastapi/uvicorn are even imported: bad input fails fast.
     if not (output_dir / DB_NAME).is_file():

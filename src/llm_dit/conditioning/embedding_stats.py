@@ -28,9 +28,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from llm_dit.config import EncoderSettings, _closest, build_section, parse_scalar
+from llm_dit.config import EncoderSettings, build_section, parse_scalar
 from llm_dit.constants import ENCODER_LOAD_FIELDS
-from llm_dit.errors import LlmDitError
+from llm_dit.errors import LlmDitError, closest
 from llm_dit.files import write_csv, write_json
 
 __all__ = [
@@ -276,7 +276,7 @@ def _check_overrides(overrides: Mapping[str, Any], where: str) -> None:
             )
         if key not in _ENCODER_KEYS:
             choices = [k for k in _ENCODER_KEYS if k not in ENCODER_LOAD_FIELDS]
-            hint = _closest(key, choices)
+            hint = closest(key, choices)
             extra = f"did you mean '{hint}'? " if hint else ""
             raise LlmDitError(f"{where}: unknown encoder setting '{key}'; {extra}valid: {', '.join(choices)}")
     try:
@@ -424,7 +424,7 @@ class EmbedStatsReport:
 def _encode_all(encoder: Any, prompts: list[str], conditions: Sequence[Condition]) -> list[list[Any]]:
     """``result[condition][prompt]`` EncodedPrompts, one encoder forward per group of conditions that differ
     only in the layer choice (``encode_variants``)."""
-    from llm_dit.encoder import layer_agnostic_key
+    from llm_dit.conditioning.text_encoder import layer_agnostic_key
 
     # Resolve and tokenize everything first: a bad layer or an over-cap prompt then fails before any forward.
     settings = [encoder.resolve(**c.overrides) for c in conditions]
@@ -479,9 +479,9 @@ def compare_embeddings(
 ) -> EmbedStatsReport:
     """Encode ``prompts`` under each condition and compare every embedding with the first condition's.
 
-    ``encoder`` is a :class:`llm_dit.encoder.ZImageTextEncoder`; each condition's overrides apply on top of its
-    settings. Conditions that differ only in ``hidden_layer`` / ``layer_weights`` share one forward per prompt
-    batch. Everything is validated (keys, values, layer range, prompt lengths) before the model loads.
+    ``encoder`` is a :class:`llm_dit.conditioning.text_encoder.ZImageTextEncoder`; each condition's overrides apply
+    on top of its settings. Conditions that differ only in ``hidden_layer`` / ``layer_weights`` share one forward
+    per prompt batch. Everything is validated (keys, values, layer range, prompt lengths) before the model loads.
     """
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompt_list:

@@ -16,7 +16,7 @@ from torch import nn
 
 from llm_dit.constants import REFINER_MODES
 from llm_dit.errors import LlmDitError
-from llm_dit.schedule import dit_timestep
+from llm_dit.generation.schedule import dit_timestep
 
 StepCallback = Callable[[int, int], None]  # (step index, total steps)
 

@@ -1,0 +1,95 @@
+"""The package's folders are its data flow: imports only go down the layers (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "llm_dit"
+
+# Lowest first. A module may import its own layer and the layers below it, never one above.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("constants", "errors", "files", "config"),
+    ("models",),
+    ("conditioning",),
+    ("generation",),
+    ("experiments",),
+    ("metrics",),
+    ("analysis",),
+    ("viewer",),
+    ("cli",),
+)
+RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted module) of every llm_dit import in a file, at module level or inside functions."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # "from llm_dit.models import checkpoint" imports the module llm_dit.models.checkpoint.
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return [(line, name) for line, name in found if name == "llm_dit" or name.startswith("llm_dit.")]
+
+
+def _top(dotted: str) -> str | None:
+    parts = dotted.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "__init__.py")
+
+
+def test_every_top_level_name_has_a_layer() -> None:
+    tops = {p.relative_to(PACKAGE).parts[0].removesuffix(".py") for p in MODULES}
+    assert tops - {"data"} <= set(RANK), f"new top-level module or folder without a layer: {tops - set(RANK)}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_never_go_up(path: Path) -> None:
+    own = RANK[path.relative_to(PACKAGE).parts[0].removesuffix(".py")]
+    upward = []
+    for line, name in _imports(path):
+        top = _top(name)
+        if top in RANK and RANK[top] > own:
+            upward.append(f"{path.relative_to(PACKAGE)}:{line} imports {name} (layer {top} is above)")
+    assert not upward, "\n".join(upward)
+
+
+def _graph() -> dict[str, set[str]]:
+    names = {_module_name(p) for p in MODULES}
+    graph: dict[str, set[str]] = {}
+    for path in MODULES:
+        targets = set()
+        for _, name in _imports(path):
+            # "from llm_dit.x import y" names a module or an attribute of llm_dit.x: keep the longest module.
+            while name not in names and "." in name:
+                name = name.rpartition(".")[0]
+            if name in names and name != _module_name(path):
+                targets.add(name)
+        graph[_module_name(path)] = targets
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    graph = _graph()
+    cycles = []
+    for start in graph:
+        stack = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    cycles.append(" -> ".join([*trail, start]))
+                elif nxt not in trail and nxt > start:  # each cycle once, from its smallest module
+                    stack.append((nxt, [*trail, nxt]))
+    assert not cycles, "\n".join(cycles)
