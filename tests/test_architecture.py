@@ -93,3 +93,13 @@ def test_no_import_cycles() -> None:
                 elif nxt not in trail and nxt > start:  # each cycle once, from its smallest module
                     stack.append((nxt, [*trail, nxt]))
     assert not cycles, "\n".join(cycles)
+
+
+def test_public_api_names_resolve() -> None:
+    """Every name ``llm_dit`` exports lazily points at a module that still defines it (moves break this first)."""
+    import importlib
+
+    import llm_dit
+
+    for name, module in llm_dit._EXPORTS.items():
+        assert getattr(importlib.import_module(module), name) is getattr(llm_dit, name), name

@@ -20,6 +20,7 @@ _EXPORTS = {
     "Settings": "llm_dit.config",
     "LlmDitError": "llm_dit.errors",
     "read_record": "llm_dit.generation.image",
+    "load_results": "llm_dit.experiments.store",
 }
 __all__ = ["__version__", *_EXPORTS]
 
