@@ -31,7 +31,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from llm_dit.config import load_settings
-    from llm_dit.experiments.planner import Axis, AxisValue, Experiment
+    from llm_dit.experiments.model import Axis, AxisValue, Experiment
     from llm_dit.experiments.runner import ExperimentRunner, prepare_experiment, request_for
     from llm_dit.experiments.store import ResultsStore
 
@@ -50,14 +50,14 @@ def main() -> None:
         axes=(Axis("shift", tuple(AxisValue(str(s), {"shift": s}) for s in shifts), None),),
         source="benchmark",
     )
-    import llm_dit.experiments.planner as experiments_module
+    import llm_dit.experiments.loader as experiment_loader
 
-    original = experiments_module.get_experiment
-    experiments_module.get_experiment = lambda name, experiment_file=None: experiment
+    original = experiment_loader.get_experiment
+    experiment_loader.get_experiment = lambda name, experiment_file=None: experiment
     try:
         prepared = prepare_experiment("runner_overhead", settings=settings, batch_size=args.batch_size)
     finally:
-        experiments_module.get_experiment = original
+        experiment_loader.get_experiment = original
     pipe = prepared.pipeline
     requests = [request_for(run) for run in prepared.runs]
     pipe.generate_batch(requests[:1])  # load models, warm up kernels and the encoding cache

@@ -19,17 +19,9 @@ import pytest
 
 from llm_dit.config import Settings
 from llm_dit.errors import ConfigError, LlmDitError
-from llm_dit.experiments.planner import (
-    PARAMETERS,
-    AxisValue,
-    Experiment,
-    builtin_experiments,
-    compute_run_id,
-    get_experiment,
-    load_experiment_file,
-    plan,
-    swept_overrides,
-)
+from llm_dit.experiments.loader import builtin_experiments, get_experiment, load_experiment_file
+from llm_dit.experiments.model import PARAMETERS, AxisValue, Experiment
+from llm_dit.experiments.planner import compute_run_id, plan, swept_overrides
 from llm_dit.experiments.prompts import Prompt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -370,7 +362,8 @@ def test_run_id_changes_with_anything_that_affects_pixels() -> None:
 
 def test_run_id_stable_across_processes() -> None:
     code = (
-        "from llm_dit.config import Settings; from llm_dit.experiments.planner import get_experiment, plan;"
+        "from llm_dit.config import Settings; from llm_dit.experiments.loader import get_experiment;"
+        "from llm_dit.experiments.planner import plan;"
         "from llm_dit.experiments.prompts import Prompt;"
         "print(plan(get_experiment('shift_sweep'), [Prompt('a', 'A cat')], [42], Settings(),"
         " model_fingerprint='fp')[3].run_id)"
@@ -549,7 +542,8 @@ def test_planning_imports_no_torch() -> None:
     code = (
         "import sys\n"
         "from llm_dit.config import Settings\n"
-        "from llm_dit.experiments.planner import builtin_experiments, plan\n"
+        "from llm_dit.experiments.loader import builtin_experiments\n"
+        "from llm_dit.experiments.planner import plan\n"
         "from llm_dit.experiments.prompts import Prompt\n"
         "p = [Prompt('a', 'A red cat', subjects=('cat',), descriptors=('red',))]\n"
         "for exp in builtin_experiments().values():\n"

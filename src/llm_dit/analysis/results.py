@@ -3,7 +3,7 @@
 A run varies along the experiment's axes (``hidden_layer``, ``shift``, ...), its prompt and its seed. These are
 the *dimensions* of an experiment: ``prompt`` (prompt ids, in planned order), each axis (value labels, in
 planned order), then ``seed``. Grids put any two dimensions on rows and columns, and filters pick values of any
-dimension. ``prompt`` and ``seed`` are reserved axis names (see ``llm_dit.experiments.planner``), so they never clash.
+dimension. ``prompt`` and ``seed`` are reserved axis names (see ``llm_dit.experiments.loader``), so they never clash.
 
 Everything here reads the results store through a read-only connection: comparing never changes results.
 """

@@ -1,0 +1,811 @@
+"""The one schema of every user-settable parameter: value parsing, the settings models and their layered resolution.
+
+Owns the pydantic models (:class:`Settings` and its sections), the dotted setting keys and their CLI flags, the
+value parsers the CLI and the encoder share (layer blends, sigma schedules, ``key=value`` scalars), and the
+resolution of precedence layers into validated settings with each error reported at its origin. Resolution lives
+here, not in the file loader, because :meth:`Settings.with_overrides` needs it. It must not import torch, any
+model library or another llm_dit layer: the CLI validates a whole run here before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from llm_dit.constants import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_HIDDEN_LAYER,
+    DEFAULT_SHIFT,
+    DEFAULT_SIZE,
+    DEFAULT_STEPS,
+    HARD_MAX_TEXT_TOKENS,
+    LONG_PROMPT_MODES,
+    MAX_SEED,
+    PADDING_MODES,
+    REFINER_MODES,
+    SIZE_MULTIPLE,
+    THINK_EMPTY,
+    THINK_NONE,
+)
+from llm_dit.errors import ConfigError, closest
+
+# Qwen3-4B has 36 layers; output_hidden_states gives 37 entries: [0] = token embeddings, [k] = raw
+# output of layer k-1, and [-1] is replaced by the final-normed state (so -2 is the last raw layer).
+QWEN3_NUM_LAYERS = 36
+NUM_HIDDEN_STATES = QWEN3_NUM_LAYERS + 1
+MIN_LAYER, MAX_LAYER = -NUM_HIDDEN_STATES, QWEN3_NUM_LAYERS
+
+THINK_BLOCK_NONE = THINK_NONE
+THINK_BLOCK_EMPTY = THINK_EMPTY
+
+
+_DTYPES = {
+    "auto": "auto",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "torch.bfloat16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+    "torch.float32": "float32",
+}
+_FP16_NAMES = {"float16", "fp16", "half", "torch.float16", "torch.half"}
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+# --------------------------------------------------------------------------------------------------
+# Value parsing helpers (raise ValueError with a message that names the key; pydantic wraps them)
+# --------------------------------------------------------------------------------------------------
+
+
+class _FieldError(ValueError):
+    """A model-level check that should be reported against one field (e.g. steps vs sigmas)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _as_int(name: str, value: Any) -> int:
+    # Reject booleans explicitly: pydantic's lax mode (and Python) treat True as 1.
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, not a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be an integer (got {value!r})")
+
+
+def _int_in(name: str, value: Any, low: int, high: int, why: str = "") -> int:
+    number = _as_int(name, value)
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be in {low}..{high} (got {number}){why}")
+    return number
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, not a boolean")
+    out: float | None = None
+    if isinstance(value, int | float):
+        out = float(value)
+    elif isinstance(value, str):
+        try:
+            out = float(value.strip())
+        except ValueError:
+            out = None
+    if out is None:
+        raise ValueError(f"{name} must be a number (got {value!r})")
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be a finite number (got {value!r})")
+    return out
+
+
+def _as_str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string (got {type(value).__name__} {value!r})")
+    return value
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    text = _as_str(name, value).strip().lower()
+    if text in choices:
+        return text
+    hint = closest(text, choices)
+    extra = f"; did you mean '{hint}'?" if hint else ""
+    raise ValueError(f"{name} '{value}' is not valid; use one of: {', '.join(choices)}{extra}")
+
+
+def _dtype(name: str, value: Any) -> str:
+    text = _as_str(name, value).strip().lower()
+    if text in _FP16_NAMES:
+        raise ValueError(f"{name} '{value}' refused: Z-Image overflows in float16 (NaN / black images); use bfloat16")
+    if text not in _DTYPES:
+        raise ValueError(f"{name} '{value}' is not valid; use auto, bfloat16 (bf16) or float32 (fp32)")
+    # Canonical names, so metadata of "bf16" and "bfloat16" runs compare equal.
+    return _DTYPES[text]
+
+
+def _device(name: str, value: Any) -> str:
+    text = _as_str(name, value).strip().lower()
+    if not _DEVICE_RE.match(text):
+        raise ValueError(f"{name} '{value}' is not valid; use auto, cpu, cuda or cuda:N (e.g. cuda:1)")
+    return text
+
+
+# The device and dtype fields of every section (encoder, pipeline, metrics) share one check each.
+DeviceName = Annotated[str, BeforeValidator(lambda v: _device("device", v))]
+DtypeName = Annotated[str, BeforeValidator(lambda v: _dtype("torch_dtype", v))]
+
+
+def parse_scalar(raw: str) -> Any:
+    """A ``key=value`` value: TOML value syntax (``-6``, ``2.5``, ``true``, ``"quoted"``, ``[1, 2]``,
+    ``{a = 1}``); anything TOML rejects is a bare string (``empty``, ``-2:0.7,-5:0.3``). Surrounding
+    whitespace is ignored."""
+    text = raw.strip()
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _check_layer(name: str, layer: int) -> int:
+    if not MIN_LAYER <= layer <= MAX_LAYER:
+        raise ValueError(
+            f"{name} {layer} is out of range {MIN_LAYER}..{MAX_LAYER} (Qwen3-4B has {QWEN3_NUM_LAYERS} "
+            f"layers: 0 = token embeddings, -1 = final-normed output, -2 = official)"
+        )
+    return layer
+
+
+def _size(name: str, value: Any) -> int:
+    size = _as_int(name, value)
+    if size <= 0:
+        raise ValueError(f"{name} must be a positive multiple of {SIZE_MULTIPLE} (got {size})")
+    if size % SIZE_MULTIPLE:
+        low = size - size % SIZE_MULTIPLE
+        high = low + SIZE_MULTIPLE
+        fix = f"{low} or {high}" if low > 0 else f"{high}"
+        raise ValueError(f"{name} {size} is not a multiple of {SIZE_MULTIPLE}; use {fix}")
+    return size
+
+
+def parse_layer_weights(value: Any) -> dict[int, float] | None:
+    """Parse ``{"-2": 0.7, "-5": 0.3}`` or ``"-2:0.7,-5:0.3"`` into ``{-2: 0.7, -5: 0.3}``.
+
+    ``None`` or ``""`` mean no blend (the single ``hidden_layer`` is used).
+    """
+    name = "layer_weights"
+    if value is None:
+        return None
+    items: list[tuple[Any, Any]]
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        items = []
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            layer, sep, weight = part.partition(":")
+            if not sep:
+                raise ValueError(f"{name} entry '{part.strip()}' is not 'layer:weight' (e.g. '-2:0.7,-5:0.3')")
+            items.append((layer, weight))
+    elif isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        raise ValueError(f"{name} must be a table like {{\"-2\" = 0.7}} or a string like '-2:0.7,-5:0.3'")
+    if not items:
+        raise ValueError(f"{name} must not be empty (leave it out to use hidden_layer alone)")
+    out: dict[int, float] = {}
+    seen: dict[int, int] = {}
+    for raw_layer, raw_weight in items:
+        layer = _check_layer(f"{name} key", _as_int(f"{name} key", raw_layer))
+        weight = _as_float(f"{name}[{layer}]", raw_weight)
+        # -2 and 35 name the same hidden state: a silent double count otherwise.
+        canonical = layer % NUM_HIDDEN_STATES
+        if canonical in seen:
+            raise ValueError(f"{name} keys {seen[canonical]} and {layer} name the same hidden state")
+        seen[canonical] = layer
+        out[layer] = weight
+    if math.isclose(sum(out.values()), 0.0, abs_tol=1e-12):
+        raise ValueError(f"{name} weights sum to 0; they are normalised by their sum, so it must be non-zero")
+    return out
+
+
+def parse_sigmas(value: Any) -> list[float] | None:
+    """Parse an explicit sigma schedule (a list, or a comma-separated string); ``""`` means none.
+
+    Rules: values strictly decreasing, each in (0, 1], with an optional final 0.
+    """
+    name = "sigmas"
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().strip("[]")
+        if not text.strip():
+            return None
+        raw: list[Any] = [p for p in (s.strip() for s in text.split(",")) if p]
+    elif isinstance(value, list | tuple):
+        raw = list(value)
+    else:
+        raise ValueError(f"{name} must be a list of numbers like [1.0, 0.75, 0.5, 0.0]")
+    if not raw:
+        raise ValueError(f"{name} must not be empty (leave it out to use steps and shift)")
+    sig = [_as_float(f"{name}[{i}]", v) for i, v in enumerate(raw)]
+    for i, s in enumerate(sig):
+        if s == 0.0 and i != len(sig) - 1:
+            raise ValueError(f"{name}[{i}] = 0: 0 may only be the final value")
+        if s != 0.0 and not 0.0 < s <= 1.0:
+            raise ValueError(f"{name}[{i}] = {s}: values must be in (0, 1] (plus an optional final 0)")
+    for i in range(1, len(sig)):
+        if sig[i] >= sig[i - 1]:
+            raise ValueError(f"{name} must be strictly decreasing: [{i - 1}] = {sig[i - 1]}, [{i}] = {sig[i]}")
+    if not any(sig):
+        raise ValueError(f"{name} needs at least one non-zero value")
+    return sig
+
+
+def count_steps(sigmas: list[float]) -> int:
+    """Number of transformer forwards for an explicit schedule: its non-zero entries."""
+    return sum(1 for s in sigmas if s != 0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Value formatting (TOML literals for messages and render_settings)
+# --------------------------------------------------------------------------------------------------
+
+
+def _toml_str(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")  # TOML forbids raw control characters in strings
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal for a validated value (best effort for invalid ones, used in messages)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{_toml_str(str(k))} = {toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return str(value)  # TOML dates and times print as they are written
+
+
+def _cli_value(value: Any) -> str:
+    """How a value would look on the command line, for override error messages."""
+    if isinstance(value, str):
+        return shlex.quote(value)
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}:{v}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------
+
+# frozen: a validated Settings cannot be changed behind the validator's back; use with_overrides().
+_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class EncoderSettings(BaseModel):
+    """[PROFILE.encoder]: how the Qwen3-4B text encoder turns a prompt into caption features."""
+
+    model_config = _MODEL_CONFIG
+
+    device: DeviceName = Field("auto", description="Text encoder device: auto, cpu, cuda or cuda:N.")
+    torch_dtype: DtypeName = Field("auto", description="Text encoder dtype: auto, bfloat16 or float32.")
+    hidden_layer: int = Field(
+        DEFAULT_HIDDEN_LAYER,
+        description="Hidden state to use, -37..36 (-2 = official; 0 = embeddings; -1 = final-normed).",
+    )
+    layer_weights: dict[int, float] | None = Field(
+        None,
+        description="Experimental: blend of hidden states, e.g. '-2:0.7,-5:0.3' (replaces hidden_layer).",
+    )
+    system_prompt: str | None = Field(None, description="System message; none (official) if empty.")
+    think_block: str = Field(
+        THINK_BLOCK_NONE,
+        description="'none' = no think block (official), 'empty' = <think>\\n\\n</think>, else its text.",
+    )
+    max_text_tokens: int = Field(
+        HARD_MAX_TEXT_TOKENS,
+        description=f"Caption token cap, 1..{HARD_MAX_TEXT_TOKENS} (512 reproduces diffusers' cap).",
+    )
+    long_prompt_mode: str = Field(
+        "truncate",
+        description=f"What to do above the cap: {', '.join(LONG_PROMPT_MODES)} (none = error).",
+    )
+    padding: str = Field(
+        "diffusers",
+        description="Batch padding: 'diffusers' = at least 512 tokens as diffusers pads (bit-identical in bf16), "
+        "'longest' = to the longest prompt (faster; differs by bf16 rounding).",
+    )
+
+    @field_validator("padding", mode="before")
+    @classmethod
+    def _v_padding(cls, v: Any) -> str:
+        return _choice("padding", v, PADDING_MODES)
+
+    @field_validator("hidden_layer", mode="before")
+    @classmethod
+    def _v_hidden_layer(cls, v: Any) -> int:
+        return _check_layer("hidden_layer", _as_int("hidden_layer", v))
+
+    @field_validator("layer_weights", mode="before")
+    @classmethod
+    def _v_layer_weights(cls, v: Any) -> dict[int, float] | None:
+        return parse_layer_weights(v)
+
+    @field_validator("system_prompt", mode="before")
+    @classmethod
+    def _v_system_prompt(cls, v: Any) -> str | None:
+        # TOML has no null: "" is how a file says "no system prompt".
+        if v is None:
+            return None
+        return _as_str("system_prompt", v) or None
+
+    @field_validator("think_block", mode="before")
+    @classmethod
+    def _v_think_block(cls, v: Any) -> str:
+        text = _as_str("think_block", v)
+        key = text.strip().lower()
+        if key in (THINK_BLOCK_NONE, THINK_BLOCK_EMPTY):
+            return key
+        if not key:
+            # "" could mean either; an earlier tool got exactly this wrong, so make the user say which.
+            raise ValueError(
+                'think_block "" is ambiguous; use "none" (official: no think block) or "empty" '
+                "(<think>\\n\\n</think>\\n\\n)"
+            )
+        return text
+
+    @field_validator("max_text_tokens", mode="before")
+    @classmethod
+    def _v_max_text_tokens(cls, v: Any) -> int:
+        return _int_in(
+            "max_text_tokens",
+            v,
+            1,
+            HARD_MAX_TEXT_TOKENS,
+            f"; the DiT's RoPE axis holds at most {HARD_MAX_TEXT_TOKENS} caption tokens; 512 reproduces diffusers",
+        )
+
+    @field_validator("long_prompt_mode", mode="before")
+    @classmethod
+    def _v_long_prompt_mode(cls, v: Any) -> str:
+        return _choice("long_prompt_mode", v, LONG_PROMPT_MODES)
+
+    @property
+    def think_content(self) -> str | None:
+        """Text inside the think block: None = no block (official), "" = empty block, else the text."""
+        if self.think_block == THINK_BLOCK_NONE:
+            return None
+        if self.think_block == THINK_BLOCK_EMPTY:
+            return ""
+        return self.think_block
+
+
+class PipelineSettings(BaseModel):
+    """[PROFILE.pipeline]: where and in which precision the DiT and the VAE run."""
+
+    model_config = _MODEL_CONFIG
+
+    device: DeviceName = Field("auto", description="DiT device: auto, cpu, cuda or cuda:N.")
+    torch_dtype: DtypeName = Field("auto", description="DiT dtype: auto, bfloat16 or float32 (never float16).")
+    vae_device: str | None = Field(None, description="VAE device; unset = same as device.")
+    vae_dtype: str | None = Field(None, description="VAE dtype; unset = same as torch_dtype.")
+
+    @field_validator("vae_device", mode="before")
+    @classmethod
+    def _v_vae_device(cls, v: Any) -> str | None:
+        return None if v is None or v == "" else _device("vae_device", v)
+
+    @field_validator("vae_dtype", mode="before")
+    @classmethod
+    def _v_vae_dtype(cls, v: Any) -> str | None:
+        return None if v is None or v == "" else _dtype("vae_dtype", v)
+
+
+class GenerationSettings(BaseModel):
+    """[PROFILE.generation]: the sampling recipe (defaults = official Z-Image-Turbo recipe)."""
+
+    model_config = _MODEL_CONFIG
+
+    width: int = Field(DEFAULT_SIZE, description=f"Image width, a multiple of {SIZE_MULTIPLE}.")
+    height: int = Field(DEFAULT_SIZE, description=f"Image height, a multiple of {SIZE_MULTIPLE}.")
+    steps: int = Field(DEFAULT_STEPS, description="Transformer forwards (official Turbo: 8).")
+    shift: float = Field(DEFAULT_SHIFT, description="Flow-matching time shift (official: 3.0).")
+    sigmas: list[float] | None = Field(
+        None,
+        description="Experimental: explicit schedule, strictly decreasing in (0, 1], optional final 0; "
+        "sets steps and bypasses shift.",
+    )
+    seed: int = Field(42, description=f"Noise seed, 0..{MAX_SEED}.")
+    guidance_scale: float = Field(DEFAULT_GUIDANCE_SCALE, description="CFG scale; 0 = off (Turbo is distilled for 0).")
+    negative_prompt: str = Field("", description="Negative prompt (only used when guidance_scale > 0).")
+    refiner: str = Field("default", description=f"Refiner layers: {', '.join(REFINER_MODES)}.")
+    output_dir: str = Field("outputs", description="Directory for images and their metadata.")
+
+    @field_validator("width", "height", mode="before")
+    @classmethod
+    def _v_size(cls, v: Any, info: Any) -> int:
+        return _size(info.field_name, v)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _v_steps(cls, v: Any) -> int:
+        n = _as_int("steps", v)
+        if n < 1:
+            raise ValueError("steps must be >= 1")
+        return n
+
+    @field_validator("shift", mode="before")
+    @classmethod
+    def _v_shift(cls, v: Any) -> float:
+        s = _as_float("shift", v)
+        if s <= 0:
+            raise ValueError(f"shift must be > 0 (got {s}; official: {DEFAULT_SHIFT})")
+        return s
+
+    @field_validator("sigmas", mode="before")
+    @classmethod
+    def _v_sigmas(cls, v: Any) -> list[float] | None:
+        return parse_sigmas(v)
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _v_seed(cls, v: Any) -> int:
+        return _int_in("seed", v, 0, MAX_SEED)
+
+    @field_validator("guidance_scale", mode="before")
+    @classmethod
+    def _v_guidance(cls, v: Any) -> float:
+        g = _as_float("guidance_scale", v)
+        if g < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (got {g}; 0 = no CFG, the Turbo recipe)")
+        return g
+
+    @field_validator("negative_prompt", mode="before")
+    @classmethod
+    def _v_negative(cls, v: Any) -> str:
+        return _as_str("negative_prompt", v)
+
+    @field_validator("refiner", mode="before")
+    @classmethod
+    def _v_refiner(cls, v: Any) -> str:
+        return _choice("refiner", v, REFINER_MODES)
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _v_output_dir(cls, v: Any) -> str:
+        text = _as_str("output_dir", v)
+        if not text.strip():
+            raise ValueError("output_dir must not be empty")
+        return text
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_from_sigmas(cls, data: Any) -> Any:
+        """With explicit sigmas, steps is their non-zero count; a different explicit steps is an error."""
+        if not isinstance(data, Mapping) or data.get("sigmas") is None:
+            return data
+        try:
+            sigmas = parse_sigmas(data["sigmas"])
+        except ValueError:
+            return data  # the field validator reports it
+        if sigmas is None:
+            return data
+        n = count_steps(sigmas)
+        if "steps" in data:
+            try:
+                steps = _as_int("steps", data["steps"])
+            except ValueError:
+                return data
+            if steps != n:
+                raise _FieldError(
+                    "steps",
+                    f"steps {steps} conflicts with sigmas ({n} non-zero values); with sigmas, steps is "
+                    f"their non-zero count: drop steps or set it to {n}",
+                )
+            return data
+        return {**data, "steps": n}
+
+
+def _optional_path(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _as_str(name, value)
+    return text or None  # "" unsets a profile's path, as for model_path
+
+
+class MetricsSettings(BaseModel):
+    """[PROFILE.metrics]: local weights of the model-based metrics and where they run.
+
+    Paths are never downloaded or guessed: a metric whose weights are not set here refuses to run and names the
+    setting to fill in. They do not affect generation (not part of any run id).
+    """
+
+    model_config = _MODEL_CONFIG
+
+    siglip_path: str | None = Field(
+        None, description="Local SigLIP2 checkpoint directory (transformers layout) for the 'siglip' metric."
+    )
+    clip_path: str | None = Field(
+        None, description="Local CLIP checkpoint directory (transformers layout) for the 'clip_score' metric."
+    )
+    lpips_backbone: str | None = Field(
+        None,
+        description="torchvision ImageNet weights file of the LPIPS backbone (e.g. alexnet-owt-7be5be79.pth) "
+        "for 'lpips' and 'diversity_lpips'.",
+    )
+    lpips_net: str = Field("alex", description="LPIPS backbone: alex or vgg (must match lpips_backbone).")
+    device: DeviceName = Field("auto", description="Device of the metric models: auto, cpu, cuda or cuda:N.")
+    # float32 by default even on GPUs: scoring is cheap next to generation, and bf16 moves CLIP scores by tenths.
+    torch_dtype: DtypeName = Field(
+        "float32", description="Dtype of the metric models: float32, bfloat16 or auto (bf16 on cuda)."
+    )
+    batch_size: int = Field(16, description="Images per batched forward of a metric model.")
+
+    @field_validator("siglip_path", "clip_path", "lpips_backbone", mode="before")
+    @classmethod
+    def _v_paths(cls, v: Any, info: Any) -> str | None:
+        return _optional_path(info.field_name, v)
+
+    @field_validator("lpips_net", mode="before")
+    @classmethod
+    def _v_lpips_net(cls, v: Any) -> str:
+        return _choice("lpips_net", v, ("alex", "vgg"))
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _v_batch(cls, v: Any) -> int:
+        n = _as_int("batch_size", v)
+        if n < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {n})")
+        return n
+
+
+class Settings(BaseModel):
+    """Every user-settable parameter of a run; ``model_dump()`` goes into each image's metadata."""
+
+    model_config = _MODEL_CONFIG
+
+    model_path: str | None = Field(
+        None, description="Checkpoint directory (diffusers layout); unset or 'tiny' = built-in tiny model."
+    )
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _v_model_path(cls, v: Any) -> str | None:
+        if v is None:
+            return None
+        text = _as_str("model_path", v)
+        # One spelling for the tiny model, so metadata and comparisons see a single value.
+        return None if text in ("", "tiny") else text
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        """A validated copy with dotted-key overrides applied (``None`` values are ignored).
+
+        Raises ConfigError naming the key (or its CLI flag). Prefer this over ``model_copy``, which
+        does not validate.
+        """
+        base = Layer("base", _flatten_settings(self), {})
+        settings, _ = resolve_layers([base, override_layer(overrides)])
+        return settings
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "encoder": EncoderSettings,
+    "pipeline": PipelineSettings,
+    "generation": GenerationSettings,
+    "metrics": MetricsSettings,
+}
+TOP_LEVEL_KEYS: tuple[str, ...] = ("model_path",)
+SETTING_KEYS: tuple[str, ...] = TOP_LEVEL_KEYS + tuple(
+    f"{sec}.{name}" for sec, model in SECTIONS.items() for name in model.model_fields
+)
+
+# Metrics settings have no flags of their own: they live in the config file ([PROFILE.metrics]).
+CLI_FLAGS: dict[str, str] = {
+    "model_path": "--model-path",
+    "encoder.hidden_layer": "--hidden-layer",
+    "encoder.layer_weights": "--layer-weights",
+    "encoder.system_prompt": "--system-prompt",
+    "encoder.think_block": "--think-block",
+    "encoder.long_prompt_mode": "--long-prompt-mode",
+    "encoder.padding": "--padding",
+    "encoder.max_text_tokens": "--max-text-tokens",
+    "encoder.device": "--encoder-device",
+    "encoder.torch_dtype": "--encoder-dtype",
+    "pipeline.device": "--dit-device",
+    "pipeline.torch_dtype": "--dit-dtype",
+    "pipeline.vae_device": "--vae-device",
+    "pipeline.vae_dtype": "--vae-dtype",
+    "generation.width": "--width",
+    "generation.height": "--height",
+    "generation.steps": "--steps",
+    "generation.shift": "--shift",
+    "generation.sigmas": "--sigmas",
+    "generation.seed": "--seed",
+    "generation.guidance_scale": "--guidance-scale",
+    "generation.negative_prompt": "--negative-prompt",
+    "generation.refiner": "--refiner",
+    "generation.output_dir": "--output-dir",
+}
+
+# --------------------------------------------------------------------------------------------------
+# Layers and resolution
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where one value came from, to prefix its error messages."""
+
+    describe: Callable[[Any], str]
+
+
+@dataclass
+class Layer:
+    """One precedence level: dotted key -> value, plus where each value came from."""
+
+    source: str
+    values: dict[str, Any]
+    origins: dict[str, Origin]
+
+
+def _flatten_settings(settings: Settings) -> dict[str, Any]:
+    out: dict[str, Any] = {"model_path": settings.model_path}
+    for sec in SECTIONS:
+        for name, value in getattr(settings, sec):
+            out[f"{sec}.{name}"] = value
+    return out
+
+
+def nest_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys ("generation.steps") as the nested tables the models validate."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        sec, _, name = key.rpartition(".")
+        if sec:
+            nested.setdefault(sec, {})[name] = value
+        else:
+            nested[name] = value
+    return nested
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+def build_section(model: type[SectionT], values: Mapping[str, Any]) -> SectionT:
+    """Validate API keyword values into a settings section, raising ConfigError (one clear line) on bad input."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(message for _, message in validation_messages(exc))) from None
+
+
+def validation_messages(exc: ValidationError) -> list[tuple[str, str]]:
+    """(dotted key, message) for each pydantic error, with our own message text."""
+    out: list[tuple[str, str]] = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        cause = (err.get("ctx") or {}).get("error")
+        if loc and loc[0] in SECTIONS:
+            key = f"{loc[0]}.{loc[1]}" if len(loc) > 1 else loc[0]
+            if isinstance(cause, _FieldError):
+                key = f"{loc[0]}.{cause.key}"
+        else:
+            key = ".".join(loc[:1]) or "?"
+        message = str(cause) if isinstance(cause, ValueError) else f"{key.rpartition('.')[2]}: {err['msg']}"
+        out.append((key, message))
+    return out
+
+
+def _override_origin(key: str) -> Origin:
+    flag = CLI_FLAGS.get(key)
+    if flag:
+        return Origin(lambda v, flag=flag: f"{flag} {_cli_value(v)}")
+    return Origin(lambda v, key=key: f"override {key}={_cli_value(v)}")
+
+
+def override_layer(overrides: Mapping[str, Any] | None) -> Layer:
+    """Validate override keys; ``None`` values mean "not given" (the CLI's unset options)."""
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for key, value in (overrides or {}).items():
+        if key not in SETTING_KEYS:
+            hint = closest(key, SETTING_KEYS)
+            if hint is None:
+                # A bare name such as "steps": point at its dotted form.
+                hint = next((k for k in SETTING_KEYS if k.rpartition(".")[2] == key), None)
+            fix = f"did you mean '{hint}'?" if hint else f"valid settings: {', '.join(SETTING_KEYS)}"
+            errors.append(f"unknown setting '{key}'; {fix}")
+            continue
+        if value is not None:
+            values[key] = value
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return Layer("override", values, {k: _override_origin(k) for k in values})
+
+
+def resolve_layers(layers: list[Layer]) -> tuple[Settings, dict[str, str]]:
+    """Merge layers (last wins), validate the result, and report errors at their origin."""
+    merged: dict[str, Any] = {}
+    winner: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        for key, value in layer.values.items():
+            merged[key] = value
+            winner[key] = i
+    # A steps value from a lower layer than the sigmas is superseded by them (steps is derived);
+    # a steps value from the same or a higher layer is checked against them by the model.
+    sig_layer = winner.get("generation.sigmas")
+    sig_value = merged.get("generation.sigmas")
+    sig_given = sig_layer is not None and sig_value is not None and sig_value != ""
+    if sig_given and "generation.steps" in winner and winner["generation.steps"] < sig_layer:
+        del merged["generation.steps"]
+        del winner["generation.steps"]
+    try:
+        settings = Settings.model_validate(nest_keys(merged))
+    except ValidationError as exc:
+        errors = []
+        for key, message in validation_messages(exc):
+            origin = layers[winner[key]].origins.get(key) if key in winner else None
+            where = origin.describe(merged[key]) if origin else f"{key} = {toml_value(merged.get(key))}"
+            errors.append(f"{where}: {message}")
+        raise ConfigError("\n".join(errors)) from None
+    sources = {key: layers[winner[key]].source if key in winner else "default" for key in SETTING_KEYS}
+    if sig_given and "generation.steps" not in winner:
+        sources["generation.steps"] = layers[sig_layer].source  # derived from the sigmas
+    return settings, sources

@@ -1,0 +1,358 @@
+"""Experiment TOML files and the built-in experiments (package data in ``llm_dit/data/experiments``).
+
+Owns the strict loader: unknown keys, bad values and impossible axes are all reported at once, each with its
+``file:LINE`` (found by :class:`~llm_dit.config.TomlLines`), before anything runs. Builds on the data model and
+the planner's parameter checks; it must not import torch, the runner or the prompt library.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from llm_dit.config import TomlLines, TomlPath, parse_toml, toml_value
+from llm_dit.constants import MAX_SEED
+from llm_dit.errors import ConfigError, LlmDitError, closest
+from llm_dit.experiments.model import SETTABLE_PARAMETERS, Axis, AxisValue, Experiment, file_label, value_label
+from llm_dit.experiments.planner import NOT_PARAMETERS, parameter_errors, unknown_parameter
+
+__all__ = ["BUILTIN_SOURCE", "builtin_experiments", "get_experiment", "load_experiment_file"]
+
+_TOP_KEYS = ("name", "description", "seeds", "prompts", "base", "axes")
+_PROMPT_KEYS = ("ids", "category", "max")
+_AXIS_KEYS = ("name", "parameter", "values", "zip")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+# Axis names become results.csv columns next to these, and parts of image names.
+_RESERVED_AXIS_NAMES = ("experiment", "prompt", "prompt_id", "prompt_text", "seed", "run_id", "image", "image_name")
+BUILTIN_SOURCE = "built-in"
+
+
+class _Loader:
+    """Validates one parsed experiment file, collecting every problem with its file:line."""
+
+    def __init__(self, text: str, label: str, source: str, default_name: str) -> None:
+        self.label = label
+        self.source = source
+        self.data = parse_toml(text, label)
+        self.lines = TomlLines(text)
+        self.errors: list[tuple[int, str]] = []
+        raw_name = self.data.get("name", default_name)
+        self.name = raw_name if isinstance(raw_name, str) and raw_name else default_name
+
+    def error(self, path: TomlPath, message: str) -> None:
+        self.errors.append((self.lines.line_of(*path), f"{self.lines.where(self.label, *path)}: {message}"))
+
+    def load(self) -> Experiment:
+        data = self.data
+        for key in data:
+            if key in _TOP_KEYS:
+                continue
+            if key in SETTABLE_PARAMETERS:
+                hint = f"parameters go in [base] or in an axis: [base] {key} = {toml_value(data[key])}"
+            elif key in NOT_PARAMETERS:
+                hint = NOT_PARAMETERS[key]
+            else:
+                near = closest(key, _TOP_KEYS)
+                hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(_TOP_KEYS)}"
+            self.error((key,), f"unknown key '{key}' in experiment '{self.name}'; {hint}")
+
+        name = data.get("name", self.name)
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            self.error(
+                ("name",), f"name {toml_value(name)} must be letters, digits, '_' or '-', starting with a letter"
+            )
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            self.error(("description",), "description must be a string")
+            description = ""
+        seeds = self._seeds(data.get("seeds", [42]))
+        ids, category, max_prompts = self._prompts(data.get("prompts", {}))
+        base = data.get("base", {})
+        if not isinstance(base, dict):
+            self.error(("base",), "base must be a table: [base]")
+            base = {}
+        for key, message in parameter_errors(base):
+            self.error(("base", key), f"{self.name} [base] {key} = {toml_value(base[key])}: {message}")
+        axes = self._axes(data.get("axes", []))
+        if self.errors:
+            self.errors.sort(key=lambda e: e[0])
+            raise ConfigError("\n".join(dict.fromkeys(msg for _, msg in self.errors)))
+        return Experiment(
+            name=self.name,
+            description=description.strip(),
+            seeds=seeds,
+            prompt_ids=ids,
+            prompt_category=category,
+            max_prompts=max_prompts,
+            base=dict(base),
+            axes=axes,
+            source=self.source,
+        )
+
+    def _seeds(self, raw: Any) -> tuple[int, ...]:
+        if not isinstance(raw, list) or not raw:
+            self.error(("seeds",), "seeds must be a non-empty list of integers, e.g. seeds = [42, 123]")
+            return ()
+        out: list[int] = []
+        for i, seed in enumerate(raw):
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+                self.error(("seeds", i), f"seed {toml_value(seed)} must be an integer in 0..{MAX_SEED}")
+            elif seed in out:
+                self.error(("seeds", i), f"seed {seed} is listed twice")
+            else:
+                out.append(seed)
+        return tuple(out)
+
+    def _prompts(self, raw: Any) -> tuple[tuple[str, ...], str | None, int | None]:
+        if not isinstance(raw, dict):
+            self.error(("prompts",), "prompts must be a table: [prompts] with category, ids and/or max")
+            return (), None, None
+        for key in raw:
+            if key not in _PROMPT_KEYS:
+                near = closest(key, _PROMPT_KEYS)
+                hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(_PROMPT_KEYS)}"
+                self.error(("prompts", key), f"unknown key '{key}' in [prompts]; {hint}")
+        ids: list[str] = []
+        raw_ids = raw.get("ids", [])
+        if not isinstance(raw_ids, list) or (not raw_ids and "ids" in raw):
+            self.error(("prompts", "ids"), 'ids must be a non-empty list of prompt ids, e.g. ids = ["animal_001"]')
+        else:
+            for i, pid in enumerate(raw_ids):
+                if not isinstance(pid, str) or not pid:
+                    self.error(("prompts", "ids", i), f"prompt id {toml_value(pid)} must be a non-empty string")
+                elif pid in ids:
+                    self.error(("prompts", "ids", i), f"prompt id '{pid}' is listed twice")
+                else:
+                    ids.append(pid)
+        category = raw.get("category")
+        if category is not None and (not isinstance(category, str) or not category):
+            self.error(("prompts", "category"), "category must be a non-empty string")
+            category = None
+        if category is not None and "ids" in raw:
+            self.error(("prompts", "category"), "give either category or ids in [prompts], not both")
+        max_prompts = raw.get("max")
+        if max_prompts is not None and (isinstance(max_prompts, bool) or not isinstance(max_prompts, int)):
+            self.error(("prompts", "max"), f"max must be a positive integer (got {toml_value(max_prompts)})")
+            max_prompts = None
+        elif max_prompts is not None and max_prompts < 1:
+            self.error(("prompts", "max"), f"max must be a positive integer (got {max_prompts})")
+            max_prompts = None
+        return tuple(ids), category, max_prompts
+
+    def _axes(self, raw: Any) -> tuple[Axis, ...]:
+        if not isinstance(raw, list):
+            self.error(("axes",), "axes must be an array of tables: [[axes]]")
+            return ()
+        axes: list[Axis] = []
+        first_index: dict[str, int] = {}
+        raw_lengths: dict[str, int] = {}  # as written: a dropped invalid value must not hide a zip mismatch
+        for i, table in enumerate(raw):
+            axis = self._axis(i, table)
+            if axis is None:
+                continue
+            raw_lengths[axis.name] = len(table["values"])
+            if axis.name in first_index:
+                self.error(("axes", i, "name"), f"{self.name}: axis name '{axis.name}' is used twice")
+                continue
+            first_index[axis.name] = i
+            axes.append(axis)
+        # One parameter on two axes would make one of them silently inert.
+        owner: dict[str, str] = {}
+        for axis in axes:
+            for param in axis.parameters():
+                if param in owner:
+                    self.error(
+                        ("axes", first_index[axis.name]),
+                        f"{self.name}: parameter '{param}' is set by axes '{owner[param]}' and '{axis.name}'; "
+                        "set each parameter on one axis (tables can set several parameters at once)",
+                    )
+                owner.setdefault(param, axis.name)
+        zips: dict[str, Axis] = {}
+        for axis in axes:
+            if axis.zip is None:
+                continue
+            first = zips.setdefault(axis.zip, axis)
+            if raw_lengths[first.name] != raw_lengths[axis.name]:
+                self.error(
+                    ("axes", first_index[axis.name], "zip"),
+                    f"{self.name}: zip group '{axis.zip}' needs axes of equal length: '{first.name}' has "
+                    f"{raw_lengths[first.name]} values, '{axis.name}' has {raw_lengths[axis.name]}",
+                )
+        return tuple(axes)
+
+    def _axis(self, i: int, table: Any) -> Axis | None:
+        path: TomlPath = ("axes", i)
+        if not isinstance(table, dict):
+            self.error(path, "each axis must be a table ([[axes]] with name and values)")
+            return None
+        for key in table:
+            if key in _AXIS_KEYS:
+                continue
+            if key in SETTABLE_PARAMETERS:
+                hint = "an axis sets parameters through its values (scalars for `name`/`parameter`, or tables)"
+            else:
+                near = closest(key, _AXIS_KEYS)
+                hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(_AXIS_KEYS)}"
+            self.error((*path, key), f"unknown key '{key}' in [[axes]]; {hint}")
+        name = table.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name) or "__" in name:
+            self.error(
+                (*path, "name"),
+                f"axis name {toml_value(name) if name is not None else '(missing)'} must be letters, digits, '_' or "
+                "'-', starting with a letter (no '__': it separates the fields of image names)",
+            )
+            return None
+        if name in _RESERVED_AXIS_NAMES:
+            self.error((*path, "name"), f"axis name '{name}' is reserved for a results column; choose another")
+            return None
+        zip_group = table.get("zip")
+        if zip_group is not None and (not isinstance(zip_group, str) or not zip_group):
+            self.error(
+                (*path, "zip"), f"axis '{name}': zip must be a non-empty group name (got {toml_value(zip_group)})"
+            )
+            zip_group = None
+        parameter = table.get("parameter")
+        if parameter is not None and (not isinstance(parameter, str) or parameter not in SETTABLE_PARAMETERS):
+            self.error((*path, "parameter"), f"axis '{name}': {unknown_parameter(str(parameter))}")
+            parameter = None
+        scalar_param = parameter or (name if name in SETTABLE_PARAMETERS else None)
+        values = table.get("values")
+        if not isinstance(values, list) or not values:
+            self.error((*path, "values"), f"axis '{name}' needs values = [...] (a non-empty list)")
+            return None
+        out: list[AxisValue] = []
+        scalar_error = False
+        for j, value in enumerate(values):
+            vpath = (*path, "values", j)
+            if isinstance(value, dict):
+                item = self._table_value(name, vpath, value)
+            elif scalar_param is None:
+                if not scalar_error:
+                    near = closest(name, SETTABLE_PARAMETERS)
+                    hint = f" (did you mean '{near}'?)" if near else ""
+                    self.error(
+                        (*path, "name"),
+                        f"{self.name} axis '{name}' is not a parameter name{hint}: add parameter = \"...\" for "
+                        'scalar values, or write each value as a table such as { label = "a", shift = 2.0 }',
+                    )
+                scalar_error = True
+                continue
+            else:
+                item = self._scalar_value(name, vpath, scalar_param, value)
+            if item is not None:
+                out.append(item)
+        self._check_labels(name, path, out)
+        return Axis(name=name, values=tuple(out), zip=zip_group)
+
+    def _scalar_value(self, axis: str, vpath: TomlPath, param: str, value: Any) -> AxisValue | None:
+        bad = parameter_errors({param: value})
+        for _, message in bad:
+            self.error(vpath, f"{self.name} axis '{axis}' value {toml_value(value)}: {message}")
+        label = value_label(value)
+        if not label:
+            self.error(
+                vpath,
+                f"{self.name} axis '{axis}' value {toml_value(value)} needs a label: write it as a table, e.g. "
+                f'{{ label = "none", {param} = {toml_value(value)} }}',
+            )
+            return None
+        return None if bad else AxisValue(label, {param: value})
+
+    def _table_value(self, axis: str, vpath: TomlPath, value: dict[str, Any]) -> AxisValue | None:
+        params = {k: v for k, v in value.items() if k != "label"}
+        raw_label = value.get("label")
+        shown = f"'{raw_label}'" if isinstance(raw_label, str) else f"{vpath[-1]}"
+        if not params:
+            self.error(vpath, f"{self.name} axis '{axis}' value {shown} sets no parameter")
+            return None
+        bad = parameter_errors(params)
+        for key, message in bad:
+            self.error((*vpath, key), f"{self.name} axis '{axis}' value {shown}: {message}")
+        if raw_label is None:
+            if len(params) != 1:
+                self.error(vpath, f"{self.name} axis '{axis}' value {shown} sets several parameters; add a label")
+                return None
+            raw_label = value_label(next(iter(params.values())))
+        if not isinstance(raw_label, str) or not raw_label.strip():
+            self.error((*vpath, "label"), f"{self.name} axis '{axis}': label must be a non-empty string")
+            return None
+        return None if bad else AxisValue(raw_label, params)
+
+    def _check_labels(self, axis: str, path: TomlPath, values: list[AxisValue]) -> None:
+        seen: dict[str, str] = {}
+        files: dict[str, str] = {}
+        for j, value in enumerate(values):
+            vpath = (*path, "values", j)
+            if value.label in seen:
+                self.error(vpath, f"{self.name} axis '{axis}': label '{value.label}' is used twice")
+                continue
+            seen[value.label] = value.label
+            safe = file_label(value.label)
+            if safe in files:
+                self.error(
+                    vpath,
+                    f"{self.name} axis '{axis}': labels '{files[safe]}' and '{value.label}' both become "
+                    f"'{safe}' in file names; make them differ in letters or digits",
+                )
+                continue
+            files[safe] = value.label
+
+
+def _load_text(text: str, label: str, source: str, default_name: str) -> Experiment:
+    return _Loader(text, label, source, default_name).load()
+
+
+def load_experiment_file(path: str | Path) -> Experiment:
+    """Load and validate an experiment TOML file; raise ConfigError listing every problem with file:line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"experiment file '{path}' not found (looked at {p.resolve()})")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return _load_text(text, str(path), str(path), p.stem)
+
+
+@lru_cache(maxsize=1)
+def _builtins() -> tuple[Experiment, ...]:
+    folder = resources.files("llm_dit").joinpath("data", "experiments")
+    out = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            stem = entry.name.removesuffix(".toml")
+            label = f"llm_dit/data/experiments/{entry.name}"
+            out.append(_load_text(entry.read_text("utf-8"), label, BUILTIN_SOURCE, stem))
+    return tuple(out)
+
+
+def builtin_experiments() -> dict[str, Experiment]:
+    """The built-in experiments (package data), by name, in alphabetical order."""
+    return {exp.name: exp for exp in _builtins()}
+
+
+def get_experiment(name: str | None, experiment_file: str | Path | None = None) -> Experiment:
+    """A built-in experiment by name, or the experiment defined in a file.
+
+    A name ending in ``.toml`` is read as a file. With both a name and a file, the file's name must match.
+    """
+    if experiment_file is not None:
+        exp = load_experiment_file(experiment_file)
+        if name is not None and name != exp.name:
+            raise ConfigError(f"experiment file '{experiment_file}' defines '{exp.name}', not '{name}'")
+        return exp
+    builtins = builtin_experiments()
+    if name is None:
+        raise LlmDitError(f"no experiment given; name a built-in ({', '.join(builtins)}) or pass an experiment file")
+    if name.endswith(".toml"):
+        return load_experiment_file(name)
+    if name in builtins:
+        return builtins[name]
+    hint = closest(name, list(builtins))
+    extra = f"did you mean '{hint}'? " if hint else ""
+    raise LlmDitError(
+        f"unknown experiment '{name}'; {extra}built-in experiments: {', '.join(builtins)} (or pass a TOML file)"
+    )
