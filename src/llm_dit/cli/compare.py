@@ -1,5 +1,5 @@
-"""The ``llm-dit compare`` command (registered on the main app by ``llm_dit.cli``). Imports stay light: heavy modules
-are imported inside the command."""
+"""The ``llm-dit compare`` command: grids, side-by-side pairs and pixel diffs of an experiment's stored images.
+Imports stay light: heavy modules are imported inside the command."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from llm_dit.cli.options import ResultsDirOpt
+from llm_dit.cli.terminal import wrote
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.store import DEFAULT_ROOT
 
@@ -63,7 +65,7 @@ def compare_cmd(
         Path | None, typer.Option("--output", "-o", help="Image file (.png/.jpg/.webp; default <exp>_<mode>.png).")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
-    output_dir: Annotated[Path, typer.Option("--output-dir", help="Results directory.")] = DEFAULT_ROOT,
+    output_dir: ResultsDirOpt = DEFAULT_ROOT,
 ) -> None:
     """Compare an experiment's images: grids of any two dimensions, A/B pairs side by side, pixel diffs.
     Read-only on the results directory; pages beyond --max-rows/--max-cols go to FILE_p01, FILE_p02, ..."""
@@ -128,7 +130,7 @@ def compare_cmd(
     paths = compare.page_paths(output, len(comparison.pages))
     compare.check_outputs(paths, output_dir, overwrite)  # every page's path, before the first is drawn
     for path, (width, height) in compare.write_pages(comparison, output):
-        _wrote(f"{path} ({width}x{height})")
+        wrote(f"{path} ({width}x{height})")
 
 
 def _check_flags(mode: str, **given: Any) -> None:
@@ -159,13 +161,6 @@ def _filters(
                 raise LlmDitError(f"{owner[dim]} and {flag} both select {dim}; give its values once")
             out[dim], owner[dim] = vals, flag
     return out
-
-
-def _wrote(text: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True).print(f"[green]wrote[/green] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def _when(stamp: str | None) -> str:
@@ -237,8 +232,3 @@ def _shown(value: str) -> str:
     if value == "" or any(char in value for char in ',"'):
         return '"' + value.replace('"', '""') + '"'
     return value
-
-
-def register(app: typer.Typer) -> None:
-    """Add the command to ``app``."""
-    app.command("compare")(compare_cmd)

@@ -1,5 +1,5 @@
-"""The ``llm-dit plot`` command (registered on the main app by ``llm_dit.cli``). Imports stay light: heavy modules
-are imported inside the command."""
+"""The ``llm-dit plot`` command: an experiment's metric as a line, heatmap or Pareto plot. Imports stay light:
+heavy modules (matplotlib) are imported inside the command."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from llm_dit.cli.options import RESULTS_EXPERIMENT_HELP, ResultsDirOpt
+from llm_dit.cli.terminal import note
 from llm_dit.experiments.store import DEFAULT_ROOT
 
 DEFAULT_DPI = 150  # llm_dit.analysis.plots.DEFAULT_DPI, repeated so --help needs no import of the analysis code
@@ -18,7 +20,7 @@ METRIC_HELP = (
 
 
 def plot_cmd(
-    experiment: Annotated[str, typer.Argument(help="Experiment name in the results directory.")],
+    experiment: Annotated[str, typer.Argument(help=RESULTS_EXPERIMENT_HELP)],
     kind: Annotated[
         str, typer.Option("--kind", "-k", help="line (metric vs axis) | heatmap (category x axis) | pareto.")
     ] = "line",
@@ -35,15 +37,12 @@ def plot_cmd(
         typer.Option("--output", "-o", help="A .png or .svg file. Default: EXPERIMENT_KIND_METRIC.png here."),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
-    output_dir: Annotated[Path, typer.Option("--output-dir", help="Results directory.")] = DEFAULT_ROOT,
+    output_dir: ResultsDirOpt = DEFAULT_ROOT,
     dpi: Annotated[int, typer.Option("--dpi", help="PNG resolution (the figure is 8 x 5 inches).")] = DEFAULT_DPI,
 ) -> None:
     """Plot an experiment's metric: vs an axis per prompt category (line), as a prompt category x axis table
     (heatmap), or against generation time with the Pareto frontier over the swept axes' conditions (pareto).
     Reads the results read-only; prints the written file's path."""
-    from rich.console import Console
-    from rich.markup import escape
-
     from llm_dit.analysis import plots
     from llm_dit.analysis.output import check_output_path
     from llm_dit.analysis.results import load_experiment, parse_filters
@@ -60,13 +59,7 @@ def plot_cmd(
     path = output if output is not None else Path(f"{experiment}_{kind}_{plot.metric}.png")
     if output is None:  # the default name needs the resolved metric; still checked before anything is written
         check_output_path(path, output_dir, overwrite)
-    console = Console(stderr=True)
-    for note in plot.notes:
-        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+    for text in plot.notes:
+        note(text)
     plots.save_figure(plot.figure, path)
     typer.echo(str(path))
-
-
-def register(app: typer.Typer) -> None:
-    """Add the command to ``app``."""
-    app.command("plot")(plot_cmd)

@@ -1,13 +1,13 @@
-"""The ``llm-dit view`` command (registered on the main app by ``llm_dit.cli``). Imports stay light: heavy modules
-are imported inside the command."""
+"""The ``llm-dit view`` command: the read-only results browser. Imports stay light: the viewer (fastapi, uvicorn)
+is imported inside the command."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from llm_dit.cli.options import ResultsDirOpt
 from llm_dit.experiments.store import DEFAULT_ROOT
 
 # Repeated here rather than imported from llm_dit.viewer: that package imports fastapi, and `llm-dit --help`
@@ -17,7 +17,7 @@ DEFAULT_PORT = 7861
 
 
 def view_cmd(
-    output_dir: Annotated[Path, typer.Option("--output-dir", help="Results directory.")] = DEFAULT_ROOT,
+    output_dir: ResultsDirOpt = DEFAULT_ROOT,
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; anything but loopback exposes your results.")
     ] = DEFAULT_HOST,
@@ -46,8 +46,3 @@ def view_cmd(
         typer.echo(f"llm-dit viewer: serving {output_dir} at {url} (read-only; Ctrl-C to stop)")
 
     serve(output_dir, host, port, announce=announce)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the command to ``app``."""
-    app.command("view")(view_cmd)

@@ -1,0 +1,338 @@
+"""Experiments: ``ablate`` (one built-in or TOML experiment, or the lists of experiments and prompts) and
+``sweep`` (the seeds' priority sweeps, presets over the built-in experiments). Every run is planned and checked
+before the first image is made; ``--dry-run`` prints the plan and cost and writes nothing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from llm_dit.cli.metrics import run_metrics_pass
+from llm_dit.cli.options import (
+    BatchSizeOpt,
+    ComputeMetricsOpt,
+    ConfigOpt,
+    DryRunOpt,
+    MaxPromptsOpt,
+    MetricOpt,
+    ModelOpt,
+    ModelPathOpt,
+    ProfileOpt,
+    PromptCategoryOpt,
+    RegenerateOpt,
+    ResultsDirOpt,
+    SeedsOpt,
+    SetOpt,
+    chosen_model_path,
+    parse_csv,
+    parse_metric_names,
+    parse_sets,
+)
+from llm_dit.cli.terminal import console, note, progress_bar
+from llm_dit.errors import LlmDitError
+from llm_dit.experiments.store import DEFAULT_ROOT
+from llm_dit.experiments.sweeps import SWEEPS
+
+
+def ablate(
+    experiment: Annotated[str | None, typer.Option("--experiment", "-e", help="Built-in experiment name.")] = None,
+    experiment_file: Annotated[Path | None, typer.Option("--experiment-file", help="Your own experiment TOML.")] = None,
+    list_experiments: Annotated[bool, typer.Option("--list-experiments", help="List experiments and exit.")] = False,
+    list_prompts: Annotated[bool, typer.Option("--list-prompts", help="List the prompt library and exit.")] = False,
+    prompt_ids: Annotated[str | None, typer.Option("--prompt-ids", help="Comma-separated prompt ids.")] = None,
+    prompt_category: PromptCategoryOpt = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A custom prompt (repeatable).")] = None,
+    prompts_file: Annotated[Path | None, typer.Option("--prompts-file", help="JSON library or one per line.")] = None,
+    max_prompts: MaxPromptsOpt = None,
+    seeds: SeedsOpt = None,
+    output_dir: ResultsDirOpt = DEFAULT_ROOT,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    model_path: ModelPathOpt = None,
+    model: ModelOpt = None,
+    set_: SetOpt = None,
+    batch_size: BatchSizeOpt = 8,
+    offload_encoder: Annotated[
+        bool, typer.Option("--offload-encoder", help="Free the encoder before sampling.")
+    ] = False,
+    dry_run: DryRunOpt = False,
+    force: RegenerateOpt = False,
+    compute_metrics: ComputeMetricsOpt = False,
+    metric: MetricOpt = None,
+) -> None:
+    """Run an experiment: plan every run, check it all, then generate (resuming by default)."""
+    if list_experiments or list_prompts:
+        _list(list_experiments, list_prompts)
+        return
+    if experiment is None and experiment_file is None:
+        raise LlmDitError("name an experiment (--experiment NAME or --experiment-file FILE); see --list-experiments")
+    failed = _ablate(
+        [experiment],
+        experiment_file=experiment_file,
+        prompt_ids=parse_csv(prompt_ids, "--prompt-ids"),
+        prompt_category=prompt_category,
+        prompt_texts=prompt,
+        prompts_file=prompts_file,
+        max_prompts=max_prompts,
+        seeds=parse_csv(seeds, "--seeds", int),
+        output_dir=output_dir,
+        config=config,
+        profile=profile,
+        model_path=chosen_model_path(model_path, model),
+        overrides=parse_sets(set_),
+        batch_size=batch_size,
+        offload_encoder=offload_encoder,
+        dry_run=dry_run,
+        force=force,
+        metric_names=parse_metric_names(metric) if compute_metrics or metric else None,
+    )
+    if failed:
+        raise typer.Exit(code=1)  # scripts can tell; every failure is recorded with its error
+
+
+def sweep(
+    name: Annotated[str | None, typer.Argument(help=" | ".join(p.name for p in SWEEPS))] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Run every sweep in priority order.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer prompts and seeds.")] = False,
+    dry_run: DryRunOpt = False,
+    seeds: SeedsOpt = None,
+    category: Annotated[
+        str | None, typer.Option("--prompt-category", "--category", help="Prompt category (as in ablate).")
+    ] = None,
+    output_dir: ResultsDirOpt = DEFAULT_ROOT,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    model_path: ModelPathOpt = None,
+    model: ModelOpt = None,
+    set_: SetOpt = None,
+    batch_size: BatchSizeOpt = 8,
+    force: RegenerateOpt = False,
+    compute_metrics: ComputeMetricsOpt = False,
+    metric: MetricOpt = None,
+) -> None:
+    """The seeds' priority sweeps as presets over the built-in experiments."""
+    from llm_dit.experiments.sweeps import QUICK_MAX_PROMPTS, QUICK_SEEDS, get_sweep
+
+    if all_ == (name is not None):
+        raise LlmDitError("name one sweep or pass --all; sweeps: " + ", ".join(p.name for p in SWEEPS))
+    presets = list(SWEEPS) if all_ else [get_sweep(name or "")]
+    seed_list = parse_csv(seeds, "--seeds", int) or (list(QUICK_SEEDS) if quick else None)
+    failed = _ablate(
+        [preset.experiment for preset in presets],
+        headings=[f"[bold]sweep {preset.name}[/bold]: {escape(preset.question)}" for preset in presets],
+        config=config,
+        profile=profile,
+        model_path=chosen_model_path(model_path, model),
+        output_dir=output_dir,
+        batch_size=batch_size,
+        offload_encoder=False,
+        dry_run=dry_run,
+        force=force,
+        prompt_category=category,
+        max_prompts=QUICK_MAX_PROMPTS if quick else None,
+        seeds=seed_list,
+        overrides=parse_sets(set_),
+        metric_names=parse_metric_names(metric) if compute_metrics or metric else None,
+    )
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _ablate(
+    names: list[str | None],
+    *,
+    config: Path | None,
+    profile: str | None,
+    model_path: str | None,
+    output_dir: Path,
+    batch_size: int,
+    offload_encoder: bool,
+    dry_run: bool,
+    force: bool,
+    metric_names: list[str] | None = None,
+    headings: list[str] | None = None,
+    **selection: Any,
+) -> int:
+    """Plan and check every named experiment, then run each (printing its heading, if given); with
+    ``metric_names`` (a list, [] = the default set) compute metrics after each. Returns the number of failed runs.
+
+    Everything is checked before the first image is made, and the experiments share one pipeline, so a sweep loads
+    its models once.
+    """
+    from llm_dit.config import load_settings
+    from llm_dit.experiments.runner import prepare_experiment
+
+    if batch_size < 1:
+        raise LlmDitError(f"--batch-size must be >= 1, got {batch_size}")
+    overrides = {"model_path": model_path} if model_path is not None else {}
+    settings = load_settings(config, profile, overrides).settings
+    metrics = None
+    if metric_names is not None:
+        from llm_dit.metrics.registry import select_metrics
+
+        metrics = select_metrics(metric_names, settings.metrics)  # before any model loads or GPU time is spent
+    prepared_all: list[Any] = []
+    for name in names:
+        shared = prepared_all[0].pipeline if prepared_all else None
+        prepared_all.append(
+            prepare_experiment(name, settings=settings, batch_size=batch_size, pipeline=shared, **selection)
+        )
+    failed = 0
+    for i, prepared in enumerate(prepared_all):
+        if headings:
+            console.print(headings[i], highlight=False)
+        failed += _run_prepared(
+            prepared, output_dir, dry_run=dry_run, force=force, batch_size=batch_size, offload_encoder=offload_encoder
+        )
+        if metrics is not None and not dry_run:
+            specs, notes = metrics
+            run_metrics_pass(
+                output_dir, prepared.experiment.name, specs, notes, settings.metrics, explicit=bool(metric_names)
+            )
+    return failed
+
+
+def _list(experiments: bool, prompts: bool) -> None:
+    """Print the built-in experiments and/or the prompt library as tables (stdout)."""
+    from rich.table import Table
+
+    out = Console()
+    if experiments:
+        from llm_dit.experiments.loader import builtin_experiments
+
+        table = Table("experiment", "question", "variables", "runs per prompt", "seeds")
+        for exp in builtin_experiments().values():
+            question = re.split(r"(?<=[?.])\s", exp.description.strip(), maxsplit=1)[0]
+            table.add_row(
+                exp.name,
+                question,
+                ", ".join(exp.variables()),
+                str(exp.runs_per_prompt_seed() * len(exp.seeds)),
+                ",".join(map(str, exp.seeds)),
+            )
+        out.print(table)
+    if prompts:
+        from llm_dit.experiments.prompts import list_prompts as all_prompts
+        from llm_dit.experiments.prompts import load_library
+
+        table = Table("id", "category", "text")
+        for p in all_prompts(load_library()):
+            text = p.text if len(p.text) <= 90 else p.text[:87] + "..."
+            table.add_row(p.id, p.category, text)
+        out.print(table)
+
+
+def _n(count: int, noun: str) -> str:
+    """'1 prompt', '2 prompts'."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _run_prepared(
+    prepared: Any, output_dir: Path, *, dry_run: bool, force: bool, batch_size: int, offload_encoder: bool
+) -> int:
+    """Dry-run or run a prepared experiment, with a progress bar and a final summary; returns failed runs."""
+    for text in prepared.notes:
+        note(text)
+    if dry_run:
+        _print_plan(prepared, output_dir, batch_size)
+        return 0
+
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from llm_dit.experiments.runner import ExperimentRunner
+    from llm_dit.experiments.store import ResultsStore
+
+    exp, runs = prepared.experiment, prepared.runs
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    # Closed when the runs are done, not whenever the store is collected: no connection outlives the command.
+    with ResultsStore(output_dir) as store, progress_bar(exp.name, *columns, failed=0) as report:
+
+        def progress(finished: int, total: int, failed: int) -> None:
+            report(finished, total, failed=failed)
+
+        runner = ExperimentRunner(
+            prepared.pipeline, store, batch_size=batch_size, offload_encoder=offload_encoder, progress=progress
+        )
+        summary = runner.run(exp, runs, prepared.settings, force=force, extra_metadata=prepared.choices)
+    per = f", {summary.seconds_per_image:.2f} s per image" if summary.seconds_per_image else ""
+    console.print(
+        f"[bold]{exp.name}[/bold]: {summary.done} done, {summary.skipped} skipped (already done), "
+        f"{summary.failed} failed, in {summary.seconds:.1f} s{per}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for run_id, error in summary.failures[:5]:
+        console.print(f"  [red]failed[/red] {run_id}: {escape(error)}", highlight=False, soft_wrap=True)
+    exp_dir = store.experiment_dir(exp.name)
+    console.print(
+        f"results: {exp_dir}/ (images, results.csv, metadata.json; database {output_dir / 'results.db'})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"look: open {exp_dir / 'results.csv'}, or in Python: "
+        f"llm_dit.experiments.store.load_results({str(output_dir)!r}, {exp.name!r})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return summary.failed
+
+
+def _print_plan(prepared: Any, output_dir: Path, batch_size: int) -> None:
+    """The dry run (stdout): axes, run count, cost, what is already done, the first runs and the image names."""
+    from rich.table import Table
+
+    from llm_dit.experiments.runner import plan_cost
+    from llm_dit.experiments.store import peek_done
+
+    exp, runs = prepared.experiment, prepared.runs
+    cost = plan_cost(runs, batch_size, prepared.pipeline)
+    out = Console()
+    out.print(f"[bold]{exp.name}[/bold]: {escape(exp.description)}", highlight=False)
+    axes = "; ".join(f"{a.name} = {', '.join(v.label for v in a.values)}" for a in exp.axes)
+    out.print(f"axes: {escape(axes)}", highlight=False, soft_wrap=True)
+    prompts = sorted({r.prompt.id for r in runs})
+    seeds = sorted({r.seed for r in runs})
+    out.print(
+        f"{len(runs)} runs = {_n(len(prompts), 'prompt')} x {_n(len(exp.combinations()), 'combination')} x "
+        f"{_n(len(seeds), 'seed')}",
+        highlight=False,
+    )
+    out.print(
+        f"cost: {cost['distinct_prompt_encodings']} prompt encodings (all layers per forward), "
+        f"{cost['dit_forwards_batched']} batched DiT forwards at batch {batch_size} "
+        f"({cost['dit_forwards_unbatched']} one by one)",
+        highlight=False,
+    )
+    done, times = peek_done(output_dir, exp.name)  # read-only: a dry run writes nothing
+    pending = sum(1 for r in runs if r.run_id not in done)
+    out.print(f"already done: {len(runs) - pending}; to run: {pending}", highlight=False)
+    if times and pending:
+        per = sum(times) / len(times)
+        out.print(f"estimated time: {pending * per:.0f} s ({per:.2f} s per image so far)", highlight=False)
+    table = Table("run id", "prompt", *exp.variables(), "seed")
+    for run in runs[:12]:
+        table.add_row(run.run_id, run.prompt.id, *[run.variables[v] for v in exp.variables()], str(run.seed))
+    out.print(table)
+    out.print(
+        f"images: <output-dir>/{exp.name}/<prompt>__<variable>=<value>__seed<seed>__<run id[:8]>.png, "
+        f"e.g. {runs[0].image_name}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if len(runs) > 12:
+        out.print(f"... and {len(runs) - 12} more (dry run: nothing written)")
+    else:
+        out.print("(dry run: nothing written)")

@@ -1,0 +1,247 @@
+"""Measurements: ``metrics`` (image metrics over an experiment's stored results, also run by ``ablate
+--compute-metrics`` through ``run_metrics_pass``) and ``embed-stats`` (caption embeddings compared across encoder
+settings, no image)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from llm_dit.cli.options import (
+    RESULTS_EXPERIMENT_HELP,
+    ConfigOpt,
+    EncoderDeviceOpt,
+    EncoderDtypeOpt,
+    MaxPromptsOpt,
+    MetricOpt,
+    ModelOpt,
+    ModelPathOpt,
+    OverwriteOpt,
+    ProfileOpt,
+    PromptCategoryOpt,
+    ResultsDirOpt,
+    parse_csv,
+    parse_metric_names,
+    settings_overrides,
+)
+from llm_dit.cli.terminal import note, progress_bar, wrote
+from llm_dit.errors import LlmDitError
+from llm_dit.experiments.store import DEFAULT_ROOT
+
+
+def metrics_cmd(
+    experiment: Annotated[str | None, typer.Argument(help=RESULTS_EXPERIMENT_HELP)] = None,
+    metric: MetricOpt = None,
+    reference: Annotated[
+        list[str] | None,
+        typer.Option("--reference", help="AXIS=LABEL: the value reference metrics compare with (repeatable)."),
+    ] = None,
+    reference_image: Annotated[
+        list[str] | None,
+        typer.Option("--reference-image", help="[PROMPT_ID=]PATH: compare with a source image instead."),
+    ] = None,
+    output_dir: ResultsDirOpt = DEFAULT_ROOT,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute values already stored.")] = False,
+    list_metrics: Annotated[bool, typer.Option("--list", help="List the metrics and what each needs.")] = False,
+) -> None:
+    """Compute metrics over existing results: only missing values (resumable); per-run values go to the store
+    and results.csv, per-value statistics to summary.csv and the terminal."""
+    from llm_dit.config import load_settings
+    from llm_dit.experiments.store import DB_NAME, ResultsStore
+    from llm_dit.metrics.reference import ReferenceChoice, parse_reference, parse_reference_images
+    from llm_dit.metrics.registry import METRICS, UNAVAILABLE, configured, select_metrics
+
+    settings = load_settings(config, profile).settings.metrics
+    if list_metrics:
+        from rich.table import Table
+
+        table = Table("metric", "kind", "better", "needs", "status", "what it measures")
+        for spec in METRICS.values():
+            status = "ready" if configured(spec, settings) else f"set {spec.setting}"
+            better = "higher" if spec.higher_is_better else "lower"
+            table.add_row(spec.name, spec.kind, better, spec.setting or "-", status, spec.description)
+        for name, why in UNAVAILABLE.items():
+            table.add_row(name, "-", "-", "-", "unavailable", why.split(":")[0])
+        Console().print(table)
+        return
+    if experiment is None:
+        raise LlmDitError("name an experiment: llm-dit metrics EXPERIMENT (see --list for the metrics)")
+    names = parse_metric_names(metric)
+    specs, notes = select_metrics(names, settings)
+    if not (output_dir / DB_NAME).is_file():
+        raise LlmDitError(f"no results database in {output_dir}; pass the --output-dir the experiment ran with")
+    with ResultsStore(output_dir) as store:
+        prompt_ids = list(dict.fromkeys(run["prompt_id"] for run in store.runs(experiment)))
+    choice = ReferenceChoice(parse_reference(reference), parse_reference_images(reference_image, prompt_ids))
+    explicit = bool(names or reference or reference_image)  # asked for by name: no silent skipping
+    run_metrics_pass(output_dir, experiment, specs, notes, settings, explicit=explicit, choice=choice, force=force)
+
+
+def run_metrics_pass(
+    output_dir: Path,
+    experiment: str,
+    specs: list[Any],
+    notes: list[str],
+    settings: Any,
+    *,
+    explicit: bool,
+    choice: Any = None,
+    force: bool = False,
+) -> Any:
+    """Run a metrics pass with a progress bar, print its summary table; returns the report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from llm_dit.experiments.store import ResultsStore
+    from llm_dit.metrics.compute import MetricsPass
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with ResultsStore(output_dir) as store, progress_bar(f"metrics {experiment}", *columns) as progress:
+        runner = MetricsPass(store, settings, progress=progress)
+        report = runner.run(experiment, specs, choice, force=force, skip_unreferenced=not explicit)
+    # Notes only once the pass went through: a user error stays a single line.
+    for text in [*notes, *report.notes]:
+        note(text)
+    _print_metrics_report(report)
+    return report
+
+
+def _print_metrics_report(report: Any) -> None:
+    from rich.table import Table
+
+    from llm_dit.metrics.registry import METRICS
+
+    out = Console()
+    computed = ", ".join(f"{m} {report.computed.get(m, 0)}" for m in report.metrics) or "nothing"
+    kept = sum(report.kept.values())
+    out.print(
+        f"[bold]{report.experiment}[/bold] metrics: computed {computed}; {kept} already stored; {report.seconds:.1f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if report.reference:
+        out.print(f"reference for ssim/psnr/mad/lpips: {escape(report.reference)}", highlight=False, soft_wrap=True)
+    for metric, count in report.unavailable.items():
+        if count:
+            why = "no done reference run" if METRICS[metric].kind == "reference" else "a single seed"
+            out.print(f"{metric}: {count} runs without a value ({why})", highlight=False)
+    by_axis: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in report.summary:
+        by_axis.setdefault(row["axis"], {}).setdefault(row["value"], {})[row["metric"]] = row
+    for axis, values in by_axis.items():
+        metrics = list(dict.fromkeys(m for cells in values.values() for m in cells))
+        table = Table(axis, "n", *metrics, title=f"{axis}: mean ± 95% CI half-width", title_justify="left")
+        for value, cells in values.items():
+            counts = sorted({row["n"] for row in cells.values()})
+            table.add_row(value, "/".join(map(str, counts)), *[_summary_cell(cells.get(m)) for m in metrics])
+        out.print(table)
+    out.print(f"per run: {report.results_csv}; per value: {report.summary_csv}", highlight=False, soft_wrap=True)
+
+
+def _summary_cell(row: dict[str, Any] | None) -> str:
+    """'mean ± half-width' of a summary row (the mean alone where the interval is not finite)."""
+    import math
+
+    if row is None:
+        return ""
+    mean, high = row["mean"], row["ci95_high"]
+    if not math.isfinite(mean):
+        return str(mean)
+    return f"{mean:.4g} ± {high - mean:.2g}" if math.isfinite(high) else f"{mean:.4g}"
+
+
+def embed_stats(
+    ctx: typer.Context,
+    condition: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition",
+            "-c",
+            help="Encoder settings to compare, e.g. think_block=empty or hidden_layer=-6 (repeatable; the first "
+            "is the reference; 'default' = the config's settings).",
+        ),
+    ] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeatable).")] = None,
+    prompt_ids: Annotated[str | None, typer.Option("--prompt-ids", help="Comma-separated library ids.")] = None,
+    prompt_category: PromptCategoryOpt = None,
+    max_prompts: MaxPromptsOpt = None,
+    outlier_threshold: Annotated[
+        float, typer.Option("--outlier-threshold", help="Std ratio to the reference that marks an outlier dim.")
+    ] = 10.0,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the table: .csv (per prompt) or .json (all).")
+    ] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    model_path: ModelPathOpt = None,
+    model: ModelOpt = None,
+    encoder_device: EncoderDeviceOpt = None,
+    encoder_dtype: EncoderDtypeOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Compare caption embeddings across encoder settings (no image): cosine similarity token-aligned and
+    mean-pooled, norms, per-dimension statistics and outlier dimensions, against the first condition."""
+    from rich.table import Table
+
+    from llm_dit.conditioning.embedding_stats import compare_embeddings, parse_condition
+    from llm_dit.config import load_settings
+    from llm_dit.experiments.prompts import load_library, select_prompts
+    from llm_dit.generation.image import ensure_writable
+
+    if not condition:
+        raise LlmDitError(
+            "give the conditions to compare, the first being the reference, e.g. "
+            "--condition think_block=none --condition think_block=empty"
+        )
+    conditions = [parse_condition(text) for text in condition]
+    if output is not None:
+        if output.suffix not in (".csv", ".json"):
+            raise LlmDitError(f"--output {output}: use a .csv or .json file name")
+        ensure_writable(output, overwrite)
+    if not outlier_threshold > 0 or outlier_threshold == float("inf"):  # NaN fails the first test
+        raise LlmDitError(f"--outlier-threshold must be > 0, got {outlier_threshold}")
+    selected = select_prompts(
+        load_library(),
+        ids=parse_csv(prompt_ids, "--prompt-ids"),
+        category=prompt_category,
+        texts=prompt,
+        max_prompts=max_prompts,
+    )
+    if not selected:
+        raise LlmDitError("give prompts: --prompt TEXT (repeatable), --prompt-ids IDS or --prompt-category NAME")
+    settings = load_settings(config, profile, settings_overrides(ctx)).settings
+    from llm_dit.conditioning.text_encoder import ZImageTextEncoder
+
+    encoder = ZImageTextEncoder.from_pretrained(settings.model_path, **settings.encoder.model_dump())
+    report = compare_embeddings(encoder, [p.text for p in selected], conditions, outlier_threshold=outlier_threshold)
+    out = Console()
+    columns = ("tokens", "token_cosine", "pooled_cosine", "content_cosine", "mean_token_norm", "max_abs")
+    table = Table(
+        "condition", "prompts", *columns, "max_std_ratio", f"dims > {outlier_threshold:g}x", "top outliers",
+        title=f"vs {report.reference.label}: means over prompts", title_justify="left",
+    )  # fmt: skip
+    for row in report.summary:
+        cells = [_stat(row[c]) for c in columns]
+        table.add_row(
+            row["condition"], str(row["prompts"]), *cells, _stat(row["max_std_ratio"]), _stat(row["outlier_dims"]),
+            row["top_outliers"] or "",
+        )  # fmt: skip
+    out.print(table)
+    if output is not None:
+        if output.suffix == ".json":
+            report.to_json(output)
+        else:
+            report.to_csv(output)
+        wrote(str(output))
+
+
+def _stat(value: Any) -> str:
+    """A table cell: floats to 4 significant digits, None as blank."""
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
