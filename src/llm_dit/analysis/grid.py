@@ -12,7 +12,7 @@ machine, with or without system fonts. It covers Latin-1 (and '…'); other char
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -176,31 +176,25 @@ def _wrap_paragraph(paragraph: str, width: float, size: int) -> list[str]:
     if not paragraph:
         return [""]
     lines: list[str] = []
-    current = ""
-    for word in paragraph.split(" "):
-        candidate = f"{current} {word}" if current else word
-        if text_width(candidate, size) <= width:
+    current = _fill(paragraph.split(" "), " ", lambda text: text_width(text, size) <= width, lines, "", 0)
+    lines.append(current)
+    return lines
+
+
+def _fill(
+    units: list[str], joiner: str, fits: Callable[[str], bool], lines: list[str], current: str, level: int
+) -> str:
+    """Greedy line filling: append each unit to ``current`` while it fits, else start a new line (finished ones go to
+    ``lines``); a unit too wide on its own is broken by the next splitter, and a single character always goes in."""
+    for unit in units:
+        candidate = f"{current}{joiner}{unit}" if current else unit
+        if fits(candidate):
             current = candidate
             continue
         if current:
             lines.append(current)
-        current = ""
-        # The word alone may still be too wide: break it after separators, then anywhere.
-        for piece in _pieces(word):
-            candidate = current + piece
-            if text_width(candidate, size) <= width:
-                current = candidate
-                continue
-            if current:
-                lines.append(current)
-            current = ""
-            for char in piece:
-                if current and text_width(current + char, size) > width:
-                    lines.append(current)
-                    current = ""
-                current += char
-    lines.append(current)
-    return lines
+        current = _fill(_SPLITTERS[level](unit), "", fits, lines, "", level + 1) if level < len(_SPLITTERS) else unit
+    return current
 
 
 def _pieces(word: str) -> list[str]:
@@ -213,6 +207,10 @@ def _pieces(word: str) -> list[str]:
     if start < len(word):
         pieces.append(word[start:])
     return pieces
+
+
+# How a unit too wide for a line is broken next: a word after separators, then a piece anywhere.
+_SPLITTERS: tuple[Callable[[str], list[str]], ...] = (_pieces, list)
 
 
 def layout_page(page: GridPage, cell_width: int, cell_height: int, font_size: int | None = None) -> PageLayout:
