@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from llm_dit.conditioning.embeddings import check_features
 from llm_dit.config import EncoderSettings, build_section, parse_scalar
 from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import LlmDitError, closest
@@ -60,15 +61,7 @@ DEFAULT_STD_EPS = 1e-12
 
 def _seq(x: object, name: str) -> Tensor:
     """A non-empty floating-point ``[L, D]`` tensor as float64 on the CPU (bf16 has no float64 path on GPU)."""
-    if not isinstance(x, Tensor):
-        raise LlmDitError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise LlmDitError(f"{name} must have shape [L, D] (rank 2), got rank {x.dim()} {tuple(x.shape)}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise LlmDitError(f"{name} is empty: shape {tuple(x.shape)} (need at least one token and one dimension)")
-    if not x.is_floating_point():
-        raise LlmDitError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    return x.detach().to(device="cpu", dtype=torch.float64)
+    return check_features(x, name).detach().to(device="cpu", dtype=torch.float64)
 
 
 def _pair(a: object, b: object) -> tuple[Tensor, Tensor]:

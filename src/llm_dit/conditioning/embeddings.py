@@ -7,6 +7,7 @@ modifies or aliases its input (outputs are always fresh tensors).
 - ``blend_layers``: weighted average of several hidden layers.
 - ``compress`` / ``compress_sequence``: shorten over-long prompts (LONG_PROMPT_MODES).
 - ``apply_fill_mode``: the caption-length study's fill modes (FILL_MODES).
+- ``check_features``: the one check that a tensor is a ``[L, D]`` sequence of caption features.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from llm_dit.errors import LlmDitError
 __all__ = [
     "apply_fill_mode",
     "blend_layers",
+    "check_features",
     "compress",
     "compress_sequence",
 ]
@@ -52,16 +54,38 @@ def _check_int(value: object, name: str, minimum: int) -> int:
     return value
 
 
-def _check_seq(x: object, name: str) -> Tensor:
-    """A non-empty floating-point [L, D] tensor."""
+def check_features(x: object, name: str, *, width: int | None = None, max_rows: int | None = None) -> Tensor:
+    """``x`` if it is a sequence of caption features: a floating-point ``[L, D]`` tensor, L >= 1 and D >= 1.
+
+    ``width``: the D the DiT expects (its ``cap_feat_dim``); ``max_rows``: the most rows (tokens) it accepts.
+    Every message names ``name``, what is wrong, and how to fix it. The one check of precomputed embeddings,
+    of the pure operations here and of the embedding statistics.
+    """
     if not isinstance(x, Tensor):
-        raise LlmDitError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise LlmDitError(
+            f"{name} must be a torch.Tensor of shape [L, D], got {type(x).__name__}; convert it with torch.as_tensor"
+        )
     if x.dim() != 2:
-        raise LlmDitError(f"{name} must have shape [L, D] (rank 2), got rank {x.dim()} {tuple(x.shape)}")
+        raise LlmDitError(
+            f"{name} must have shape [L, D] (rank 2), got rank {x.dim()} {tuple(x.shape)}; "
+            "give one sequence: a row per token, a column per feature"
+        )
     if not x.is_floating_point():
-        raise LlmDitError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.shape[0] == 0:
-        raise LlmDitError(f"{name} is empty (0 tokens)")
+        raise LlmDitError(f"{name} must be a floating-point tensor, got {x.dtype}; convert it with .float()")
+    rows, columns = x.shape
+    if rows == 0 or columns == 0:
+        raise LlmDitError(
+            f"{name} is empty: shape {tuple(x.shape)} has {rows} rows and {columns} columns; "
+            "give at least one token (row) and one feature (column)"
+        )
+    if width is not None and columns != width:
+        raise LlmDitError(
+            f"{name} has width {columns}, the DiT expects {width}; use features of this checkpoint's text encoder"
+        )
+    if max_rows is not None and rows > max_rows:
+        raise LlmDitError(
+            f"{name} has {rows} rows, the DiT accepts 1..{max_rows}; shorten them (e.g. compress_sequence)"
+        )
     return x
 
 
@@ -72,7 +96,7 @@ def _check_seq(x: object, name: str) -> Tensor:
 def blend_layers(layers: Mapping[int, Tensor], weights: Mapping[int, float]) -> Tensor:
     """Weighted average ``sum(w_i * h_i) / sum(w_i)`` of hidden states from one encoder forward.
 
-    ``layers`` maps hidden-layer index -> tensor (all the same shape, dtype and device); only the
+    ``layers`` maps hidden-layer index -> ``[L, D]`` tensor (all the same shape, dtype and device); only the
     layers named in ``weights`` are used. Negative weights are allowed if the sum is non-zero.
     """
     if not weights:
@@ -92,13 +116,9 @@ def blend_layers(layers: Mapping[int, Tensor], weights: Mapping[int, float]) -> 
         raise LlmDitError(f"layer weights sum to zero; they are normalised by their sum (weights: {ws})")
 
     first_key = next(iter(ws))
-    ref = layers[first_key]
-    if not isinstance(ref, Tensor) or not ref.is_floating_point():
-        raise LlmDitError(f"layer {first_key} must be a floating-point tensor")
+    ref = check_features(layers[first_key], f"layer {first_key}")
     for k in ws:
-        h = layers[k]
-        if not isinstance(h, Tensor):
-            raise LlmDitError(f"layer {k} must be a torch.Tensor, got {type(h).__name__}")
+        h = check_features(layers[k], f"layer {k}")
         if h.shape != ref.shape:
             raise LlmDitError(
                 f"layer {k} has shape {tuple(h.shape)}, layer {first_key} has {tuple(ref.shape)}; "
@@ -142,7 +162,7 @@ def compress(content: Tensor, target: int, mode: str) -> Tensor:
     - ``none``: no compression; raises LlmDitError if L > target.
     """
     mode = _check_mode(mode, LONG_PROMPT_MODES, "long_prompt_mode")
-    content = _check_seq(content, "content")
+    content = check_features(content, "content")
     target = _check_int(target, "target", 1)
     length = content.shape[0]
     if length <= target:
@@ -181,7 +201,7 @@ def compress_sequence(embeds: Tensor, prefix_len: int, suffix_len: int, max_len:
     returned unchanged (as a copy).
     """
     mode = _check_mode(mode, LONG_PROMPT_MODES, "long_prompt_mode")
-    embeds = _check_seq(embeds, "embeds")
+    embeds = check_features(embeds, "embeds")
     prefix_len = _check_int(prefix_len, "prefix_len", 0)
     suffix_len = _check_int(suffix_len, "suffix_len", 0)
     max_len = _check_int(max_len, "max_len", 1)
@@ -220,7 +240,7 @@ def apply_fill_mode(embeds: Tensor, target_length: int, mode: str) -> Tensor:
     - ``filler_repeat``: content repeated cyclically, cut to ``target`` rows.
     """
     mode = _check_mode(mode, FILL_MODES, "fill_mode")
-    embeds = _check_seq(embeds, "embeds")
+    embeds = check_features(embeds, "embeds")
     target_length = _check_int(target_length, "target_length", 1)
     content = embeds[:target_length]
     kept = content.shape[0]

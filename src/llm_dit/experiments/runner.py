@@ -27,10 +27,12 @@ from typing import Any
 
 from llm_dit import __version__
 from llm_dit.config import Settings
-from llm_dit.experiments.planner import Experiment
-from llm_dit.experiments.planner import PlannedRun as Run
+from llm_dit.experiments.model import Experiment
+from llm_dit.experiments.model import PlannedRun as Run
+from llm_dit.experiments.planner import REPLACES, default_params
+from llm_dit.experiments.store import PlanDefaults, ResultsStore
 from llm_dit.experiments.store import PlannedRun as StoreRow
-from llm_dit.experiments.store import ResultsStore
+from llm_dit.generation.batching import batches
 from llm_dit.generation.image import save_png
 from llm_dit.generation.pipeline import (
     GenerationRequest,
@@ -130,7 +132,12 @@ class ExperimentRunner:
         with self.store.lock(name):
             self.store.cleanup_temp_files(name)
             metadata = {**self._metadata(settings), **(extra_metadata or {})}
-            self.store.start_experiment(name, experiment.description, experiment.to_dict(), metadata)
+            # The defaults go with the plan: a later metrics pass finds its default reference by them, whatever
+            # the code's defaults are by then.
+            defaults = PlanDefaults(default_params(), dict(REPLACES))
+            self.store.start_experiment(
+                name, experiment.description, experiment.to_dict(), metadata, plan_defaults=defaults
+            )
             self.store.plan_runs(name, store_rows(runs))
             todo = self.pending(experiment, runs, force)
             summary.skipped = len(runs) - len(todo)
@@ -148,27 +155,22 @@ class ExperimentRunner:
         self.pipeline.precompute_encodings(requests)
         if self.offload_encoder:
             self.pipeline.offload_encoder()
-        groups: dict[tuple[int, int, int, str], list[GenerationRequest]] = {}
-        for request in requests:
-            groups.setdefault(sampling_group(request), []).append(request)
         self._report(len(todo), summary)
         # PNG encoding and fsync run on a writer thread while the next batch samples (measured on an H200 at
         # 1024x1024: ~0.13 s per image when done inline). A run is marked done only once its file is on disk.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-writer") as writer:
             writes: deque[tuple[Run, Future[dict[str, Any]]]] = deque()
-            for group in groups.values():
-                for start in range(0, len(group), self.batch_size):
-                    chunk = group[start : start + self.batch_size]
-                    for request, outcome in self._generate(chunk):
-                        run: Run = request.tag
-                        if isinstance(outcome, GenerationResult):
-                            writes.append((run, writer.submit(self._write_image, name, run, outcome)))
-                        else:
-                            self._failed(name, run, outcome, summary)
-                    # Finish what is written; bound the queue so images never pile up in memory.
-                    while writes and (writes[0][1].done() or len(writes) > 2 * self.batch_size):
-                        self._finish_write(name, *writes.popleft(), summary, len(todo))
-                    self._report(len(todo), summary)
+            for chunk in batches(requests, sampling_group, self.batch_size):
+                for request, outcome in self._generate(chunk):
+                    run: Run = request.tag
+                    if isinstance(outcome, GenerationResult):
+                        writes.append((run, writer.submit(self._write_image, name, run, outcome)))
+                    else:
+                        self._failed(name, run, outcome, summary)
+                # Finish what is written; bound the queue so images never pile up in memory.
+                while writes and (writes[0][1].done() or len(writes) > 2 * self.batch_size):
+                    self._finish_write(name, *writes.popleft(), summary, len(todo))
+                self._report(len(todo), summary)
             while writes:
                 self._finish_write(name, *writes.popleft(), summary, len(todo))
 
@@ -271,7 +273,8 @@ def prepare_experiment(
     A bad value fails here, naming the run; so does a prompt that cannot fit the token cap (tokenizer only).
     ``pipeline``: one already built from the same ``settings`` (a sweep shares one, so models load once).
     """
-    from llm_dit.experiments.planner import get_experiment, plan, swept_overrides
+    from llm_dit.experiments.loader import get_experiment
+    from llm_dit.experiments.planner import plan, swept_overrides
     from llm_dit.experiments.prompts import load_library, select_prompts
     from llm_dit.models import checkpoint
 
@@ -347,16 +350,14 @@ def plan_cost(runs: Sequence[Run], batch_size: int, pipeline: LlmDitPipeline) ->
 
     requests = [request_for(r) for r in runs]
     texts: set[tuple[str, str]] = set()
-    groups: dict[tuple[int, int, int, str], int] = {}
     for request in requests:
         settings = pipeline.encoder.resolve(**request.encoder)
         texts.update((text, layer_agnostic_key(settings)) for text in encoding_texts(request))
-        key = sampling_group(request)
-        groups[key] = groups.get(key, 0) + 1
-    dit_forwards = sum(-(-count // batch_size) * key[2] for key, count in groups.items())
+    # One DiT forward per step of each of the runner's batches (its members share the step count).
+    chunks = batches(requests, sampling_group, batch_size)
     return {
         "images": len(runs),
         "distinct_prompt_encodings": len(texts),
-        "dit_forwards_batched": dit_forwards,
-        "dit_forwards_unbatched": sum(key[2] * count for key, count in groups.items()),
+        "dit_forwards_batched": sum(sampling_group(chunk[0])[2] for chunk in chunks),
+        "dit_forwards_unbatched": sum(sampling_group(request)[2] for request in requests),
     }

@@ -159,6 +159,72 @@ class MetricValue:
     params: dict[str, Any] = field(default_factory=dict)  # what the value depends on besides the image
 
 
+# Where an experiment's metadata holds the defaults its plan resolved parameters against (PlanDefaults).
+PLAN_DEFAULTS_KEY = "plan_defaults"
+
+
+@dataclass(frozen=True)
+class PlanDefaults:
+    """What an experiment's plan took as defaults, stored with it so that readers (the metrics' choice of the
+    default reference run) use the plan's values, never those of the code reading the store later.
+
+    ``params``: parameter -> default value, as the runs' params are stored (JSON types, inert values None).
+    ``replaces``: parameter -> the parameters a value of it makes irrelevant (hidden_layer -> layer_weights,
+    sigmas -> steps and shift, ...). ``stored`` is False for an experiment planned before plans stored their
+    defaults; it then gets :data:`LEGACY_PLAN_DEFAULTS`.
+    """
+
+    params: dict[str, Any]
+    replaces: dict[str, tuple[str, ...]]
+    stored: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"params": dict(self.params), "replaces": {k: list(v) for k, v in self.replaces.items()}}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any] | None) -> PlanDefaults:
+        """The defaults stored in an experiment's metadata, or :data:`LEGACY_PLAN_DEFAULTS` if it has none."""
+        stored = (metadata or {}).get(PLAN_DEFAULTS_KEY)
+        if not isinstance(stored, Mapping):
+            return LEGACY_PLAN_DEFAULTS
+        return cls(
+            dict(stored.get("params") or {}),
+            {str(k): tuple(v) for k, v in (stored.get("replaces") or {}).items()},
+        )
+
+
+# What every llm-dit before stored plan defaults (0.1.0 and earlier) planned with: the official Z-Image-Turbo
+# recipe, unchanged over that history. Frozen on purpose: it describes old stores, not today's code defaults.
+LEGACY_PLAN_DEFAULTS = PlanDefaults(
+    params={
+        "hidden_layer": -2,
+        "layer_weights": None,
+        "system_prompt": None,
+        "think_block": "none",
+        "max_text_tokens": 1504,
+        "long_prompt_mode": "truncate",
+        "padding": "diffusers",
+        "width": 1024,
+        "height": 1024,
+        "steps": 8,
+        "shift": 3.0,
+        "sigmas": None,
+        "guidance_scale": 0.0,
+        "negative_prompt": None,
+        "refiner": "default",
+        "token_manipulation": None,
+    },
+    replaces={
+        "hidden_layer": ("layer_weights",),
+        "layer_weights": ("hidden_layer",),
+        "sigmas": ("steps", "shift"),
+        "steps": ("sigmas",),
+        "shift": ("sigmas",),
+    },
+    stored=False,
+)
+
+
 def _migrate(conn: sqlite3.Connection, version: int) -> None:
     """Bring an older database up to SCHEMA_VERSION inside the caller's transaction (all or nothing)."""
     if version < 2:
@@ -399,10 +465,17 @@ class ResultsStore:
             os.close(fd)
 
     def start_experiment(
-        self, name: str, description: str, definition: Mapping[str, Any], metadata: Mapping[str, Any]
+        self,
+        name: str,
+        description: str,
+        definition: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        *,
+        plan_defaults: PlanDefaults | None = None,
     ) -> None:
         """Create or update an experiment; each call is appended to ``metadata['starts']`` (the earliest start
         stays in ``started_at``) and clears ``finished_at``. Description, definition and metadata are replaced.
+        ``plan_defaults``: the defaults the plan resolved against, read back by :meth:`plan_defaults`.
         Creates the experiment directory."""
         self.experiment_dir(name).mkdir(parents=True, exist_ok=True)
         now = _now()
@@ -412,6 +485,8 @@ class ResultsStore:
             previous = _loads(row["metadata"]) if row else {}
             starts = [*(previous or {}).get("starts", []), start]
             merged = {**dict(metadata), "starts": starts}
+            if plan_defaults is not None:
+                merged[PLAN_DEFAULTS_KEY] = plan_defaults.to_json()
             conn.execute(
                 """INSERT INTO experiments (name, description, definition, metadata, started_at, finished_at)
                    VALUES (?, ?, ?, ?, ?, NULL)
@@ -439,6 +514,10 @@ class ResultsStore:
         """One experiment's row with its JSON fields decoded."""
         with self._read() as conn:
             return self._experiment_row(conn, name)
+
+    def plan_defaults(self, name: str) -> PlanDefaults:
+        """The defaults stored with the experiment's latest plan (:data:`LEGACY_PLAN_DEFAULTS` for an older one)."""
+        return PlanDefaults.from_metadata(self.experiment(name)["metadata"])
 
     def _experiment_row(self, conn: sqlite3.Connection, name: str) -> dict[str, Any]:
         row = conn.execute("SELECT * FROM experiments WHERE name = ?", (_validate_name(name),)).fetchone()

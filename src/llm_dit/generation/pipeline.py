@@ -19,10 +19,12 @@ from PIL import Image
 from torch import nn
 
 from llm_dit import __version__
+from llm_dit.conditioning.embeddings import check_features
 from llm_dit.conditioning.text_encoder import EncodedPrompt, ZImageTextEncoder, layer_agnostic_key
 from llm_dit.config import EncoderSettings, GenerationSettings, PipelineSettings, Settings, build_section
 from llm_dit.constants import ENCODER_LOAD_FIELDS, HARD_MAX_TEXT_TOKENS, SIZE_MULTIPLE
 from llm_dit.errors import LlmDitError
+from llm_dit.generation.batching import batches
 from llm_dit.generation.image import decode_latents, ensure_writable, save_png, to_pil
 from llm_dit.generation.record import package_versions, parameters_line, tensor_fingerprint, utc_now
 from llm_dit.generation.sampler import denoise, initial_noise
@@ -271,17 +273,8 @@ class LlmDitPipeline:
                 self.encoder.tokenize(gen.negative_prompt, **request.encoder)
             for name, emb in (("embeddings", request.embeddings), ("negative_embeddings", request.negative_embeddings)):
                 if emb is not None:
-                    self._check_embeddings(name, emb)
+                    check_features(emb, name, width=self.cap_feat_dim, max_rows=self.encoder.max_caption_tokens)
         return schedules
-
-    def _check_embeddings(self, name: str, emb: torch.Tensor) -> None:
-        if not isinstance(emb, torch.Tensor) or emb.ndim != 2:
-            raise LlmDitError(f"{name} must be a [L, D] tensor")
-        if self.cap_feat_dim is not None and emb.shape[1] != self.cap_feat_dim:
-            raise LlmDitError(f"{name} have width {emb.shape[1]}, the DiT expects {self.cap_feat_dim}")
-        cap = self.encoder.max_caption_tokens
-        if not 1 <= emb.shape[0] <= cap:
-            raise LlmDitError(f"{name} have {emb.shape[0]} rows; the DiT accepts 1..{cap}")
 
     # -- generation -----------------------------------------------------------------------------------
 
@@ -308,41 +301,40 @@ class LlmDitPipeline:
         schedules = self._check(requests)
         positives, negatives = self._encode_all(requests)
 
-        groups: dict[tuple[int, int, int, str], list[int]] = {}
-        for index, request in enumerate(requests):
-            groups.setdefault(sampling_group(request, schedules[index]), []).append(index)
+        chunks = batches(
+            range(len(requests)), lambda index: sampling_group(requests[index], schedules[index]), self.max_batch_size
+        )
 
         total = sum(len(sigmas) - 1 for sigmas in schedules)
         done = 0
         results: list[GenerationResult | None] = [None] * len(requests)
-        for (width, height, _, refiner), indices in groups.items():
-            for start in range(0, len(indices), self.max_batch_size):
-                chunk = indices[start : start + self.max_batch_size]
-                t0 = time.perf_counter()
+        for chunk in chunks:
+            width, height, _, refiner = sampling_group(requests[chunk[0]], schedules[chunk[0]])
+            t0 = time.perf_counter()
 
-                def on_step(i: int, steps: int, n: int = len(chunk)) -> None:
-                    nonlocal done
-                    done += n
-                    if progress is not None:
-                        progress(done, total)
+            def on_step(i: int, steps: int, n: int = len(chunk)) -> None:
+                nonlocal done
+                done += n
+                if progress is not None:
+                    progress(done, total)
 
-                images = self._sample(
-                    [requests[i] for i in chunk],
-                    torch.stack([schedules[i] for i in chunk]),
-                    [positives[i] for i in chunk],
-                    [negatives[i] for i in chunk],
-                    width,
-                    height,
-                    refiner,
-                    on_step,
-                )
-                seconds = (time.perf_counter() - t0) / len(chunk)
-                for k, index in enumerate(chunk):
-                    record = self._record(requests[index], positives[index], negatives[index], schedules[index])
-                    record["seconds_per_image"] = round(seconds, 4)
-                    record["batch_size"] = len(chunk)
-                    results[index] = GenerationResult(images[k], record, requests[index].tag)
-        assert all(r is not None for r in results)  # the groups partition the requests
+            images = self._sample(
+                [requests[i] for i in chunk],
+                torch.stack([schedules[i] for i in chunk]),
+                [positives[i] for i in chunk],
+                [negatives[i] for i in chunk],
+                width,
+                height,
+                refiner,
+                on_step,
+            )
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            for k, index in enumerate(chunk):
+                record = self._record(requests[index], positives[index], negatives[index], schedules[index])
+                record["seconds_per_image"] = round(seconds, 4)
+                record["batch_size"] = len(chunk)
+                results[index] = GenerationResult(images[k], record, requests[index].tag)
+        assert all(r is not None for r in results)  # the batches partition the requests
         return cast(list[GenerationResult], results)
 
     def _encode_all(

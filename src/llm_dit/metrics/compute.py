@@ -23,8 +23,7 @@ from PIL import Image
 
 from llm_dit.config import MetricsSettings
 from llm_dit.errors import CheckpointError, LlmDitError
-from llm_dit.experiments.planner import default_params
-from llm_dit.experiments.store import MetricValue, ResultsStore
+from llm_dit.experiments.store import MetricValue, PlanDefaults, ResultsStore
 from llm_dit.metrics import pixel
 from llm_dit.metrics.reference import (
     Reference,
@@ -45,6 +44,11 @@ BATCH = 32  # runs per committed batch (at least batch_size when a model metric 
 IMAGE_CACHE = 64  # decoded images kept from one batch to the next (references, seeds of a condition)
 _PIXEL_REFERENCE = {"ssim": pixel.ssim, "psnr": pixel.psnr, "mad": pixel.mean_abs_diff}
 _PIXEL_DIVERSITY = {"diversity_ssim": pixel.ssim_distance, "diversity_mad": pixel.mean_abs_diff}
+_LEGACY_DEFAULTS_NOTE = (
+    "this experiment was planned before plans stored their defaults: its default reference is found with the "
+    "defaults of llm-dit 0.1.0 and earlier (hidden_layer -2, think_block none, shift 3.0, ...); run the "
+    "experiment again to store its own, or choose the reference with --reference AXIS=LABEL"
+)
 # Settings whose models run in torch_dtype (bf16 moves their scores measurably); LPIPS always runs in float32.
 _DTYPE_SETTINGS = frozenset({"siglip_path", "clip_path"})
 
@@ -120,9 +124,17 @@ class MetricsPass:
         return self.store.experiment(experiment), self.store.runs(experiment)
 
     def references(
-        self, experiment: str, choice: ReferenceChoice, runs: Sequence[Mapping[str, Any]], definition: Mapping
+        self,
+        experiment: str,
+        choice: ReferenceChoice,
+        runs: Sequence[Mapping[str, Any]],
+        definition: Mapping,
+        defaults: PlanDefaults,
     ) -> tuple[dict[str, Reference], str]:
-        """Each done run's reference, and a description of the choice (raises if nothing can be compared)."""
+        """Each done run's reference, and a description of the choice (raises if nothing can be compared).
+
+        ``defaults``: those stored with the experiment's plan; an axis's default value is the default reference.
+        """
         directory = self.store.experiment_dir(experiment)
         axes = [axis["name"] for axis in definition.get("axes", [])]
         if choice.images:  # ReferenceChoice refuses axes next to images: nothing is ignored here
@@ -130,7 +142,7 @@ class MetricsPass:
             described = ", ".join(f"{k or 'every prompt'}: {v}" for k, v in choice.images.items())
             return refs, f"source image ({described})"
         check_choice(choice, runs, axes)
-        labels = {**default_labels(runs, definition, default_params()), **choice.axes}
+        labels = {**default_labels(runs, definition, defaults.params), **choice.axes}
         if not labels:
             raise LlmDitError(
                 f"{experiment}: no reference for ssim/psnr/mad/lpips: "
@@ -141,7 +153,7 @@ class MetricsPass:
                 )
                 + " (or leave these metrics out with --metric)"
             )
-        refs = resolve_references(runs, labels, {}, directory, definition)
+        refs = resolve_references(runs, labels, {}, directory, swept_parameters(definition, defaults.replaces))
         return refs, ", ".join(f"{a}={v}" for a, v in labels.items())
 
     # -- the pass --------------------------------------------------------------------------------------------
@@ -165,6 +177,7 @@ class MetricsPass:
         choice = choice or ReferenceChoice()
         info, runs = self._experiment(experiment)
         definition = info["definition"] or {}
+        defaults = PlanDefaults.from_metadata(info["metadata"])
         directory = self.store.experiment_dir(experiment)
         report = MetricsReport(experiment, [s.name for s in specs])
         done = [
@@ -174,7 +187,10 @@ class MetricsPass:
         refs: dict[str, Reference] = {}
         if any(s.kind == "reference" for s in specs):
             try:
-                refs, report.reference = self.references(experiment, choice, done, definition)
+                refs, report.reference = self.references(experiment, choice, done, definition, defaults)
+                looked_up = [a["name"] for a in definition.get("axes", []) if a["name"] not in choice.axes]
+                if not defaults.stored and not choice.images and looked_up:  # an axis's default value was used
+                    report.notes.append(_LEGACY_DEFAULTS_NOTE)
             except LlmDitError as exc:
                 if not skip_unreferenced:
                     raise
@@ -237,7 +253,7 @@ class MetricsPass:
         axes = [axis["name"] for axis in definition.get("axes", [])]
         report.summary = summarize(runs, axes, [*names, GENERATION_TIME], per_condition=DIVERSITY_METRICS)
         report.summary_csv = write_summary(report.summary, directory / SUMMARY_NAME)
-        plans = _plans_note(runs, definition)
+        plans = _plans_note(runs, swept_parameters(definition, defaults.replaces))
         if plans:
             report.notes.append(plans)
         report.seconds = time.perf_counter() - start
@@ -411,10 +427,9 @@ def _pair_key(spec: MetricSpec, a: Mapping[str, Any], b: Mapping[str, Any]) -> t
     return spec.name, first, second
 
 
-def _plans_note(runs: Sequence[Mapping[str, Any]], definition: Mapping[str, Any]) -> str | None:
+def _plans_note(runs: Sequence[Mapping[str, Any]], swept: frozenset[str]) -> str | None:
     """A note when the done runs come from more than one plan (runs with the same axis values differ in a
     parameter no axis sets, e.g. a re-run at another size): summary.csv averages over all of them."""
-    swept = swept_parameters(definition)
     plans: dict[str, dict[str, dict[str, Any]]] = {}  # variables -> fixed params key -> those params
     for run in runs:
         if run["status"] == "done":

@@ -1,8 +1,10 @@
 """Which image each run is compared with by the reference-based metrics (SSIM, PSNR, MAD, LPIPS).
 
 The reference of a run is, by default, the run of the same prompt and seed whose swept variables are at their
-default value (the official recipe: hidden_layer -2, think_block none, shift 3.0, ...), i.e. "what changed
-against the default?". ``--reference AXIS=LABEL`` picks another value of an axis; axes not named and without a
+default value, i.e. "what changed against the default?". The defaults are those stored with the experiment's
+plan (``store.PlanDefaults``: the official recipe, hidden_layer -2, think_block none, shift 3.0, ...), never
+those of the code reading the store, so a later change of a default does not move an old experiment's
+reference. ``--reference AXIS=LABEL`` picks another value of an axis; axes not named and without a
 default value are held at the run's own value (so a shift x steps grid can be compared per steps value).
 ``--reference-image [PROMPT_ID=]PATH`` compares with a source image instead (one for every prompt, or per
 prompt), as in the caption-regeneration study.
@@ -132,12 +134,12 @@ def resolve_references(
     reference_axes: Mapping[str, str],
     images: Mapping[str | None, Path],
     experiment_dir: Path,
-    definition: Mapping[str, Any] | None = None,
+    swept: frozenset[str] = frozenset(),
 ) -> dict[str, Reference]:
     """run id -> its reference, for done runs whose reference exists (a reference run must be done too).
 
     With ``images``: the prompt's image (or the one for every prompt). Otherwise the run with the same prompt,
-    seed, unswept parameters (``definition``'s axes say which are swept) and variables except
+    seed, unswept parameters (all but ``swept``, see :func:`swept_parameters`) and variables except
     ``reference_axes``; a run is its own reference when it is at those values.
     """
     done = [run for run in runs if run["status"] == "done" and run.get("image_path")]
@@ -151,7 +153,6 @@ def resolve_references(
         return out
     if not reference_axes:
         return out
-    swept = swept_parameters(definition or {})
     index = {(run["prompt_id"], run["seed"], _frozen(run["variables"]), fixed_params(run, swept)): run for run in done}
     for run in done:
         target = {**run["variables"], **{a: label for a, label in reference_axes.items() if a in run["variables"]}}
@@ -161,12 +162,11 @@ def resolve_references(
     return out
 
 
-def swept_parameters(definition: Mapping[str, Any]) -> frozenset[str]:
-    """Parameters the axes set, plus those they replace (hidden_layer <-> layer_weights, sigmas <-> steps/shift)."""
-    from llm_dit.experiments.planner import REPLACES
-
+def swept_parameters(definition: Mapping[str, Any], replaces: Mapping[str, Sequence[str]]) -> frozenset[str]:
+    """Parameters the axes set, plus those they replace (``replaces``, as stored with the plan: hidden_layer <->
+    layer_weights, sigmas <-> steps/shift)."""
     params = {p for names in axis_parameters(definition).values() for p in names}
-    return frozenset(params | {r for p in params for r in REPLACES.get(p, ())})
+    return frozenset(params | {r for p in params for r in replaces.get(p, ())})
 
 
 def fixed_params(run: Mapping[str, Any], swept: frozenset[str]) -> str:
