@@ -23,6 +23,7 @@ from llm_dit.config import (
     list_profiles,
     load_settings,
     render_settings,
+    split_assignment,
 )
 from llm_dit.errors import ConfigError, LlmDitError
 
@@ -605,3 +606,18 @@ def test_metrics_section_paths_and_errors(tmp_path: Path) -> None:
     cfg.write_text('[default.metrics]\nlpips_net = "squeeze"\n')
     with pytest.raises(ConfigError, match="lpips_net"):
         load_settings(cfg, None)
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [("steps=4", ("steps", "4")), (" shift =2.5", ("shift", "2.5")), ("label=a=b, c", ("label", "a=b, c")), ("k=", ("k", ""))],
+)
+def test_split_assignment_keeps_the_value_verbatim(item: str, expected: tuple[str, str]) -> None:
+    assert split_assignment(item, "--set", "key=value") == expected
+
+
+@pytest.mark.parametrize("item", ["steps", "=4", "  =4", ""])
+def test_split_assignment_refuses_a_missing_key_or_equals_sign(item: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        split_assignment(item, "--reference", "AXIS=LABEL, e.g. --reference hidden_layer=-2")
+    assert str(info.value) == f"--reference {item!r}: expected AXIS=LABEL, e.g. --reference hidden_layer=-2"

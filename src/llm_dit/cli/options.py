@@ -90,14 +90,12 @@ def parse_csv(text: str | None, flag: str, cast: Callable[[str], Any] = str) -> 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
     """``--set key=value`` (TOML value syntax; bare words are strings) -> flat experiment parameters."""
-    from llm_dit.config import parse_scalar
+    from llm_dit.config import parse_scalar, split_assignment
 
     out: dict[str, Any] = {}
     for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise LlmDitError(f"--set {item!r}: expected key=value, e.g. --set steps=4 or --set think_block=empty")
-        out[key.strip()] = parse_scalar(raw)
+        key, raw = split_assignment(item, "--set", "key=value, e.g. --set steps=4 or --set think_block=empty")
+        out[key] = parse_scalar(raw)
     return out
 
 

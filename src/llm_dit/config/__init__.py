@@ -24,6 +24,7 @@ from llm_dit.config.schema import (
     parse_layer_weights,
     parse_scalar,
     parse_sigmas,
+    split_assignment,
     toml_value,
 )
 from llm_dit.config.toml_lines import TomlLines, TomlPath, parse_toml
@@ -51,5 +52,6 @@ __all__ = [
     "parse_sigmas",
     "parse_toml",
     "render_settings",
+    "split_assignment",
     "toml_value",
 ]

@@ -169,6 +169,14 @@ def parse_scalar(raw: str) -> Any:
         return text
 
 
+def split_assignment(item: str, flag: str, example: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> (stripped key, value verbatim), or ConfigError naming the flag and an example."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{flag} {item!r}: expected {example}")
+    return key.strip(), value
+
+
 def _check_layer(name: str, layer: int) -> int:
     if not MIN_LAYER <= layer <= MAX_LAYER:
         raise ValueError(

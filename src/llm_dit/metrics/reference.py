@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_dit.config import split_assignment
 from llm_dit.errors import LlmDitError
 
 
@@ -51,13 +52,8 @@ class Reference:
 
 def parse_reference(items: Sequence[str] | None) -> dict[str, str]:
     """``AXIS=LABEL`` items -> {axis: label}. The label is taken verbatim (it may contain commas or be '')."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        axis, sep, label = item.partition("=")
-        if not sep or not axis.strip():
-            raise LlmDitError(f"--reference {item!r}: expected AXIS=LABEL, e.g. --reference hidden_layer=-2")
-        out[axis.strip()] = label
-    return out
+    example = "AXIS=LABEL, e.g. --reference hidden_layer=-2"
+    return dict(split_assignment(item, "--reference", example) for item in items or [])
 
 
 def parse_reference_images(items: Sequence[str] | None, prompt_ids: Sequence[str] = ()) -> dict[str | None, Path]:
