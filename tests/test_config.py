@@ -610,7 +610,12 @@ def test_metrics_section_paths_and_errors(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("item", "expected"),
-    [("steps=4", ("steps", "4")), (" shift =2.5", ("shift", "2.5")), ("label=a=b, c", ("label", "a=b, c")), ("k=", ("k", ""))],
+    [
+        ("steps=4", ("steps", "4")),
+        (" shift =2.5", ("shift", "2.5")),
+        ("label=a=b, c", ("label", "a=b, c")),
+        ("k=", ("k", "")),
+    ],
 )
 def test_split_assignment_keeps_the_value_verbatim(item: str, expected: tuple[str, str]) -> None:
     assert split_assignment(item, "--set", "key=value") == expected
