@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny Z-Image checkpoint per test session."""
+"""Shared fixtures: one tiny Z-Image checkpoint per test session; the pinned test environment."""
 
 from __future__ import annotations
 
@@ -10,9 +10,22 @@ from typing import Any
 import pytest
 import torch
 
-from cli_helpers import forbid_model_loading
-from llm_dit.models import checkpoint
-from llm_dit.models.tiny import build_tiny_checkpoint
+# The environment of the test process and of every child process it starts (children copy os.environ, see
+# cli_helpers.subprocess_env), whatever the caller's terminal and locale:
+# - COLUMNS/LINES: rich lays tables out to COLUMNS (a 40-column terminal shortens run ids to "4f3a…"), and
+#   llm_dit.cli.terminal creates its Console when llm_dit.cli is imported, so this runs before anything here
+#   imports llm_dit. 80x25 is what rich uses without a terminal (pytest captures output): the width the CLI
+#   tests were written against. A test needing another width still sets COLUMNS with monkeypatch.
+# - LC_ALL/LANG: children decode arguments and encode their output (and open text files) in the locale's
+#   encoding: C.UTF-8 everywhere. (This process's own locale was fixed at its start: `make test` sets both.)
+# Threads: one intra-op thread unless OMP_NUM_THREADS is set (below); make test runs the numerics tests again
+# with OMP_NUM_THREADS=2.
+PINNED_ENV = {"COLUMNS": "80", "LINES": "25", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+os.environ.update(PINNED_ENV)
+
+from cli_helpers import forbid_model_loading  # noqa: E402  (after the pins: importing llm_dit.cli reads COLUMNS)
+from llm_dit.models import checkpoint  # noqa: E402
+from llm_dit.models.tiny import build_tiny_checkpoint  # noqa: E402
 
 # The tiny models gain nothing from intra-op threads, and on a small shared machine torch's OpenMP threads
 # spin against other processes: a 2-step 64x64 generation measured 6 s with 2 threads under load versus

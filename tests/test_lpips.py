@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import re
 import shutil
 import sys
@@ -22,12 +23,25 @@ import torch
 from PIL import Image, ImageFilter
 from torch import nn
 
+from bounds import EPS64, lpips_bound, worst_case
 from llm_dit.config import MetricsSettings
 from llm_dit.errors import LlmDitError
 from llm_dit.metrics.compute import weights_key
 from llm_dit.metrics.lpips import LpipsDistance, build_features
 from llm_dit.metrics.registry import select_metrics
 from llm_dit.models import checkpoint
+
+pytestmark = pytest.mark.numerics  # float results within derived bounds: CI runs these again with 2 threads
+
+
+def _bound(net: str, value: float) -> float:
+    """How far rounding can move one float32 LPIPS value (bounds.lpips_bound)."""
+    return lpips_bound(net, value)
+
+
+def _bound64(net: str, value: float) -> float:
+    """The same for a float64 evaluation, with the worst-case n * eps64 per tap."""
+    return lpips_bound(net, value, error=lambda n: worst_case(n, EPS64))
 
 
 def _random_features(net: str, seed: int) -> nn.Sequential:
@@ -84,7 +98,9 @@ def _noisy(image: Image.Image, sigma: float, seed: int = 99) -> Image.Image:
 
 def test_identical_images_are_zero(alex: LpipsDistance) -> None:
     images = [_image(1), _image(2)]
-    assert max(alex.distance(images, [im.copy() for im in images])) < 1e-6
+    # The copies go through the backbone at other batch positions: at most the bound's quadratic term (~1e-9).
+    values = alex.distance(images, [im.copy() for im in images])
+    assert all(0.0 <= v <= _bound("alex", 0.0) for v in values), values
 
 
 def test_distortions_are_positive_and_ordered(alex: LpipsDistance) -> None:
@@ -92,18 +108,24 @@ def test_distortions_are_positive_and_ordered(alex: LpipsDistance) -> None:
     slight, strong, blurred = alex.distance(
         [image] * 3, [_noisy(image, 4), _noisy(image, 40), image.filter(ImageFilter.GaussianBlur(2))]
     )
-    assert 1e-4 < slight < strong
-    assert blurred > 1e-3
+    # Each distortion registers beyond what rounding could produce, and the stronger noise by a margin larger than
+    # both values' rounding.
+    assert all(v > _bound("alex", v) for v in (slight, strong, blurred)), (slight, strong, blurred)
+    assert strong - slight > _bound("alex", slight) + _bound("alex", strong)
 
 
 def test_batch_size_does_not_change_values(alex_file: Path) -> None:
     # Mixed sizes: batches are grouped by size and results must come back in input order.
     a = [_image(10), _image(11, 48, 40), _image(12), _image(13, 48, 40), _image(14)]
-    b = [_noisy(im, 20, seed=i) for i, im in enumerate(a)]
+    b = [_noisy(im, 8 + 8 * i, seed=i) for i, im in enumerate(a)]  # more noise for each: distinct values
     one = LpipsDistance.from_weights(alex_file, "alex", device="cpu", batch_size=1).distance(a, b)
     eight = LpipsDistance.from_weights(alex_file, "alex", device="cpu", batch_size=8).distance(a, b)
-    assert len(set(one)) == len(one)  # distinct values, so a reordering would show
-    np.testing.assert_allclose(eight, one, rtol=1e-5, atol=1e-7)
+    # Other batch shapes: each value within both evaluations' rounding (2 x the bound)...
+    bounds = [_bound("alex", v) for v in one]
+    assert all(abs(x - y) <= 2 * e for x, y, e in zip(eight, one, bounds, strict=True)), (eight, one, bounds)
+    # ...and the values lie further apart than that, so a reordering would show.
+    ordered = sorted(one)
+    assert min(hi - lo for lo, hi in itertools.pairwise(ordered)) > 4 * max(bounds)
     assert LpipsDistance.from_weights(alex_file, "alex", device="cpu").distance([], []) == []
 
 
@@ -112,7 +134,8 @@ def test_backbone_weights_are_used(tmp_path: Path, alex_file: Path, alex: LpipsD
     other = LpipsDistance.from_weights(other_file, "alex", device="cpu")
     a, b = [_image(20), _image(21)], [_image(22), _image(23)]
     mine, theirs = alex.distance(a, b), other.distance(a, b)
-    assert all(abs(x - y) > 1e-4 for x, y in zip(mine, theirs, strict=True))
+    # Other weights, other values: apart by more than both values' rounding.
+    assert all(abs(x - y) > _bound("alex", x) + _bound("alex", y) for x, y in zip(mine, theirs, strict=True))
     # The metrics pass keys stored values by the file's fingerprint: other weights, another key.
     assert weights_key(other_file) != weights_key(alex_file)
     assert re.fullmatch(r"[0-9a-f]{16}", weights_key(alex_file))
@@ -138,7 +161,9 @@ def test_weights_key_of_a_file_is_that_of_a_folder_holding_it(tmp_path: Path, al
 def test_arrays_paths_and_pil_images_give_the_same_distance(tmp_path: Path, alex: LpipsDistance) -> None:
     a, b = _image(24), _noisy(_image(24), 20)
     b.save(tmp_path / "b.png")
-    values = alex.distance([a, np.asarray(a), np.asarray(a.convert("RGBA"))], [b, np.asarray(b), tmp_path / "b.png"])
+    # One pair per call: the same pixels in the same batch shape, literally the same computation (bit-equal).
+    pairs = [(a, b), (np.asarray(a), np.asarray(b)), (np.asarray(a.convert("RGBA")), tmp_path / "b.png")]
+    values = [alex.distance([x], [y])[0] for x, y in pairs]
     assert values == [values[0]] * 3
 
 
@@ -147,7 +172,7 @@ def test_full_torchvision_state_dict_loads(tmp_path: Path, alex: LpipsDistance) 
     state = _features_state("alex", 0) | classifier
     full = LpipsDistance.from_weights(_save(tmp_path / "full.pth", state), "alex", device="cpu")
     a, b = [_image(30)], [_image(31)]
-    assert full.distance(a, b) == pytest.approx(alex.distance(a, b), abs=1e-7)
+    assert full.distance(a, b) == alex.distance(a, b)  # the same tensors loaded, the same computation
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -279,6 +304,22 @@ def _reference(lpips_package: tuple[Any, types.ModuleType], mp: pytest.MonkeyPat
     return model.eval()
 
 
+def _in_float64(model: LpipsDistance) -> LpipsDistance:
+    """``model`` computing in float64 throughout, inputs included (white-box: it casts the port's float32 parts;
+    the computation is unchanged), so that its formula can be compared with lpips' far below float32 noise."""
+    assert model._features is not None and model._lins is not None
+    model._features = model._features.double()
+    model._lins = [w.double() for w in model._lins]
+    model._shift, model._scale = model._shift.double(), model._scale.double()
+
+    def to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+        # lpips.im2tensor's mapping, image / (255 / 2) - 1, in float64 (the port's own rounds to float32 first).
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).double() / 127.5 - 1.0
+
+    model._tensor = to_tensor  # type: ignore[method-assign]
+    return model
+
+
 @pytest.mark.parametrize(("net", "width", "height"), [("alex", 96, 72), ("vgg", 40, 32)])
 def test_matches_lpips_package(
     lpips_package: tuple[Any, types.ModuleType], tmp_path: Path, net: str, width: int, height: int
@@ -287,14 +328,23 @@ def test_matches_lpips_package(
     base = [_image(40, width, height), _image(41, width, height), _image(42, width, height)]
     a = [*base, base[0]]
     b = [_noisy(base[0], 10), base[1].filter(ImageFilter.GaussianBlur(1.5)), _image(43, width, height), base[0]]
+    path = _save(tmp_path / f"{net}.pth", _features_state(net, 5))
     with pytest.MonkeyPatch.context() as mp:
         reference = _reference(lpips_package, mp, net, seed=5)
         with torch.inference_mode():
             x = torch.cat([lpips.im2tensor(np.asarray(im)) for im in a])
             y = torch.cat([lpips.im2tensor(np.asarray(im)) for im in b])
             expected = reference(x, y).flatten().tolist()
-    ours = LpipsDistance.from_weights(
-        _save(tmp_path / f"{net}.pth", _features_state(net, 5)), net, device="cpu", batch_size=3
-    ).distance(a, b)
-    assert min(expected[:3]) > 1e-3 and expected[3] == pytest.approx(0.0, abs=1e-7)  # a non-trivial comparison
-    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
+            reference = reference.double()
+            x64, y64 = ([torch.from_numpy(np.asarray(im) / 127.5 - 1.0).permute(2, 0, 1) for im in s] for s in (a, b))
+            expected64 = reference(torch.stack(x64), torch.stack(y64)).flatten().tolist()
+    # A non-trivial comparison: three values far above the float32 tolerance below, one of identical images.
+    assert all(v > 20 * _bound(net, v) for v in expected[:3]) and 0.0 <= expected[3] <= _bound(net, 0.0), expected
+    # The production path (float32, our batch of 3 against lpips' 4): within both evaluations' rounding.
+    ours = LpipsDistance.from_weights(path, net, device="cpu", batch_size=3).distance(a, b)
+    for got, want in zip(ours, expected, strict=True):
+        assert abs(got - want) <= 2 * _bound(net, want), (ours, expected)
+    # The formula, in float64 on identical inputs: within the float64 bound, ~1e-13 (float32 noise is ~1e-8).
+    ours64 = _in_float64(LpipsDistance.from_weights(path, net, device="cpu", batch_size=3)).distance(a, b)
+    for got, want in zip(ours64, expected64, strict=True):
+        assert abs(got - want) <= 2 * _bound64(net, want), (ours64, expected64)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bounds import lpips_bound, scorer_tolerance
 from llm_dit.cli import main
 from llm_dit.experiments.store import ResultsStore
 from llm_dit.metrics.compute import weights_key
@@ -16,7 +17,8 @@ from llm_dit.metrics.lpips import LpipsDistance, build_features
 from llm_dit.metrics.scorers import ClipScorer, SiglipScorer
 from tiny_scorers import build_tiny_clip, build_tiny_siglip
 
-pytestmark = pytest.mark.usefixtures("cached_tokenizer")
+# float results within derived bounds: CI runs these again with 2 threads
+pytestmark = [pytest.mark.usefixtures("cached_tokenizer"), pytest.mark.numerics]
 EXP = "hidden_layer"
 
 
@@ -59,10 +61,11 @@ def test_model_metrics_are_stored_match_the_scorers_and_resume(
     directory = out / EXP
     images = [Image.open(directory / r["image_path"]).convert("RGB") for r in runs]
     texts = [r["prompt_text"] for r in runs]
-    siglip = SiglipScorer.from_pretrained(weights["siglip"], device="cpu", dtype="float32").score(images, texts)
-    clip = ClipScorer.from_pretrained(weights["clip"], device="cpu", dtype="float32").score(images, texts)
-    assert [r["metrics"]["siglip"] for r in runs] == pytest.approx(siglip, abs=1e-6)
-    assert [r["metrics"]["clip_score"] for r in runs] == pytest.approx(clip, abs=1e-4)
+    # The pass scored in batches of 3, these calls in one batch: other shapes, so within the derived tolerance.
+    for name, cls in (("siglip", SiglipScorer), ("clip_score", ClipScorer)):
+        scorer = cls.from_pretrained(weights[name.removesuffix("_score")], device="cpu", dtype="float32")
+        direct = scorer.score(images, texts)
+        assert [r["metrics"][name] for r in runs] == pytest.approx(direct, rel=0, abs=scorer_tolerance(scorer))
     # LPIPS to the reference (hidden_layer -2, same prompt and seed); 0 for the reference itself.
     lpips = LpipsDistance.from_weights(weights["lpips"], device="cpu")
     by = {(r["seed"], r["variables"]["hidden_layer"]): r for r in runs}
@@ -71,9 +74,13 @@ def test_model_metrics_are_stored_match_the_scorers_and_resume(
         expected = lpips.distance(
             [Image.open(directory / run["image_path"])], [Image.open(directory / ref["image_path"])]
         )[0]
-        assert run["metrics"]["lpips"] == pytest.approx(expected, abs=1e-6)
-        assert (run["metrics"]["lpips"] == 0) == (run is ref)
-        assert run["metrics"]["diversity_lpips"] > 0
+        # One pair here, a batch of pairs in the pass: within both evaluations' rounding.
+        assert run["metrics"]["lpips"] == pytest.approx(expected, rel=0, abs=2 * lpips_bound("alex", expected))
+        if run is ref:  # the same image twice: no more than rounding
+            assert 0.0 <= run["metrics"]["lpips"] <= lpips_bound("alex", 0.0)
+        else:  # another hidden layer, another image: beyond rounding
+            assert run["metrics"]["lpips"] > lpips_bound("alex", run["metrics"]["lpips"])
+        assert run["metrics"]["diversity_lpips"] > lpips_bound("alex", run["metrics"]["diversity_lpips"])
 
     # A second pass finds everything stored; so does one with torch_dtype "auto", which is float32 on the CPU.
     assert main(["metrics", EXP, "--output-dir", str(out), "--config", str(config)]) == 0

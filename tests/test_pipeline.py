@@ -2,24 +2,36 @@
 batching, saving and the conditioning knobs.
 
 Expectations are computed independently: sigmas by hand from the documented formula, token counts with the
-tokenizer's chat template, batched results against one-at-a-time runs, PNG pixels with PIL/numpy.
+tokenizer's chat template, batched and one-at-a-time float32 runs against a float64 copy of the pipeline (within
+the rounding bound of tests/rounding.py), per-image times against a fake clock, PNG pixels with PIL/numpy.
 """
 
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from bounds import (
+    assert_differ,
+    assert_within_rounding,
+    float64_pipeline,
+    generate_counted,
+    rounding_bound,
+)
 from llm_dit.conditioning.text_encoder import EncodedPrompt
 from llm_dit.config import GenerationSettings
 from llm_dit.errors import LlmDitError
+from llm_dit.generation import pipeline as pipeline_module
 from llm_dit.generation.image import read_record, to_pil
-from llm_dit.generation.pipeline import GenerationRequest, GenerationResult, LlmDitPipeline, sampling_group
+from llm_dit.generation.pipeline import GenerationRequest, LlmDitPipeline, sampling_group
 from llm_dit.models import checkpoint
+
+pytestmark = pytest.mark.numerics  # float results within derived bounds: CI runs these again with 2 threads
 
 SIZE = {"width": 64, "height": 64, "steps": 2}
 LONG_PROMPT = " ".join(f"word{i} castle dragon" for i in range(40))  # > 64 tokens
@@ -58,6 +70,18 @@ def pipe(tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
+def pipe64(pipe):
+    """The float64 reference: the same modules in float64."""
+    return float64_pipeline(pipe)
+
+
+def reference(pipe64, prompt, **params):
+    """(float64 image, rounding factor of a float32 run) for one request run alone (tests/rounding.py)."""
+    result, factor = generate_counted(pipe64, GenerationRequest.build(prompt, **params))
+    return result.image, factor
+
+
+@pytest.fixture(scope="module")
 def cold_pipe(tiny_checkpoint):
     """A pipeline that has loaded nothing; tests patch the loaders to refuse."""
     return LlmDitPipeline.from_pretrained(tiny_checkpoint, **SETTINGS)
@@ -76,10 +100,6 @@ def refuse_loading(cold_pipe, monkeypatch):
 def template(tokenizer, prompt, system=None):
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
-
-
-def diff(a: GenerationResult, b: GenerationResult) -> float:
-    return (a.image - b.image).abs().mean().item()
 
 
 def count_encoder_rows(pipe):
@@ -112,8 +132,8 @@ def test_generate_image_and_record(pipe, tiny_checkpoint):
     assert record["seed"] == 7
     assert record["steps"] == 2
     assert record["shift"] == 3.0
-    # 2 steps at shift 3: s = [1, 0.5] -> 3s / (1 + 2s) = [1, 0.75], then 0
-    assert record["sigmas"] == pytest.approx([1.0, 0.75, 0.0], abs=1e-7)
+    # 2 steps at shift 3: s = [1, 0.5] -> 3s / (1 + 2s) = [1, 0.75], then 0 (every operation exact in binary)
+    assert record["sigmas"] == [1.0, 0.75, 0.0]
     assert (record["width"], record["height"]) == (64, 64)
     assert record["hidden_layer"] == -2
     assert record["think_block"] == "none"
@@ -133,14 +153,16 @@ def test_generate_image_and_record(pipe, tiny_checkpoint):
 def test_generate_is_deterministic_and_seeded(pipe):
     a = pipe.generate("a lighthouse", seed=1, **SIZE)
     b = pipe.generate("a lighthouse", seed=1, **SIZE)
-    c = pipe.generate("a lighthouse", seed=2, **SIZE)
-    assert torch.equal(a.image, b.image)
-    assert diff(a, c) > 1e-2
+    c, factor = generate_counted(pipe, GenerationRequest.build("a lighthouse", seed=2, **SIZE))
+    assert torch.equal(a.image, b.image)  # the same call again
+    assert_differ(a.image, c.image, factor)
 
 
 def test_explicit_sigmas_record(pipe):
     result = pipe.generate("a lighthouse", sigmas=[1.0, 0.6, 0.2], width=64, height=64)
-    assert result.record["sigmas"] == pytest.approx([1.0, 0.6, 0.2, 0.0], abs=1e-7)
+    # used verbatim: the given values as float32, and the final 0; the record keeps 8 decimals (+-5e-9)
+    float32_values = torch.tensor([1.0, 0.6, 0.2, 0.0], dtype=torch.float32).tolist()
+    assert result.record["sigmas"] == pytest.approx(float32_values, abs=5e-9)
     assert result.record["steps"] == 3
     assert result.record["shift"] is None
 
@@ -210,7 +232,7 @@ def test_from_components_reads_limits_from_the_modules(pipe, monkeypatch):
     for name in ("embeddings", "negative_embeddings"):
         good = torch.zeros(10, 32)
         params = {"embeddings": good, name: torch.zeros(10, 31), "guidance_scale": 2.0}
-        with pytest.raises(LlmDitError, match=f"{name} have width 31, the DiT expects 32"):
+        with pytest.raises(LlmDitError, match=f"{name} has width 31, the DiT expects 32"):
             comp.generate(seed=1, **SIZE, **params)
     with pytest.raises(LlmDitError, match="72 is not a multiple of 16"):
         comp.check([GenerationRequest("a cat", generation=GenerationSettings.model_construct(width=72, height=64))])
@@ -306,18 +328,23 @@ BATCH = [
 ]
 
 
-def assert_images_close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-4) -> None:
-    assert a.shape == b.shape
-    err = (a - b).abs().max().item()
-    assert err <= atol, err
-
-
 @pytest.fixture(scope="module")
 def singles(pipe):
     return [pipe.generate(prompt, **SIZE, **params) for prompt, params in BATCH]
 
 
-def test_batch_equals_single_runs(pipe, singles):
+@pytest.fixture(scope="module")
+def references(pipe64):
+    """(float64 image, factor) per BATCH entry; any two differ by more than 10 rounding bounds, so results
+    routed to the wrong request could not pass the comparisons below."""
+    refs = [reference(pipe64, prompt, **SIZE, **params) for prompt, params in BATCH]
+    for i, (a, factor_a) in enumerate(refs):
+        for b, factor_b in refs[i + 1 :]:
+            assert (a - b).abs().max() > 10 * rounding_bound(torch.ones(1), max(factor_a, factor_b))
+    return refs
+
+
+def test_batch_equals_single_runs(pipe, singles, references):
     requests = [GenerationRequest.build(prompt, tag=i, **SIZE, **params) for i, (prompt, params) in enumerate(BATCH)]
     pipe.clear_encoding_cache()
     rows, handle = count_encoder_rows(pipe)
@@ -329,22 +356,21 @@ def test_batch_equals_single_runs(pipe, singles):
     # distinct texts: 3 prompts + "dull" + "" (the default negative); the duplicate prompt is encoded once,
     # and a later batch reuses the cached encodings (no second forward)
     assert rows == [5]
-    assert_images_close(again[0].image, results[0].image)
+    # A batch of 4, a batch of 1 and a lone run are different shapes: each is compared with the float64 run.
+    assert_within_rounding(again[0].image, *references[0])
     assert [r.tag for r in results] == [0, 1, 2, 3]
-    for result, single, (prompt, params) in zip(results, singles, BATCH, strict=True):
-        assert_images_close(result.image, single.image)
+    for result, single, (ref, factor), (prompt, params) in zip(results, singles, references, BATCH, strict=True):
+        assert_within_rounding(result.image, ref, factor)
+        assert_within_rounding(single.image, ref, factor)
         assert result.record["batch_size"] == 4
         assert result.record["prompt"] == prompt
         assert result.record["seed"] == params["seed"]
         assert result.record["shift"] == params["shift"]
         assert result.record["guidance_scale"] == params["guidance_scale"]
         assert result.record["sigmas"] == single.record["sigmas"]
-    # the samples really differ from one another (seed / shift / guidance matter)
-    assert diff(singles[0], singles[3]) > 1e-2
-    assert diff(results[0], results[1]) > 1e-2
 
 
-def test_max_batch_size_splits_into_chunks(pipe, singles, monkeypatch):
+def test_max_batch_size_splits_into_chunks(pipe, references, monkeypatch):
     monkeypatch.setattr(pipe, "max_batch_size", 2)
     requests = [GenerationRequest.build(prompt, tag=i, **SIZE, **params) for i, (prompt, params) in enumerate(BATCH)]
     calls = []
@@ -356,12 +382,34 @@ def test_max_batch_size_splits_into_chunks(pipe, singles, monkeypatch):
     # 2 chunks x 2 steps; chunk 1 has no CFG (2 samples), chunk 2 has CFG on both (2 + 2 negatives)
     assert calls == [2, 2, 4, 4]
     assert [r.tag for r in results] == [0, 1, 2, 3]
-    for result, single in zip(results, singles, strict=True):
+    for result, (ref, factor) in zip(results, references, strict=True):
         assert result.record["batch_size"] == 2
-        assert_images_close(result.image, single.image)
+        assert_within_rounding(result.image, ref, factor)
 
 
-def test_groups_by_size_and_steps_in_input_order(pipe):
+def test_seconds_per_image_is_the_batch_time_over_its_size(pipe, monkeypatch):
+    """A fake clock that advances 1 s per DiT forward and at no other time: a batch of n images sampled in S
+    steps takes S forwards, S seconds, and each of its records says S / n seconds per image."""
+    clock = [0.0]
+
+    def tick(module, args, output):
+        clock[0] += 1.0
+
+    monkeypatch.setattr(pipeline_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(pipe, "max_batch_size", 3)
+    requests = [GenerationRequest.build(f"a cat {i}", seed=i, **SIZE) for i in range(5)]  # batches of 3 and 2
+    requests.append(GenerationRequest.build("a dog", seed=9, width=64, height=64, steps=3))  # alone, 3 steps
+    handle = pipe.transformer.register_forward_hook(tick)
+    try:
+        results = pipe.generate_batch(requests)
+    finally:
+        handle.remove()
+    assert clock[0] == 2 + 2 + 3
+    assert [r.record["batch_size"] for r in results] == [3, 3, 3, 2, 2, 1]
+    assert [r.record["seconds_per_image"] for r in results] == [round(2 / 3, 4)] * 3 + [1.0, 1.0, 3.0]
+
+
+def test_groups_by_size_and_steps_in_input_order(pipe, pipe64):
     specs = [
         ("a cat", {"seed": 1, "width": 64, "height": 64, "steps": 2}),
         ("a dog", {"seed": 2, "width": 64, "height": 48, "steps": 2}),
@@ -379,8 +427,7 @@ def test_groups_by_size_and_steps_in_input_order(pipe):
         assert result.record["prompt"] == prompt
         assert result.record["steps"] == params["steps"]
         assert result.record["batch_size"] == size
-        single = pipe.generate(prompt, **params)
-        assert_images_close(result.image, single.image)
+        assert_within_rounding(result.image, *reference(pipe64, prompt, **params))
 
 
 def test_progress_reports_every_forward(pipe):
@@ -421,9 +468,18 @@ def test_save_png_record_and_pixels(pipe, tmp_path):
 # -- conditioning knobs -----------------------------------------------------------------------------------------
 
 
+CASTLE = "A castle on a hill under a stormy sky"
+
+
 @pytest.fixture(scope="module")
-def baseline(pipe):
-    return pipe.generate("A castle on a hill under a stormy sky", seed=5, **SIZE)
+def counted_baseline(pipe):
+    """(result, rounding factor) of the castle prompt at seed 5 (tests/rounding.py)."""
+    return generate_counted(pipe, GenerationRequest.build(CASTLE, seed=5, **SIZE))
+
+
+@pytest.fixture(scope="module")
+def baseline(counted_baseline):
+    return counted_baseline[0]
 
 
 @pytest.mark.parametrize(
@@ -436,30 +492,33 @@ def baseline(pipe):
         ({"hidden_layer": -6}, "hidden_layer", -6),
     ],
 )
-def test_conditioning_knobs_change_image_and_record(pipe, baseline, params, record_key, value):
-    result = pipe.generate("A castle on a hill under a stormy sky", seed=5, **SIZE, **params)
+def test_conditioning_knobs_change_image_and_record(pipe, counted_baseline, params, record_key, value):
+    baseline, baseline_factor = counted_baseline
+    result, factor = generate_counted(pipe, GenerationRequest.build(CASTLE, seed=5, **SIZE, **params))
     assert result.record[record_key] == value
     assert baseline.record[record_key] != value
-    assert diff(result, baseline) > 1e-3, diff(result, baseline)
+    assert_differ(result.image, baseline.image, max(factor, baseline_factor))
 
 
 def test_think_block_and_system_prompt_reach_formatted_prompt(pipe, baseline):
     tok = pipe.encoder.tokenizer
-    empty = pipe.generate("A castle on a hill under a stormy sky", seed=5, think_block="empty", **SIZE)
+    empty = pipe.generate(CASTLE, seed=5, think_block="empty", **SIZE)
     assert empty.record["formatted_prompt"] == baseline.record["formatted_prompt"] + "<think>\n\n</think>\n\n"
     assert empty.record["token_count"] == baseline.record["token_count"] + 4
-    system = pipe.generate("A castle on a hill under a stormy sky", seed=5, system_prompt="Be vivid.", **SIZE)
-    assert system.record["formatted_prompt"] == template(tok, "A castle on a hill under a stormy sky", "Be vivid.")
+    system = pipe.generate(CASTLE, seed=5, system_prompt="Be vivid.", **SIZE)
+    assert system.record["formatted_prompt"] == template(tok, CASTLE, "Be vivid.")
 
 
-def test_layer_weights_generate(pipe, baseline):
-    result = pipe.generate("A castle on a hill under a stormy sky", seed=5, layer_weights={-2: 0.5, -6: 0.5}, **SIZE)
+def test_layer_weights_generate(pipe, counted_baseline):
+    baseline, baseline_factor = counted_baseline
+    request = GenerationRequest.build(CASTLE, seed=5, layer_weights={-2: 0.5, -6: 0.5}, **SIZE)
+    result, factor = generate_counted(pipe, request)
     assert result.record["hidden_layer"] is None
     assert result.record["layer_weights"] == {"-2": 0.5, "-6": 0.5}
-    assert diff(result, baseline) > 1e-3
+    assert_differ(result.image, baseline.image, max(factor, baseline_factor))
 
 
-def test_layer_sweep_encodes_each_prompt_once(pipe):
+def test_layer_sweep_encodes_each_prompt_once(pipe, pipe64):
     """Requests differing only in the layer choice share one encoder forward (all layers at once)."""
     pipe.clear_encoding_cache()
     layer_choices = [{"hidden_layer": -2}, {"hidden_layer": -6}, {"layer_weights": {-2: 0.5, -9: 0.5}}]
@@ -474,7 +533,5 @@ def test_layer_sweep_encodes_each_prompt_once(pipe):
     finally:
         handle.remove()
     assert rows == [2]
-    expected = pipe.encoder.encode("a lighthouse", hidden_layer=-6)[0].embeddings
-    reference = pipe.generate(embeddings=expected, seed=1, **SIZE)
-    assert_images_close(results[4].image, reference.image)
+    assert_within_rounding(results[4].image, *reference(pipe64, "a lighthouse", seed=1, hidden_layer=-6, **SIZE))
     assert results[5].record["layer_weights"] == {"-2": 0.5, "-9": 0.5}

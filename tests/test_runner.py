@@ -201,6 +201,7 @@ def test_run_ids_are_stable_across_processes(tiny_checkpoint: Path, tmp_path: Pa
     assert all(re.fullmatch(r"[0-9a-f]{16}", rid) for rid, _ in ours)
 
 
+@pytest.mark.terminal
 def test_dry_run_prints_the_plan_and_writes_nothing(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
 ) -> None:
@@ -382,17 +383,38 @@ def test_resume_skips_done_regenerates_a_deleted_image_and_force_redoes_all(
     assert {k: v for k, v in again.items() if k != victim} == {k: v for k, v in first.items() if k != victim}
     assert read_record(exp_dir / victim)["run_id"][:8] == victim.removesuffix(".png")[-8:]
 
-    time.sleep(0.01)
+    # Back-date every image (no sleep: file times can be coarser than a run), so a rewrite shows in its mtime.
+    old = 1_000_000_000 * 10**9  # 2001-09-09
+    for name in again:
+        os.utime(exp_dir / name, ns=(old, old))
     rc, _, err = run(capsys, *argv, "--force")
     assert rc == 0 and summary_of(err) == (4, 0, 0)
     forced = mtimes(exp_dir)
     assert set(forced) == set(first)
-    assert all(forced[name] > again[name] for name in forced)
+    assert all(forced[name] > old for name in forced)
     with ResultsStore(out) as store:
         assert set(store.status("mini").values()) == {"done"}
 
 
 # ------------------------------------------------------------------------------ 5. a real SIGKILL, resumed
+
+
+# The CLI in a child that stops at its second mark_done, after saying so in the file argv[1]: that image is
+# on disk but not recorded as done (a background write may be making the third), and nothing ends it but a kill.
+HOLD_AT_SECOND_DONE = """
+import pathlib, sys, time
+from llm_dit.experiments.store import ResultsStore
+from llm_dit.cli import main
+real, calls = ResultsStore.mark_done, []
+def mark_done(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        pathlib.Path(sys.argv[1]).touch()
+        time.sleep(600)
+    return real(self, *args, **kwargs)
+ResultsStore.mark_done = mark_done
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 def test_resume_after_sigkill_yields_exactly_the_planned_images(
@@ -403,21 +425,22 @@ def test_resume_after_sigkill_yields_exactly_the_planned_images(
     out = tmp_path / "results"
     exp_dir = out / "killme"
     argv = [*ablate_argv(tiny_checkpoint, out, "--experiment-file", exp), "--batch-size", "1"]
-    log = tmp_path / "child.log"
+    log, holding = tmp_path / "child.log", tmp_path / "holding"
     with log.open("w") as handle:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_dit.cli", *argv],
+            [sys.executable, "-c", HOLD_AT_SECOND_DONE, str(holding), *argv],
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=subprocess_env(OMP_NUM_THREADS="1"),
             cwd=tmp_path,
         )
     try:
+        # Killed where the child says it stands (not after a delay): the second image is on disk, not yet done.
         deadline = time.monotonic() + 120
-        while not (exp_dir.is_dir() and pngs(exp_dir)):
+        while not holding.exists():
             assert proc.poll() is None, f"the run ended before the kill: {log.read_text()}"
-            assert time.monotonic() < deadline, "no image after 120 s"
-            time.sleep(0.002)
+            assert time.monotonic() < deadline, "the child did not reach its second image in 120 s"
+            time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -428,9 +451,10 @@ def test_resume_after_sigkill_yields_exactly_the_planned_images(
     by_name = {r.image_name: r for r in planned}
     at_kill = pngs(exp_dir)
     assert set(at_kill) <= set(by_name)
-    assert 1 <= len(at_kill) < 24, f"killed too late to test anything: {len(at_kill)} images"
+    assert 2 <= len(at_kill) < 24, at_kill  # the first two, and what the writer thread had queued
     with ResultsStore(out) as store:
         done_at_kill = store.done_run_ids("killme")
+    assert len(done_at_kill) == 1  # the second image is on disk but not done: the resume redoes it
     # What a kill in the middle of a write leaves (save_png's temp-file pattern), whether or not this kill did.
     missing = sorted(set(by_name) - set(at_kill))
     (exp_dir / f".{missing[0].removesuffix('.png')}.k1ll3d.png.tmp").write_bytes(b"\x89PNG\r\n\x1a\n")
@@ -458,6 +482,7 @@ def test_resume_after_sigkill_yields_exactly_the_planned_images(
 # ---------------------------------------------------------------------------------------- 6. batching
 
 
+@pytest.mark.numerics
 def test_batched_run_matches_one_by_one(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -495,6 +520,35 @@ def test_batched_run_matches_one_by_one(
     # With CFG the negative prompt is encoded too (once per encoder group), as the pipeline will do.
     cfg = prepare(tiny_checkpoint, experiment_file=exp, batch_size=4, overrides={**SMALL, "guidance_scale": 2.0})
     assert plan_cost(cfg.runs, 4, cfg.pipeline)["distinct_prompt_encodings"] == 2
+
+
+def test_stored_generation_time_is_the_batch_time_over_its_size(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fake clock that advances 1 s per DiT forward and at no other time: 5 runs in batches of 3 and 2, 2 steps
+    each, take 2 s per batch, so the store holds 2/3 s per image for the first batch and 2/2 for the second."""
+    from types import SimpleNamespace
+
+    from llm_dit.generation import pipeline as pipeline_module
+
+    clock = [0.0]
+
+    def tick(module: Any, args: Any, output: Any) -> None:
+        clock[0] += 1.0
+
+    monkeypatch.setattr(pipeline_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    exp = write_experiment(tmp_path, "clocked", [1.0, 2.0, 3.0, 4.0, 5.0], [1])
+    prepared = prepare(tiny_checkpoint, experiment_file=exp, batch_size=3)
+    handle = prepared.pipeline.transformer.register_forward_hook(tick)
+    try:
+        runner = ExperimentRunner(prepared.pipeline, ResultsStore(tmp_path / "out"), batch_size=3)
+        summary = runner.run(prepared.experiment, prepared.runs, prepared.settings)
+    finally:
+        handle.remove()
+    assert (summary.done, summary.failed) == (5, 0)
+    assert clock[0] == 2 + 2  # two batches, 2 forwards each
+    stored = load_results(tmp_path / "out", "clocked")["generation_time_s"].tolist()
+    assert sorted(stored) == sorted([round(2 / 3, 4)] * 3 + [1.0] * 2)
 
 
 # ---------------------------------------------------------------------------------------- 7. failures
@@ -611,6 +665,7 @@ def test_lock_error_is_one_line(
 # --------------------------------------------------------------------------------------- 9. offload
 
 
+@pytest.mark.numerics
 def test_offload_encoder_frees_the_encoder_and_changes_no_pixel(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -650,6 +705,7 @@ def test_offload_encoder_frees_the_encoder_and_changes_no_pixel(
 # ----------------------------------------------------------------------------------------- 10. sweep
 
 
+@pytest.mark.terminal
 def test_sweep_quick_dry_run_prints_the_plan_and_writes_nothing(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
 ) -> None:
@@ -667,6 +723,7 @@ def test_sweep_quick_dry_run_prints_the_plan_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.terminal
 def test_sweep_all_covers_the_presets_in_priority_order(
     tiny_checkpoint: Path,
     tmp_path: Path,

@@ -1,11 +1,16 @@
-"""Sigma schedules: REFERENCE.md golden tables and bit-equality with diffusers' scheduler."""
+"""Sigma schedules: REFERENCE.md golden tables, the formula in float64 and bit-equality with diffusers' scheduler."""
 
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from bounds import EPS32
 from llm_dit.errors import LlmDitError
 from llm_dit.generation.schedule import dit_timestep, explicit_sigmas, resolve_sigmas, shifted_sigmas
+
+# shift * s / (1 + (shift - 1) * s) in float32, relative to its float64 value: s (a linspace value) rounded once
+# (eps), 4 float32 operations (eps / 2 each); for shift >= 1 the formula's condition in s is <= 1.
+SIGMA_REL_ERROR = 3 * EPS32
 
 TURBO_8 = [1, 0.954545, 0.9, 0.833333, 0.75, 0.642857, 0.5, 0.3, 0]
 TURBO_9 = [1, 0.96, 0.913044, 0.857143, 0.789474, 0.705882, 0.6, 0.461538, 0.272727, 0]
@@ -15,7 +20,17 @@ TURBO_9 = [1, 0.96, 0.913044, 0.857143, 0.789474, 0.705882, 0.6, 0.461538, 0.272
 def test_golden_tables(steps, golden):
     sigmas = shifted_sigmas(steps, 3.0)
     assert len(sigmas) == steps + 1
-    assert sigmas.tolist() == pytest.approx(golden, abs=1e-6)
+    # the tables have 6 decimals (+-5e-7); sigmas <= 1 carry SIGMA_REL_ERROR
+    assert sigmas.tolist() == pytest.approx(golden, abs=5e-7 + SIGMA_REL_ERROR)
+
+
+@pytest.mark.parametrize(("steps", "shift"), [(1, 3.0), (2, 1.0), (8, 3.0), (9, 3.0), (13, 1.7), (30, 6.0), (50, 12.0)])
+def test_shifted_sigmas_follow_the_formula_in_float64(steps, shift):
+    s = torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64)
+    exact = shift * s / (1 + (shift - 1) * s)
+    got = shifted_sigmas(steps, shift)
+    assert got.dtype == torch.float32 and got[-1] == 0.0
+    assert ((got[:-1].double() - exact).abs() / exact).max() <= SIGMA_REL_ERROR
 
 
 @pytest.mark.parametrize(("steps", "shift"), [(1, 3.0), (4, 1.0), (8, 3.0), (9, 3.0), (13, 1.7), (30, 6.0)])
@@ -29,13 +44,18 @@ def test_bit_identical_to_diffusers(steps, shift):
 
 
 def test_shift_one_is_linear():
-    assert shifted_sigmas(4, 1.0).tolist() == pytest.approx([1, 0.75, 0.5, 0.25, 0])
+    assert shifted_sigmas(4, 1.0).tolist() == [1, 0.75, 0.5, 0.25, 0]  # every operation exact in binary
+
+
+def float32(*values: float) -> list[float]:
+    return torch.tensor(values, dtype=torch.float32).tolist()
 
 
 def test_explicit_sigmas_are_used_verbatim():
-    assert explicit_sigmas([1.0, 0.5, 0.2]).tolist() == pytest.approx([1.0, 0.5, 0.2, 0.0])
-    assert explicit_sigmas([1.0, 0.5, 0.0]).tolist() == pytest.approx([1.0, 0.5, 0.0])
-    assert resolve_sigmas(8, 3.0, [0.9, 0.1]).tolist() == pytest.approx([0.9, 0.1, 0.0])
+    # verbatim: the values rounded to float32 once, nothing computed
+    assert explicit_sigmas([1.0, 0.5, 0.2]).tolist() == float32(1.0, 0.5, 0.2, 0.0)
+    assert explicit_sigmas([1.0, 0.5, 0.0]).tolist() == float32(1.0, 0.5, 0.0)
+    assert resolve_sigmas(8, 3.0, [0.9, 0.1]).tolist() == float32(0.9, 0.1, 0.0)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -387,13 +386,16 @@ import sys
 from llm_dit.experiments.store import ResultsStore
 store = ResultsStore(sys.argv[1])
 exp, prefix, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
-go = sys.argv[5] if len(sys.argv) > 5 else None
+go = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] != "-" else None
+hold_last = len(sys.argv) > 6 and sys.argv[6] == "hold-last"
+import os, time
 if go:  # wait for the starting gun, so that concurrent writers really overlap
-    import os, time
     print("ready", flush=True)
     while not os.path.exists(go):
         time.sleep(0.001)
 for i in range(n):
+    if hold_last and i == n - 1:  # never finish on its own: a kill lands mid-loop, however late it comes
+        time.sleep(600)
     run_id = f"{prefix}{i}"
     (store.experiment_dir(exp) / f"{run_id}.png").write_bytes(b"png")
     store.mark_done(exp, run_id, image_path=f"{run_id}.png", generation_time_s=i / 10, token_count=i,
@@ -414,10 +416,10 @@ def plan_n(store: ResultsStore, prefix: str, n: int) -> list[str]:
 def test_database_survives_a_writer_killed_with_sigkill(store: ResultsStore) -> None:
     ids = plan_n(store, "k", 5000)
     store.close()
-    writer = spawn(MARK_LOOP, str(store.root), EXP, "k", str(len(ids)))
+    writer = spawn(MARK_LOOP, str(store.root), EXP, "k", str(len(ids)), "-", "hold-last")
     assert writer.stdout is not None
+    # Killed once it has 21 runs done and while it writes on (no delay to guess: it cannot reach the end).
     assert writer.stdout.readline().strip() == "going"
-    time.sleep(0.05)
     writer.send_signal(signal.SIGKILL)
     _, err = writer.communicate(timeout=10)
     assert writer.returncode == -signal.SIGKILL, err

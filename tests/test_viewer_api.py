@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
 import signal
 import socket
@@ -355,8 +356,11 @@ def test_thumbnails_are_the_image_shrunk_to_a_fixed_size(tmp_path: Path) -> None
     assert client.get("/thumbs/pix/large.png?size=128").content == response.content  # cached, same bytes
     # An image no larger than the size is sent as it is (no re-encoding).
     assert client.get("/thumbs/pix/r_a.png?size=64").content == (root / "pix" / "r_a.png").read_bytes()
-    # A regenerated image gets a new thumbnail (the cache is keyed by mtime and size).
+    # A regenerated image gets a new thumbnail (the cache is keyed by mtime and size). Its mtime is set a second
+    # on explicitly: a rewrite within the file system's timestamp granularity, at the same size, would not show.
+    before = (root / "pix" / "large.png").stat().st_mtime_ns
     write_atomic(root / "pix" / "large.png", png(np.full((300, 200, 3), 200, np.uint8)))
+    os.utime(root / "pix" / "large.png", ns=(before + 10**9, before + 10**9))
     with Image.open(io.BytesIO(client.get("/thumbs/pix/large.png?size=128").content)) as thumb:
         assert np.abs(np.asarray(thumb.convert("RGB")).astype(int) - 200).max() < 12
 
