@@ -12,8 +12,6 @@ from llm_dit.config.loader import DEFAULT_PROFILE, ResolvedSettings, list_profil
 from llm_dit.config.schema import (
     CLI_FLAGS,
     SETTING_KEYS,
-    THINK_BLOCK_EMPTY,
-    THINK_BLOCK_NONE,
     EncoderSettings,
     GenerationSettings,
     MetricsSettings,
@@ -33,8 +31,6 @@ __all__ = [
     "CLI_FLAGS",
     "DEFAULT_PROFILE",
     "SETTING_KEYS",
-    "THINK_BLOCK_EMPTY",
-    "THINK_BLOCK_NONE",
     "EncoderSettings",
     "GenerationSettings",
     "MetricsSettings",

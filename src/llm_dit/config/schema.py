@@ -50,9 +50,6 @@ QWEN3_NUM_LAYERS = 36
 NUM_HIDDEN_STATES = QWEN3_NUM_LAYERS + 1
 MIN_LAYER, MAX_LAYER = -NUM_HIDDEN_STATES, QWEN3_NUM_LAYERS
 
-THINK_BLOCK_NONE = THINK_NONE
-THINK_BLOCK_EMPTY = THINK_EMPTY
-
 
 _DTYPES = {
     "auto": "auto",
@@ -359,7 +356,7 @@ class EncoderSettings(BaseModel):
     )
     system_prompt: str | None = Field(None, description="System message; none (official) if empty.")
     think_block: str = Field(
-        THINK_BLOCK_NONE,
+        THINK_NONE,
         description="'none' = no think block (official), 'empty' = <think>\\n\\n</think>, else its text.",
     )
     max_text_tokens: int = Field(
@@ -404,7 +401,7 @@ class EncoderSettings(BaseModel):
     def _v_think_block(cls, v: Any) -> str:
         text = _as_str("think_block", v)
         key = text.strip().lower()
-        if key in (THINK_BLOCK_NONE, THINK_BLOCK_EMPTY):
+        if key in (THINK_NONE, THINK_EMPTY):
             return key
         if not key:
             # "" could mean either; an earlier tool got exactly this wrong, so make the user say which.
@@ -433,9 +430,9 @@ class EncoderSettings(BaseModel):
     @property
     def think_content(self) -> str | None:
         """Text inside the think block: None = no block (official), "" = empty block, else the text."""
-        if self.think_block == THINK_BLOCK_NONE:
+        if self.think_block == THINK_NONE:
             return None
-        if self.think_block == THINK_BLOCK_EMPTY:
+        if self.think_block == THINK_EMPTY:
             return ""
         return self.think_block
 
