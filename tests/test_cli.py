@@ -18,11 +18,12 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pytest
 import torch
+import typer
 from PIL import Image
 from safetensors import safe_open
 
@@ -778,3 +779,27 @@ def test_generate_help_keeps_bracketed_text(capsys: pytest.CaptureFixture[str]) 
     rc, out, _ = run(capsys, "generate", "--help")
     assert rc == 0
     assert "[default]" in out
+
+
+def test_settings_overrides_follow_the_declared_flags_not_parameter_names() -> None:
+    """An option is a setting because it declares a config flag: a parameter named after a flag that it does not
+    declare is not one, and one named otherwise but declaring the flag is."""
+    from typer.testing import CliRunner
+
+    from llm_dit.cli.options import settings_overrides
+
+    seen: dict[str, Any] = {}
+    app = typer.Typer()
+
+    @app.command()
+    def probe(
+        ctx: typer.Context,
+        steps: Annotated[int | None, typer.Option("--iterations")] = None,  # named like a setting, is not one
+        how_many: Annotated[int | None, typer.Option("--steps")] = None,  # declares the setting's flag
+        model: Annotated[str | None, typer.Option("--model")] = None,
+    ) -> None:
+        seen.update(settings_overrides(ctx))
+
+    result = CliRunner().invoke(app, ["--iterations", "3", "--steps", "4", "--model", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"generation.steps": 4, "model_path": "tiny"}

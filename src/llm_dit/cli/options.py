@@ -116,17 +116,26 @@ def chosen_model_path(model_path: str | None, model: str | None) -> str | None:
 def settings_overrides(ctx: typer.Context) -> dict[str, Any]:
     """A command's parsed options as dotted settings overrides, in the order the command declares them.
 
-    Every option named after a config flag (config.CLI_FLAGS: --dit-dtype -> dit_dtype) and given (not None) is an
-    override; ``--model tiny`` stands for ``--model-path tiny``. Only for commands whose every such option means the
-    setting (ablate's --output-dir is the results directory, not generation.output_dir).
+    Every option that declares a config flag (config.CLI_FLAGS, matched on the flags themselves, so a parameter's
+    Python name does not matter) and was given (not None) is an override; ``--model tiny`` stands for
+    ``--model-path tiny``. Only for commands whose every such option means the setting (ablate's --output-dir is
+    the results directory, not generation.output_dir).
     """
     from llm_dit.config import CLI_FLAGS
 
-    keys = {flag.removeprefix("--").replace("-", "_"): key for key, flag in CLI_FLAGS.items()}
-    values = {param.name: ctx.params.get(param.name) for param in ctx.command.params if param.name}
-    if "model" in values:
-        values["model_path"] = chosen_model_path(values.get("model_path"), values.pop("model"))
-    out = {keys[name]: value for name, value in values.items() if name in keys and value is not None}
+    key_of_flag = {flag: key for key, flag in CLI_FLAGS.items()}
+    values: dict[str, Any] = {}
+    model: str | None = None
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name) if param.name else None
+        if "--model" in param.opts:
+            model = value
+        key = next((key_of_flag[flag] for flag in param.opts if flag in key_of_flag), None)
+        if key is not None:
+            values[key] = value
+    if model is not None or "model_path" in values:
+        values["model_path"] = chosen_model_path(values.get("model_path"), model)
+    out = {key: value for key, value in values.items() if value is not None}
     if "generation.sigmas" in out:
         # "" clears a profile's sigmas (back to steps + shift), as in TOML.
         out["generation.sigmas"] = parse_csv(out["generation.sigmas"], "--sigmas", float) or ""
