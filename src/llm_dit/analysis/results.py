@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_dit.config import split_assignment
 from llm_dit.errors import LlmDitError, did_you_mean
 from llm_dit.experiments.store import STATUSES, ResultsStore
 
@@ -214,10 +215,8 @@ def parse_filters(items: Sequence[str] | None) -> dict[str, list[str]]:
     """``--where DIM=VALUES`` items -> {dimension: labels}; VALUES as in ``parse_values``."""
     out: dict[str, list[str]] = {}
     for item in items or []:
-        dim, sep, values = item.partition("=")
-        if not sep or not dim.strip():
-            raise LlmDitError(f"--where {item!r}: expected DIMENSION=VALUES, e.g. --where steps=8 or --where seed=42")
-        out.setdefault(dim.strip(), []).extend(parse_values([values]))
+        dim, values = split_assignment(item, "--where", "DIMENSION=VALUES, e.g. --where steps=8 or --where seed=42")
+        out.setdefault(dim, []).extend(parse_values([values]))
     return out
 
 
