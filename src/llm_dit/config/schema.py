@@ -1,7 +1,7 @@
 """The one schema of every user-settable parameter: value parsing, the settings models and their layered resolution.
 
 Owns the pydantic models (:class:`Settings` and its sections), the dotted setting keys and their CLI flags, the
-value parsers the CLI and the encoder share (layer blends, sigma schedules, ``key=value`` scalars), and the
+value parsers (layer blends, sigma schedules, ``KEY=VALUE`` items and their scalars), and the
 resolution of precedence layers into validated settings with each error reported at its origin. Resolution lives
 here, not in the file loader, because :meth:`Settings.with_overrides` needs it. It must not import torch, any
 model library or another llm_dit layer: the CLI validates a whole run here before anything heavy loads.
@@ -33,6 +33,7 @@ from llm_dit.constants import (
     DEFAULT_SHIFT,
     DEFAULT_SIZE,
     DEFAULT_STEPS,
+    DEFAULT_THINK_BLOCK,
     HARD_MAX_TEXT_TOKENS,
     LONG_PROMPT_MODES,
     MAX_SEED,
@@ -356,7 +357,7 @@ class EncoderSettings(BaseModel):
     )
     system_prompt: str | None = Field(None, description="System message; none (official) if empty.")
     think_block: str = Field(
-        THINK_NONE,
+        DEFAULT_THINK_BLOCK,
         description="'none' = no think block (official), 'empty' = <think>\\n\\n</think>, else its text.",
     )
     max_text_tokens: int = Field(
