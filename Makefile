@@ -42,7 +42,7 @@ TEST_ENV = PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 LC_ALL=C.UTF-8 LANG=C.UTF-8
 test: install browser
 	$(PYTHON) -m ruff check src tests benchmarks scripts
 	$(TEST_ENV) $(PYTHON) -m pytest
-	$(TEST_ENV) OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE COLUMNS=40 $(PYTHON) -m pytest -m "numerics or terminal"
+	$(TEST_ENV) OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE COLUMNS=40 LLM_DIT_TEST_COLUMNS=40 $(PYTHON) -m pytest -m "numerics or terminal"
 
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks scripts

@@ -68,9 +68,11 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for a child Python that imports llm_dit from this checkout, without forced colours."""
+    """Environment for a child Python that imports llm_dit from this checkout, without forced colours, with the
+    test process's thread count (one intra-op thread unless OMP_NUM_THREADS is set, as conftest pins it here)."""
     paths = [str(SRC), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
+    threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, **threads, "PYTHONPATH": os.pathsep.join(paths), **extra}
     env.pop("FORCE_COLOR", None)
     return env
 

@@ -15,12 +15,20 @@ import torch
 # - COLUMNS/LINES: rich lays tables out to COLUMNS (a 40-column terminal shortens run ids to "4f3a…"), and
 #   llm_dit.cli.terminal creates its Console when llm_dit.cli is imported, so this runs before anything here
 #   imports llm_dit. 80x25 is what rich uses without a terminal (pytest captures output): the width the CLI
-#   tests were written against. A test needing another width still sets COLUMNS with monkeypatch.
+#   tests were written against. A test needing another width for a stdout table sets COLUMNS with
+#   monkeypatch (each table gets a fresh Console); the stderr console keeps the width it was built with.
 # - LC_ALL/LANG: children decode arguments and encode their output (and open text files) in the locale's
 #   encoding: C.UTF-8 everywhere. (This process's own locale was fixed at its start: `make test` sets both.)
 # Threads: one intra-op thread unless OMP_NUM_THREADS is set (below); make test runs the numerics tests again
 # with OMP_NUM_THREADS=2.
-PINNED_ENV = {"COLUMNS": "80", "LINES": "25", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+# LLM_DIT_TEST_COLUMNS overrides the width: make test's second pass sets it to 40, so a test whose result depends
+# on the width fails there.
+PINNED_ENV = {
+    "COLUMNS": os.environ.get("LLM_DIT_TEST_COLUMNS", "80"),
+    "LINES": "25",
+    "LC_ALL": "C.UTF-8",
+    "LANG": "C.UTF-8",
+}
 os.environ.update(PINNED_ENV)
 
 from cli_helpers import forbid_model_loading  # noqa: E402  (after the pins: importing llm_dit.cli reads COLUMNS)

@@ -803,3 +803,26 @@ def test_settings_overrides_follow_the_declared_flags_not_parameter_names() -> N
     result = CliRunner().invoke(app, ["--iterations", "3", "--steps", "4", "--model", "tiny"])
     assert result.exit_code == 0, result.output
     assert seen == {"generation.steps": 4, "model_path": "tiny"}
+
+
+@pytest.mark.parametrize("width", [40, 200])
+def test_print_rows_keeps_every_cell_whole_at_any_width(width: int) -> None:
+    import io
+
+    from rich.console import Console
+
+    from llm_dit.cli.terminal import print_rows
+
+    buffer = io.StringIO()
+    rows = [["4f3a9b2c1d0e8f7a", "animal_001", "[1.0, 0.5]", "42"], ["0123456789abcdef", "complex_012", "2.5", "7"]]
+    print_rows(Console(file=buffer, width=width), ["run id", "prompt", "sigmas", "seed"], rows)
+    lines = buffer.getvalue().splitlines()
+    for row in rows:  # each row on one line, every cell whole
+        assert any(all(cell in line for cell in row) for line in lines), (row, lines)
+    if width == 200:  # a table that fits
+        assert "┃" in lines[1] and all(len(line) <= width for line in lines)
+    else:  # too narrow for the table: a record per line, left to the terminal to wrap
+        assert lines == [
+            "run id=4f3a9b2c1d0e8f7a  prompt=animal_001  sigmas=[1.0, 0.5]  seed=42",
+            "run id=0123456789abcdef  prompt=complex_012  sigmas=2.5  seed=7",
+        ]

@@ -33,7 +33,7 @@ from llm_dit.cli.options import (
     parse_metric_names,
     parse_sets,
 )
-from llm_dit.cli.terminal import console, note, progress_bar
+from llm_dit.cli.terminal import console, note, print_rows, progress_bar
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.store import DEFAULT_ROOT
 from llm_dit.experiments.sweeps import SWEEPS
@@ -292,8 +292,6 @@ def _run_prepared(
 
 def _print_plan(prepared: Any, output_dir: Path, batch_size: int) -> None:
     """The dry run (stdout): axes, run count, cost, what is already done, the first runs and the image names."""
-    from rich.table import Table
-
     from llm_dit.experiments.runner import plan_cost
     from llm_dit.experiments.store import peek_done
 
@@ -322,10 +320,9 @@ def _print_plan(prepared: Any, output_dir: Path, batch_size: int) -> None:
     if times and pending:
         per = sum(times) / len(times)
         out.print(f"estimated time: {pending * per:.0f} s ({per:.2f} s per image so far)", highlight=False)
-    table = Table("run id", "prompt", *exp.variables(), "seed")
-    for run in runs[:12]:
-        table.add_row(run.run_id, run.prompt.id, *[run.variables[v] for v in exp.variables()], str(run.seed))
-    out.print(table)
+    variables = exp.variables()
+    rows = [[run.run_id, run.prompt.id, *[run.variables[v] for v in variables], str(run.seed)] for run in runs[:12]]
+    print_rows(out, ["run id", "prompt", *variables, "seed"], rows)
     out.print(
         f"images: <output-dir>/{exp.name}/<prompt>__<variable>=<value>__seed<seed>__<run id[:8]>.png, "
         f"e.g. {runs[0].image_name}",

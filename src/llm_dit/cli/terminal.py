@@ -1,14 +1,16 @@
 """What the CLI prints on stderr: the shared console, the one-line 'wrote' / 'note' / 'error' messages, and a
-progress bar that appears with its first report. Tables and results go to stdout (a fresh ``Console()`` each)."""
+progress bar that appears with its first report. Tables and results go to stdout (a fresh ``Console()`` each),
+through :func:`print_rows` where a row holds ids or names a user must copy."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 if TYPE_CHECKING:
     from rich.progress import ProgressColumn
@@ -57,3 +59,18 @@ def progress_bar(description: str, *columns: ProgressColumn, **fields: Any) -> I
         yield report
     finally:
         bar.stop()
+
+
+def print_rows(out: Console, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Rows as a table when it fits ``out``'s width, else one ``header=value`` line per row: a table squeezed into a
+    narrow terminal cuts cells ("4f3a…"), and ids or names must stay whole to be copied."""
+    widths = [max([len(header)] + [len(row[i]) for row in rows]) for i, header in enumerate(headers)]
+    if sum(widths) + 3 * len(headers) + 1 > out.width:  # the cells plus rich's borders and padding
+        for row in rows:
+            line = "  ".join(f"{header}={cell}" for header, cell in zip(headers, row, strict=True))
+            out.print(line, highlight=False, soft_wrap=True, markup=False)
+        return
+    table = Table(*headers)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    out.print(table)
