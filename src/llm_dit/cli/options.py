@@ -1,9 +1,10 @@
-"""Every option that more than one command takes, declared once (flags and help text; a command's default stays
+"""The options several commands take with the same flags and help text, declared once (a command's default stays
 in its signature), and the parsers of option values several commands share: comma-separated lists, ``--set
 KEY=VALUE``, ``--metric``, ``--model tiny`` and the settings overrides built from a command's options.
 
-Options that only one command takes stay with that command. Nothing here imports a model library: ``--help`` and
-argument errors must stay fast.
+Options that only one command takes, or that differ in flags or help between commands (``--prompt-ids``,
+``--overwrite`` of plot and compare), stay with their commands. Nothing here imports a model library, so
+``--help`` stays fast.
 """
 
 from __future__ import annotations
