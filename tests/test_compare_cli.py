@@ -324,3 +324,11 @@ def test_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
                  "--where", "--metric", "--no-metrics", "--diff-mode", "--threshold", "--gain", "--max-rows",
                  "--max-cols", "--cell-size", "--output", "--overwrite", "--output-dir", "--experiment"):  # fmt: skip
         assert flag in out, flag
+
+
+def test_the_cli_lists_the_same_modes_as_the_comparison_code() -> None:
+    """cli.compare repeats the mode names to keep --help light: they must stay those analysis.compare accepts."""
+    from llm_dit.analysis import compare
+    from llm_dit.cli import compare as cli_compare
+
+    assert cli_compare.MODES == compare.MODES
