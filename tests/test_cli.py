@@ -826,3 +826,22 @@ def test_print_rows_keeps_every_cell_whole_at_any_width(width: int) -> None:
             "run id=4f3a9b2c1d0e8f7a  prompt=animal_001  sigmas=[1.0, 0.5]  seed=42",
             "run id=0123456789abcdef  prompt=complex_012  sigmas=2.5  seed=7",
         ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["generate"], ["encode", "x", "-o", "x.txt"], ["profile", "--repeats", "0", "-o", "p.json"], ["--help"]],
+)
+def test_these_rejections_import_no_model_library(argv: list[str], tmp_path: Path) -> None:
+    """Refused before anything heavy is imported: the output check is pure pathlib (llm_dit.files)."""
+    code = (
+        "import sys\nfrom llm_dit.cli import main\nrc = main(sys.argv[1:])\n"
+        "heavy = [m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules]\n"
+        "print(rc, heavy)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path, env=subprocess_env()
+    )
+    rc, heavy = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert heavy == "[]", done.stdout + done.stderr
+    assert rc == ("0" if argv == ["--help"] else "2"), done.stdout + done.stderr

@@ -1,4 +1,5 @@
-"""Crash-safe file writes shared by every layer that writes results (images, exports, JSON reports)."""
+"""Crash-safe file writes shared by every layer that writes results (images, exports, JSON reports), and the check
+that a user's output path can be written, made before any compute (pure pathlib: no heavy import)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from llm_dit.errors import LlmDitError
 
 
 def _umask() -> int:
@@ -91,3 +94,18 @@ def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[
 def write_json(path: str | Path, data: Any, default: Callable[[Any], Any] | None = None) -> None:
     """Indented UTF-8 JSON (non-ASCII kept as is) with a final newline, written atomically."""
     write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False, default=default) + "\n").encode())
+
+
+def ensure_writable(path: str | Path, overwrite: bool = False) -> Path:
+    """Check, before any compute, that an output file can be written; never clobber silently."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise LlmDitError(f"output {path} already exists; choose another path or pass --overwrite")
+    if path.exists() and path.is_dir():
+        raise LlmDitError(f"output {path} is a directory; give a file path such as {path / 'image.png'}")
+    probe = path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise LlmDitError(f"cannot write {path}: {probe} is not a writable directory")
+    return path

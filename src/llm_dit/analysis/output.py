@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llm_dit.errors import LlmDitError
+from llm_dit.files import ensure_writable
 
 
 def check_output_path(path: Path, results_root: str | Path, overwrite: bool = False) -> None:
@@ -19,10 +20,4 @@ def check_output_path(path: Path, results_root: str | Path, overwrite: bool = Fa
         )
     if path.is_dir():
         raise LlmDitError(f"output {path} is a directory; give a file path inside it, e.g. {path / path.name}.png")
-    if path.exists() and not overwrite:
-        raise LlmDitError(f"output {path} already exists; choose another path or pass --overwrite")
-    probe = path.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise LlmDitError(f"cannot write {path}: {probe} is not a directory")
+    ensure_writable(path, overwrite)

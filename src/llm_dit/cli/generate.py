@@ -74,7 +74,7 @@ def generate(
 ) -> None:
     """Generate one image from a prompt or from --embeddings; the PNG carries its full record ('llm_dit')."""
     from llm_dit.config import load_settings
-    from llm_dit.generation.image import ensure_writable
+    from llm_dit.files import ensure_writable
 
     if (prompt is None) == (embeddings is None):
         raise LlmDitError("give a PROMPT or --embeddings FILE.safetensors (exactly one)")
@@ -176,7 +176,7 @@ def encode(
 ) -> None:
     """Encode a prompt to caption features: tensor 'embeddings' [L, D] plus string metadata."""
     from llm_dit.config import load_settings
-    from llm_dit.generation.image import ensure_writable
+    from llm_dit.files import ensure_writable
 
     if output.suffix != ".safetensors":
         raise LlmDitError(f"--output {output}: use a .safetensors file name")
@@ -219,15 +219,15 @@ def profile_cmd(
 ) -> None:
     """Time encoding (short, medium, long prompt) and full generation; peak memory; JSON out."""
     from llm_dit.config import load_settings
-    from llm_dit.files import write_json
-    from llm_dit.generation.image import ensure_writable
-    from llm_dit.generation.pipeline import LlmDitPipeline
-    from llm_dit.generation.profiling import run_profile
+    from llm_dit.files import ensure_writable, write_json
 
     settings = load_settings(config, profile, settings_overrides(ctx)).settings
     ensure_writable(output, overwrite)
     if repeats < 1:
         raise LlmDitError(f"--repeats must be >= 1, got {repeats}")
+    from llm_dit.generation.pipeline import LlmDitPipeline
+    from llm_dit.generation.profiling import run_profile
+
     pipe = LlmDitPipeline.from_settings(settings)
     # The whole resolved recipe (size, steps or sigmas, shift, guidance, refiner), not only the three flags.
     generation = settings.generation.model_dump(exclude={"output_dir", "seed"})

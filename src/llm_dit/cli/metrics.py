@@ -191,7 +191,7 @@ def embed_stats(
     from llm_dit.conditioning.embedding_stats import compare_embeddings, parse_condition
     from llm_dit.config import load_settings
     from llm_dit.experiments.prompts import load_library, select_prompts
-    from llm_dit.generation.image import ensure_writable
+    from llm_dit.files import ensure_writable
 
     if not condition:
         raise LlmDitError(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +38,6 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     """``[3, H, W]`` in [0, 1] -> RGB PIL image, rounding as diffusers' ``numpy_to_pil`` does."""
     array = image.detach().permute(1, 2, 0).cpu().float().numpy()
     return Image.fromarray((array * 255).round().astype(np.uint8))
-
-
-def ensure_writable(path: str | Path, overwrite: bool = False) -> Path:
-    """Check, before any compute, that an output file can be written; never clobber silently."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise LlmDitError(f"output {path} already exists; choose another path or pass --overwrite")
-    if path.exists() and path.is_dir():
-        raise LlmDitError(f"output {path} is a directory; give a file path such as {path / 'image.png'}")
-    probe = path.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise LlmDitError(f"cannot write {path}: {probe} is not a writable directory")
-    return path
 
 
 def save_png(image: Image.Image, path: str | Path, record: dict[str, Any], parameters: str) -> Path:

@@ -24,8 +24,9 @@ from llm_dit.conditioning.text_encoder import EncodedPrompt, ZImageTextEncoder, 
 from llm_dit.config import EncoderSettings, GenerationSettings, PipelineSettings, Settings, build_section
 from llm_dit.constants import ENCODER_LOAD_FIELDS, HARD_MAX_TEXT_TOKENS, SIZE_MULTIPLE
 from llm_dit.errors import LlmDitError
+from llm_dit.files import ensure_writable
 from llm_dit.generation.batching import batches
-from llm_dit.generation.image import decode_latents, ensure_writable, save_png, to_pil
+from llm_dit.generation.image import decode_latents, save_png, to_pil
 from llm_dit.generation.record import package_versions, parameters_line, tensor_fingerprint, utc_now
 from llm_dit.generation.sampler import denoise, initial_noise
 from llm_dit.generation.schedule import resolve_sigmas
