@@ -35,7 +35,7 @@ from llm_dit.cli.options import (
 )
 from llm_dit.cli.terminal import console, note, print_rows, progress_bar
 from llm_dit.errors import LlmDitError
-from llm_dit.experiments.store import DEFAULT_ROOT
+from llm_dit.experiments.store import DB_NAME, DEFAULT_ROOT
 from llm_dit.experiments.sweeps import SWEEPS
 
 
@@ -277,7 +277,7 @@ def _run_prepared(
         console.print(f"  [red]failed[/red] {run_id}: {escape(error)}", highlight=False, soft_wrap=True)
     exp_dir = store.experiment_dir(exp.name)
     console.print(
-        f"results: {exp_dir}/ (images, results.csv, metadata.json; database {output_dir / 'results.db'})",
+        f"results: {exp_dir}/ (images, results.csv, metadata.json; database {output_dir / DB_NAME})",
         highlight=False,
         soft_wrap=True,
     )

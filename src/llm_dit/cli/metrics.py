@@ -53,7 +53,7 @@ def metrics_cmd(
     """Compute metrics over existing results: only missing values (resumable); per-run values go to the store
     and results.csv, per-value statistics to summary.csv and the terminal."""
     from llm_dit.config import load_settings
-    from llm_dit.experiments.store import DB_NAME, ResultsStore
+    from llm_dit.experiments.store import ResultsStore, require_database
     from llm_dit.metrics.reference import ReferenceChoice, parse_reference, parse_reference_images
     from llm_dit.metrics.registry import METRICS, UNAVAILABLE, configured, select_metrics
 
@@ -74,8 +74,7 @@ def metrics_cmd(
         raise LlmDitError("name an experiment: llm-dit metrics EXPERIMENT (see --list for the metrics)")
     names = parse_metric_names(metric)
     specs, notes = select_metrics(names, settings)
-    if not (output_dir / DB_NAME).is_file():
-        raise LlmDitError(f"no results database in {output_dir}; pass the --output-dir the experiment ran with")
+    require_database(output_dir)
     with ResultsStore(output_dir) as store:
         prompt_ids = list(dict.fromkeys(run["prompt_id"] for run in store.runs(experiment)))
     choice = ReferenceChoice(parse_reference(reference), parse_reference_images(reference_image, prompt_ids))

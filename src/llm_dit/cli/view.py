@@ -24,15 +24,9 @@ def view_cmd(
     port: Annotated[int, typer.Option("--port", help="TCP port (0 = any free port).")] = DEFAULT_PORT,
 ) -> None:
     """Browse results in a web browser: grids, slider, A/B toggle and diff overlays (read-only; Ctrl-C stops)."""
-    from llm_dit.errors import LlmDitError
-    from llm_dit.experiments.store import DB_NAME
+    from llm_dit.experiments.store import require_database
 
-    # Checked here, before fastapi/uvicorn are even imported: bad input fails fast.
-    if not (output_dir / DB_NAME).is_file():
-        raise LlmDitError(
-            f"no results database in {output_dir}; pass the --output-dir the experiments ran with "
-            "(e.g. --output-dir outputs/results)"
-        )
+    require_database(output_dir)  # here, before fastapi/uvicorn are even imported: bad input fails fast
     from llm_dit.viewer.server import is_loopback, serve
 
     if not is_loopback(host):

@@ -914,6 +914,18 @@ def peek_done(root: str | Path, experiment: str) -> tuple[set[str], list[float]]
     return {row[0] for row in done}, [float(row[2]) for row in done if row[2]]
 
 
+def require_database(root: str | Path) -> Path:
+    """The results database of ``root``, or one line naming the fix when there is none (checked before anything
+    loads; the one check of every reader: metrics, the viewer, load_results)."""
+    db = Path(root) / DB_NAME
+    if not db.is_file():
+        raise LlmDitError(
+            f"no results database in {root}; pass the --output-dir the experiments ran with "
+            "(e.g. --output-dir outputs/results)"
+        )
+    return db
+
+
 def load_results(root: str | Path, experiment: str) -> pandas.DataFrame:
     """One row per run (planned order): the results.csv columns, read from the database with proper dtypes.
 
@@ -922,9 +934,7 @@ def load_results(root: str | Path, experiment: str) -> pandas.DataFrame:
     """
     import pandas as pd  # only here: the store itself stays importable without pandas
 
-    root = Path(root)
-    if not (root / DB_NAME).is_file():
-        raise LlmDitError(f"no results database {root / DB_NAME}; run an experiment with --output-dir {root}")
+    require_database(root)
     with ResultsStore(root, read_only=True) as store:  # a reader: never migrates or writes
         columns, sources, rows = store.table(experiment)
     frame = pd.DataFrame(rows, columns=columns)

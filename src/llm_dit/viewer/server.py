@@ -46,7 +46,7 @@ from llm_dit.analysis.results import (
     load_experiment,
 )
 from llm_dit.errors import LlmDitError
-from llm_dit.experiments.store import DB_NAME
+from llm_dit.experiments.store import DB_NAME, require_database
 from llm_dit.metrics.pixel import load_rgb
 from llm_dit.metrics.registry import METRICS
 
@@ -219,8 +219,7 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
     to a loopback address; pass False when it listens on a public interface on purpose).
     """
     root = Path(root)
-    if not (root / DB_NAME).is_file():
-        raise LlmDitError(f"no results database in {root}; pass the --output-dir the experiments ran with")
+    require_database(root)
     resolved_root = root.resolve()
     cache = ResultsCache(root)
     # No OpenAPI/docs pages: they load scripts from a CDN, and the viewer promises to work offline.
