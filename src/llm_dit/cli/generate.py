@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -87,7 +87,12 @@ def generate(
     target = ensure_writable(
         output or _default_output(settings.generation.output_dir, settings.generation.seed), overwrite
     )
-    features, features_meta = _load_embeddings(embeddings) if embeddings is not None else (None, {})
+    if embeddings is not None:
+        from llm_dit.conditioning.features_file import load_features
+
+        features, features_meta = load_features(embeddings, f"--embeddings {embeddings}")
+    else:
+        features, features_meta = None, {}
     encoder_flags = [
         k for k in overrides if k.startswith("encoder.") and k.rpartition(".")[2] not in ENCODER_LOAD_FIELDS
     ]
@@ -136,25 +141,6 @@ def _default_output(output_dir: str, seed: int) -> Path:
     return path
 
 
-def _load_embeddings(path: Path) -> tuple[Any, dict[str, str]]:
-    """Read the ``embeddings`` tensor and string metadata written by ``llm-dit encode`` (a ``[L, D]`` float tensor;
-    its width and length are checked against the checkpoint by the pipeline)."""
-    from safetensors import SafetensorError, safe_open
-
-    from llm_dit.conditioning.embeddings import check_features
-
-    if not path.is_file():
-        raise LlmDitError(f"--embeddings {path}: no such file")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            if "embeddings" not in handle.keys():  # noqa: SIM118 - safe_open has no __contains__
-                raise LlmDitError(f"--embeddings {path}: no tensor named 'embeddings' (found {list(handle.keys())})")
-            features = check_features(handle.get_tensor("embeddings"), f"--embeddings {path}")
-            return features, dict(handle.metadata() or {})
-    except SafetensorError as exc:
-        raise LlmDitError(f"--embeddings {path}: not a readable .safetensors file ({exc})") from exc
-
-
 def encode(
     ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="The prompt to encode.")],
@@ -182,15 +168,14 @@ def encode(
         raise LlmDitError(f"--output {output}: use a .safetensors file name")
     resolved = load_settings(config, profile, settings_overrides(ctx))
     ensure_writable(output, overwrite)
-    from safetensors.torch import save_file
-
+    from llm_dit.conditioning.features_file import save_features
     from llm_dit.conditioning.text_encoder import ZImageTextEncoder
     from llm_dit.models import checkpoint
 
     settings = resolved.settings
     encoder = ZImageTextEncoder.from_pretrained(settings.model_path, **settings.encoder.model_dump())
     encoded = encoder.encode(prompt)[0]
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in encoded.metadata().items() if v is not None}
+    meta = dict(encoded.metadata())
     meta.update(
         prompt=prompt,
         model_path=str(settings.model_path or "tiny"),
@@ -199,8 +184,7 @@ def encode(
         think_block=settings.encoder.think_block,
         padding=settings.encoder.padding,
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"embeddings": encoded.embeddings.detach().cpu().contiguous()}, str(output), metadata=meta)
+    save_features(output, encoded.embeddings, meta)
     wrote(f"{output}  embeddings {list(encoded.embeddings.shape)}, {encoded.token_count} tokens")
 
 

@@ -1,0 +1,44 @@
+"""Caption features on disk: a ``.safetensors`` file holding one ``embeddings`` tensor ``[L, D]`` and string
+metadata, as ``llm-dit encode`` writes it and ``generate --embeddings`` (or any script) reads it back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from llm_dit.conditioning.embeddings import check_features
+from llm_dit.errors import LlmDitError
+from llm_dit.files import write_atomic
+
+TENSOR_NAME = "embeddings"
+
+
+def save_features(path: str | Path, features: Tensor, metadata: Mapping[str, Any]) -> None:
+    """Write ``features`` with ``metadata`` (non-string values as JSON, None left out), atomically."""
+    from safetensors.torch import save
+
+    meta = {key: v if isinstance(v, str) else json.dumps(v) for key, v in metadata.items() if v is not None}
+    tensor = check_features(features, "features").detach().cpu().contiguous()
+    write_atomic(path, save({TENSOR_NAME: tensor}, metadata=meta))
+
+
+def load_features(path: str | Path, label: str | None = None) -> tuple[Tensor, dict[str, str]]:
+    """The ``[L, D]`` tensor and the metadata of a features file; errors name ``label`` (default: the path).
+
+    Width and length are checked against a checkpoint by the pipeline, not here."""
+    from safetensors import SafetensorError, safe_open
+
+    label = label or str(path)
+    if not Path(path).is_file():
+        raise LlmDitError(f"{label}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if TENSOR_NAME not in handle.keys():  # noqa: SIM118 - safe_open has no __contains__
+                raise LlmDitError(f"{label}: no tensor named {TENSOR_NAME!r} (found {list(handle.keys())})")
+            return check_features(handle.get_tensor(TENSOR_NAME), label), dict(handle.metadata() or {})
+    except SafetensorError as exc:
+        raise LlmDitError(f"{label}: not a readable .safetensors file ({exc})") from exc
