@@ -69,7 +69,8 @@ def test_width_and_length_against_the_dit():
     assert message(check_features, good, "x", max_rows=2) == (
         "x has 3 rows, the DiT accepts 1..2; shorten them (e.g. compress_sequence)"
     )
-    assert check_features(torch.zeros(3, 8, dtype=torch.bfloat16), "x") is not None  # any float dtype
+    half = torch.zeros(3, 8, dtype=torch.bfloat16)
+    assert check_features(half, "x") is half  # any float dtype, returned as given
 
 
 @pytest.mark.parametrize(("value", "expected"), BAD)

@@ -27,6 +27,7 @@ import typer
 from PIL import Image
 from safetensors import safe_open
 
+from bounds import EPS32
 from cli_helpers import ANSI, forbid_model_loading, run, subprocess_env
 from llm_dit.cli import main
 from llm_dit.generation.image import read_record
@@ -119,7 +120,7 @@ def test_generate_writes_png_with_full_record(
     assert r["seed"] == 42
     assert r["steps"] == 2
     assert r["shift"] == 3.0
-    assert r["sigmas"] == pytest.approx([1.0, 0.75, 0.0], abs=1e-6)  # 3*0.5 / (1 + 2*0.5)
+    assert r["sigmas"] == [1.0, 0.75, 0.0]  # 3*0.5 / (1 + 2*0.5): exact in float32 and in 8 decimals
     assert (r["width"], r["height"]) == (64, 64)
     assert r["guidance_scale"] == 0.0
     assert r["negative_prompt"] is None  # no CFG: the negative prompt played no part
@@ -150,7 +151,9 @@ def test_golden_sigmas_for_8_steps(tiny_checkpoint: Path, tmp_path: Path, capsys
     assert rc == 0, err
     r = read_record(out)
     assert (r["steps"], r["shift"]) == (8, 3.0)
-    assert r["sigmas"] == pytest.approx(GOLDEN_SIGMAS_8_SHIFT_3, abs=1e-6)
+    # The golden table's 6 decimals (+-5e-7), the formula in float32 (3 eps, as test_schedule.py derives) and
+    # the record's 8 decimals (+-5e-9).
+    assert r["sigmas"] == pytest.approx(GOLDEN_SIGMAS_8_SHIFT_3, abs=5e-7 + 3 * EPS32 + 5e-9)
     assert "Steps: 8, " in png_text(out)["parameters"]
 
 
@@ -220,8 +223,8 @@ def test_flag_changes_record_and_image(
     assert rc == 0, err
     r = read_record(out)
     for key, value in expected.items():
-        if isinstance(value, list):
-            assert r[key] == pytest.approx(value, abs=1e-6), key
+        if isinstance(value, list):  # sigmas: the float32 nearest each value (the formula gives it), to 8 decimals
+            assert r[key] == pytest.approx(torch.tensor(value, dtype=torch.float32).tolist(), abs=5e-9), key
         else:
             assert r[key] == value, key
     # Everything not named by the flag stays at its default.
@@ -248,7 +251,9 @@ def test_explicit_sigmas(
     r = read_record(out)
     assert r["shift"] is None
     assert r["steps"] == 3
-    assert r["sigmas"] == pytest.approx([1.0, 0.6, 0.2, 0.0], abs=1e-7)
+    # used verbatim: the given values as float32, and the final 0; the record keeps 8 decimals (+-5e-9)
+    float32_values = torch.tensor([1.0, 0.6, 0.2, 0.0], dtype=torch.float32).tolist()
+    assert r["sigmas"] == pytest.approx(float32_values, abs=5e-9)
     assert "Steps: 3, " in png_text(out)["parameters"]
     assert "Shift: explicit sigmas" in png_text(out)["parameters"]
     assert mean_abs_diff(pixels(out), default_run["pixels"]) > 0.5

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from bounds import EPS32
 from llm_dit.conditioning.embeddings import (
     apply_fill_mode,
     blend_layers,
@@ -164,7 +165,7 @@ def test_attention_pool_rows_are_convex_combinations_of_their_window() -> None:
     for i, window in enumerate(adaptive_windows(50, 7)):
         rows = x[window.start : window.stop]
         # A K-term weighted sum with softmax weights (their sum off 1 by ~K eps) is off by <= 2 K eps max|x|.
-        slack = 2 * len(rows) * torch.finfo(torch.float32).eps * rows.abs().max()
+        slack = 2 * len(rows) * EPS32 * rows.abs().max()
         assert torch.all(out[i] >= rows.min(dim=0).values - slack)
         assert torch.all(out[i] <= rows.max(dim=0).values + slack)
 

@@ -3,7 +3,7 @@
 Expected values never come from llm-dit itself: formatting is compared with ``tokenizer.apply_chat_template``,
 token ids with ``tokenizer(text)``, hidden states with ``Qwen3Model(..., output_hidden_states=True)`` loaded
 separately from the checkpoint: bit for bit where the forward is the same (one prompt, no padding, same dtype),
-otherwise (batches, padding) against the float64 model within the rounding bound of tests/rounding.py.
+otherwise (batches, padding) against the float64 model within the rounding bound of tests/bounds.py.
 """
 
 from __future__ import annotations

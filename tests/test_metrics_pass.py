@@ -15,7 +15,6 @@ import math
 import sqlite3
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+import metrics_helpers
+from bounds import EPS64
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.planner import REPLACES, default_params
 from llm_dit.experiments.store import DB_NAME, SCHEMA_VERSION, MetricValue, PlanDefaults, PlannedRun, ResultsStore
@@ -31,6 +32,9 @@ from llm_dit.metrics import compute, pixel
 from llm_dit.metrics.compute import MetricsPass
 from llm_dit.metrics.reference import ReferenceChoice
 from llm_dit.metrics.registry import METRICS, MetricSpec
+from metrics_helpers import Run, axis
+
+pytestmark = pytest.mark.numerics  # float results within derived bounds: CI runs these again with 2 threads
 
 EXP = "exp"
 SIZE = 32
@@ -52,10 +56,6 @@ def params(**changes: Any) -> dict[str, Any]:
     out.update(width=SIZE, height=SIZE)
     out.update(changes)
     return out
-
-
-def axis(name: str, values: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    return {"name": name, "zip": None, "values": [{"label": label, "params": p} for label, p in values]}
 
 
 def definition(*axes: dict[str, Any]) -> dict[str, Any]:
@@ -82,39 +82,12 @@ def flat(level: int, size: int = SIZE) -> np.ndarray:
     return np.full((size, size, 3), level, dtype=np.uint8)
 
 
-@dataclass
-class Run:
-    prompt_id: str
-    seed: int
-    variables: dict[str, str]
-    params: dict[str, Any]
-    image: np.ndarray | None = None  # None: noise() of the run's id
-    status: str = "done"
-    seconds: float = 1.0
-
-    @property
-    def run_id(self) -> str:
-        return "_".join([self.prompt_id, *(f"{k}{v}" for k, v in self.variables.items()), f"s{self.seed}"])
-
-
 def populate(store: ResultsStore, defn: dict[str, Any], runs: Sequence[Run], *, start: bool = True) -> None:
-    """Plan ``runs`` (and start the experiment), write the images of done runs and mark them done/failed."""
-    if start:  # with the defaults the plan resolved against, as the runner stores them
-        store.start_experiment(EXP, "test", defn, {}, plan_defaults=PlanDefaults(default_params(), dict(REPLACES)))
-    store.plan_runs(
-        EXP,
-        [PlannedRun(r.run_id, r.prompt_id, f"prompt {r.prompt_id}", r.seed, r.variables, r.params) for r in runs],
-    )
-    directory = store.experiment_dir(EXP)
-    for r in runs:
-        if r.status == "done":
-            image = noise(r.run_id) if r.image is None else r.image
-            Image.fromarray(image).save(directory / f"{r.run_id}.png")
-            store.mark_done(
-                EXP, r.run_id, image_path=f"{r.run_id}.png", generation_time_s=r.seconds, token_count=5, record={}
-            )
-        elif r.status == "failed":
-            store.mark_failed(EXP, r.run_id, "boom")
+    """Plan ``runs`` (and start the experiment, with the defaults the plan resolved against, as the runner stores
+    them), write the images of done runs (noise() of the run's id unless given) and mark them done/failed."""
+    runs = [dataclasses.replace(r, image=noise(r.run_id)) if r.image is None else r for r in runs]
+    defaults = PlanDefaults(default_params(), dict(REPLACES))
+    metrics_helpers.populate(store, EXP, runs, definition=defn if start else None, defaults=defaults)
 
 
 def hidden_layer_axis(labels: Sequence[str] = ("-1", "-2", "-3")) -> dict[str, Any]:
@@ -149,7 +122,6 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), rows
 
 
-EPS64 = float(np.finfo(np.float64).eps)
 
 
 def approx(value: float, terms: int = 6, spread: float = 1.0) -> Any:

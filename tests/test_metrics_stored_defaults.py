@@ -7,23 +7,24 @@ difference: a run compared with itself gives 0, with the other shift's image |a 
 
 from __future__ import annotations
 
-import ast
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import llm_dit.metrics
+import metrics_helpers
+from import_scan import imports, top
 from llm_dit.config import Settings
 from llm_dit.experiments.loader import get_experiment
 from llm_dit.experiments.planner import REPLACES, default_params
 from llm_dit.experiments.runner import ExperimentRunner
-from llm_dit.experiments.store import LEGACY_PLAN_DEFAULTS, PlanDefaults, PlannedRun, ResultsStore
+from llm_dit.experiments.store import LEGACY_PLAN_DEFAULTS, PlanDefaults, ResultsStore
 from llm_dit.metrics.compute import MetricsPass
 from llm_dit.metrics.registry import METRICS
+from metrics_helpers import Run, axis
 
 EXP = "exp"
 SIZE = 16
@@ -33,10 +34,6 @@ FUTURE = PlanDefaults({**LEGACY_PLAN_DEFAULTS.params, "shift": 5.0}, dict(LEGACY
 LEVELS = {"3.0": 10, "5.0": 40}  # shift label -> the constant grey level of its image
 
 
-def axis(name: str, values: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    return {"name": name, "zip": None, "values": [{"label": label, "params": p} for label, p in values]}
-
-
 def populate(
     store: ResultsStore,
     axes: dict[str, Any],
@@ -44,17 +41,13 @@ def populate(
     defaults: PlanDefaults | None,
 ) -> None:
     """Start the experiment (with ``defaults`` stored, or none as before plans stored them) and mark ``runs``
-    (label -> (params, grey level)) done, one prompt and seed."""
+    (label -> (params, grey level)) done, one prompt and seed; run ids are "p_<axis><label>_s1"."""
     definition = {"name": EXP, "description": "", "seeds": [1], "prompts": {}, "base": {}, "axes": [axes]}
-    store.start_experiment(EXP, "", definition, {}, plan_defaults=defaults)
     planned = [
-        PlannedRun(f"r{label}", "p", "a prompt", 1, {axes["name"]: label}, params)
-        for label, (params, _) in runs.items()
+        Run("p", 1, {axes["name"]: label}, params, image=np.full((SIZE, SIZE, 3), level, np.uint8))
+        for label, (params, level) in runs.items()
     ]
-    store.plan_runs(EXP, planned)
-    for label, (_, level) in runs.items():
-        Image.fromarray(np.full((SIZE, SIZE, 3), level, np.uint8)).save(store.experiment_dir(EXP) / f"r{label}.png")
-        store.mark_done(EXP, f"r{label}", image_path=f"r{label}.png", generation_time_s=1.0, token_count=3, record={})
+    metrics_helpers.populate(store, EXP, planned, definition=definition, defaults=defaults)
 
 
 def run_params(defaults: PlanDefaults, **changes: Any) -> dict[str, Any]:
@@ -79,7 +72,7 @@ def test_the_default_reference_is_the_stored_default_not_todays(tmp_path: Path):
     assert store.plan_defaults(EXP) == FUTURE
     report = MetricsPass(store).run(EXP, MAD)
     assert report.reference == "shift=5.0"
-    assert mads(store) == {"r3.0": 30.0, "r5.0": 0.0}
+    assert mads(store) == {"p_shift3.0_s1": 30.0, "p_shift5.0_s1": 0.0}
     assert not any("planned before plans stored their defaults" in note for note in report.notes)
 
 
@@ -88,7 +81,7 @@ def test_a_store_without_stored_defaults_uses_the_legacy_ones_and_says_so(tmp_pa
     assert store.plan_defaults(EXP) is LEGACY_PLAN_DEFAULTS and not LEGACY_PLAN_DEFAULTS.stored
     report = MetricsPass(store).run(EXP, MAD)
     assert report.reference == "shift=3.0"
-    assert mads(store) == {"r3.0": 0.0, "r5.0": 30.0}
+    assert mads(store) == {"p_shift3.0_s1": 0.0, "p_shift5.0_s1": 30.0}
     assert any("planned before plans stored their defaults" in note for note in report.notes)
 
 
@@ -108,7 +101,7 @@ def test_the_stored_replace_rules_decide_which_runs_compare(tmp_path: Path, repl
     populate(store, blend_axis, runs, defaults)
     report = MetricsPass(store).run(EXP, MAD)
     assert report.reference == "blend=none"
-    assert mads(store) == ({"rnone": 0.0, "rmix": 15.0} if compared else {"rnone": 0.0})
+    assert mads(store) == ({"p_blendnone_s1": 0.0, "p_blendmix_s1": 15.0} if compared else {"p_blendnone_s1": 0.0})
     assert report.unavailable["mad"] == (0 if compared else 1)
 
 
@@ -130,11 +123,11 @@ def test_the_runner_stores_the_defaults_it_planned_with(tmp_path: Path):
 
 def test_metrics_read_experiments_only_through_the_store():
     """Whatever the planner's defaults or rules become, metrics see only what the store holds."""
-    imported = set()
-    for path in Path(llm_dit.metrics.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                imported.add(node.module)
-            elif isinstance(node, ast.Import):
-                imported.update(alias.name for alias in node.names)
-    assert {name for name in imported if name.startswith("llm_dit.experiments")} == {"llm_dit.experiments.store"}
+    metrics = Path(llm_dit.metrics.__file__).parent
+    imported = {name for path in metrics.rglob("*.py") for _, name in imports(path)}
+    # Every way in to the experiments layer scans as a name under llm_dit.experiments: "from llm_dit import
+    # experiments" as llm_dit.experiments, "from llm_dit.experiments.store import X" as llm_dit.experiments.store.X.
+    store = "llm_dit.experiments.store"
+    experiments = {name for name in imported if top(name) == "experiments"}
+    assert experiments, "the metrics pass no longer reads the store?"
+    assert {name for name in experiments if name != store and not name.startswith(f"{store}.")} == set()

@@ -3,7 +3,7 @@ batching, saving and the conditioning knobs.
 
 Expectations are computed independently: sigmas by hand from the documented formula, token counts with the
 tokenizer's chat template, batched and one-at-a-time float32 runs against a float64 copy of the pipeline (within
-the rounding bound of tests/rounding.py), per-image times against a fake clock, PNG pixels with PIL/numpy.
+the rounding bound of tests/bounds.py), per-image times against a fake clock, PNG pixels with PIL/numpy.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def pipe64(pipe):
 
 
 def reference(pipe64, prompt, **params):
-    """(float64 image, rounding factor of a float32 run) for one request run alone (tests/rounding.py)."""
+    """(float64 image, rounding factor of a float32 run) for one request run alone (tests/bounds.py)."""
     result, factor = generate_counted(pipe64, GenerationRequest.build(prompt, **params))
     return result.image, factor
 
@@ -473,7 +473,7 @@ CASTLE = "A castle on a hill under a stormy sky"
 
 @pytest.fixture(scope="module")
 def counted_baseline(pipe):
-    """(result, rounding factor) of the castle prompt at seed 5 (tests/rounding.py)."""
+    """(result, rounding factor) of the castle prompt at seed 5 (tests/bounds.py)."""
     return generate_counted(pipe, GenerationRequest.build(CASTLE, seed=5, **SIZE))
 
 

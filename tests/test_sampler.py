@@ -4,7 +4,7 @@ Expectations come from torch and diffusers' ZImageTransformer2DModel themselves:
 noise, forward hooks for the refiner layer calls and for what each DiT forward receives, the DiT's own output for
 one Euler step, and a float64 Euler loop written out here (one sample at a time, direct DiT calls) for
 multi-step, per-sample schedules and guidance. Float32 results are compared with that float64 loop within the
-rounding bound of tests/rounding.py (tolerance policy in tests/README.md).
+rounding bound of tests/bounds.py (tolerance policy in tests/README.md).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def reference_denoise(
     v = -DiT(x) (CFG: pred = pos + g * (pos - neg)), x += (sigma_next - sigma) * v; one DiT call per branch.
 
     Returns the final latents ``[1, C, h, w]`` and the rounding factor of a float32 run of the same loop:
-    the counted reductions (tests/rounding.py) times (1 + g), as CFG scales the positive branch's error by
+    the counted reductions (tests/bounds.py) times (1 + g), as CFG scales the positive branch's error by
     1 + g and the negative's by g (each branch's calls are counted once here).
     """
     x = latents.double()

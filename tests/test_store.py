@@ -391,7 +391,10 @@ hold_last = len(sys.argv) > 6 and sys.argv[6] == "hold-last"
 import os, time
 if go:  # wait for the starting gun, so that concurrent writers really overlap
     print("ready", flush=True)
+    deadline = time.monotonic() + 120  # the test creates it within seconds; never wait forever
     while not os.path.exists(go):
+        if time.monotonic() > deadline:
+            sys.exit("no starting gun within 120 s")
         time.sleep(0.001)
 for i in range(n):
     if hold_last and i == n - 1:  # never finish on its own: a kill lands mid-loop, however late it comes

@@ -112,56 +112,51 @@ def test_inline_tables_and_their_nested_keys() -> None:
     )
 
 
-def test_array_of_tables_and_inline_array_of_tables_give_the_same_paths() -> None:
-    headers = (
-        'name = "x"\n'  # 1
-        "[[axes]]\n"  # 2
-        'name = "shift"\n'  # 3
-        "values = [1.0, 2.0]\n"  # 4
-        "\n"  # 5
-        "[[axes]]\n"  # 6
-        'name = "steps"\n'  # 7
-        "values = [\n"  # 8
-        "  4,\n"  # 9
-        "  8,\n"  # 10
-        "]\n"  # 11
-    )
-    assert_lines(
-        headers,
-        {
-            ("axes",): 2,
-            ("axes", 0): 2,
-            ("axes", 0, "name"): 3,
-            ("axes", 0, "values", 1): 4,
-            ("axes", 1): 6,
-            ("axes", 1, "values"): 8,
-            ("axes", 1, "values", 0): 9,
-            ("axes", 1, "values", 1): 10,
-        },
-    )
-    inline = (
-        'name = "x"\n'  # 1
-        "axes = [\n"  # 2
-        '  { name = "shift", values = [1.0, 2.0] },\n'  # 3
-        '  { name = "steps", values = [\n'  # 4
-        "    4,\n"  # 5
-        "    8,\n"  # 6
-        "  ] },\n"  # 7
-        "]\n"  # 8
-    )
-    assert_lines(
-        inline,
-        {
-            ("axes",): 2,
-            ("axes", 0): 3,
-            ("axes", 0, "name"): 3,
-            ("axes", 0, "values", 1): 3,
-            ("axes", 1): 4,
-            ("axes", 1, "values"): 4,
-            ("axes", 1, "values", 0): 5,
-            ("axes", 1, "values", 1): 6,
-        },
-    )
+AXES_HEADERS = (
+    'name = "x"\n'  # 1
+    "[[axes]]\n"  # 2
+    'name = "shift"\n'  # 3
+    "values = [1.0, 2.0]\n"  # 4
+    "\n"  # 5
+    "[[axes]]\n"  # 6
+    'name = "steps"\n'  # 7
+    "values = [\n"  # 8
+    "  4,\n"  # 9
+    "  8,\n"  # 10
+    "]\n"  # 11
+)
+AXES_INLINE = (
+    'name = "x"\n'  # 1
+    "axes = [\n"  # 2
+    '  { name = "shift", values = [1.0, 2.0] },\n'  # 3
+    '  { name = "steps", values = [\n'  # 4
+    "    4,\n"  # 5
+    "    8,\n"  # 6
+    "  ] },\n"  # 7
+    "]\n"  # 8
+)
+AXES_PATHS: tuple[TomlPath, ...] = (
+    ("axes",),
+    ("axes", 0),
+    ("axes", 0, "name"),
+    ("axes", 0, "values", 1),
+    ("axes", 1),
+    ("axes", 1, "values"),
+    ("axes", 1, "values", 0),
+    ("axes", 1, "values", 1),
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "lines"),
+    [
+        pytest.param(AXES_HEADERS, (2, 2, 3, 4, 6, 8, 9, 10), id="array-of-tables"),
+        pytest.param(AXES_INLINE, (2, 3, 3, 3, 4, 4, 5, 6), id="inline-array-of-tables"),
+    ],
+)
+def test_array_of_tables_and_inline_array_of_tables_give_the_same_paths(text: str, lines: tuple[int, ...]) -> None:
+    assert tomllib.loads(text) == tomllib.loads(AXES_HEADERS)  # the same data, hence the same paths
+    assert_lines(text, dict(zip(AXES_PATHS, lines, strict=True)))
 
 
 def test_headers_inside_an_array_of_tables_belong_to_its_latest_entry() -> None:
@@ -240,8 +235,9 @@ def test_multiline_strings_holding_keys_and_headers() -> None:
         "[default.generation]\n"  # 11
         "width = 17\n"  # 12
     )
-    data = tomllib.loads(text)
-    assert "steps" not in data["default"]["encoder"]
+    # The key and header inside the strings are not paths: a lookup of them falls back to the enclosing
+    # table's line (1), not the line the text shows them on (3).
+    assert TomlLines(text).line_of("default", "encoder", "steps") == 1
     assert_lines(
         text,
         {
