@@ -18,8 +18,9 @@ from llm_dit.errors import LlmDitError
 from llm_dit.experiments.loader import load_experiment_file
 from llm_dit.experiments.model import Experiment, PlannedRun
 from llm_dit.experiments.planner import plan
+from llm_dit.experiments.preparation import plan_cost
 from llm_dit.experiments.prompts import Prompt
-from llm_dit.experiments.runner import ExperimentRunner, plan_cost
+from llm_dit.experiments.runner import ExperimentRunner
 from llm_dit.experiments.store import ResultsStore
 from llm_dit.generation.batching import batches
 from llm_dit.generation.pipeline import GenerationRequest, GenerationResult

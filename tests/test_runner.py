@@ -31,7 +31,8 @@ from PIL import Image
 from bounds import generate_counted, rounding_bound
 from cli_helpers import assert_user_error, flat, read_csv, results_snapshot, run, subprocess_env
 from llm_dit.config import Settings, load_settings
-from llm_dit.experiments.runner import ExperimentRunner, PreparedExperiment, plan_cost, prepare_experiment, request_for
+from llm_dit.experiments.preparation import PreparedExperiment, plan_cost, prepare_experiment, request_for
+from llm_dit.experiments.runner import ExperimentRunner
 from llm_dit.experiments.store import ResultsStore, load_results
 from llm_dit.generation.image import read_record
 from llm_dit.generation.pipeline import LlmDitPipeline
@@ -177,7 +178,7 @@ def test_run_ids_are_stable_across_processes(tiny_checkpoint: Path, tmp_path: Pa
     code = (
         "import json, sys\n"
         "from llm_dit.config import load_settings\n"
-        "from llm_dit.experiments.runner import prepare_experiment\n"
+        "from llm_dit.experiments.preparation import prepare_experiment\n"
         "settings = load_settings(None, None, {'model_path': sys.argv[1]}).settings\n"
         "p = prepare_experiment('shift_sweep', settings=settings, prompt_ids=['animal_001', 'animal_002'],\n"
         "                       seeds=[1, 2], overrides={'width': 64, 'height': 64, 'steps': 2})\n"

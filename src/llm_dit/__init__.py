@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "LlmDitPipeline": "llm_dit.generation.pipeline",
-    "GenerationRequest": "llm_dit.generation.pipeline",
+    "GenerationRequest": "llm_dit.generation.request",
     "GenerationResult": "llm_dit.generation.pipeline",
     "ZImageTextEncoder": "llm_dit.conditioning.text_encoder",
     "EncodedPrompt": "llm_dit.conditioning.text_encoder",

@@ -165,7 +165,7 @@ def _ablate(
     its models once.
     """
     from llm_dit.config import load_settings
-    from llm_dit.experiments.runner import prepare_experiment
+    from llm_dit.experiments.preparation import prepare_experiment
 
     if batch_size < 1:
         raise LlmDitError(f"--batch-size must be >= 1, got {batch_size}")
@@ -292,7 +292,7 @@ def _run_prepared(
 
 def _print_plan(prepared: Any, output_dir: Path, batch_size: int) -> None:
     """The dry run (stdout): axes, run count, cost, what is already done, the first runs and the image names."""
-    from llm_dit.experiments.runner import plan_cost
+    from llm_dit.experiments.preparation import plan_cost
     from llm_dit.experiments.store import peek_done
 
     exp, runs = prepared.experiment, prepared.runs

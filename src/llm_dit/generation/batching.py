@@ -1,7 +1,7 @@
 """Which samples share a batched DiT forward: one rule for the pipeline, the runner and cost estimates.
 
 Samples can share a forward only when their sampling key is equal (size, step count, refiner mode; see
-``pipeline.sampling_group``); a batch holds at most ``max_batch_size`` of them.
+``request.sampling_group``); a batch holds at most ``max_batch_size`` of them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,13 +21,14 @@ from torch import nn
 from llm_dit import __version__
 from llm_dit.conditioning.embeddings import check_features
 from llm_dit.conditioning.text_encoder import EncodedPrompt, ZImageTextEncoder, layer_agnostic_key
-from llm_dit.config import EncoderSettings, GenerationSettings, PipelineSettings, Settings, build_section
-from llm_dit.constants import ENCODER_LOAD_FIELDS, HARD_MAX_TEXT_TOKENS, SIZE_MULTIPLE
+from llm_dit.config import EncoderSettings, PipelineSettings, Settings, build_section
+from llm_dit.constants import HARD_MAX_TEXT_TOKENS, SIZE_MULTIPLE
 from llm_dit.errors import LlmDitError
 from llm_dit.files import ensure_writable
 from llm_dit.generation.batching import batches
 from llm_dit.generation.image import decode_latents, save_png, to_pil
 from llm_dit.generation.record import package_versions, parameters_line, tensor_fingerprint, utc_now
+from llm_dit.generation.request import GenerationRequest, encoding_texts, sampling_group
 from llm_dit.generation.sampler import denoise, initial_noise
 from llm_dit.generation.schedule import resolve_sigmas
 from llm_dit.models import checkpoint, devices
@@ -35,8 +36,6 @@ from llm_dit.models.devices import module_device
 
 ProgressCallback = Callable[[int, int], None]  # (DiT forwards done, total)
 
-_ENCODER_FIELDS = set(EncoderSettings.model_fields) - set(ENCODER_LOAD_FIELDS)
-_GENERATION_FIELDS = set(GenerationSettings.model_fields)
 _ENCODER_RECORD_KEYS = (
     "system_prompt",
     "think_block",
@@ -46,41 +45,6 @@ _ENCODER_RECORD_KEYS = (
     "max_text_tokens",
     "padding",
 )
-
-
-@dataclass
-class GenerationRequest:
-    """One image to make: a prompt or precomputed caption features, plus its settings."""
-
-    prompt: str | None = None
-    embeddings: torch.Tensor | None = None  # [L, D] caption features, bypassing the text encoder
-    negative_embeddings: torch.Tensor | None = None
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
-    encoder: dict[str, Any] = field(default_factory=dict)  # overrides of the pipeline encoder's settings
-    tag: Any = None  # caller's handle (e.g. a run id); carried through untouched
-
-    @classmethod
-    def build(
-        cls,
-        prompt: str | None = None,
-        *,
-        embeddings: torch.Tensor | None = None,
-        negative_embeddings: torch.Tensor | None = None,
-        tag: Any = None,
-        **params: Any,
-    ) -> GenerationRequest:
-        """Split flat keyword parameters into generation settings and encoder overrides, validating both."""
-        unknown = set(params) - _ENCODER_FIELDS - _GENERATION_FIELDS
-        if unknown:
-            valid = ", ".join(sorted(_ENCODER_FIELDS | _GENERATION_FIELDS))
-            raise LlmDitError(f"unknown generation parameter(s) {', '.join(sorted(unknown))}; valid: {valid}")
-        if (prompt is None) == (embeddings is None):
-            raise LlmDitError("give exactly one of prompt or embeddings")
-        encoder = {k: v for k, v in params.items() if k in _ENCODER_FIELDS}
-        if encoder:
-            build_section(EncoderSettings, encoder)  # validate early
-        generation = build_section(GenerationSettings, {k: v for k, v in params.items() if k in _GENERATION_FIELDS})
-        return cls(prompt, embeddings, negative_embeddings, generation, encoder, tag)
 
 
 @dataclass
@@ -98,26 +62,6 @@ class GenerationResult:
         """Write a PNG carrying the record (text chunk ``llm_dit``) and an A1111 ``parameters`` line."""
         path = ensure_writable(path, overwrite)
         return save_png(self.pil(), path, self.record, parameters_line(self.record))
-
-
-def encoding_texts(request: GenerationRequest) -> list[str]:
-    """The texts a request needs encoded: its prompt (unless it brings embeddings) and, with CFG, its negative
-    prompt (unless it brings negative embeddings)."""
-    texts = [request.prompt or ""] if request.embeddings is None else []
-    if request.generation.guidance_scale > 0 and request.negative_embeddings is None:
-        texts.append(request.generation.negative_prompt)
-    return texts
-
-
-def sampling_group(request: GenerationRequest, sigmas: torch.Tensor | None = None) -> tuple[int, int, int, str]:
-    """``(width, height, steps, refiner)``: requests with equal keys can share batched DiT forwards.
-
-    ``sigmas`` is the request's resolved schedule when the caller already has it (saves resolving it again).
-    """
-    gen = request.generation
-    if sigmas is None:
-        sigmas = resolve_sigmas(gen.steps, gen.shift, gen.sigmas)
-    return (gen.width, gen.height, len(sigmas) - 1, gen.refiner)
 
 
 def _config_of(module: nn.Module) -> Mapping[str, Any]:

@@ -1,0 +1,76 @@
+"""What one image needs: a prompt or caption features plus its settings, and which requests can share a batch.
+
+No torch here (tensors appear only as type hints): planning, checking and dry runs build requests without
+loading any model library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sized
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llm_dit.config import EncoderSettings, GenerationSettings, build_section
+from llm_dit.constants import ENCODER_LOAD_FIELDS
+from llm_dit.errors import LlmDitError
+
+if TYPE_CHECKING:
+    import torch
+
+_ENCODER_FIELDS = set(EncoderSettings.model_fields) - set(ENCODER_LOAD_FIELDS)
+_GENERATION_FIELDS = set(GenerationSettings.model_fields)
+
+
+@dataclass
+class GenerationRequest:
+    """One image to make: a prompt or precomputed caption features, plus its settings."""
+
+    prompt: str | None = None
+    embeddings: torch.Tensor | None = None  # [L, D] caption features, bypassing the text encoder
+    negative_embeddings: torch.Tensor | None = None
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    encoder: dict[str, Any] = field(default_factory=dict)  # overrides of the pipeline encoder's settings
+    tag: Any = None  # caller's handle (e.g. a run id); carried through untouched
+
+    @classmethod
+    def build(
+        cls,
+        prompt: str | None = None,
+        *,
+        embeddings: torch.Tensor | None = None,
+        negative_embeddings: torch.Tensor | None = None,
+        tag: Any = None,
+        **params: Any,
+    ) -> GenerationRequest:
+        """Split flat keyword parameters into generation settings and encoder overrides, validating both."""
+        unknown = set(params) - _ENCODER_FIELDS - _GENERATION_FIELDS
+        if unknown:
+            valid = ", ".join(sorted(_ENCODER_FIELDS | _GENERATION_FIELDS))
+            raise LlmDitError(f"unknown generation parameter(s) {', '.join(sorted(unknown))}; valid: {valid}")
+        if (prompt is None) == (embeddings is None):
+            raise LlmDitError("give exactly one of prompt or embeddings")
+        encoder = {k: v for k, v in params.items() if k in _ENCODER_FIELDS}
+        if encoder:
+            build_section(EncoderSettings, encoder)  # validate early
+        generation = build_section(GenerationSettings, {k: v for k, v in params.items() if k in _GENERATION_FIELDS})
+        return cls(prompt, embeddings, negative_embeddings, generation, encoder, tag)
+
+
+def encoding_texts(request: GenerationRequest) -> list[str]:
+    """The texts a request needs encoded: its prompt (unless it brings embeddings) and, with CFG, its negative
+    prompt (unless it brings negative embeddings)."""
+    texts = [request.prompt or ""] if request.embeddings is None else []
+    if request.generation.guidance_scale > 0 and request.negative_embeddings is None:
+        texts.append(request.generation.negative_prompt)
+    return texts
+
+
+def sampling_group(request: GenerationRequest, sigmas: Sized | None = None) -> tuple[int, int, int, str]:
+    """``(width, height, steps, refiner)``: requests with equal keys can share batched DiT forwards.
+
+    ``sigmas``: the request's resolved schedule (final 0 included) when the caller has it; otherwise the step
+    count is the settings' (with explicit sigmas, the settings derive steps from them).
+    """
+    gen = request.generation
+    steps = len(sigmas) - 1 if sigmas is not None else gen.steps
+    return (gen.width, gen.height, steps, gen.refiner)
