@@ -914,6 +914,28 @@ def peek_done(root: str | Path, experiment: str) -> tuple[set[str], list[float]]
     return {row[0] for row in done}, [float(row[2]) for row in done if row[2]]
 
 
+def lock_holder(root: str | Path, experiment: str) -> str | None:
+    """Who runs ``experiment`` in ``root`` now ("pid 123, started ..."), or None when nobody does.
+
+    A read-only probe for the command line, before any model loads: it takes and at once releases the run lock,
+    creating nothing (no lock file: nobody has ever run it here). The runner still takes the lock for real.
+    """
+    path = Path(root) / _validate_name(experiment) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def require_database(root: str | Path) -> Path:
     """The results database of ``root``, or one line naming the fix when there is none (checked before anything
     loads; the one check of every reader: metrics, the viewer, load_results)."""
