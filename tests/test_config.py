@@ -17,6 +17,7 @@ from llm_dit.config import (
     SETTING_KEYS,
     EncoderSettings,
     GenerationSettings,
+    LimitsSettings,
     MetricsSettings,
     PipelineSettings,
     Settings,
@@ -88,11 +89,12 @@ def test_setting_keys_and_cli_flags_cover_every_field() -> None:
         ("pipeline", PipelineSettings),
         ("generation", GenerationSettings),
         ("metrics", MetricsSettings),
+        ("limits", LimitsSettings),
     ):
         fields |= {f"{section}.{name}" for name in model.model_fields}
     assert set(SETTING_KEYS) == fields
-    # Every generation-side setting has a flag; metric weights are config-only.
-    assert set(CLI_FLAGS) == {key for key in SETTING_KEYS if not key.startswith("metrics.")}
+    # Every generation-side setting has a flag; metric weights and limits are config-only.
+    assert set(CLI_FLAGS) == {key for key in SETTING_KEYS if not key.startswith(("metrics.", "limits."))}
     assert len(set(CLI_FLAGS.values())) == len(CLI_FLAGS)
     assert all(flag.startswith("--") for flag in CLI_FLAGS.values())
     assert CLI_FLAGS["encoder.hidden_layer"] == "--hidden-layer"

@@ -618,6 +618,27 @@ class MetricsSettings(BaseModel):
         return n
 
 
+class LimitsSettings(BaseModel):
+    """[PROFILE.limits]: upper bounds that catch a typo before it costs minutes (``--steps 10000``, 200k seeds).
+
+    Raise them in the config file when a study really needs more; they never change an image (no run id).
+    """
+
+    model_config = _MODEL_CONFIG
+
+    max_steps: int = Field(200, description="Most transformer forwards one image may take (official Turbo: 8).")
+    max_image_side: int = Field(4096, description="Largest width or height in pixels (official: 1024).")
+    max_runs: int = Field(100_000, description="Most runs one experiment plan may hold (checked before expanding).")
+
+    @field_validator("max_steps", "max_image_side", "max_runs", mode="before")
+    @classmethod
+    def _v_limit(cls, v: Any, info: Any) -> int:
+        n = _as_int(info.field_name, v)
+        if n < 1:
+            raise ValueError(f"{info.field_name} must be >= 1 (got {n})")
+        return n
+
+
 class Settings(BaseModel):
     """Every user-settable parameter of a run; ``model_dump()`` goes into each image's metadata."""
 
@@ -630,6 +651,7 @@ class Settings(BaseModel):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
     @field_validator("model_path", mode="before")
     @classmethod
@@ -656,6 +678,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "pipeline": PipelineSettings,
     "generation": GenerationSettings,
     "metrics": MetricsSettings,
+    "limits": LimitsSettings,
 }
 TOP_LEVEL_KEYS: tuple[str, ...] = ("model_path",)
 SETTING_KEYS: tuple[str, ...] = TOP_LEVEL_KEYS + tuple(
