@@ -42,13 +42,29 @@ if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tokenizer_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An empty tokenizer cache per session (LLM_DIT_TOKENIZER_CACHE, which child processes inherit): tests never
+    read or write the user's ~/.cache/llm-dit/tokenizers, and the first light tokenization builds for real."""
+    path = tmp_path_factory.mktemp("tokenizer-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLM_DIT_TOKENIZER_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer_cache: Path) -> Path:
     """A complete tiny checkpoint (seed 0, diffusers layout), built once per session in a temp dir.
 
-    Treat it as read-only: tests that need to damage a checkpoint work on a copy.
+    Treat it as read-only: tests that need to damage a checkpoint work on a copy. Its tokenizer is in the session's
+    tokenizer cache, as on a machine after its first run (keyed by content: copies of it find it too), so the light
+    paths (dry runs, rejections) import no model library in tests either.
     """
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-checkpoint", seed=0)
+    from llm_dit.models.tokenizer import checkpoint_tokenizer
+
+    path = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-checkpoint", seed=0)
+    checkpoint_tokenizer(path)
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from llm_dit.experiments.store import PlanDefaults, PlannedRun, ResultsStore
+from llm_dit.experiments.store import PlanDefaults, PlannedRun, ResultsStore, RunTiming
 
 
 def axis(name: str, values: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def populate(
             assert r.image is not None, f"done run {r.run_id} has no image"
             Image.fromarray(r.image).save(directory / f"{r.run_id}.png")
             store.mark_done(
-                exp, r.run_id, image_path=f"{r.run_id}.png", generation_time_s=r.seconds, token_count=5, record={}
+                exp, r.run_id, image_path=f"{r.run_id}.png", timing=RunTiming(r.seconds, 1), token_count=5, record={}
             )
         elif r.status == "failed":
             store.mark_failed(exp, r.run_id, "boom")

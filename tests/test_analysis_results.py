@@ -20,7 +20,7 @@ from llm_dit.analysis.results import (
     parse_values,
 )
 from llm_dit.errors import LlmDitError
-from llm_dit.experiments.store import DB_NAME, PlannedRun, ResultsStore
+from llm_dit.experiments.store import DB_NAME, PlannedRun, ResultsStore, RunTiming
 from llm_dit.files import write_atomic
 
 EXP = "grid"
@@ -48,7 +48,7 @@ def build(root: Path) -> ResultsStore:
             continue
         write_atomic(store.experiment_dir(EXP) / f"{run.run_id}.png", b"png")
         store.mark_done(
-            EXP, run.run_id, image_path=f"{run.run_id}.png", generation_time_s=1.0, token_count=3, record={}
+            EXP, run.run_id, image_path=f"{run.run_id}.png", timing=RunTiming(1.0, 1), token_count=3, record={}
         )
     store.add_metrics(EXP, runs[0].run_id, {"ssim": 0.5})
     store.close()
@@ -173,7 +173,7 @@ def test_read_only_store_refuses_an_old_schema(root: Path) -> None:
     conn.execute("UPDATE schema_version SET version = 1")
     conn.commit()
     conn.close()
-    with pytest.raises(LlmDitError, match=r"schema version 1, this llm-dit reads versions 2 to 3.*llm-dit metrics"):
+    with pytest.raises(LlmDitError, match=r"schema version 1, this llm-dit reads versions 2 to 4.*llm-dit metrics"):
         ResultsStore(root, read_only=True)
 
 

@@ -118,11 +118,11 @@ def test_plan_cost_counts_the_runners_batches(tmp_path: Path):
         def resolve(self, **overrides: Any) -> Any:
             return Settings().encoder
 
-    class Pipeline:
-        encoder = Encoder()
+    class Checker:
+        prompts = Encoder()
 
     _, runs = steps_experiment(tmp_path)
-    cost = plan_cost(runs, 2, Pipeline())  # type: ignore[arg-type]
+    cost = plan_cost(runs, 2, Checker())  # type: ignore[arg-type]
     # steps 1: batches of 2 + 1 seeds, one forward each; steps 2: the same, two forwards each.
     assert cost["dit_forwards_batched"] == 1 + 1 + 2 + 2
     assert cost["dit_forwards_unbatched"] == 3 * 1 + 3 * 2

@@ -280,6 +280,68 @@ def test_unknown_dtype_lists_valid_names():
         resolve_dtype("int8", "cpu")
 
 
+def test_torch_build_is_read_without_importing_it():
+    """The light answer to "auto" rests on torch/version.py: the same constants torch reports once imported."""
+    from llm_dit.models import devices
+
+    gpu_build = torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None
+    assert devices._torch_gpu_build() is gpu_build
+    assert devices.cuda_available() is torch.cuda.is_available()
+
+
+NAMES = [None, "auto", "cpu", "CPU ", "cuda", "cuda:0", "cuda:7", "tpu"]
+DTYPES = [None, "auto", "bf16", "bfloat16", "fp32", "float32", "fp16", "int8"]
+
+
+def _outcome(function, *args):
+    try:
+        return function(*args)
+    except LlmDitError as exc:
+        return f"error: {exc}"
+
+
+@pytest.mark.parametrize("device", NAMES)
+def test_light_numerics_equal_what_torch_resolves(device: str | None):
+    """What enters run ids (device type / dtype) and every refusal: the light names equal the torch ones."""
+    from llm_dit.models import devices
+
+    def heavy(name: str | None, dtype: str | None) -> str:
+        resolved = resolve_device(name, "pipeline.device")
+        return f"{resolved.type}/{resolve_dtype(dtype, resolved)}"
+
+    for dtype in DTYPES:
+        want = _outcome(heavy, device, dtype)
+        assert _outcome(devices.numerics_label, device, dtype, "pipeline.device") == want, (device, dtype)
+    assert _outcome(devices.device_type, device) == _outcome(lambda n: resolve_device(n).type, device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+@pytest.mark.parametrize(
+    ("setting", "fix"),
+    [
+        ("pipeline.device", 'use --dit-device cpu (or device = "cpu" in the config\'s [PROFILE.pipeline])'),
+        ("encoder.device", "use --encoder-device cpu"),
+        ("pipeline.vae_device", 'use --vae-device cpu (or vae_device = "cpu"'),
+        ("metrics.device", 'set device = "cpu" in the config\'s [PROFILE.metrics]'),
+        (None, "use --dit-device cpu, --encoder-device cpu and --vae-device cpu"),
+    ],
+)
+def test_cuda_message_names_flags_that_exist(setting: str | None, fix: str):
+    from llm_dit.config import CLI_FLAGS
+    from llm_dit.models import devices
+
+    with pytest.raises(LlmDitError) as caught:
+        resolve_device("cuda", setting)
+    message = str(caught.value)
+    assert f"device cuda requested but CUDA is not available; {fix}" in message
+    assert _outcome(devices.device_type, "cuda", setting) == f"error: {message}"  # the light path says the same
+    named = {word for word in message.replace(",", " ").split() if word.startswith("--")}
+    assert named <= set(CLI_FLAGS.values())  # no flag that does not exist (the old "--device")
+    assert bool(named) is (setting != "metrics.device")  # the metric models' device is a config key only
+    if setting in CLI_FLAGS:
+        assert CLI_FLAGS[setting] in named
+
+
 # --- loaders --------------------------------------------------------------------------------------
 
 
@@ -315,12 +377,213 @@ def test_loaded_tokenizer_equals_the_built_one(tiny_checkpoint: Path):
     assert loaded.added_tokens_decoder[151667].special is False
 
 
-def test_validation_reads_no_weights(ckpt_copy: Path):
-    """Validation must not open weight files: corrupt weights still validate (loading would fail)."""
-    _replace(ckpt_copy / "transformer/diffusion_pytorch_model.safetensors", b"garbage")
+# --- weight files: headers and sizes -----------------------------------------------------------------
+
+DIT_WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
+
+
+def _header(path: Path) -> tuple[int, dict]:
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    return length, json.loads(data[8 : 8 + length])
+
+
+def _with_header(path: Path, header: dict, pad_to: int | None = None) -> bytes:
+    """The file's tensor data behind another JSON header (space-padded to ``pad_to`` bytes, as safetensors pads)."""
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    raw = json.dumps(header).encode()
+    raw += b" " * ((pad_to or len(raw)) - len(raw))
+    return len(raw).to_bytes(8, "little") + raw + data[8 + length :]
+
+
+def _damaged(path: Path, how: str) -> bytes:
+    data = path.read_bytes()
+    length, header = _header(path)
+    name = sorted(k for k in header if k != "__metadata__")[0]
+    if how == "truncated":
+        return data[:-1]
+    if how == "truncated-half":
+        return data[: len(data) // 2]
+    if how == "appended":
+        return data + b"\0"
+    if how == "garbage":
+        return bytes((i * 37 + 11) % 256 for i in range(len(data)))
+    if how == "empty":
+        return b""
+    if how == "header-length-too-large":
+        return (len(data)).to_bytes(8, "little") + data[8:]
+    if how == "header-not-json":
+        return data[:8] + b"{" + b"x" * (length - 1) + data[8 + length :]
+    if how == "shape-off":
+        header[name] = {**header[name], "shape": [*header[name]["shape"], 2]}
+        return _with_header(path, header, pad_to=length)
+    if how == "offsets-gap":
+        begin, end = header[name]["data_offsets"]
+        header[name] = {**header[name], "data_offsets": [begin + 2, end + 2]}
+        return _with_header(path, header, pad_to=length)
+    raise AssertionError(how)
+
+
+DAMAGE = (
+    "truncated",
+    "truncated-half",
+    "appended",
+    "garbage",
+    "empty",
+    "header-length-too-large",
+    "header-not-json",
+    "shape-off",
+    "offsets-gap",
+)
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.parametrize(
+    "weights", [DIT_WEIGHTS, "text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors"]
+)
+def test_damaged_weight_file_is_one_line_naming_it(ckpt_copy: Path, weights: str, how: str):
+    """A weight file that safetensors itself would refuse is refused by the check, before anything loads."""
+    from safetensors import SafetensorError, safe_open
+
+    path = ckpt_copy / weights
+    _replace(path, _damaged(path, how))
+    with pytest.raises(SafetensorError), safe_open(str(path), framework="numpy"):  # the reference refuses it too
+        pass
+    with pytest.raises(CheckpointError) as caught:
+        validate_checkpoint(ckpt_copy)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"{weights} is not a valid safetensors file" in message and "re-download or re-copy it" in message
+
+
+def test_validation_reads_headers_not_tensors(ckpt_copy: Path):
+    """Tensor bytes are not read (a check in milliseconds): changed data behind a whole header still validates,
+    as safetensors opens it."""
+    from safetensors import safe_open
+
+    path = ckpt_copy / DIT_WEIGHTS
+    data = bytearray(path.read_bytes())
+    length, _ = _header(path)
+    for i in range(8 + length, len(data), 97):
+        data[i] ^= 0xFF
+    _replace(path, bytes(data))
+    with safe_open(str(path), framework="numpy") as handle:
+        assert handle.keys()
     assert validate_checkpoint(ckpt_copy).cap_feat_dim == 32
+
+
+@pytest.fixture
+def sharded(ckpt_copy: Path) -> Path:
+    """The copy with its text encoder in two shards and an index, as large checkpoints ship."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = ckpt_copy / "text_encoder"
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in halves.items():
+        save_file({k: tensors[k] for k in keys}, str(folder / shard))
+    weight_map = {k: shard for shard, keys in halves.items() for k in keys}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return ckpt_copy
+
+
+def test_sharded_weights_are_checked_shard_by_shard(sharded: Path):
+    assert validate_checkpoint(sharded).num_text_layers == 36
+    shard = sharded / "text_encoder/model-00002-of-00002.safetensors"
+    good = shard.read_bytes()
+    _replace(shard, good[:-10])
+    with pytest.raises(CheckpointError, match=r"text_encoder/model-00002-of-00002.safetensors is not a valid"):
+        validate_checkpoint(sharded)
+    _replace(shard, good)
+    index = sharded / "text_encoder/model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["layers.99.extra.weight"] = "model-00002-of-00002.safetensors"
+    index.write_text(json.dumps(data))
+    with pytest.raises(
+        CheckpointError, match=r"model-00002-of-00002.safetensors lacks tensor 'layers.99.extra.weight'"
+    ):
+        validate_checkpoint(sharded)
+    data["weight_map"] = {}
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json lists no weights"):
+        validate_checkpoint(sharded)
 
 
 def test_module_exports():
     for name in checkpoint.__all__:
         assert hasattr(checkpoint, name), name
+
+
+# --- the scheduler's shift -------------------------------------------------------------------------------------
+
+SCHEDULER = "scheduler/scheduler_config.json"
+
+
+def _with_scheduler(root: Path, **changes: object) -> CheckpointInfo:
+    """``root``'s scheduler_config.json with ``changes`` (a value None removes the key), validated again."""
+    config = json.loads((root / SCHEDULER).read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    _replace(root / SCHEDULER, json.dumps(config).encode())
+    return validate_checkpoint(root)
+
+
+def test_the_default_shift_is_the_checkpoints_scheduler_shift(ckpt_copy: Path):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from llm_dit.constants import DEFAULT_SHIFT, SHIFT_FROM_CHECKPOINT, SHIFT_FROM_DEFAULT
+
+    assert checkpoint.default_shift(validate_checkpoint(ckpt_copy)) == (3.0, SHIFT_FROM_CHECKPOINT)  # Turbo's
+    assert checkpoint.default_shift(_with_scheduler(ckpt_copy, shift=5.0)) == (5.0, SHIFT_FROM_CHECKPOINT)
+    # A config without "shift" samples at the scheduler class's own default, as diffusers does (1.0, not 3.0).
+    info = _with_scheduler(ckpt_copy, shift=None)
+    assert checkpoint.default_shift(info)[0] == FlowMatchEulerDiscreteScheduler.from_config(info.scheduler_config).shift
+    # Components in memory have no scheduler config: the built-in Turbo value, said so.
+    assert checkpoint.default_shift(None) == (DEFAULT_SHIFT, SHIFT_FROM_DEFAULT)
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"use_dynamic_shifting": True}, "sets use_dynamic_shifting = true (a shift that depends on the image size)"),
+        ({"use_karras_sigmas": True}, "sets use_karras_sigmas = true, which llm-dit's schedule does not implement"),
+        ({"shift_terminal": 0.1}, "sets shift_terminal = 0.1"),
+        ({"num_train_timesteps": 500}, "sets num_train_timesteps = 500"),
+        ({"_class_name": "EulerDiscreteScheduler"}, "is a EulerDiscreteScheduler; llm-dit samples with"),
+        ({"shift": 0}, "has shift 0; it must be a number > 0"),
+        ({"shift": "3"}, 'has shift "3"; it must be a number > 0'),
+    ],
+)
+def test_a_scheduler_llm_dit_does_not_reproduce_is_refused(ckpt_copy: Path, changes: dict, needle: str):
+    """Refused in one line naming the key and the way out (a fixed shift), never sampled differently from diffusers;
+    only when the checkpoint's shift is needed (validation itself accepts the checkpoint)."""
+    info = _with_scheduler(ckpt_copy, **changes)
+    with pytest.raises(CheckpointError) as excinfo:
+        checkpoint.default_shift(info)
+    message = str(excinfo.value)
+    assert "\n" not in message and needle in message, message
+    assert message.startswith(f"checkpoint {ckpt_copy}: scheduler/scheduler_config.json")
+    assert message.endswith("set a fixed shift instead (--shift, --set shift=..., or shift in [PROFILE.generation])")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="hand values of a machine without CUDA")
+def test_resolved_numerics_are_the_strings_run_ids_hashed():
+    """``str(torch.float32)`` is "torch.float32": the light names must keep exactly that spelling, or every run id
+    (which hashes them) would change."""
+    from llm_dit.config import Settings
+    from llm_dit.generation.checks import resolved_numerics
+
+    assert str(torch.float32) == "torch.float32" and str(torch.bfloat16) == "torch.bfloat16"
+    assert resolved_numerics(Settings()) == dict.fromkeys(("encoder", "dit", "vae"), "cpu/torch.float32")
+    mixed = Settings().with_overrides({"pipeline.torch_dtype": "bf16", "pipeline.vae_dtype": "fp32"})
+    assert resolved_numerics(mixed) == {
+        "encoder": "cpu/torch.float32",
+        "dit": "cpu/torch.bfloat16",
+        "vae": "cpu/torch.float32",
+    }

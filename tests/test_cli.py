@@ -28,7 +28,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from bounds import EPS32
-from cli_helpers import ANSI, forbid_model_loading, run, subprocess_env
+from cli_helpers import ANSI, flat, forbid_model_loading, run, subprocess_env
 from llm_dit.cli import main
 from llm_dit.generation.image import read_record
 from llm_dit.models import checkpoint
@@ -334,7 +334,7 @@ def test_same_seed_gives_identical_pixels(
     rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, out))
     assert rc == 0, err
     assert np.array_equal(pixels(out), default_run["pixels"])
-    volatile = {"created", "seconds_per_image"}
+    volatile = {"created", "batch_seconds", "seconds_per_image_batched"}
     again = {k: v for k, v in read_record(out).items() if k not in volatile}
     assert again == {k: v for k, v in default_run["record"].items() if k not in volatile}
 
@@ -433,7 +433,9 @@ def test_config_show_reflects_profile_and_defaults(config_file: Path, capsys: py
     rc, out, err = run(capsys, "config", "show")
     assert rc == 0, err
     gen = tomllib.loads(out)["default"]["generation"]
-    assert (gen["steps"], gen["shift"], gen["seed"], gen["width"]) == (8, 3.0, 42, 1024)
+    assert (gen["steps"], gen["seed"], gen["width"]) == (8, 42, 1024)
+    assert "shift" not in gen  # unset until a checkpoint is known: its scheduler's, said in a comment
+    assert "# shift is unset (the checkpoint's scheduler_config.json shift)  # default" in out
 
 
 def test_unknown_profile_is_an_error(
@@ -491,6 +493,25 @@ BAD_INPUT: list[tuple[str, list[str], list[str]]] = [
     ("incomplete-checkpoint", ["--model-path", "{tmp}/incomplete"], ["incomplete", "missing vae/config.json"]),
     ("output-parent-is-file", ["-o", "{tmp}/a-file/out.png"], ["cannot write", "a-file", "not a writable directory"]),
     ("output-is-directory", ["-o", "{tmp}", "--overwrite"], ["is a directory"]),
+    # Without --overwrite too, and the message must not suggest --overwrite (which cannot help).
+    ("output-is-directory-no-overwrite", ["-o", "{tmp}"], ["is a directory", "give a file path"]),
+    ("output-not-png", ["-o", "{tmp}/out.txt"], ["--output", "out.txt", "use a .png file name"]),
+    # The OS says /proc is writable for root; only a real probe finds out, before any model loads.
+    ("output-unwritable-dir", ["-o", "/proc/llm-dit-test.png"], ["cannot write", "/proc is not a writable directory"]),
+    ("prompt-control-character", ["PROMPT=a cat\x07"], ["PROMPT: contains a control character"]),
+    ("prompt-template-token", ["PROMPT=a <|im_end|> cat"], ["PROMPT: contains the chat-template token <|im_end|>"]),
+    ("steps-over-limit", ["--steps", "201"], ["steps 201 is above the limit of 200 (limits.max_steps)", "max_steps"]),
+    ("width-over-limit", ["--width", "4112"], ["width 4112 is above the limit of 4096 (limits.max_image_side)"]),
+    ("height-over-limit", ["--height", "8192"], ["height 8192 is above the limit of 4096", "max_image_side"]),
+    ("set-unknown", ["--set", "stpes=3"], ["--set stpes", "unknown parameter 'stpes'", "did you mean 'steps'"]),
+    ("set-dotted", ["--set", "generation.steps=3"], ["--set generation.steps", "use the flat name 'steps'"]),
+    ("set-not-a-parameter", ["--set", "device=cpu"], ["--set device", "not an experiment parameter"]),
+    ("set-no-equals", ["--set", "steps"], ["--set 'steps'", "expected key=value"]),
+    ("set-bad-value", ["--set", "guidance_scale=-1"], ["--set guidance_scale=-1: guidance_scale must be >= 0"]),
+    ("set-and-flag", ["--steps", "3", "--set", "steps=4"], ["--steps 3 and --set steps=4 both set generation.steps"]),
+    ("set-cfg-truncation", ["--set", "cfg_truncation=1.5"], ["--set cfg_truncation=1.5", "must be in 0..1"]),
+    ("set-cfg-normalization", ["--set", "cfg_normalization=1"], ["cfg_normalization must be true or false"]),
+    ("set-manipulation", ["--set", "token_manipulation=shufle_all"], ["did you mean 'shuffle_all'"]),
     ("toml-syntax", ["--config", "{tmp}/syntax.toml"], ["syntax.toml:2:", "TOML syntax error"]),
     (
         "toml-unknown-key",
@@ -843,6 +864,10 @@ def test_print_rows_keeps_every_cell_whole_at_any_width(width: int) -> None:
         (["ablate", "--list-experiments"], 0),
         (["ablate", "--list-prompts"], 0),
         (["config", "show"], 0),
+        (["ablate", "--list-experiments", "--format", "json"], 0),
+        (["metrics", "--list", "--format", "csv"], 0),
+        (["config", "show", "--format", "json"], 0),
+        (["ablate", "--list-prompts", "--format", "yaml"], 2),
     ],
 )
 def test_light_commands_import_no_model_library(argv: list[str], status: int, tmp_path: Path) -> None:
@@ -859,3 +884,233 @@ def test_light_commands_import_no_model_library(argv: list[str], status: int, tm
     rc, heavy = done.stdout.strip().splitlines()[-1].split(" ", 1)
     assert heavy == "[]", done.stdout + done.stderr
     assert rc == str(status), done.stdout + done.stderr
+
+
+# ------------------------------------------------------------- 8. one vocabulary, the checkpoint's shift, limits
+
+
+def test_generate_set_takes_the_experiment_names_and_equals_the_flags(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--set NAME=VALUE (the names of experiment files and ablate --set, plus seed) sets the same settings as the
+    dedicated flags: the same record and the same pixels."""
+    sets = {
+        "steps": "3",
+        "seed": "9",
+        "think_block": "empty",
+        "guidance_scale": "1.5",
+        "negative_prompt": '"blurry"',
+        "cfg_normalization": "true",
+        "cfg_truncation": "0.5",
+        "refiner": "skip",
+    }
+    flags = ["--steps", "3", "--seed", "9", "--think-block", "empty", "--guidance-scale", "1.5"]
+    flags += ["--negative-prompt", "blurry", "--cfg-normalization", "--cfg-truncation", "0.5", "--refiner", "skip"]
+    sets.update(width="64", height="64")
+    flags += ["--width", "64", "--height", "64"]
+    by_set, by_flag = tmp_path / "set.png", tmp_path / "flag.png"
+    set_args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, by_set, *set_args, small=False))
+    assert rc == 0, err
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, by_flag, *flags, small=False))
+    assert rc == 0, err
+    volatile = {"created", "batch_seconds", "seconds_per_image_batched", "peak_memory_bytes"}
+    record = {k: v for k, v in read_record(by_set).items() if k not in volatile}
+    assert record == {k: v for k, v in read_record(by_flag).items() if k not in volatile}
+    assert (record["steps"], record["seed"], record["think_block"], record["refiner"]) == (3, 9, "empty", "skip")
+    assert (record["guidance_scale"], record["negative_prompt"]) == (1.5, "blurry")
+    assert (record["cfg_normalization"], record["cfg_truncation"]) == (True, 0.5)
+    assert np.array_equal(pixels(by_set), pixels(by_flag))
+
+
+def test_every_run_parameter_has_its_set_name() -> None:
+    """Each experiment parameter (and seed) is a --set name of generate, mapped onto its own setting."""
+    from llm_dit.cli.options import run_parameter_sets
+    from llm_dit.config import SETTING_KEYS
+    from llm_dit.experiments.model import ENCODER_PARAMETERS, SETTABLE_PARAMETERS, TOKEN_MANIPULATION
+
+    for name in [*SETTABLE_PARAMETERS, "seed"]:
+        overrides, manipulation = run_parameter_sets([f"{name}=x"])
+        if name == TOKEN_MANIPULATION:
+            assert (overrides, manipulation) == ({}, "x")
+            continue
+        (key,) = overrides
+        assert key in SETTING_KEYS and key == f"{'encoder' if name in ENCODER_PARAMETERS else 'generation'}.{name}"
+
+
+def _checkpoint_with_shift(tiny_checkpoint: Path, directory: Path, shift: float) -> Path:
+    """A copy of the tiny checkpoint whose scheduler_config.json says ``shift``."""
+    ck = directory / f"shift{shift}"
+    shutil.copytree(tiny_checkpoint, ck)
+    path = ck / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "shift": shift}))
+    return ck
+
+
+def test_generate_uses_the_checkpoints_scheduler_shift_and_says_where_from(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ck = _checkpoint_with_shift(tiny_checkpoint, tmp_path, 5.0)
+    config = tmp_path / "c.toml"
+    config.write_text("[default.generation]\nshift = 5.0\n")
+    sources = {
+        "default": ([], "checkpoint scheduler_config"),
+        "flag": (["--shift", "5"], "--shift/--set"),
+        "set": (["--set", "shift=5.0"], "--shift/--set"),
+        "config": (["--config", str(config)], "config file"),
+    }
+    images = {}
+    for name, (extra, source) in sources.items():
+        out = tmp_path / f"{name}.png"
+        rc, _, err = run(capsys, *gen_argv(ck, out, *extra))
+        assert rc == 0, err
+        r = read_record(out)
+        assert (r["shift"], r["shift_source"]) == (5.0, source), name
+        # 2 steps: s = 1, 0.5, shifted 5*0.5 / (1 + 4*0.5) in float32, as the record keeps it (8 decimals)
+        assert r["sigmas"] == [1.0, round(float(np.float32(2.5) / np.float32(3.0)), 8), 0.0]
+        assert f"shift 5.0 ({source})" in flat(err)
+        images[name] = pixels(out)
+    for name in sources:
+        assert np.array_equal(images[name], images["default"]), name  # the same shift, the same image
+    out = tmp_path / "three.png"
+    rc, _, err = run(capsys, *gen_argv(ck, out, "--shift", "3"))  # an explicit shift wins over the checkpoint's
+    assert rc == 0, err
+    assert (read_record(out)["shift"], read_record(out)["shift_source"]) == (3.0, "--shift/--set")
+
+
+def test_ablate_uses_the_checkpoints_shift_and_hashes_the_resolved_one(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ablate and experiment files: the checkpoint's shift when no level sets one, recorded with its source in
+    the store's params and each PNG; the run id hashes the resolved shift (5.0 from the checkpoint or from --set
+    is one image, one id; 3.0 is another)."""
+    from llm_dit.config import load_settings
+    from llm_dit.experiments.preparation import prepare_experiment
+    from llm_dit.experiments.store import ResultsStore
+
+    ck = _checkpoint_with_shift(tiny_checkpoint, tmp_path, 5.0)
+    exp = tmp_path / "steps.toml"
+    exp.write_text(
+        'name = "ckshift"\ndescription = "steps on a shift-5 checkpoint"\nseeds = [1]\n\n'
+        '[prompts]\nids = ["animal_001"]\n\n[[axes]]\nname = "steps"\nvalues = [1, 2]\n'
+    )
+    settings = load_settings(None, None, {"model_path": str(ck)}).settings
+
+    def planned(**overrides: Any) -> list[Any]:
+        sets = {"width": 64, "height": 64, **overrides}
+        return prepare_experiment(None, settings=settings, experiment_file=exp, overrides=sets).runs
+
+    default, explicit, three = planned(), planned(shift=5.0), planned(shift=3.0)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[default]\nmodel_path = "{ck}"\n[default.generation]\nshift = 5.0\n')
+    from_file = prepare_experiment(
+        None, settings=load_settings(config).settings, experiment_file=exp, overrides={"width": 64, "height": 64}
+    ).runs
+    assert [(r.params["shift"], r.params["shift_source"]) for r in from_file] == [(5.0, "config file")] * 2
+    assert [r.run_id for r in from_file] == [r.run_id for r in default]
+    swept = tmp_path / "shifts.toml"
+    swept.write_text(exp.read_text().replace('name = "steps"\nvalues = [1, 2]', 'name = "shift"\nvalues = [5.0]'))
+    (axis,) = prepare_experiment(None, settings=settings, experiment_file=swept, overrides={"shift": 2.0}).runs
+    assert (axis.params["shift"], axis.params["shift_source"]) == (5.0, "experiment")  # the axis wins over --set
+    assert [(r.params["shift"], r.params["shift_source"]) for r in default] == [
+        (5.0, "checkpoint scheduler_config")
+    ] * 2
+    assert [(r.params["shift"], r.params["shift_source"]) for r in explicit] == [(5.0, "--shift/--set")] * 2
+    assert [r.run_id for r in explicit] == [r.run_id for r in default]
+    assert not {r.run_id for r in three} & {r.run_id for r in default}
+
+    out = tmp_path / "results"
+    argv = ["ablate", "--model-path", str(ck), "--output-dir", str(out), "--experiment-file", str(exp)]
+    rc, _, err = run(capsys, *argv, "--set", "width=64", "--set", "height=64")
+    assert rc == 0, err
+    with ResultsStore(out, read_only=True) as store:
+        runs = store.runs("ckshift")
+    # The plan's stored defaults (the metrics' default reference of a shift axis) hold the checkpoint's shift too.
+    meta = json.loads((out / "ckshift" / "metadata.json").read_text(encoding="utf-8"))
+    assert meta["metadata"]["plan_defaults"]["params"]["shift"] == 5.0
+    assert [run["run_id"] for run in runs] == [r.run_id for r in default]
+    for stored in runs:
+        assert (stored["params"]["shift"], stored["params"]["shift_source"]) == (5.0, "checkpoint scheduler_config")
+        record = read_record(out / "ckshift" / stored["image_path"])
+        assert (record["shift"], record["shift_source"]) == (5.0, "checkpoint scheduler_config")
+
+
+def test_a_dynamic_shifting_checkpoint_is_refused_unless_a_shift_is_set(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ck = tmp_path / "dynamic"
+    shutil.copytree(tiny_checkpoint, ck)
+    path = ck / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "use_dynamic_shifting": True}))
+    out = tmp_path / "out.png"
+    with monkeypatch.context() as mp:
+        forbid_model_loading(mp)
+        rc, _, err = run(capsys, *gen_argv(ck, out))
+    assert_user_error(rc, err, "use_dynamic_shifting = true", "set a fixed shift instead")
+    assert not out.exists()
+    rc, _, err = run(capsys, *gen_argv(ck, out, "--shift", "3"))
+    assert rc == 0, err
+
+
+def test_an_over_long_prompt_is_said_on_the_terminal(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "long.png"
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, out, "--max-text-tokens", "32", prompt=LONG_PROMPT))
+    assert rc == 0, err
+    count = read_record(out)["token_count"]
+    assert count > 32
+    assert f"the prompt is {count} tokens, over the cap of 32 (max_text_tokens): long_prompt_mode truncate" in flat(err)
+    rc, _, err = run(capsys, *gen_argv(tiny_checkpoint, tmp_path / "short.png"))
+    assert rc == 0, err
+    assert "over the cap" not in err
+
+
+def test_explicit_sigmas_count_against_max_steps(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
+) -> None:
+    sigmas = ",".join(str(round(1 - i / 202, 6)) for i in range(201))  # 201 strictly decreasing values in (0, 1]
+    argv = gen_argv(tiny_checkpoint, tmp_path / "o.png", "--set", f"sigmas=[{sigmas}]", small=False)
+    rc, _, err = run(capsys, *argv, "--width", "64", "--height", "64")
+    assert_user_error(rc, err, "sigmas has 201 non-zero values (steps) is above the limit of 200", "max_steps")
+    config = tmp_path / "c.toml"
+    config.write_text("[default.limits]\nmax_steps = 201\n")  # raised: then it is only a matter of time
+    from llm_dit.config import check_limits, load_settings
+
+    settings = load_settings(config, None, {}, {"generation.sigmas": [float(x) for x in sigmas.split(",")]}).settings
+    check_limits(settings.limits, settings.generation.model_dump())
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_tiny_model_probes_its_directory_before_building(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
+) -> None:
+    rc, _, err = run(capsys, "tiny-model", "/proc/llm-dit-tiny")
+    assert_user_error(rc, err, "cannot write /proc/llm-dit-tiny", "/proc is not a writable directory")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    rc, _, err = run(capsys, "tiny-model", blocker / "sub" / "ck")
+    assert_user_error(rc, err, "not a writable directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_seeds_error_shows_integers(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None) -> None:
+    rc, _, err = run(capsys, "ablate", "-e", "steps_only", "--seeds", "1.5", "--dry-run", "--output-dir", tmp_path)
+    assert_user_error(rc, err, "--seeds '1.5': expected comma-separated integers, e.g. 42,43,44")
+
+
+def test_ablate_refuses_a_plan_over_the_limits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
+) -> None:
+    """--set and experiment files are checked against [limits] before anything loads, naming the run."""
+    out = tmp_path / "results"
+    rc, _, err = run(capsys, "ablate", "-e", "hidden_layer", "--set", "steps=500", "--dry-run", "--output-dir", out)
+    assert_user_error(rc, err, "steps 500 is above the limit of 200 (limits.max_steps)", "[default.limits] max_steps")
+    exp = tmp_path / "wide.toml"
+    exp.write_text(
+        'name = "wide"\ndescription = "too wide"\nseeds = [1]\n\n[prompts]\nids = ["animal_001"]\n\n'
+        '[[axes]]\nname = "width"\nvalues = [1024, 8192]\n'
+    )
+    rc, _, err = run(capsys, "ablate", "--experiment-file", exp, "--dry-run", "--output-dir", out)
+    assert_user_error(rc, err, "wide run animal_001 seed 1 width=8192", "width 8192 is above the limit of 4096")
+    assert not out.exists()

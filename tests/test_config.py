@@ -21,6 +21,7 @@ from llm_dit.config import (
     MetricsSettings,
     PipelineSettings,
     Settings,
+    check_limits,
     list_profiles,
     load_settings,
     render_settings,
@@ -59,8 +60,9 @@ def test_defaults_are_the_official_recipe() -> None:
     assert s == Settings()
     assert s.model_path is None  # built-in tiny model
     assert s.generation.steps == 8
-    assert s.generation.shift == 3.0
+    assert s.generation.shift is None  # unset until a checkpoint is known: its scheduler's shift (Turbo: 3.0)
     assert s.generation.guidance_scale == 0.0
+    assert (s.generation.cfg_normalization, s.generation.cfg_truncation) == (False, 1.0)  # diffusers' defaults
     assert s.generation.sigmas is None
     assert (s.generation.width, s.generation.height) == (1024, 1024)
     assert s.encoder.hidden_layer == -2
@@ -159,7 +161,7 @@ def test_precedence_and_sources(write) -> None:
     assert s.encoder.hidden_layer == -3  # inherited from [default]; None override = not given
     assert s.encoder.think_block == "empty"
     assert s.model_path == "/models/z-image-turbo"
-    assert s.generation.shift == 3.0  # built-in
+    assert s.generation.shift is None  # built-in: the checkpoint's
     assert r.sources["generation.seed"] == "override"
     assert r.sources["generation.steps"] == "config.toml:[fast]"
     assert r.sources["generation.width"] == "config.toml:[fast]"
@@ -484,7 +486,11 @@ def test_dtype_and_device_names() -> None:
         ({"encoder.max_text_tokens": 0}, "--max-text-tokens 0: max_text_tokens must be in 1..1504"),
         ({"generation.refiner": "tripple"}, "--refiner tripple: refiner 'tripple' is not valid; use one of"),
         ({"generation.guidance_scale": -0.5}, "--guidance-scale -0.5: guidance_scale must be >= 0"),
-        ({"generation.output_dir": " "}, "--output-dir ' ': output_dir must not be empty"),
+        ({"generation.cfg_truncation": 1.5}, "--cfg-truncation 1.5: cfg_truncation must be in 0..1 (got 1.5)"),
+        ({"generation.cfg_truncation": -0.1}, "--cfg-truncation -0.1: cfg_truncation must be in 0..1"),
+        ({"generation.cfg_truncation": "x"}, "--cfg-truncation x: cfg_truncation must be a number"),
+        ({"generation.cfg_normalization": 1}, "--cfg-normalization 1: cfg_normalization must be true or false"),
+        ({"generation.cfg_normalization": "yes"}, "--cfg-normalization yes: cfg_normalization must be true or"),
         ({"model_path": 3}, "--model-path 3: model_path must be a string"),
     ],
 )
@@ -531,6 +537,67 @@ def test_notes_for_inert_settings(write) -> None:
     assert any("hidden_layer -3 is not used" in n for n in notes)
 
 
+def test_cfg_refinements_without_cfg_are_noted(write) -> None:
+    path = write("[default.generation]\ncfg_truncation = 0.5\n")
+    notes = load_settings(path, overrides={"generation.cfg_normalization": True}).notes
+    assert "cfg_truncation has no effect: guidance_scale is 0 (CFG off)" in notes
+    assert "cfg_normalization has no effect: guidance_scale is 0 (CFG off)" in notes
+    cfg = load_settings(path, overrides={"generation.guidance_scale": 2.0, "generation.cfg_normalization": True})
+    assert not [n for n in cfg.notes if "cfg_" in n]
+    assert (cfg.settings.generation.cfg_normalization, cfg.settings.generation.cfg_truncation) == (True, 0.5)
+
+
+def test_shift_can_be_unset_again(write) -> None:
+    """An empty string in a later layer clears a shift set below (back to the checkpoint's), as for sigmas."""
+    path = write('[default.generation]\nshift = 2.0\n[exp.generation]\nshift = ""\n')
+    assert load_settings(path).settings.generation.shift == 2.0
+    assert load_settings(path, "exp").settings.generation.shift is None
+
+
+def test_set_overrides_name_their_flag_and_conflict_with_a_flag() -> None:
+    assert load_settings(set_overrides={"generation.steps": 3}).sources["generation.steps"] == "override"
+    with pytest.raises(ConfigError, match=r"^--set steps=0: steps must be >= 1$"):
+        load_settings(set_overrides={"generation.steps": 0})
+    with pytest.raises(ConfigError) as info:
+        load_settings(overrides={"generation.steps": 3}, set_overrides={"generation.steps": 4})
+    assert str(info.value) == "--steps 3 and --set steps=4 both set generation.steps: give it once"
+    # the same key unset (None) as a flag is no conflict
+    assert load_settings(overrides={"generation.steps": None}, set_overrides={"generation.steps": 4}).settings
+
+
+def test_removed_output_dir_key_points_to_the_flags(write) -> None:
+    path = write('[default.generation]\noutput_dir = "outputs"\n')
+    message = config_error(path)
+    assert message.startswith("config.toml:2: unknown key 'output_dir' in [default.generation]; output_dir was removed")
+    assert "generate -o FILE or --output-dir DIR" in message
+    assert "output_dir" not in {key.rpartition(".")[2] for key in SETTING_KEYS}
+
+
+@pytest.mark.parametrize(
+    ("run", "expected"),
+    [
+        (
+            {"steps": 201, "width": 64, "height": 64},
+            "steps 201 is above the limit of 200 (limits.max_steps); if you mean it, raise it in the config file: "
+            "[default.limits] max_steps = 201",
+        ),
+        (
+            {"steps": 201, "width": 64, "height": 64, "sigmas": [0.5] * 201},
+            "sigmas has 201 non-zero values (steps) is above the limit of 200 (limits.max_steps)",
+        ),
+        ({"steps": 8, "width": 4112, "height": 64}, "width 4112 is above the limit of 4096 (limits.max_image_side)"),
+        ({"steps": 8, "width": 64, "height": 4112}, "height 4112 is above the limit of 4096 (limits.max_image_side)"),
+    ],
+)
+def test_limits_refuse_with_the_key_to_raise(run: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_limits(LimitsSettings(), run)
+    assert str(info.value).startswith(expected)
+    # at the limit passes; a raised limit lets the run through
+    check_limits(LimitsSettings(), {**run, "steps": 200, "width": min(run["width"], 4096), "height": 64})
+    check_limits(LimitsSettings(max_steps=201, max_image_side=4112), run)
+
+
 # ---------------------------------------------------------------------------------------------- render
 
 
@@ -554,7 +621,7 @@ def test_render_round_trip(write) -> None:
     assert 'vae_device = "cpu"  # config.toml:[exp]' in text
     assert "steps = 3  # override" in text
     assert 'think_block = "empty"  # config.toml:[default]' in text
-    assert "shift = 3.0  # default" in text
+    assert "# shift is unset (the checkpoint's scheduler_config.json shift)  # default" in text
 
 
 def test_render_round_trip_defaults() -> None:

@@ -12,11 +12,18 @@ as the test_the_comparison_can_fail tests check. A small error of a parameter mo
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import shutil
+
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
 
 from bounds import (
+    assert_bit_equal,
+    assert_differ,
     assert_within_rounding,
     count_reductions,
     float64_pipeline,
@@ -55,11 +62,11 @@ def ours64(ours):
     return float64_pipeline(ours)
 
 
-def run_reference(pipe, prompts, seeds, *, width, height, steps, shift, guidance=0.0, negative=None):
+def run_reference(pipe, prompts, seeds, *, width, height, steps, shift, guidance=0.0, negative=None, **cfg):
     base = pipe.scheduler.config
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(base, shift=shift)
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    kwargs = {}
+    kwargs = dict(cfg)  # cfg_normalization, cfg_truncation: diffusers' names, as ours
     if negative is not None:
         kwargs["negative_prompt"] = [negative] * len(prompts)
     out = pipe(
@@ -75,7 +82,7 @@ def run_reference(pipe, prompts, seeds, *, width, height, steps, shift, guidance
     return out.images
 
 
-def run_ours(pipe, prompts, seeds, *, width, height, steps, shift, guidance=0.0, negative=None):
+def run_ours(pipe, prompts, seeds, *, width, height, steps, shift, guidance=0.0, negative=None, **cfg):
     requests = [
         GenerationRequest.build(
             p,
@@ -86,6 +93,7 @@ def run_ours(pipe, prompts, seeds, *, width, height, steps, shift, guidance=0.0,
             shift=shift,
             guidance_scale=guidance,
             negative_prompt=negative or "",
+            **cfg,
         )
         for p, s in zip(prompts, seeds, strict=True)
     ]
@@ -228,3 +236,107 @@ def test_the_comparison_can_fail_under_the_loosest_bound(ours):
     for other in (request(PROMPTS[0], 2), request(PROMPTS[1], 1), request(PROMPTS[0], 1, shift=2.9)):
         (result,) = ours.generate_batch([other])
         assert (result.image - base.image).abs().max() > margin, other
+
+
+# -- diffusers' CFG refinements: cfg_normalization, cfg_truncation ---------------------------------------------
+
+CFG_CASES = [
+    # prompts, seeds, steps, guidance, negative, cfg_normalization, cfg_truncation
+    pytest.param(PROMPTS[:1], [42], 6, 3.5, None, True, 1.0, id="normalization"),
+    pytest.param(PROMPTS[:1], [42], 6, 3.5, None, False, 0.5, id="truncation-0.5"),
+    pytest.param(PROMPTS[1:2], [7], 5, 2.0, "blurry", True, 0.8, id="both-negative"),
+    pytest.param(PROMPTS[:1], [3], 4, 4.0, None, False, 0.0, id="truncation-0-first-step-only"),
+    pytest.param(PROMPTS[:2], [11, 12], 3, 1.5, "ugly", True, 0.4, id="batched-both"),
+]
+
+
+CFG_NAMES = ("prompts", "seeds", "steps", "guidance", "negative", "normalization", "truncation")
+
+
+@pytest.mark.parametrize(CFG_NAMES, CFG_CASES)
+def test_cfg_refinements_match_diffusers(
+    reference, ours, prompts, seeds, steps, guidance, negative, normalization, truncation
+):
+    """cfg_normalization and cfg_truncation are diffusers' own: the same images bit for bit (same operations in
+    the same order, CFG dropped from the forward at the same steps)."""
+    kw = dict(width=64, height=64, steps=steps, shift=3.0, guidance=guidance, negative=negative)
+    cfg = dict(cfg_normalization=normalization, cfg_truncation=truncation)
+    expected = run_reference(reference, prompts, seeds, **kw, **cfg)
+    actual = run_ours(ours, prompts, seeds, **kw, **cfg)
+    diff = (actual - expected).abs().max().item()
+    assert torch.equal(actual, expected), f"max |llm-dit - diffusers| = {diff}"
+
+
+def _cfg_request(**cfg) -> GenerationRequest:
+    return GenerationRequest.build(
+        PROMPTS[0], seed=5, width=64, height=64, steps=6, guidance_scale=3.5, negative_prompt="blurry", **cfg
+    )
+
+
+def test_cfg_refinements_change_pixels_when_they_apply_and_only_then(ours):
+    """Each option moves the image by more than twice the rounding bound of the runs compared (so a no-op
+    implementation fails), and changes nothing, bit for bit, where it cannot apply: without CFG, or at its
+    neutral value (normalization off, truncation 1)."""
+    plain, factor = generate_counted(ours, _cfg_request())
+    # The rescale adds, per step, two pairwise 2-norms over the latent (C x h x w) and one division.
+    latent = 16 * (64 // 8) * (64 // 8)
+    factor += 6 * (2 * math.ceil(math.log2(latent)) + 2)
+    for option in ({"cfg_normalization": True}, {"cfg_truncation": 0.5}, {"cfg_truncation": 0.0}):
+        changed, _ = generate_counted(ours, _cfg_request(**option))
+        assert_differ(changed.image, plain.image, factor)
+
+    (default,) = ours.generate_batch([_cfg_request()])
+    (neutral,) = ours.generate_batch([_cfg_request(cfg_normalization=False, cfg_truncation=1.0)])
+    assert_bit_equal(neutral.image, default.image)
+    assert (neutral.record["cfg_normalization"], neutral.record["cfg_truncation"]) == (False, 1.0)
+
+    no_cfg = dict(seed=5, width=64, height=64, steps=6)
+    (off,) = ours.generate_batch([GenerationRequest.build(PROMPTS[0], **no_cfg)])
+    (inert,) = ours.generate_batch(
+        [GenerationRequest.build(PROMPTS[0], **no_cfg, cfg_normalization=True, cfg_truncation=0.3)]
+    )
+    assert_bit_equal(inert.image, off.image)
+    assert (inert.record["cfg_normalization"], inert.record["cfg_truncation"]) == (None, None)  # inert: not claimed
+
+
+# -- the checkpoint's scheduler shift -------------------------------------------------------------------------------
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def test_checkpoint_scheduler_shift_is_used_as_diffusers_uses_it(tiny_checkpoint, tmp_path):
+    """A checkpoint whose scheduler_config.json says shift 5.0: with no shift set, llm-dit samples at 5.0 and
+    makes diffusers' image bit for bit (ZImagePipeline reads the same file); an explicit shift still wins."""
+    ck = tmp_path / "shift5"
+    shutil.copytree(tiny_checkpoint, ck, copy_function=_link_or_copy)
+    config_path = ck / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.unlink()  # a hard link: never write through to the session's checkpoint
+    config_path.write_text(json.dumps({**config, "shift": 5.0}))
+
+    reference = ZImagePipeline.from_pretrained(ck, dtype=torch.float32)
+    reference.set_progress_bar_config(disable=True)
+    assert reference.scheduler.config.shift == 5.0
+    expected = reference(
+        [PROMPTS[0]],
+        width=64,
+        height=64,
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        generator=torch.Generator("cpu").manual_seed(3),
+        output_type="pt",
+    ).images[0]
+    pipe = LlmDitPipeline.from_pretrained(
+        ck, encoder={"device": "cpu", "torch_dtype": "float32"}, pipeline={"device": "cpu", "torch_dtype": "float32"}
+    )
+    result = pipe.generate(PROMPTS[0], seed=3, width=64, height=64, steps=4)
+    assert (result.record["shift"], result.record["shift_source"]) == (5.0, "checkpoint scheduler_config")
+    assert torch.equal(result.image, expected)
+    explicit = pipe.generate(PROMPTS[0], seed=3, width=64, height=64, steps=4, shift=2.0)
+    assert (explicit.record["shift"], explicit.record["shift_source"]) == (2.0, "caller")
+    assert explicit.record["sigmas"] != result.record["sigmas"]

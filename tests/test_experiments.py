@@ -97,7 +97,7 @@ def test_builtin_loads_and_plans(name: str) -> None:
     runs = plan(exp, PROMPTS, exp.seeds, Settings(), model_fingerprint=FP)
     assert len(runs) == per * len(PROMPTS) * n_seeds
     assert len({r.image_name for r in runs}) == len(runs)
-    assert all(set(r.params) == set(PARAMETERS) for r in runs)
+    assert all(set(r.params) == {*PARAMETERS, "shift_source"} for r in runs)
     assert all(list(r.variables) == exp.variables() for r in runs)
     json.dumps(exp.to_dict())  # stored with the results
 
@@ -339,6 +339,8 @@ def test_run_id_changes_with_anything_that_affects_pixels() -> None:
         "refiner": "skip",
         "guidance_scale": 1.5,
         "layer_weights": {-2: 0.5, -5: 0.5},
+        "cfg_normalization": True,
+        "cfg_truncation": 0.5,
     }
     ids = {base}
     for key, value in changes.items():
@@ -350,6 +352,9 @@ def test_run_id_changes_with_anything_that_affects_pixels() -> None:
     assert len(ids) == len(changes) + 5
     # Labels, prompt ids, experiment names and output_dir are not pixels.
     assert compute_run_id(run.prompt_text, run.seed, {**run.params, "output_dir": "x"}, FP, {"device": "cuda"}) == base
+    # Where the shift came from is not pixels either; the CFG refinements at their neutral values are not either.
+    for key, value in (("shift_source", "config file"), ("cfg_normalization", False), ("cfg_truncation", 1.0)):
+        assert compute_run_id(run.prompt_text, run.seed, {**run.params, key: value}, FP, {"device": "cuda"}) == base
     renamed = plan(
         dataclasses.replace(get_experiment("shift_sweep"), name="other"),
         [dataclasses.replace(CAT, id="renamed")],
@@ -470,8 +475,8 @@ def test_invalid_run_names_experiment_prompt_seed_and_variables() -> None:
 
 def test_plan_inputs_are_checked() -> None:
     exp = get_experiment("shift_sweep")
-    with pytest.raises(LlmDitError, match="a seed is given more than once"):
-        plan(exp, [CAT], [1, 1], Settings(), model_fingerprint=FP)
+    with pytest.raises(LlmDitError, match=r"seeds given more than once: 1, 3$"):
+        plan(exp, [CAT], [3, 1, 2, 1, 3], Settings(), model_fingerprint=FP)
     with pytest.raises(LlmDitError, match="prompt ids given more than once: animal_001"):
         plan(exp, [CAT, CAT], [1], Settings(), model_fingerprint=FP)
     with pytest.raises(LlmDitError, match="no prompts"):

@@ -35,7 +35,7 @@ from llm_dit.analysis.grid import (
 )
 from llm_dit.analysis.results import ExperimentResults, load_experiment
 from llm_dit.errors import LlmDitError
-from llm_dit.experiments.store import PlannedRun, ResultsStore
+from llm_dit.experiments.store import PlannedRun, ResultsStore, RunTiming
 
 RGB = tuple[int, int, int]
 Key = tuple[str, ...]  # (prompt id, each axis value, seed)
@@ -98,7 +98,9 @@ def make_experiment(
             continue
         path = directory / run.image_name
         Image.new("RGB", (sizes or {}).get(key, size), colours[key]).save(path)
-        store.mark_done(name, run.run_id, image_path=run.image_name, generation_time_s=0.1, token_count=None, record={})
+        store.mark_done(
+            name, run.run_id, image_path=run.image_name, timing=RunTiming(0.1, 1), token_count=None, record={}
+        )
         values = {"ssim": 0.5 + index / 100, "psnr": math.inf if index == 0 else (None if index == 1 else 20.0)}
         store.add_metrics(name, run.run_id, values)
         if status == "deleted":

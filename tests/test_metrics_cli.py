@@ -110,14 +110,14 @@ def test_ablate_compute_metrics_writes_csvs_and_prints_the_table(done: Done) -> 
 
     _, summary = read_csv(directory / "summary.csv")
     table = {(row["metric"], row["value"]): row for row in summary}
-    assert set(table) == {(m, v) for m in [*WEIGHT_FREE, "generation_time_s"] for v in ("-1", "-2")}
+    assert set(table) == {(m, v) for m in [*WEIGHT_FREE, "seconds_per_image_batched"] for v in ("-1", "-2")}
     assert all(row["axis"] == "hidden_layer" for row in summary)
     assert table[("ssim", "-1")]["n"] == "2"
     assert float(table[("ssim", "-1")]["mean"]) == pytest.approx(
         (float(by_key[("-1", "1")]["ssim"]) + float(by_key[("-1", "2")]["ssim"])) / 2, rel=1e-12
     )
     assert table[("diversity_mad", "-1")]["n"] == "1"  # one condition (one prompt), not two runs
-    assert table[("generation_time_s", "-2")]["n"] == "2"
+    assert table[("seconds_per_image_batched", "-2")]["n"] == "2"
 
 
 def test_metrics_again_computes_nothing_new(done: Done, copy: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,7 +27,15 @@ import metrics_helpers
 from bounds import EPS64
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.planner import REPLACES, default_params
-from llm_dit.experiments.store import DB_NAME, SCHEMA_VERSION, MetricValue, PlanDefaults, PlannedRun, ResultsStore
+from llm_dit.experiments.store import (
+    DB_NAME,
+    SCHEMA_VERSION,
+    MetricValue,
+    PlanDefaults,
+    PlannedRun,
+    ResultsStore,
+    file_sha256,
+)
 from llm_dit.metrics import compute, pixel
 from llm_dit.metrics.compute import MetricsPass
 from llm_dit.metrics.reference import ReferenceChoice
@@ -122,8 +130,6 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), rows
 
 
-
-
 def approx(value: float, terms: int = 6, spread: float = 1.0) -> Any:
     """``value`` up to another float64 evaluation order: the same pixel functions on the same images, a mean or
     std over at most ``terms`` values summed in another order, a log10 written another way. Bound: (terms + 4)
@@ -172,7 +178,12 @@ def test_default_reference_is_found_from_params(store: ResultsStore) -> None:
         assert stored(store, "mad")[other] > 1.0
     # The stored params say which run was the reference: changing it recomputes the value.
     values = {(v.run_id, v.name): v for v in store.metric_values(EXP)}
-    assert values[("p1_hidden_layer-3_s2", "ssim")].params == {"reference": "run:p1_hidden_layer-2_s2"}
+    reference = "p1_hidden_layer-2_s2"
+    assert values[("p1_hidden_layer-3_s2", "ssim")].params == {
+        "reference": f"run:{reference}",
+        "input_sha256": {reference: file_sha256(image(store, reference))},  # and which image of it
+    }
+    assert values[("p1_hidden_layer-3_s2", "ssim")].image_sha256 == file_sha256(image(store, "p1_hidden_layer-3_s2"))
     assert values[("p1_hidden_layer-3_s2", "ssim")].version == METRICS["ssim"].version
 
 
@@ -519,14 +530,13 @@ def test_each_image_is_decoded_once(
     monkeypatch.setattr(compute, "BATCH", batch)
     monkeypatch.setattr(compute, "IMAGE_CACHE", cache)
     decoded: list[Path] = []
-    real = pixel.load_rgb
+    real = compute.read_image
 
-    def counting(value: Any) -> np.ndarray:
-        if isinstance(value, (str, Path)):  # the metrics call it on arrays too
-            decoded.append(Path(value))
-        return real(value)
+    def counting(path: Path, sha256: str | None = None) -> np.ndarray:
+        decoded.append(Path(path))
+        return real(path, sha256)
 
-    monkeypatch.setattr(pixel, "load_rgb", counting)
+    monkeypatch.setattr(compute, "read_image", counting)
     report = MetricsPass(store).run(EXP, specs())
     assert report.computed == dict.fromkeys(WEIGHT_FREE, 9)
     assert sorted(decoded) == sorted(image(store, r) for r in runs)
@@ -598,7 +608,7 @@ def test_results_and_summary_csv_hand_made_case(store: ResultsStore) -> None:
 
     _, summary = read_csv(report.summary_csv)
     table = {(row["metric"], row["axis"], row["value"]): row for row in summary}
-    assert {row["metric"] for row in summary} == {"mad", "psnr", "diversity_mad", "generation_time_s"}
+    assert {row["metric"] for row in summary} == {"mad", "psnr", "diversity_mad", "seconds_per_image_batched"}
 
     def check(key: tuple[str, str, str], samples: Sequence[float]) -> None:
         row = table[key]
@@ -618,14 +628,14 @@ def test_results_and_summary_csv_hand_made_case(store: ResultsStore) -> None:
     p1 = np.mean([(2 + 7) / 2, (2 + 5) / 2, (7 + 5) / 2])  # offsets 2, 4, 9
     p2 = np.mean([(2 + 4) / 2, (2 + 2) / 2, (4 + 2) / 2])  # offsets 1, 3, 5
     check(("diversity_mad", "hidden_layer", "-1"), [p1, p2])
-    check(("generation_time_s", "hidden_layer", "-1"), [1, 2, 3, 1, 2, 3])
+    check(("seconds_per_image_batched", "hidden_layer", "-1"), [1, 2, 3, 1, 2, 3])
     # The reference value: MAD 0 with no spread, PSNR infinite (mean inf, spread undefined), diversity 0.
     ref = table[("mad", "hidden_layer", "-2")]
     assert (ref["n"], float(ref["mean"]), float(ref["std"])) == ("6", 0.0, 0.0)
     assert table[("psnr", "hidden_layer", "-2")]["mean"] == "inf"
     assert table[("psnr", "hidden_layer", "-2")]["std"] == "nan"
     assert table[("diversity_mad", "hidden_layer", "-2")]["n"] == "2"
-    assert float(table[("generation_time_s", "hidden_layer", "-2")]["mean"]) == 10.0
+    assert float(table[("seconds_per_image_batched", "hidden_layer", "-2")]["mean"]) == 10.0
     # The report carries the same rows.
     assert len(report.summary) == len(summary)
 
@@ -653,10 +663,11 @@ def test_v1_database_is_migrated(tmp_path: Path) -> None:
 
     with ResultsStore(root) as store:
         assert store.metric_values(EXP) == [
-            MetricValue("p1_hidden_layer-1_s1", "clip", None, 1, {}),
-            MetricValue("p1_hidden_layer-1_s1", "ssim", 0.75, 1, {}),
+            MetricValue("p1_hidden_layer-1_s1", "clip", None, 1, {}, None),
+            MetricValue("p1_hidden_layer-1_s1", "ssim", 0.75, 1, {}, None),
         ]
-        assert store.runs(EXP)[0]["metrics"] == {"clip": None, "ssim": 0.75}
+        # Values from before image hashes (schema 4) are of no known image: never shown, computed again.
+        assert store.runs(EXP)[0]["metrics"] == {}
         # The migrated value has no params: a pass recomputes it (under the current version) instead of trusting it.
         report = MetricsPass(store).run(EXP, specs("ssim"))
         assert report.computed == {"ssim": 6}
@@ -665,8 +676,111 @@ def test_v1_database_is_migrated(tmp_path: Path) -> None:
         )
     with sqlite3.connect(root / DB_NAME) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION == 4
         columns = [row[1] for row in conn.execute("PRAGMA table_info(metrics)")]
         assert {"version", "params", "computed_at"} <= set(columns)
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'metrics_v1'").fetchone() == (0,)
     conn.close()
+
+
+# --------------------------------------------------------------------------- 8. image hashes and one pass at a time
+
+
+def test_an_image_changed_on_disk_is_reported_and_nothing_that_reads_it_is_stored(store: ResultsStore) -> None:
+    runs = hidden_layer_runs()
+    populate(store, definition(hidden_layer_axis()), runs)
+    changed, reference = "p1_hidden_layer-1_s1", "p1_hidden_layer-2_s2"
+    for run_id in (changed, reference):  # a pixel moved behind the store's back
+        pixels = pixel.load_rgb(image(store, run_id)).copy()
+        pixels[0, 0] = 255 - pixels[0, 0]
+        Image.fromarray(pixels).save(image(store, run_id))
+    report = MetricsPass(store).run(EXP, specs())
+    assert report.changed_on_disk == {run_id: str(image(store, run_id)) for run_id in sorted((changed, reference))}
+    (line,) = [note for note in report.notes if "changed on disk" in note]
+    assert changed in line and reference in line and "--force" in line
+    # Nothing stored for the changed runs, nor for the runs whose reference is one of them (the -1 and -3 of seed
+    # 2 compare with -2 of seed 2), nor for the diversity of a changed run's seed group-mate.
+    keys = {(v.run_id, v.name) for v in store.metric_values(EXP)}
+    assert not {run_id for run_id, _ in keys} & {changed, reference}
+    for run_id in ("p1_hidden_layer-1_s2", "p1_hidden_layer-3_s2"):
+        assert not {name for rid, name in keys if rid == run_id} & set(REFERENCE)
+    assert not {name for rid, name in keys if rid == "p1_hidden_layer-1_s2"} & set(DIVERSITY)
+    check_against(store, {"p1_hidden_layer-3_s1": "p1_hidden_layer-2_s1"})  # the rest is scored as usual
+    assert report.computed["mad"] == 2  # -2 and -3 of seed 1
+
+
+def test_an_image_changed_after_the_check_fails_its_batch_and_stores_nothing(
+    store: ResultsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    populate(store, definition(hidden_layer_axis()), hidden_layer_runs())
+    real = MetricsPass._changed_on_disk
+    target = image(store, "p1_hidden_layer-3_s2")
+
+    def check_then_change(self: MetricsPass, *args: Any) -> dict[str, str]:
+        found = real(self, *args)
+        Image.fromarray(noise("later")).save(target)  # written between the check and the decode
+        return found
+
+    monkeypatch.setattr(MetricsPass, "_changed_on_disk", check_then_change)
+    with pytest.raises(LlmDitError, match=f"image {target} changed on disk during the metrics pass"):
+        MetricsPass(store).run(EXP, specs())
+    assert store.metric_values(EXP) == []  # one batch (BATCH runs): nothing of it stored
+
+
+@pytest.mark.parametrize(
+    ("regenerated", "compared"),
+    [("p1_hidden_layer-1_s1", set()), ("p1_hidden_layer-2_s1", {"p1_hidden_layer-1_s1", "p1_hidden_layer-3_s1"})],
+    ids=["a run", "a reference run"],
+)
+def test_regenerating_one_run_recomputes_exactly_the_values_that_read_its_image(
+    store: ResultsStore, regenerated: str, compared: set[str]
+) -> None:
+    runs = hidden_layer_runs(seeds=(1, 2, 3))
+    populate(store, definition(hidden_layer_axis()), runs)
+    MetricsPass(store).run(EXP, specs())
+    before = {(v.run_id, v.name): v for v in store.metric_values(EXP)}
+    # Made again with other pixels under the same run id (``compared``: the runs whose reference it is).
+    Image.fromarray(noise("again")).save(image(store, regenerated))
+    store.mark_done(EXP, regenerated, image_path=f"{regenerated}.png", token_count=5, record={})
+    assert stored(store, "mad").keys() == {r.run_id for r in runs} - {regenerated} - compared
+    report = MetricsPass(store).run(EXP, specs())
+    # Its own values, the reference values of the runs compared with it, and the diversity of the other seeds of
+    # its condition (they compare with it too); nothing else.
+    prefix = regenerated.rsplit("_s", 1)[0]
+    mates = {f"{prefix}_s{seed}" for seed in (1, 2, 3)} - {regenerated}
+    assert report.computed == {**dict.fromkeys(REFERENCE, 1 + len(compared)), **dict.fromkeys(DIVERSITY, 3)}
+    after = {(v.run_id, v.name): v for v in store.metric_values(EXP)}
+    redone = {key for key in after if after[key] != before[key]}
+    want = {(regenerated, name) for name in WEIGHT_FREE} | {(m, n) for m in mates for n in DIVERSITY}
+    assert redone == want | {(run_id, name) for run_id in compared for name in REFERENCE}
+    check_against(store, {run_id: "p1_hidden_layer-2_s1" for run_id in {regenerated, *compared}})
+
+
+def test_runs_made_before_image_hashes_are_scored_as_found_and_said_unverified(store: ResultsStore) -> None:
+    runs = hidden_layer_runs()
+    populate(store, definition(hidden_layer_axis()), runs)
+    MetricsPass(store).run(EXP, specs("mad"))
+    with sqlite3.connect(store.db_path) as conn:  # as a schema 3 database migrated to 4 holds them
+        conn.execute("UPDATE runs SET image_sha256 = NULL, image_hash_origin = NULL")
+        conn.execute("UPDATE metrics SET image_sha256 = NULL")
+    conn.close()
+    assert stored(store, "mad") == {}  # values of no known image
+    report = MetricsPass(store).run(EXP, specs("mad"))
+    assert report.computed == {"mad": 6} and report.unverified == 6
+    (line,) = [note for note in report.notes if "unverified" in note]
+    assert "6 done runs" in line and "--force" in line
+    found = {r["run_id"]: (r["image_sha256"], r["image_hash_origin"]) for r in store.runs(EXP)}
+    assert found == {r.run_id: (file_sha256(image(store, r)), "found") for r in runs}
+    again = MetricsPass(store).run(EXP, specs("mad"))
+    assert again.computed == {"mad": 0} and again.kept == {"mad": 6} and again.unverified == 6
+
+
+def test_a_second_pass_on_the_same_experiment_is_refused(store: ResultsStore) -> None:
+    populate(store, definition(hidden_layer_axis()), hidden_layer_runs())
+    busy = f"metrics of experiment '{EXP}' .* are being computed by another"
+    with ResultsStore(store.root) as other, other.metrics_lock(EXP), pytest.raises(LlmDitError, match=busy):
+        MetricsPass(store).run(EXP, specs())
+    assert store.metric_values(EXP) == []
+    with pytest.raises(LlmDitError, match="no experiment 'missing'"):
+        MetricsPass(store).run("missing", specs())
+    assert not (store.root / "missing").exists()  # refused before any lock file is made

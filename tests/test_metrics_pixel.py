@@ -147,7 +147,7 @@ def _run(prompt: str, seed: int, layer: str, metrics: dict[str, float], status: 
         "variables": {"hidden_layer": layer},
         "metrics": metrics,
         "status": status,
-        "generation_time_s": 1.0 + seed,
+        "seconds_per_image_batched": 1.0 + seed,
     }
 
 
@@ -162,7 +162,8 @@ def test_summarize_groups_by_value_and_conditions(tmp_path: Path) -> None:
         _run("b", 1, "-6", {"ssim": 0.9, "diversity_ssim": float("nan")}),
         _run("b", 2, "-6", {"ssim": 0.1}, status="failed"),
     ]
-    rows = summarize(runs, ["hidden_layer"], ["ssim", "diversity_ssim", "generation_time_s"], {"diversity_ssim"})
+    metrics = ["ssim", "diversity_ssim", "seconds_per_image_batched"]
+    rows = summarize(runs, ["hidden_layer"], metrics, {"diversity_ssim"})
     by = {(r["metric"], r["value"]): r for r in rows}
     assert [r["value"] for r in rows if r["metric"] == "ssim"] == ["-2", "-6"]  # planned order
     assert by["ssim", "-6"]["n"] == 3  # the failed run is left out
@@ -171,7 +172,7 @@ def test_summarize_groups_by_value_and_conditions(tmp_path: Path) -> None:
     assert by["diversity_ssim", "-2"]["n"] == 2
     assert by["diversity_ssim", "-2"]["mean"] == pytest.approx(0.3)
     assert ("diversity_ssim", "-6") not in by  # NaN is no value
-    assert by["generation_time_s", "-2"]["mean"] == pytest.approx(2.5)
+    assert by["seconds_per_image_batched", "-2"]["mean"] == pytest.approx(2.5)
     path = write_summary(rows, tmp_path / "summary.csv")
     lines = path.read_text().splitlines()
     assert lines[0] == "metric,axis,value,n,mean,std,ci95_low,ci95_high"

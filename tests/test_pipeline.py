@@ -389,7 +389,8 @@ def test_max_batch_size_splits_into_chunks(pipe, references, monkeypatch):
 
 def test_seconds_per_image_is_the_batch_time_over_its_size(pipe, monkeypatch):
     """A fake clock that advances 1 s per DiT forward and at no other time: a batch of n images sampled in S
-    steps takes S forwards, S seconds, and each of its records says S / n seconds per image."""
+    steps takes S forwards, S seconds, and each of its records says so (batch seconds, size, its position) and
+    S / n seconds per image batched; on a CPU there is no peak accelerator memory (None, not a made-up 0)."""
     clock = [0.0]
 
     def tick(module, args, output):
@@ -406,7 +407,10 @@ def test_seconds_per_image_is_the_batch_time_over_its_size(pipe, monkeypatch):
         handle.remove()
     assert clock[0] == 2 + 2 + 3
     assert [r.record["batch_size"] for r in results] == [3, 3, 3, 2, 2, 1]
-    assert [r.record["seconds_per_image"] for r in results] == [round(2 / 3, 4)] * 3 + [1.0, 1.0, 3.0]
+    assert [r.record["batch_seconds"] for r in results] == [2.0] * 5 + [3.0]
+    assert [r.record["batch_position"] for r in results] == [0, 1, 2, 0, 1, 0]
+    assert [r.record["seconds_per_image_batched"] for r in results] == [round(2 / 3, 6)] * 3 + [1.0, 1.0, 3.0]
+    assert [r.record["peak_memory_bytes"] for r in results] == [None] * 6
 
 
 def test_groups_by_size_and_steps_in_input_order(pipe, pipe64):

@@ -28,7 +28,7 @@ from llm_dit.analysis.plots import Stat, heatmap_table, line_series, pareto_fron
 from llm_dit.analysis.results import ExperimentResults, load_experiment
 from llm_dit.cli import plot as cli_plot
 from llm_dit.errors import LlmDitError
-from llm_dit.experiments.store import PlannedRun, ResultsStore
+from llm_dit.experiments.store import PlannedRun, ResultsStore, RunTiming, TimedStats
 
 EXP = "synthetic"
 DPI = 40
@@ -55,9 +55,10 @@ def make_results(root: Path, axes: Sequence[str], rows: Sequence[dict[str, Any]]
     store.plan_runs(name, planned)
     for i, row in enumerate(rows):
         if row.get("status", "done") == "done":
+            # No image file: a plot reads numbers only, so the image's hash is a stand-in.
             store.mark_done(
-                name, f"r{i}", image_path=f"r{i}.png", generation_time_s=row.get("time", 1.0), token_count=None,
-                record={},
+                name, f"r{i}", image_path=f"r{i}.png", image_sha256=f"image {i}", token_count=None, record={},
+                timing=RunTiming(row.get("time", 1.0), 1, timed=row.get("timed")),
             )  # fmt: skip
         elif row["status"] == "failed":
             store.mark_failed(name, f"r{i}", "boom")
@@ -255,8 +256,44 @@ def test_pareto_points_average_each_condition_over_prompts_and_seeds(tmp_path: P
 
     fixed = pareto_points(results, "ssim", {"shift": ["2.0"]})
     assert [p.label for p in fixed.points] == ["steps=4", "steps=8"]  # shift no longer varies
-    with pytest.raises(LlmDitError, match="generation_time_s on x"):
-        pareto_points(results, "generation_time_s")
+    with pytest.raises(LlmDitError, match="puts time on x"):
+        pareto_points(results, "seconds_per_image_batched")
+    assert data.time_source == "seconds_per_image_batched" and not data.notes
+
+
+def test_pareto_uses_timed_medians_when_every_run_has_one_and_never_mixes(tmp_path: Path) -> None:
+    def rows(timed_steps: Sequence[str]) -> list[dict[str, Any]]:
+        out = []
+        for steps, batched, medians in (("4", [1.0, 1.2], [0.4, 0.6]), ("8", [2.0, 2.2], [0.9, 1.1])):
+            for k in range(2):
+                timed = TimedStats(medians[k], medians[k] / 2, medians[k] * 2, 3) if steps in timed_steps else None
+                out.append({
+                    "prompt": "animal_001", "seed": 1 + k, "variables": {"steps": steps}, "metrics": {"ssim": 0.5 + k},
+                    "time": batched[k], "timed": timed,
+                })  # fmt: skip
+        return out
+
+    all_timed = make_results(tmp_path / "all", ["steps"], rows(["4", "8"]))
+    timed = pareto_points(all_timed, "ssim")
+    assert timed.time_source == "timed_median_s" and not timed.notes
+    assert_stat(timed.points[0].time, "steps=4", [0.4, 0.6])
+    assert_stat(timed.points[1].time, "steps=8", [0.9, 1.1])
+    figure = plots.draw_pareto(timed)
+    assert figure.axes[0].get_xlabel() == (
+        "s per image, timed (median of repeats at batch 1, warmed up) (mean over runs; lower is better)"
+    )
+    some = pareto_points(make_results(tmp_path / "some", ["steps"], rows(["8"])), "ssim")
+    assert some.time_source == "seconds_per_image_batched"
+    assert_stat(some.points[1].time, "steps=8", [2.0, 2.2])  # the batched figure for every run, timed or not
+    assert some.notes == [
+        "only 2 of the 4 plotted runs were timed (ablate --timing): time is the batched seconds per image for all "
+        "of them; time the others to plot timed medians"
+    ]
+    assert plots.draw_pareto(some).axes[0].get_xlabel().startswith("s per image, batched (batch time / batch size)")
+    untimed = make_results(tmp_path / "none", ["steps"], rows([]))
+    with pytest.raises(LlmDitError, match="has no timed runs; time them with 'llm-dit ablate"):
+        plots.resolve_metric(untimed, "timed_median_s")
+    assert plots.resolve_metric(all_timed, "timed_median_s") == "timed_median_s"
 
 
 # -- choosing metric and axis ----------------------------------------------------------------------------------
@@ -269,7 +306,7 @@ def test_default_metric_and_axis_and_their_errors(tmp_path: Path) -> None:
     ]  # fmt: skip
     results = make_results(tmp_path / "r", ["shift", "steps"], rows)
     assert plots.resolve_metric(results, None) == "psnr"  # before mad and the diversity metrics
-    assert plots.resolve_metric(results, "generation_time_s") == "generation_time_s"
+    assert plots.resolve_metric(results, "seconds_per_image_batched") == "seconds_per_image_batched"
     assert plots.resolve_axis(results, None) == "shift"
     with pytest.raises(LlmDitError, match=rf"no ssim values; compute them with 'llm-dit metrics {EXP} --metric ssim'"):
         plots.resolve_metric(results, "ssim")
@@ -340,8 +377,8 @@ def test_cli_writes_png_and_svg_of_each_kind(
     texts = svg_texts(svg)
     assert "psnr (higher is better)" in texts and f"left out {inf_runs} of 36 psnr values" in texts
     if kind == "pareto":
-        assert "look: psnr vs generation time, per shift x layer" in texts and "Pareto frontier" in texts
-        assert "generation time, s per image (mean; lower is better)" in texts
+        assert "look: psnr vs seconds per image, batched, per shift x layer" in texts and "Pareto frontier" in texts
+        assert "s per image, batched (batch time / batch size) (mean over runs; lower is better)" in texts
         assert "shift=" in texts and "layer=" in texts  # frontier labels
     else:
         assert f"look: psnr by {'prompt category x ' if kind == 'heatmap' else ''}shift" in texts
@@ -357,12 +394,12 @@ def test_cli_defaults_filters_and_custom_category(
     assert (rc, out.strip(), err) == (0, "look_line_ssim.png", "")  # default kind, metric and place
     assert (tmp_path / "look_line_ssim.png").is_file()
 
-    argv = ["plot", "look_custom", "--output-dir", tiny_results, "-m", "generation_time_s", "-k", "heatmap"]
+    argv = ["plot", "look_custom", "--output-dir", tiny_results, "-m", "seconds_per_image_batched", "-k", "heatmap"]
     rc, out, _ = run(capsys, *argv, "-a", "layer", "-w", 'shift="3.0"', "-o", "custom.svg")
     assert rc == 0
     texts = svg_texts(tmp_path / "custom.svg")
     assert "custom" in texts and "-2:0.5,-5:0.5" in texts and "where shift = 3.0" in texts
-    assert "generation time, s per image (lower is better)" in texts
+    assert "s per image, batched (batch time / batch size) (lower is better)" in texts
 
     run(capsys, *argv, "-a", "layer", "-w", "shift=3.0", "-o", "again.svg")  # same data, same bytes
     assert (tmp_path / "again.svg").read_bytes() == (tmp_path / "custom.svg").read_bytes()
@@ -376,13 +413,13 @@ def test_cli_defaults_filters_and_custom_category(
         (["look", "--dpi", "5"], ["--dpi must be 20..600"]),
         (["lookk"], ["no experiment 'lookk'", "did you mean 'look'?", "experiments: look, look_custom"]),
         (["look", "-m", "lpips"], ["no lpips values", "llm-dit metrics look --metric lpips"]),
-        (["look", "-m", "ssimm"], ["unknown metric 'ssimm'", "diversity_mad, mad, psnr, ssim, generation_time_s"]),
+        (["look", "-m", "ssimm"], ["unknown metric 'ssimm'", "mad, psnr, ssim, seconds_per_image_batched"]),
         (["look", "-a", "seed"], ["no axis 'seed'", "axes: shift, layer"]),
         (["look", "-k", "pareto", "-a", "shift"], ["--axis does not apply to --kind pareto"]),
         (["look", "-w", "shift=2.5"], ["shift has no value '2.5'", "values: '2.0', '3.0', '6.0'"]),
         (["look", "-w", "shift"], ["expected DIMENSION=VALUES"]),
         (["look_custom"], ["has no metric values yet", "llm-dit metrics look_custom"]),
-        (["look_custom", "-k", "pareto", "-m", "generation_time_s"], ["generation_time_s on x"]),
+        (["look_custom", "-k", "pareto", "-m", "seconds_per_image_batched"], ["puts time on x"]),
     ],
 )
 def test_cli_errors_are_one_line(

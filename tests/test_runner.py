@@ -53,9 +53,18 @@ CSV_COLUMNS = [
     "seed",
     "status",
     "error",
-    "generation_time_s",
+    "seconds_per_image_batched",
+    "batch_seconds",
+    "batch_size",
+    "batch_position",
+    "timed_median_s",
+    "timed_min_s",
+    "timed_max_s",
+    "timed_repeats",
+    "peak_memory_bytes",
     "token_count",
     "output_path",
+    "image_sha256",
 ]
 SUMMARY_RE = re.compile(r"(\d+) done, (\d+) skipped \(already done\), (\d+) failed")
 SWEEP_ORDER = [  # (preset, experiment) in the documented priority order
@@ -155,6 +164,7 @@ def test_prepare_expands_prompts_x_combinations_x_seeds(tiny_checkpoint: Path, n
         assert (gen.seed, gen.width, gen.height) == (r.seed, 64, 64)
         assert (gen.shift, gen.steps) == (float(r.variables["shift"]), int(r.variables["steps"]))
     assert prepared.notes == []
+    assert not prepared.source.built  # planned and checked without a pipeline (the light checks)
     # Nothing loaded: the transformer and VAE are still lazy, the encoder model too.
     assert prepared.pipeline.encoder._model is None
     assert prepared.pipeline._transformer._value is None and prepared.pipeline._vae._value is None
@@ -339,7 +349,8 @@ def test_real_run_writes_images_records_csv_metadata_and_db(
         assert (row["shift"], row["seed"]) == (r.variables["shift"], str(r.seed))
         assert row["output_path"] == r.image_name
         assert int(row["token_count"]) > 0
-        assert float(row["generation_time_s"]) >= 0
+        assert float(row["seconds_per_image_batched"]) >= 0
+        assert row["peak_memory_bytes"] == ""  # a CPU run: no accelerator peak, and no made-up number
 
     meta = json.loads((exp_dir / "metadata.json").read_text(encoding="utf-8"))
     assert meta["name"] == "mini"
@@ -516,8 +527,8 @@ def test_batched_run_matches_one_by_one(
         result, factor = generate_counted(prepared.pipeline, request_for(planned))
         levels = max(levels, math.floor(2 * rounding_bound(result.image, factor) * 255) + 1)
     assert worst <= levels, f"batched pixels differ by {worst}/255, more than rounding explains ({levels}/255)"
-    cost4 = plan_cost(prepared.runs, 4, prepared.pipeline)
-    cost1 = plan_cost(prepared.runs, 1, prepared.pipeline)
+    cost4 = plan_cost(prepared.runs, 4, prepared.checker)
+    cost1 = plan_cost(prepared.runs, 1, prepared.checker)
     assert cost4 == {
         "images": 8,
         "distinct_prompt_encodings": 1,
@@ -528,14 +539,15 @@ def test_batched_run_matches_one_by_one(
     assert cost4["dit_forwards_batched"] < cost1["dit_forwards_batched"]
     # With CFG the negative prompt is encoded too (once per encoder group), as the pipeline will do.
     cfg = prepare(tiny_checkpoint, experiment_file=exp, batch_size=4, overrides={**SMALL, "guidance_scale": 2.0})
-    assert plan_cost(cfg.runs, 4, cfg.pipeline)["distinct_prompt_encodings"] == 2
+    assert plan_cost(cfg.runs, 4, cfg.checker)["distinct_prompt_encodings"] == 2
 
 
 def test_stored_generation_time_is_the_batch_time_over_its_size(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A fake clock that advances 1 s per DiT forward and at no other time: 5 runs in batches of 3 and 2, 2 steps
-    each, take 2 s per batch, so the store holds 2/3 s per image for the first batch and 2/2 for the second."""
+    each, take 2 s per batch, so the store holds batch seconds 2, batch sizes 3 and 2, each image's position,
+    and 2/3 s per image batched for the first batch and 2/2 for the second."""
     from types import SimpleNamespace
 
     from llm_dit.generation import pipeline as pipeline_module
@@ -556,8 +568,10 @@ def test_stored_generation_time_is_the_batch_time_over_its_size(
         handle.remove()
     assert (summary.done, summary.failed) == (5, 0)
     assert clock[0] == 2 + 2  # two batches, 2 forwards each
-    stored = load_results(tmp_path / "out", "clocked")["generation_time_s"].tolist()
-    assert sorted(stored) == sorted([round(2 / 3, 4)] * 3 + [1.0] * 2)
+    frame = load_results(tmp_path / "out", "clocked")
+    stored = sorted(zip(frame["batch_size"], frame["batch_position"], frame["batch_seconds"], strict=True))
+    assert stored == [(2, 0, 2.0), (2, 1, 2.0), (3, 0, 2.0), (3, 1, 2.0), (3, 2, 2.0)]
+    assert sorted(frame["seconds_per_image_batched"]) == sorted([2 / 3] * 3 + [1.0] * 2)
 
 
 # ---------------------------------------------------------------------------------------- 7. failures
@@ -752,7 +766,7 @@ def test_sweep_all_covers_the_presets_in_priority_order(
     argv = ["sweep", "--all", "--quick", "--dry-run", "--model-path", tiny_checkpoint, "--output-dir", out]
     rc, stdout, err = run(capsys, *argv)
     assert rc == 0, err
-    assert len(built) == 1  # the five presets share one pipeline: models would load once
+    assert built == []  # a dry run checks with the light checks: no pipeline (tests/test_light_paths.py)
     assert re.findall(r"^sweep (\w+):", err, flags=re.M) == [preset for preset, _ in SWEEP_ORDER]
     experiments = {name for _, name in SWEEP_ORDER}
     headings = [m for m in re.findall(r"^(\w+): ", stdout, flags=re.M) if m in experiments]

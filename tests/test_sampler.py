@@ -17,8 +17,8 @@ from torch import nn
 
 from bounds import assert_bit_equal, assert_within_rounding, count_reductions, rounding_bound
 from llm_dit.errors import LlmDitError
-from llm_dit.generation.sampler import context_refiner_mode, denoise, initial_noise
-from llm_dit.generation.schedule import resolve_sigmas
+from llm_dit.generation.sampler import Guidance, context_refiner_mode, denoise, initial_noise
+from llm_dit.generation.schedule import dit_timestep, resolve_sigmas
 from llm_dit.models import checkpoint
 
 pytestmark = pytest.mark.numerics  # float results within derived bounds: CI runs these again with 2 threads
@@ -326,3 +326,51 @@ def test_sigmas_shape_is_checked(transformer):
     x = noise(1, 2)
     with pytest.raises(LlmDitError, match="sigmas"):
         denoise(transformer, x, resolve_sigmas(2, 3.0)[None], captions(5, 5), [None, None], [0.0, 0.0])
+
+
+# -- diffusers' CFG refinements (Guidance) ---------------------------------------------------------------------
+
+
+def test_guidance_combine_by_hand():
+    """pred = pos + g (pos - neg); with normalization, rescaled to |pos| only when it is longer (hand-computed:
+    pos = (3, 4), |pos| = 5)."""
+    pos, neg = torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])
+    assert torch.equal(Guidance(2.0).combine(pos, neg), torch.tensor([7.0, 8.0]))  # 3 + 2*2, 4 + 2*2
+    # |(7, 8)| = sqrt(113) > 5: scaled by 5 / sqrt(113), so its norm is |pos| (to float32 rounding of 3 ops).
+    capped = Guidance(2.0, normalization=True).combine(pos, neg)
+    expected = torch.tensor([7.0, 8.0], dtype=torch.float64) * 5 / 113**0.5
+    assert_within_rounding(capped, expected, 8)
+    # Shorter than pos: left exactly as is. neg = 1.5 pos gives pred = pos - 0.5 g pos = 0.5 pos at g = 1.
+    short = Guidance(1.0, normalization=True).combine(pos, 1.5 * pos)
+    assert torch.equal(short, torch.tensor([1.5, 2.0]))
+
+
+@pytest.mark.parametrize(
+    ("scale", "truncation", "t", "applies"),
+    [
+        (2.0, 1.0, 0.99, True),
+        (2.0, 0.5, 0.5, True),  # diffusers drops CFG where t > cfg_truncation: at equality it still applies
+        (2.0, 0.5, 0.5000001, False),
+        (2.0, 0.0, 0.0, True),  # the first step (sigma 1, t 0) keeps CFG even at truncation 0
+        (0.0, 1.0, 0.0, False),
+    ],
+)
+def test_guidance_applies_until_truncation(scale, truncation, t, applies):
+    assert Guidance(scale, truncation=truncation).applies(t) is applies
+
+
+def test_truncated_cfg_leaves_the_forward(transformer):
+    """A sample whose DiT time passed its cfg_truncation runs that step without its negative (as diffusers
+    does), while a batch-mate keeps CFG: the forwards' sizes show which samples were guided."""
+    x = noise(41, 42)
+    pos, neg = captions(12, 20, seed=9), captions(8, 14, seed=10)
+    sigmas = torch.stack([resolve_sigmas(4, 3.0), resolve_sigmas(4, 3.0)])
+    times = dit_timestep(sigmas[0, :4]).tolist()  # 0, 0.1, 0.25, 0.5 (4 steps at shift 3)
+    assert times[1] <= 0.2 < times[2]
+    sizes = []
+    handle = transformer.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    try:
+        denoise(transformer, x, sigmas, pos, neg, [Guidance(2.0, truncation=0.2), Guidance(2.0)])
+    finally:
+        handle.remove()
+    assert sizes == [4, 4, 3, 3]  # 2 positives + both negatives, then only sample 1's negative

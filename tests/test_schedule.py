@@ -6,7 +6,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from bounds import EPS32
 from llm_dit.errors import LlmDitError
-from llm_dit.generation.schedule import dit_timestep, explicit_sigmas, resolve_sigmas, shifted_sigmas
+from llm_dit.generation.schedule import check_schedule, dit_timestep, explicit_sigmas, resolve_sigmas, shifted_sigmas
 
 pytestmark = pytest.mark.numerics  # float results within derived bounds: CI runs these again with 2 threads
 
@@ -73,3 +73,54 @@ def test_bad_explicit_sigmas(values, message):
 def test_bad_steps_or_shift(steps, shift):
     with pytest.raises(LlmDitError):
         shifted_sigmas(steps, shift)
+
+
+CASES = [
+    (8, 3.0, None),
+    (1, 1.0, None),
+    (30, 6.0, None),
+    (0, 3.0, None),
+    (-1, 3.0, None),
+    (8, 0.0, None),
+    (8, -1.0, None),
+    (8, float("nan"), None),
+    (8, float("inf"), None),
+    (8, None, None),
+    (2.0, 3.0, None),
+    (8, None, [0.9, 0.5, 0.1]),
+    (8, 3.0, [1.0, 0.5, 0.0]),
+    (8, 3.0, []),
+    (8, 3.0, [0.5, 0.7]),
+    (8, 3.0, [1.5, 0.5]),
+    (8, 3.0, [0.0]),
+    (8, 3.0, [0.5, float("nan")]),
+]
+
+
+@pytest.mark.parametrize(("steps", "shift", "sigmas"), CASES)
+def test_check_schedule_accepts_and_refuses_what_resolve_sigmas_does(steps, shift, sigmas):
+    """The light check (no torch) is the builder's own validation: same outcome, same message, and the count of
+    DiT forwards equals the built schedule's length minus its final 0."""
+    try:
+        built = resolve_sigmas(steps, shift, sigmas)
+    except LlmDitError as exc:
+        with pytest.raises(LlmDitError) as caught:
+            check_schedule(steps, shift, sigmas)
+        assert str(caught.value) == str(exc)
+    else:
+        assert check_schedule(steps, shift, sigmas) == len(built) - 1
+
+
+def test_schedule_checks_import_no_torch():
+    import subprocess
+    import sys
+
+    from cli_helpers import subprocess_env
+
+    code = (
+        "import sys\nfrom llm_dit.generation.schedule import check_schedule\n"
+        "assert check_schedule(8, 3.0) == 8 and check_schedule(8, None, [0.5, 0.2]) == 2\n"
+        "print([m for m in ('torch', 'numpy') if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env())
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -15,14 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import read_csv, subprocess_env
+from cli_helpers import read_csv, results_snapshot, subprocess_env
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.store import (
     DB_NAME,
+    METRICS_LOCK_NAME,
     SCHEMA_VERSION,
+    TRAILING_COLUMNS,
+    MetricValue,
     PlannedRun,
     ResultsStore,
+    RunTiming,
+    TimedStats,
+    file_sha256,
     load_results,
+    peek_done,
 )
 from llm_dit.files import write_atomic
 
@@ -60,7 +68,7 @@ def finish_run(store: ResultsStore, run_id: str, *, seconds: float = 1.5, tokens
     """What the runner does: write the image atomically, then mark the run done."""
     write_atomic(store.experiment_dir(EXP) / f"{run_id}.png", b"\x89PNG fake")
     store.mark_done(
-        EXP, run_id, image_path=f"{run_id}.png", generation_time_s=seconds, token_count=tokens, record={"id": run_id}
+        EXP, run_id, image_path=f"{run_id}.png", timing=RunTiming(seconds, 1), token_count=tokens, record={"id": run_id}
     )
 
 
@@ -116,7 +124,7 @@ def test_plan_mark_status_round_trip(store: ResultsStore) -> None:
     assert first["params"] == {"shift": 1.0, "steps": 8, "model_path": "/models/z"}
     assert first["record"] == {"id": runs[0].run_id}
     assert first["image_path"] == f"{runs[0].run_id}.png"
-    assert first["generation_time_s"] == 1.5 and first["token_count"] == 12
+    assert first["seconds_per_image_batched"] == 1.5 and first["token_count"] == 12
     assert first["prompt_text"] == TRICKY_PROMPT
     assert store.experiments() == [EXP]
 
@@ -191,7 +199,7 @@ def test_failed_runs_keep_their_error_until_done(store: ResultsStore) -> None:
 
 def test_unknown_runs_experiments_and_bad_input_are_clear_errors(store: ResultsStore) -> None:
     with pytest.raises(LlmDitError, match="not planned"):
-        store.mark_done(EXP, "nope", image_path="nope.png", generation_time_s=1.0, token_count=None, record={})
+        store.mark_done(EXP, "nope", image_path="nope.png", image_sha256="0", token_count=None, record={})
     with pytest.raises(LlmDitError, match="not planned"):
         store.mark_failed(EXP, "nope", "x")
     with pytest.raises(LlmDitError, match="not planned"):
@@ -205,9 +213,7 @@ def test_unknown_runs_experiments_and_bad_input_are_clear_errors(store: ResultsS
             store.experiment_dir(bad)
     store.plan_runs(EXP, make_runs())
     with pytest.raises(LlmDitError, match="outside the experiment directory"):
-        store.mark_done(
-            EXP, make_runs()[0].run_id, image_path="/etc/x.png", generation_time_s=1, token_count=1, record={}
-        )
+        store.mark_done(EXP, make_runs()[0].run_id, image_path="/etc/x.png", image_sha256="0", token_count=1, record={})
     assert store.status(EXP)[make_runs()[0].run_id] == "planned"  # nothing half-applied
 
 
@@ -257,14 +263,13 @@ def test_export_metadata_and_csv(store: ResultsStore) -> None:
     assert meta["started_at"] and meta["finished_at"] is None
 
     columns, rows = read_csv(results_path)
-    expected = ["run_id", "prompt_id", "prompt_text", "shift", "steps", "seed", "status", "error"]
-    expected += ["generation_time_s", "token_count", "output_path"]
+    expected = ["run_id", "prompt_id", "prompt_text", "shift", "steps", *TRAILING_COLUMNS]
     assert columns == expected
     assert [row["run_id"] for row in rows] == [r.run_id for r in runs]
     assert rows[0]["prompt_text"] == TRICKY_PROMPT  # comma, quote and newline survive
     assert rows[0]["shift"] == "1.0" and rows[1]["shift"] == "3.0" and rows[0]["steps"] == "8"
     assert rows[0]["status"] == "done" and rows[0]["output_path"] == f"{runs[0].run_id}.png"
-    assert float(rows[0]["generation_time_s"]) == 2.25 and rows[0]["token_count"] == "17"
+    assert float(rows[0]["seconds_per_image_batched"]) == 2.25 and rows[0]["token_count"] == "17"
     assert rows[1]["error"] == "bad, very bad" and rows[1]["output_path"] == ""
     assert rows[2]["status"] == "planned" and rows[2]["seed"] == "42"
 
@@ -383,7 +388,7 @@ def test_lock_of_a_process_killed_with_sigkill_is_not_stale(store: ResultsStore)
 
 MARK_LOOP = """
 import sys
-from llm_dit.experiments.store import ResultsStore
+from llm_dit.experiments.store import ResultsStore, RunTiming
 store = ResultsStore(sys.argv[1])
 exp, prefix, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
 go = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] != "-" else None
@@ -401,7 +406,7 @@ for i in range(n):
         time.sleep(600)
     run_id = f"{prefix}{i}"
     (store.experiment_dir(exp) / f"{run_id}.png").write_bytes(b"png")
-    store.mark_done(exp, run_id, image_path=f"{run_id}.png", generation_time_s=i / 10, token_count=i,
+    store.mark_done(exp, run_id, image_path=f"{run_id}.png", timing=RunTiming(i / 10, 1), token_count=i,
                     record={"run_id": run_id, "blob": "x" * 2000})
     store.add_metrics(exp, run_id, {"m": float(i)})
     if i == 20:
@@ -439,7 +444,7 @@ def test_database_survives_a_writer_killed_with_sigkill(store: ResultsStore) -> 
         i = int(row["run_id"][1:])
         if row["status"] == "done":  # fully there
             assert row["image_path"] == f"{row['run_id']}.png"
-            assert row["generation_time_s"] == i / 10 and row["token_count"] == i
+            assert row["seconds_per_image_batched"] == i / 10 and row["token_count"] == i
             assert row["record"] == {"run_id": row["run_id"], "blob": "x" * 2000}
         else:  # or absent
             assert row["status"] == "planned"
@@ -488,24 +493,11 @@ def test_load_results_columns_and_dtypes(store: ResultsStore) -> None:
     store.add_metrics(EXP, runs[0].run_id, {"siglip": 0.3})
     df = load_results(store.root, EXP)
     assert isinstance(df, pd.DataFrame)
-    assert list(df.columns) == [
-        "run_id",
-        "prompt_id",
-        "prompt_text",
-        "shift",
-        "steps",
-        "seed",
-        "status",
-        "error",
-        "generation_time_s",
-        "token_count",
-        "output_path",
-        "siglip",
-    ]
+    assert list(df.columns) == ["run_id", "prompt_id", "prompt_text", "shift", "steps", *TRAILING_COLUMNS, "siglip"]
     assert len(df) == len(runs)
     assert df["seed"].dtype == "int64"
-    assert df["generation_time_s"].dtype == "float64" and df["siglip"].dtype == "float64"
-    assert str(df["token_count"].dtype) == "Int64"
+    assert df["seconds_per_image_batched"].dtype == "float64" and df["siglip"].dtype == "float64"
+    assert str(df["token_count"].dtype) == "Int64" and str(df["peak_memory_bytes"].dtype) == "Int64"
     for column in ("run_id", "prompt_text", "shift", "status", "error", "output_path"):
         assert pd.api.types.is_string_dtype(df[column]), column
     assert df["token_count"].tolist()[:2] == [9, pd.NA]
@@ -520,3 +512,210 @@ def test_load_results_columns_and_dtypes(store: ResultsStore) -> None:
         load_results(store.root, "missing")
     with pytest.raises(LlmDitError, match="no results database"):
         load_results(store.root / "nowhere", EXP)
+
+
+# -- schema 4: image hashes, migrations, damaged databases ---------------------------------------------------
+
+# The runs table as llm-dit 0.1.0 wrote it (schema 3; schema 2 lacked in_plan), with its metrics table.
+V3_RUNS = """CREATE TABLE runs (
+    experiment TEXT NOT NULL REFERENCES experiments(name) ON DELETE CASCADE, run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL, in_plan INTEGER NOT NULL DEFAULT 1, prompt_id TEXT NOT NULL, prompt_text TEXT NOT NULL,
+    seed INTEGER NOT NULL, variables TEXT NOT NULL DEFAULT '{}', params TEXT NOT NULL DEFAULT '{}',
+    image_name TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'planned' CHECK (status IN ('planned', 'done', 'failed')),
+    error TEXT, image_path TEXT, generation_time_s REAL, token_count INTEGER, record TEXT, created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL, PRIMARY KEY (experiment, run_id))"""
+V3_METRICS = """CREATE TABLE metrics (
+    experiment TEXT NOT NULL, run_id TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 1,
+    value REAL, params TEXT NOT NULL DEFAULT '{}', computed_at TEXT, PRIMARY KEY (experiment, run_id, name, version),
+    FOREIGN KEY (experiment, run_id) REFERENCES runs (experiment, run_id) ON DELETE CASCADE)"""
+
+
+def old_database(root: Path, version: int) -> None:
+    """A schema 2 or 3 database with two done runs (images on disk, one metric value each) and a planned one."""
+    root.mkdir(parents=True)
+    conn = sqlite3.connect(root / DB_NAME)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    conn.execute(
+        """CREATE TABLE experiments (name TEXT PRIMARY KEY, description TEXT NOT NULL DEFAULT '',
+           definition TEXT NOT NULL DEFAULT '{}', metadata TEXT NOT NULL DEFAULT '{}', summary TEXT,
+           started_at TEXT, finished_at TEXT)"""
+    )
+    conn.execute(V3_RUNS if version == 3 else V3_RUNS.replace("in_plan INTEGER NOT NULL DEFAULT 1, ", ""))
+    conn.execute(V3_METRICS)
+    conn.execute("INSERT INTO experiments (name) VALUES (?)", (EXP,))
+    (root / EXP).mkdir()
+    for seq, (run_id, status, seconds) in enumerate([("a", "done", 0.25), ("b", "done", 0.5), ("c", "planned", None)]):
+        done = status == "done"
+        if done:
+            (root / EXP / f"{run_id}.png").write_bytes(f"png {run_id}".encode())
+        conn.execute(
+            """INSERT INTO runs (experiment, run_id, seq, prompt_id, prompt_text, seed, image_name, status,
+               image_path, generation_time_s, created_at, updated_at)
+               VALUES (?, ?, ?, 'p', 't', 1, ?, ?, ?, ?, 'x', 'x')""",
+            (EXP, run_id, seq, f"{run_id}.png", status, f"{run_id}.png" if done else None, seconds),
+        )
+        if done:
+            conn.execute(
+                "INSERT INTO metrics (experiment, run_id, name, value) VALUES (?, ?, 'mad', 1.5)", (EXP, run_id)
+            )
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_old_database_is_read_as_is_and_migrated_to_4_without_hashing(tmp_path: Path, version: int) -> None:
+    root = tmp_path / "results"
+    old_database(root, version)
+    before = results_snapshot(root)
+    with ResultsStore(root, read_only=True) as reader:
+        runs = reader.runs(EXP)
+        assert [r["seconds_per_image_batched"] for r in runs] == [0.25, 0.5, None]  # the old figure, renamed
+        assert [r["image_sha256"] for r in runs] == [None] * 3
+        # Values from before image hashes are tied to no image: not shown (a metrics pass recomputes them).
+        assert [r["metrics"] for r in runs] == [{}] * 3
+        assert [v.image_sha256 for v in reader.metric_values(EXP)] == [None, None]
+        assert peek_done(root, EXP) == ({"a", "b"}, [0.25, 0.5])
+    assert results_snapshot(root) == before  # a reader changes nothing
+
+    with ResultsStore(root) as writer:
+        runs = writer.runs(EXP)
+        assert [r["seconds_per_image_batched"] for r in runs] == [0.25, 0.5, None]
+        # Nothing hashed at migration: a file found now need not be the one generated.
+        assert [(r["image_sha256"], r["image_hash_origin"]) for r in runs] == [(None, None)] * 3
+        assert [r["in_plan"] for r in runs] == [True] * 3
+        assert [r["metrics"] for r in runs] == [{}] * 3
+        _, results_path = writer.export(EXP)
+    conn = sqlite3.connect(root / DB_NAME)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(4,)]
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    assert "generation_time_s" not in columns and {"seconds_per_image_batched", "image_sha256", "execution"} <= columns
+    assert "image_sha256" in {row[1] for row in conn.execute("PRAGMA table_info(metrics)")}
+    assert conn.execute("SELECT count(*) FROM metrics WHERE image_sha256 IS NULL").fetchone() == (2,)
+    conn.close()
+    header, rows = read_csv(results_path)
+    assert "mad" not in header and [row["seconds_per_image_batched"] for row in rows] == ["0.25", "0.5", ""]
+    assert json.loads((root / EXP / "metadata.json").read_text())["unverified_images"] == 2
+
+
+def test_a_regenerated_run_retires_its_values_and_those_that_used_its_image(store: ResultsStore) -> None:
+    runs = make_runs()
+    store.plan_runs(EXP, runs)
+    a, b, c = (r.run_id for r in runs[:3])
+    for run_id in (a, b, c):
+        finish_run(store, run_id)
+    directory = store.experiment_dir(EXP)
+    first = file_sha256(directory / f"{a}.png")
+    store.add_metrics(EXP, a, {"mad": 0.0})
+    store.put_metrics(EXP, [MetricValue(b, "mad", 2.0, params={"input_sha256": {a: first}})])  # compared with a
+    store.add_metrics(EXP, c, {"siglip": 0.5})
+    shown = {r["run_id"]: r["metrics"] for r in store.runs(EXP)}
+    assert (shown[a], shown[b], shown[c]) == ({"mad": 0.0}, {"mad": 2.0}, {"siglip": 0.5})
+
+    write_atomic(directory / f"{a}.png", b"\x89PNG another image")  # regenerated: same run id, other pixels
+    store.mark_done(EXP, a, image_path=f"{a}.png", token_count=1, record={})
+    shown = {r["run_id"]: r["metrics"] for r in store.runs(EXP)}
+    assert (shown[a], shown[b], shown[c]) == ({}, {}, {"siglip": 0.5})
+    header, rows = read_csv(store.export(EXP)[1])
+    assert "mad" not in header and rows[2]["siglip"] == "0.5"  # no current mad value left anywhere
+    assert "mad" not in load_results(store.root, EXP).columns
+    assert len(store.metric_values(EXP)) == 3  # kept (a metrics pass replaces them), never shown
+
+    # The same bytes again: the values are of this very image, current again.
+    finish_run(store, a)
+    assert store.runs(EXP)[0]["image_sha256"] == first
+    assert {r["run_id"]: r["metrics"] for r in store.runs(EXP)}[b] == {"mad": 2.0}
+
+
+def scribble(path: Path, at: int, data: bytes) -> None:
+    with path.open("r+b") as handle:
+        handle.seek(at)
+        handle.write(data)
+
+
+def damage(db: Path, how: str) -> None:
+    size = db.stat().st_size
+    page = int.from_bytes(db.read_bytes()[16:18], "big")
+    if how == "garbage":
+        db.write_bytes(os.urandom(size))
+    elif how == "empty":
+        db.write_bytes(b"")
+    elif how == "cut mid-page":
+        os.truncate(db, size - 100)
+    elif how == "cut at a page boundary":
+        os.truncate(db, 2 * page)
+    elif how == "table missing":
+        conn = sqlite3.connect(db)
+        conn.execute("DROP TABLE metrics")
+        conn.commit()
+        conn.close()
+    elif how == "another program's database":
+        db.unlink()
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE notes (text TEXT)")
+        conn.commit()
+        conn.close()
+    else:
+        raise AssertionError(how)
+
+
+DAMAGE = ["garbage", "empty", "cut mid-page", "cut at a page boundary", "table missing", "another program's database"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_damaged_database_is_refused_in_one_line_and_left_as_it_is(store: ResultsStore, how: str) -> None:
+    store.plan_runs(EXP, make_runs())
+    finish_run(store, make_runs()[0].run_id)
+    store.close()  # checkpointed: the database is one file
+    assert not (store.root / f"{DB_NAME}-wal").exists()
+    damage(store.db_path, how)
+    before = results_snapshot(store.root)
+    openers = {
+        "writer": lambda: ResultsStore(store.root),
+        "reader": lambda: ResultsStore(store.root, read_only=True),
+        "load_results": lambda: load_results(store.root, EXP),
+        "peek_done": lambda: peek_done(store.root, EXP),
+    }
+    for name, open_it in openers.items():
+        with pytest.raises(LlmDitError) as caught:
+            open_it()
+        message = str(caught.value)
+        assert f"results database {store.db_path} is damaged" in message, (name, message)
+        assert "restore it from a backup, or use another --output-dir" in message and "\n" not in message
+        assert results_snapshot(store.root) == before, name  # nothing re-created, migrated or switched to WAL
+
+
+def test_a_damaged_page_is_refused_by_the_call_that_reads_it(store: ResultsStore) -> None:
+    store.plan_runs(EXP, make_runs())
+    store.close()
+    size = store.db_path.stat().st_size
+    page = int.from_bytes(store.db_path.read_bytes()[16:18], "big")
+    scribble(store.db_path, size - page, b"\xff" * page)  # the last page (run rows), header intact
+    reopened = ResultsStore(store.root)  # the header and the table list are fine
+    with pytest.raises(LlmDitError, match=rf"results database {re.escape(str(store.db_path))} is damaged"):
+        reopened.runs(EXP)
+    reopened.close()
+
+
+def test_metrics_lock_refuses_a_second_pass(store: ResultsStore) -> None:
+    with store.metrics_lock(EXP):
+        result = run_script(TRY_LOCK.replace(".lock(", ".metrics_lock("), str(store.root), EXP)
+        assert result.returncode == 3, result.stderr
+        message = result.stdout.strip()
+        assert f"metrics of experiment '{EXP}' in {store.root} are being computed by another process" in message
+        assert f"pid {os.getpid()}" in message and "wait for it to finish" in message
+        with store.lock(EXP):  # the run lock is another lock: generation and scoring may overlap
+            pass
+    assert run_script(TRY_LOCK.replace(".lock(", ".metrics_lock("), str(store.root), EXP).returncode == 0
+    with pytest.raises(LlmDitError, match="reserved"):
+        store.plan_runs(EXP, [PlannedRun("r", "p", "t", 1, {}, {}, METRICS_LOCK_NAME)])
+
+
+def test_timed_stats_are_the_median_and_the_extremes_of_the_repeats() -> None:
+    assert TimedStats.from_samples([0.3, 0.1, 0.2]) == TimedStats(0.2, 0.1, 0.3, 3)
+    assert TimedStats.from_samples([0.4, 0.1, 0.2, 0.3]) == TimedStats(0.25, 0.1, 0.4, 4)  # even: the mid-mean
+    assert TimedStats.from_samples([1.5]) == TimedStats(1.5, 1.5, 1.5, 1)
+    with pytest.raises(LlmDitError, match="at least one repeat"):
+        TimedStats.from_samples([])
+    assert RunTiming(3.0, 4).seconds_per_image_batched == 0.75

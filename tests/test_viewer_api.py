@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import urllib.error
@@ -26,7 +27,8 @@ from cli_helpers import SRC, assert_user_error, results_snapshot, run, subproces
 from llm_dit.analysis.diff import DIFF_MODES, diff_image, diff_stats
 from llm_dit.analysis.results import load_experiment
 from llm_dit.cli import view as cli_view
-from llm_dit.experiments.store import DB_NAME, PlannedRun, ResultsStore
+from llm_dit.errors import LlmDitError
+from llm_dit.experiments.store import DB_NAME, PlannedRun, ResultsStore, RunTiming
 from llm_dit.files import write_atomic
 from llm_dit.viewer import server as viewer_server
 from llm_dit.viewer.server import create_app, host_header_name, is_loopback
@@ -72,7 +74,9 @@ def build_pix(root: Path) -> dict[str, np.ndarray]:
     for run_id, array in images.items():
         write_atomic(root / "pix" / f"{run_id}.png", png(array))
         record = {"formatted_prompt": f"<|im_start|>user\n{run_id}<|im_end|>\n", "sigmas": [1.0, 0.5, 0.0]}
-        store.mark_done("pix", run_id, image_path=f"{run_id}.png", generation_time_s=0.5, token_count=4, record=record)
+        store.mark_done(
+            "pix", run_id, image_path=f"{run_id}.png", timing=RunTiming(0.5, 1), token_count=4, record=record
+        )
     store.mark_failed("pix", "r_fail", "out of memory <really>")
     store.add_metrics("pix", "r_a", {"psnr": float("inf"), "mad": 0.0})
     store.add_metrics("pix", "r_b", {"psnr": 31.5, "mad": 2.25})
@@ -155,6 +159,36 @@ def test_unknown_experiment_and_run_are_404_with_a_reason(tiny_client: TestClien
     assert "no run 'nope'" in response.json()["detail"]
 
 
+def test_the_api_never_shows_where_the_results_lie(pix: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directory goes by its name and files by their path inside it: no absolute spelling of the results path
+    (resolved, or as given, or relative to the working directory) in listings, records, run errors or 404s."""
+    root, _ = pix
+    linked = root.parent / "linked"
+    linked.symlink_to(root)  # the path the viewer is given is not the resolved one
+    with ResultsStore(root) as store:  # an error text that names a file in the results, as an OSError's would
+        store.mark_failed("pix", "r_fail", f"disk full: cannot write {root.resolve()}/pix/r_fail.png")
+    monkeypatch.chdir(root.parent)
+    for given in (linked, Path("results")):
+        client = TestClient(create_app(given), base_url=LOCAL)
+        responses = [
+            client.get("/api/experiments"),
+            client.get("/api/experiments/pix"),
+            client.get("/api/experiments/pix/runs/r_fail"),
+            client.get("/api/experiments/pix/runs/r_a"),
+            client.get("/api/experiments/nope"),
+        ]
+        for response in responses:
+            for spelling in (str(root.resolve()), str(linked), str(given.absolute())):
+                assert spelling not in response.text, (response.url, spelling)
+        listing, _, failed, _, missing = (response.json() for response in responses)
+        assert listing["root"] == given.resolve().name == "results"
+        assert failed["error"] == "disk full: cannot write pix/r_fail.png"
+        # the database still named: by its name, or by the relative path the viewer was given
+        assert missing["detail"].startswith(
+            f"no experiment 'nope' in {'' if given.is_absolute() else 'results/'}results.db"
+        )
+
+
 def test_tricky_labels_and_statuses_round_trip(pix: tuple[Path, Any]) -> None:
     (pix[0] / "stray").mkdir()  # a directory the store does not know is no experiment
     write_atomic(pix[0] / "stray" / "x.png", png(np.zeros((2, 2, 3), np.uint8)))
@@ -188,7 +222,7 @@ def test_new_runs_show_on_the_next_request(pix: tuple[Path, dict[str, np.ndarray
     assert before["counts"]["failed"] == 1
     with ResultsStore(root) as store:  # another process finishing the failed run
         write_atomic(root / "pix" / "r_fail.png", png(np.zeros((4, 4, 3), np.uint8)))
-        store.mark_done("pix", "r_fail", image_path="r_fail.png", generation_time_s=1.0, token_count=1, record={})
+        store.mark_done("pix", "r_fail", image_path="r_fail.png", timing=RunTiming(1.0, 1), token_count=1, record={})
     after = client.get("/api/experiments/pix").json()
     assert after["counts"] == {"planned": 0, "done": 4, "failed": 0, "total": 4}
     assert {run["run_id"]: run for run in after["runs"]}["r_fail"]["image_url"] == "/files/pix/r_fail.png"
@@ -473,18 +507,69 @@ def test_command_defaults_are_loopback_and_7861() -> None:
     assert str(defaults["output_dir"]) == "experiments/results"
 
 
-def test_missing_database_fails_before_fastapi_is_imported(tmp_path: Path) -> None:
+def damage(root: Path, kind: str) -> None:
+    """Spoil the results database under ``root``: random bytes, or a schema version from a newer llm-dit."""
+    db = root / DB_NAME
+    if kind == "garbage":
+        db.write_bytes(np.random.default_rng(0).integers(0, 256, db.stat().st_size, dtype=np.uint8).tobytes())
+    else:
+        conn = sqlite3.connect(db, isolation_level=None)  # closing the last connection folds the WAL back in
+        try:
+            conn.execute("UPDATE schema_version SET version = 99")
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "needles"),
+    [
+        ("missing", ["no results database in", "--output-dir"]),
+        ("garbage", [DB_NAME, "is damaged (not a SQLite database)"]),
+        ("future", [DB_NAME, "has schema version 99", "upgrade llm-dit"]),
+    ],
+)
+def test_a_database_it_cannot_read_fails_before_fastapi_is_imported(
+    pix: tuple[Path, Any], kind: str, needles: list[str]
+) -> None:
+    """No database, a damaged one or a newer one: one line at start (before the viewer is even imported), not a
+    server that starts and answers every request with a 500."""
+    root = pix[0] / "nowhere" if kind == "missing" else pix[0]
+    if kind != "missing":
+        damage(root, kind)
+    before = results_snapshot(pix[0])
     code = (
-        "import sys; from llm_dit.cli import main; rc = main(['view', '--output-dir', sys.argv[1]]); "
+        "import sys; from llm_dit.cli import main; rc = main(['view', '--output-dir', sys.argv[1], '--port', '0']); "
         "print(rc, 'fastapi' in sys.modules, 'uvicorn' in sys.modules)"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "nowhere")], env=subprocess_env(), capture_output=True,
-        text=True, timeout=60,
-    )  # fmt: skip
-    assert done.stdout.split() == ["2", "False", "False"]
-    assert "error: no results database in" in done.stderr
-    assert "--output-dir" in done.stderr
+        [sys.executable, "-c", code, str(root)], env=subprocess_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["2", "False", "False"], done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert all(needle in lines[0] for needle in needles), lines[0]
+    assert results_snapshot(pix[0]) == before
+
+
+@pytest.mark.parametrize("kind", ["garbage", "future"])
+def test_the_app_refuses_a_database_it_cannot_read_before_binding(pix: tuple[Path, Any], kind: str) -> None:
+    """Through the Python API too: create_app, and running() before it takes a socket."""
+    root = pix[0]
+    damage(root, kind)
+    with pytest.raises(LlmDitError, match=DB_NAME):
+        create_app(root)
+    bound: list[Any] = []
+    real_bind = viewer_server.bind_socket
+
+    def spy(host: str, port: int) -> socket.socket:
+        bound.append(port)
+        return real_bind(host, port)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(viewer_server, "bind_socket", spy)
+        with pytest.raises(LlmDitError, match=DB_NAME), viewer_server.running(root):
+            pass
+    assert bound == []
 
 
 def test_taken_port_and_bad_port_are_user_errors(capsys: pytest.CaptureFixture[str], pix: tuple[Path, Any]) -> None:

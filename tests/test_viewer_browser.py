@@ -22,7 +22,7 @@ from playwright.sync_api import sync_playwright
 
 from llm_dit.analysis.diff import diff_image, diff_stats
 from llm_dit.analysis.results import ExperimentResults, load_experiment
-from llm_dit.experiments.store import PlannedRun, ResultsStore
+from llm_dit.experiments.store import PlannedRun, ResultsStore, RunTiming
 from llm_dit.files import write_atomic
 from llm_dit.viewer.server import running
 
@@ -55,7 +55,7 @@ def build_tricky(root: Path) -> None:
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buffer, format="PNG")
         write_atomic(root / "pix" / f"{run.run_id}.png", buffer.getvalue())
         record = {"formatted_prompt": f"<|im_start|>user\n{run.prompt_text}<|im_end|>\n", "sigmas": [1.0, 0.0]}
-        store.mark_done("pix", run.run_id, image_path=f"{run.run_id}.png", generation_time_s=0.1, token_count=3,
+        store.mark_done("pix", run.run_id, image_path=f"{run.run_id}.png", timing=RunTiming(0.1, 1), token_count=3,
                         record=record)  # fmt: skip
     store.mark_failed("pix", "r_fail", "boom <b>")
     store.start_experiment("empty", "started, nothing planned yet", {}, {})

@@ -23,6 +23,18 @@ DEFAULT_GUIDANCE_SCALE = 0.0
 DEFAULT_HIDDEN_LAYER = -2
 DEFAULT_SIZE = 1024
 SIZE_MULTIPLE = 16  # VAE /8 and 2x2 patches
+# diffusers' ZImagePipeline defaults for its two CFG refinements: both off.
+DEFAULT_CFG_NORMALIZATION = False
+DEFAULT_CFG_TRUNCATION = 1.0
+
+# Where a run's shift came from (recorded as ``shift_source`` with the image and in the results store). The
+# shift is a setting that stays unset until a checkpoint is known: then its scheduler_config.json decides.
+SHIFT_FROM_FLAG = "--shift/--set"
+SHIFT_FROM_CONFIG = "config file"
+SHIFT_FROM_EXPERIMENT = "experiment"
+SHIFT_FROM_CALLER = "caller"  # the library API: a shift given to GenerationRequest / LlmDitPipeline.generate
+SHIFT_FROM_CHECKPOINT = "checkpoint scheduler_config"
+SHIFT_FROM_DEFAULT = "built-in default"  # no scheduler config known (components in memory)
 
 # VAE latent normalisation (FLUX VAE).
 VAE_SCALING_FACTOR = 0.3611

@@ -1,5 +1,5 @@
 """Crash-safe file writes shared by every layer that writes results (images, exports, JSON reports), and the check
-that a user's output path can be written, made before any compute (pure pathlib: no heavy import)."""
+that a user's output path can be written (a real probe), made before any compute (no heavy import)."""
 
 from __future__ import annotations
 
@@ -97,15 +97,39 @@ def write_json(path: str | Path, data: Any, default: Callable[[Any], Any] | None
 
 
 def ensure_writable(path: str | Path, overwrite: bool = False) -> Path:
-    """Check, before any compute, that an output file can be written; never clobber silently."""
+    """Check, before any compute, that an output file can be written; never clobber silently.
+
+    The directory is probed by really creating (and removing) a file in it, see :func:`probe_directory`.
+    """
     path = Path(path)
+    if path.is_dir():  # first: --overwrite cannot help here, so the message must not suggest it
+        raise LlmDitError(f"output {path} is a directory; give a file path such as {path / 'image.png'}")
     if path.exists() and not overwrite:
         raise LlmDitError(f"output {path} already exists; choose another path or pass --overwrite")
-    if path.exists() and path.is_dir():
-        raise LlmDitError(f"output {path} is a directory; give a file path such as {path / 'image.png'}")
-    probe = path.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise LlmDitError(f"cannot write {path}: {probe} is not a writable directory")
+    probe_directory(path.parent, f"cannot write {path}")
     return path
+
+
+def probe_directory(directory: str | Path, what: str) -> None:
+    """Raise LlmDitError (``what``: the start of its one line) unless files can be created in ``directory``.
+
+    Asking the OS (``os.access``) is not enough: root is told yes for read-only mounts and for /proc. So a
+    temp file is created and removed in the directory, or, when the directory does not exist yet, a temp
+    directory in its nearest existing ancestor (where the missing folders would be made). Nothing is left.
+    """
+    target = Path(directory)
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise LlmDitError(f"{what}: {probe} is not a writable directory")
+    try:
+        if probe == target:
+            fd, name = tempfile.mkstemp(prefix=".llm-dit-probe.", dir=probe)
+            os.close(fd)
+            os.unlink(name)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".llm-dit-probe.", dir=probe))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise LlmDitError(f"{what}: {probe} is not a writable directory ({reason})") from None

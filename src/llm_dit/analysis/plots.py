@@ -12,7 +12,12 @@ image identical to its reference is inf) cannot be drawn: they are left out and 
 so in a note, as are selected runs with no value at all.
 
 Only done runs are plotted (their images are not needed: the numbers live in the results store, which is opened
-read-only).
+read-only), and only metric values of the runs' current images (the store hides the others).
+
+Time: a run's ``seconds_per_image_batched`` is its batch's time over its size, so it moves with batching;
+``timed_median_s`` (``ablate --timing``: batch 1, warmed up, synchronised, the median of repeats) is what a speed
+comparison should use. The Pareto plot uses the timed medians when every plotted run has one, else the batched
+figure, and its x label says which.
 """
 
 from __future__ import annotations
@@ -30,7 +35,14 @@ from llm_dit.analysis.results import CUSTOM_CATEGORY, PROMPT, ExperimentResults
 from llm_dit.errors import LlmDitError, did_you_mean
 from llm_dit.files import write_atomic
 from llm_dit.metrics.registry import DIVERSITY_METRICS, METRICS
-from llm_dit.metrics.summary import GENERATION_TIME, group_stats, metric_value
+from llm_dit.metrics.summary import (
+    RUN_FIELDS,
+    SECONDS_PER_IMAGE_BATCHED,
+    TIMED_MEDIAN,
+    group_stats,
+    metric_value,
+    run_fields,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -47,6 +59,11 @@ FIGSIZE = (8.0, 5.0)  # inches; PNG pixels = FIGSIZE x dpi (the layout is constr
 DEFAULT_DPI = 150
 MIN_DPI, MAX_DPI = 20, 600
 INTERVAL_TEXT = "mean with its 95% t-interval"
+# What each time field is, for axis labels: the batched figure moves with the batch size; the timed one does not.
+TIME_LABELS = {
+    SECONDS_PER_IMAGE_BATCHED: "s per image, batched (batch time / batch size)",
+    TIMED_MEDIAN: "s per image, timed (median of repeats at batch 1, warmed up)",
+}
 _FOOTNOTE_PT = 7.0
 
 
@@ -106,7 +123,7 @@ class ParetoPoint(NamedTuple):
 
     label: str  # e.g. "shift=3.0, steps=8": the axes that vary between the points
     condition: dict[str, str]  # axis -> label, every swept axis
-    time: Stat  # generation_time_s of the runs that have a metric value
+    time: Stat  # the ParetoData's time_source of the runs that have a metric value
     value: Stat
 
 
@@ -122,6 +139,7 @@ class ParetoData:
     higher_is_better: bool
     filters: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    time_source: str = SECONDS_PER_IMAGE_BATCHED  # the run field on x: TIMED_MEDIAN or SECONDS_PER_IMAGE_BATCHED
 
 
 @dataclass(frozen=True)
@@ -159,27 +177,32 @@ def check_dpi(dpi: int) -> int:
 
 
 def higher_is_better(metric: str) -> bool | None:
-    """The metric's direction: the registry's, False for generation time, None for a metric it does not know."""
-    if metric == GENERATION_TIME:
+    """The metric's direction: the registry's, False for the time fields, None for a metric it does not know."""
+    if metric in RUN_FIELDS:
         return False
     spec = METRICS.get(metric)
     return spec.higher_is_better if spec else None
 
 
 def resolve_metric(results: ExperimentResults, metric: str | None) -> str:
-    """``metric`` if the experiment has values of it (or it is generation_time_s); None: the default
+    """``metric`` if the experiment has values of it (or it is a time field with values); None: the default
     (``DEFAULT_METRICS`` order, then any other stored metric)."""
-    available = [*results.metrics, GENERATION_TIME]
+    available = [*results.metrics, *run_fields(results.runs)]
     if metric is None:
         for name in [*DEFAULT_METRICS, *results.metrics]:
             if name in results.metrics:
                 return name
         raise LlmDitError(
             f"experiment {results.name!r} has no metric values yet; compute them with 'llm-dit metrics "
-            f"{results.name}' (or plot --metric {GENERATION_TIME})"
+            f"{results.name}' (or plot --metric {SECONDS_PER_IMAGE_BATCHED})"
         )
     if metric in available:
         return metric
+    if metric == TIMED_MEDIAN:
+        raise LlmDitError(
+            f"experiment {results.name!r} has no timed runs; time them with 'llm-dit ablate ... --timing' (or plot "
+            f"--metric {SECONDS_PER_IMAGE_BATCHED}, the batch time over its size)"
+        )
     if metric in METRICS:
         raise LlmDitError(
             f"experiment {results.name!r} has no {metric} values; compute them with 'llm-dit metrics "
@@ -268,10 +291,14 @@ def pareto_points(
     results: ExperimentResults, metric: str, filters: Mapping[str, Sequence[str]] | None = None
 ) -> ParetoData:
     """One point per condition (combination of every swept axis' values), averaged over prompts and seeds:
-    mean generation time (of the runs with a metric value) vs mean metric, and the frontier's indices."""
+    mean seconds per image (of the runs with a metric value) vs mean metric, and the frontier's indices.
+
+    The time is the timed median (``ablate --timing``) when every such run has one, else the batched seconds per
+    image for all of them, with a note when only some were timed: the two are never mixed in one plot.
+    """
     direction = higher_is_better(metric)
-    if metric == GENERATION_TIME:
-        raise LlmDitError("a Pareto plot puts generation_time_s on x; pick a quality metric for y with --metric")
+    if metric in RUN_FIELDS:
+        raise LlmDitError(f"a Pareto plot puts time on x, so {metric} cannot be its y; pick a metric with --metric")
     if direction is None:
         raise LlmDitError(f"metric {metric!r} has no known direction (higher or lower is better); cannot rank it")
     filters = {dim: list(values) for dim, values in (filters or {}).items()}
@@ -285,7 +312,14 @@ def pareto_points(
     values = _grouped(with_value, condition_of, metric)
     if not values:
         raise _no_values(results, metric, filters, notes)
-    times = _grouped(with_value, condition_of, GENERATION_TIME)
+    timed = sum(run.get(TIMED_MEDIAN) is not None for run in with_value)
+    source = TIMED_MEDIAN if timed == len(with_value) else SECONDS_PER_IMAGE_BATCHED
+    if 0 < timed < len(with_value):
+        notes.append(
+            f"only {timed} of the {len(with_value)} plotted runs were timed (ablate --timing): time is the batched "
+            "seconds per image for all of them; time the others to plot timed medians"
+        )
+    times = _grouped(with_value, condition_of, source)
     conditions = [key for key in _planned_conditions(results) if key in values and key in times]
     varying = [i for i, _ in enumerate(results.axes) if len({key[i] for key in conditions}) > 1]
     points = []
@@ -297,7 +331,7 @@ def pareto_points(
             )
         )
     front = pareto_front([(p.time.mean, p.value.mean) for p in points], direction)
-    return ParetoData(results.name, metric, list(results.axes), points, front, direction, filters, notes)
+    return ParetoData(results.name, metric, list(results.axes), points, front, direction, filters, notes, source)
 
 
 def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) -> list[int]:
@@ -346,7 +380,7 @@ def _selected(
 
 def _raw(run: Mapping[str, Any], metric: str) -> float | None:
     """The stored value, NaN included (it says "not finite" in notes): metric_value maps NaN to None."""
-    raw = run.get(metric) if metric == GENERATION_TIME else run["metrics"].get(metric)
+    raw = run.get(metric) if metric in RUN_FIELDS else run["metrics"].get(metric)
     return None if raw is None else float(raw)
 
 
@@ -410,8 +444,8 @@ def _csv_row(values: Sequence[str]) -> str:
 def metric_label(metric: str) -> str:
     """Axis / colour bar label: the metric and which direction is better."""
     direction = higher_is_better(metric)
-    if metric == GENERATION_TIME:
-        return "generation time, s per image (lower is better)"
+    if metric in TIME_LABELS:
+        return f"{TIME_LABELS[metric]} (lower is better)"
     if direction is None:
         return metric
     return f"{metric} ({'higher' if direction else 'lower'} is better)"
@@ -521,11 +555,10 @@ def draw_pareto(data: ParetoData, dpi: int = DEFAULT_DPI) -> Figure:
             fontsize=7, color="C3", ha="right", va=vertical[1],
         )  # fmt: skip
     ax.margins(x=0.18, y=0.08)  # room for the leftmost label
-    ax.set_xlabel("generation time, s per image (mean; lower is better)")
+    ax.set_xlabel(f"{TIME_LABELS[data.time_source]} (mean over runs; lower is better)")
     ax.set_ylabel(metric_label(data.metric))
-    ax.set_title(
-        _title(data.experiment, f"{data.metric} vs generation time, per {' x '.join(data.axes)}", data.filters)
-    )
+    what = "timed seconds per image" if data.time_source == TIMED_MEDIAN else "seconds per image, batched"
+    ax.set_title(_title(data.experiment, f"{data.metric} vs {what}, per {' x '.join(data.axes)}", data.filters))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     n_values = sorted({p.value.n for p in data.points})

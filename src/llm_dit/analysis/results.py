@@ -52,9 +52,9 @@ class ExperimentResults:
     """One experiment's runs and the dimensions they vary along.
 
     ``runs`` are the store's run dicts (``run_id``, ``prompt_id``, ``prompt_text``, ``seed``, ``variables``,
-    ``params``, ``status``, ``image_path``, ``generation_time_s``, ``record``, ``metrics``), all statuses, in
-    planned order. ``dimensions`` maps ``prompt``, each axis and ``seed`` to their values (text labels) in
-    planned order.
+    ``params``, ``status``, ``image_path``, ``image_sha256``, ``seconds_per_image_batched``, ``timed_median_s``,
+    ``record``, ``execution``, ``metrics``: current values only), all statuses, in planned order.
+    ``dimensions`` maps ``prompt``, each axis and ``seed`` to their values (text labels) in planned order.
     """
 
     root: Path

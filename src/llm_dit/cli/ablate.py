@@ -18,6 +18,7 @@ from llm_dit.cli.options import (
     ComputeMetricsOpt,
     ConfigOpt,
     DryRunOpt,
+    FormatOpt,
     MaxPromptsOpt,
     MetricOpt,
     ModelOpt,
@@ -33,10 +34,25 @@ from llm_dit.cli.options import (
     parse_metric_names,
     parse_sets,
 )
-from llm_dit.cli.terminal import console, note, print_rows, progress_bar
+from llm_dit.cli.terminal import Column, check_format, console, note, print_records, print_rows, progress_bar
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.store import DB_NAME, DEFAULT_ROOT
 from llm_dit.experiments.sweeps import SWEEPS
+
+DEFAULT_TIMING_REPEATS = 3
+MAX_TIMING_REPEATS = 100
+TimingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--timing",
+        help="Speed study: each run at batch 1 after a warm-up, synchronised, timed --timing-repeats times "
+        "(median and min/max stored); done runs never timed are redone.",
+    ),
+]
+TimingRepeatsOpt = Annotated[
+    int | None,
+    typer.Option("--timing-repeats", help=f"Timed generations per run (--timing; default {DEFAULT_TIMING_REPEATS})."),
+]
 
 
 def ablate(
@@ -64,11 +80,18 @@ def ablate(
     force: RegenerateOpt = False,
     compute_metrics: ComputeMetricsOpt = False,
     metric: MetricOpt = None,
+    output_format: FormatOpt = "table",
+    timing: TimingOpt = False,
+    timing_repeats: TimingRepeatsOpt = None,
 ) -> None:
     """Run an experiment: plan every run, check it all, then generate (resuming by default)."""
+    check_format(output_format)
+    timing_plan = _timing_plan(timing, timing_repeats)
     if list_experiments or list_prompts:
-        _list(list_experiments, list_prompts)
+        _list(list_experiments, list_prompts, output_format)
         return
+    if output_format != "table":
+        raise LlmDitError("--format applies to --list-experiments and --list-prompts; drop it to run an experiment")
     if experiment is None and experiment_file is None:
         raise LlmDitError("name an experiment (--experiment NAME or --experiment-file FILE); see --list-experiments")
     failed = _ablate(
@@ -90,6 +113,7 @@ def ablate(
         dry_run=dry_run,
         force=force,
         metric_names=parse_metric_names(metric) if compute_metrics or metric else None,
+        timing=timing_plan,
     )
     if failed:
         raise typer.Exit(code=1)  # scripts can tell; every failure is recorded with its error
@@ -114,10 +138,13 @@ def sweep(
     force: RegenerateOpt = False,
     compute_metrics: ComputeMetricsOpt = False,
     metric: MetricOpt = None,
+    timing: TimingOpt = False,
+    timing_repeats: TimingRepeatsOpt = None,
 ) -> None:
     """The seeds' priority sweeps as presets over the built-in experiments."""
     from llm_dit.experiments.sweeps import QUICK_MAX_PROMPTS, QUICK_SEEDS, get_sweep
 
+    timing_plan = _timing_plan(timing, timing_repeats)
     if all_ == (name is not None):
         raise LlmDitError("name one sweep or pass --all; sweeps: " + ", ".join(p.name for p in SWEEPS))
     presets = list(SWEEPS) if all_ else [get_sweep(name or "")]
@@ -138,9 +165,22 @@ def sweep(
         seeds=seed_list,
         overrides=parse_sets(set_),
         metric_names=parse_metric_names(metric) if compute_metrics or metric else None,
+        timing=timing_plan,
     )
     if failed:
         raise typer.Exit(code=1)
+
+
+def _timing_plan(timing: bool, repeats: int | None) -> int | None:
+    """The --timing options checked (before anything loads): the timed repeats per run, or None without --timing."""
+    if not timing:
+        if repeats is not None:
+            raise LlmDitError("--timing-repeats applies to --timing; add --timing or drop it")
+        return None
+    repeats = DEFAULT_TIMING_REPEATS if repeats is None else repeats
+    if not 1 <= repeats <= MAX_TIMING_REPEATS:
+        raise LlmDitError(f"--timing-repeats must be 1..{MAX_TIMING_REPEATS}, got {repeats}")
+    return repeats
 
 
 def _ablate(
@@ -156,6 +196,7 @@ def _ablate(
     force: bool,
     metric_names: list[str] | None = None,
     headings: list[str] | None = None,
+    timing: int | None = None,
     **selection: Any,
 ) -> int:
     """Plan and check every named experiment, then run each (printing its heading, if given); with
@@ -169,6 +210,9 @@ def _ablate(
 
     if batch_size < 1:
         raise LlmDitError(f"--batch-size must be >= 1, got {batch_size}")
+    if timing is not None and batch_size != 1:
+        note(f"--timing generates at batch 1 (--batch-size {batch_size} is not used)")
+        batch_size = 1
     overrides = {"model_path": model_path} if model_path is not None else {}
     settings = load_settings(config, profile, overrides).settings
     metrics = None
@@ -178,17 +222,19 @@ def _ablate(
         metrics = select_metrics(metric_names, settings.metrics)  # before any model loads or GPU time is spent
     prepared_all: list[Any] = []
     for name in names:
-        shared = prepared_all[0].pipeline if prepared_all else None
+        shared = prepared_all[0].source if prepared_all else None  # one pipeline for all, built when a run starts
         prepared_all.append(
             prepare_experiment(name, settings=settings, batch_size=batch_size, pipeline=shared, **selection)
         )
+    _refuse_if_running(prepared_all, output_dir, dry_run)
     failed = 0
     for i, prepared in enumerate(prepared_all):
         if headings:
             console.print(headings[i], highlight=False)
         failed += _run_prepared(
-            prepared, output_dir, dry_run=dry_run, force=force, batch_size=batch_size, offload_encoder=offload_encoder
-        )
+            prepared, output_dir, dry_run=dry_run, force=force, batch_size=batch_size, offload_encoder=offload_encoder,
+            timing=timing,
+        )  # fmt: skip
         if metrics is not None and not dry_run:
             specs, notes = metrics
             run_metrics_pass(
@@ -197,34 +243,63 @@ def _ablate(
     return failed
 
 
-def _list(experiments: bool, prompts: bool) -> None:
-    """Print the built-in experiments and/or the prompt library as tables (stdout)."""
-    from rich.table import Table
+def _refuse_if_running(prepared_all: list[Any], output_dir: Path, dry_run: bool) -> None:
+    """Another process running one of these experiments in ``output_dir``: one line and exit 2, before any pipeline
+    is built or model loaded (the runner takes the lock for real later); a dry run only notes it."""
+    from llm_dit.experiments.store import lock_holder
 
-    out = Console()
+    for prepared in prepared_all:
+        holder = lock_holder(output_dir, prepared.experiment.name)
+        if holder is None:
+            continue
+        busy = f"experiment {prepared.experiment.name!r} in {output_dir} is already being run by another process"
+        if not dry_run:
+            raise LlmDitError(f"{busy} ({holder}); wait for it or use another --output-dir")
+        note(f"{busy} ({holder}); a real run would be refused until it ends")
+
+
+# --list-experiments and --list-prompts: the keys of --format json/csv, in order (documented in docs/experiments.md).
+EXPERIMENT_FIELDS = ("name", "question", "description", "variables", "runs_per_prompt", "seeds")
+PROMPT_FIELDS = ("id", "category", "text")
+
+
+def _list(experiments: bool, prompts: bool, output_format: str) -> None:
+    """Print the built-in experiments and/or the prompt library (stdout) as tables, or one of them as JSON/CSV."""
+    if experiments and prompts and output_format != "table":
+        raise LlmDitError(f"--format {output_format} prints one listing: give --list-experiments or --list-prompts")
     if experiments:
         from llm_dit.experiments.loader import builtin_experiments
 
-        table = Table("experiment", "question", "variables", "runs per prompt", "seeds")
-        for exp in builtin_experiments().values():
-            question = re.split(r"(?<=[?.])\s", exp.description.strip(), maxsplit=1)[0]
-            table.add_row(
-                exp.name,
-                question,
-                ", ".join(exp.variables()),
-                str(exp.runs_per_prompt_seed() * len(exp.seeds)),
-                ",".join(map(str, exp.seeds)),
-            )
-        out.print(table)
+        records = [
+            {
+                "name": exp.name,
+                "question": re.split(r"(?<=[?.])\s", exp.description.strip(), maxsplit=1)[0],
+                "description": exp.description.strip(),
+                "variables": list(exp.variables()),
+                "runs_per_prompt": exp.runs_per_prompt_seed() * len(exp.seeds),
+                "seeds": list(exp.seeds),
+            }
+            for exp in builtin_experiments().values()
+        ]
+        columns = [
+            Column("name", "experiment", whole=True),
+            Column("question"),
+            Column("variables"),
+            Column("runs_per_prompt", "runs per prompt"),
+            Column("seeds", show=lambda seeds: ",".join(map(str, seeds))),  # as --seeds takes them
+        ]
+        print_records(output_format, EXPERIMENT_FIELDS, records, columns)
     if prompts:
         from llm_dit.experiments.prompts import list_prompts as all_prompts
         from llm_dit.experiments.prompts import load_library
 
-        table = Table("id", "category", "text")
-        for p in all_prompts(load_library()):
-            text = p.text if len(p.text) <= 90 else p.text[:87] + "..."
-            table.add_row(p.id, p.category, text)
-        out.print(table)
+        records = [{"id": p.id, "category": p.category, "text": p.text} for p in all_prompts(load_library())]
+        columns = [
+            Column("id", whole=True),
+            Column("category", whole=True),
+            Column("text", show=lambda text: text if len(text) <= 90 else text[:87] + "..."),  # json/csv: whole
+        ]
+        print_records(output_format, PROMPT_FIELDS, records, columns)
 
 
 def _n(count: int, noun: str) -> str:
@@ -233,9 +308,17 @@ def _n(count: int, noun: str) -> str:
 
 
 def _run_prepared(
-    prepared: Any, output_dir: Path, *, dry_run: bool, force: bool, batch_size: int, offload_encoder: bool
+    prepared: Any,
+    output_dir: Path,
+    *,
+    dry_run: bool,
+    force: bool,
+    batch_size: int,
+    offload_encoder: bool,
+    timing: int | None = None,
 ) -> int:
-    """Dry-run or run a prepared experiment, with a progress bar and a final summary; returns failed runs."""
+    """Dry-run or run a prepared experiment, with a progress bar and a final summary; returns failed runs.
+    ``timing``: the timed repeats per run of ``--timing``, or None."""
     for text in prepared.notes:
         note(text)
     if dry_run:
@@ -244,7 +327,7 @@ def _run_prepared(
 
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from llm_dit.experiments.runner import ExperimentRunner
+    from llm_dit.experiments.runner import ExperimentRunner, TimingPlan
     from llm_dit.experiments.store import ResultsStore
 
     exp, runs = prepared.experiment, prepared.runs
@@ -263,9 +346,12 @@ def _run_prepared(
             report(finished, total, failed=failed)
 
         runner = ExperimentRunner(
-            prepared.pipeline, store, batch_size=batch_size, offload_encoder=offload_encoder, progress=progress
-        )
+            prepared.pipeline, store, batch_size=batch_size, offload_encoder=offload_encoder, progress=progress,
+            timing=None if timing is None else TimingPlan(repeats=timing),
+        )  # fmt: skip
         summary = runner.run(exp, runs, prepared.settings, force=force, extra_metadata=prepared.choices)
+    for text in summary.notes:  # e.g. kept runs made under other execution facts
+        note(text)
     per = f", {summary.seconds_per_image:.2f} s per image" if summary.seconds_per_image else ""
     console.print(
         f"[bold]{exp.name}[/bold]: {summary.done} done, {summary.skipped} skipped (already done), "
@@ -296,7 +382,9 @@ def _print_plan(prepared: Any, output_dir: Path, batch_size: int) -> None:
     from llm_dit.experiments.store import peek_done
 
     exp, runs = prepared.experiment, prepared.runs
-    cost = plan_cost(runs, batch_size, prepared.pipeline)
+    cost = plan_cost(runs, batch_size, prepared.checker)
+    # Read-only (a dry run writes nothing), and before the first line: a damaged database is the only output.
+    done, times = peek_done(output_dir, exp.name)
     out = Console()
     out.print(f"[bold]{exp.name}[/bold]: {escape(exp.description)}", highlight=False)
     axes = "; ".join(f"{a.name} = {', '.join(v.label for v in a.values)}" for a in exp.axes)
@@ -314,7 +402,6 @@ def _print_plan(prepared: Any, output_dir: Path, batch_size: int) -> None:
         f"({cost['dit_forwards_unbatched']} one by one)",
         highlight=False,
     )
-    done, times = peek_done(output_dir, exp.name)  # read-only: a dry run writes nothing
     pending = sum(1 for r in runs if r.run_id not in done)
     out.print(f"already done: {len(runs) - pending}; to run: {pending}", highlight=False)
     if times and pending:

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from llm_dit.cli.options import ResultsDirOpt
-from llm_dit.cli.terminal import wrote
+from llm_dit.cli.options import FormatOpt, ResultsDirOpt
+from llm_dit.cli.terminal import Column, check_format, print_records, print_table, write_csv, write_json, wrote
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.store import DEFAULT_ROOT
 
@@ -66,14 +66,18 @@ def compare_cmd(
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     output_dir: ResultsDirOpt = DEFAULT_ROOT,
+    output_format: FormatOpt = "table",
 ) -> None:
     """Compare an experiment's images: grids of any two dimensions, A/B pairs side by side, pixel diffs.
     Read-only on the results directory; pages beyond --max-rows/--max-cols go to FILE_p01, FILE_p02, ..."""
+    check_format(output_format)
     if list_experiments:
         if experiment is not None or info:
             raise LlmDitError("--list lists every experiment; drop -e/--info (or drop --list to look at one)")
-        _print_list(output_dir)
+        _print_list(output_dir, output_format)
         return
+    if output_format != "table" and not info:
+        raise LlmDitError("--format applies to --list and --info; a comparison writes image files")
     if experiment is None:
         raise LlmDitError("name an experiment: llm-dit compare -e NAME (llm-dit compare --list shows them)")
     if mode not in MODES:
@@ -90,7 +94,7 @@ def compare_cmd(
 
     exp = load_experiment(output_dir, experiment)
     if info:
-        _print_info(exp)
+        _print_info(exp, output_format)
         return
 
     from llm_dit.analysis import compare
@@ -168,57 +172,92 @@ def _when(stamp: str | None) -> str:
     return stamp[:16].replace("T", " ") if stamp else "-"
 
 
-def _print_list(output_dir: Path) -> None:
+# compare --list and --info: the keys of --format json/csv, in order (documented in docs/compare.md).
+LIST_FIELDS = ("name", "description", "done", "failed", "planned", "total", "status", "started_at", "finished_at")
+INFO_FIELDS = ("kind", "dimension", "value", "category", "text", "count")
+
+
+def _print_list(output_dir: Path, output_format: str) -> None:
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
     from llm_dit.analysis.results import list_experiments
 
     summaries = list_experiments(output_dir)
-    out = Console()
-    if not summaries:
-        out.print(f"no experiments in {escape(str(output_dir))}", highlight=False)
+    if not summaries and output_format == "table":
+        Console().print(f"no experiments in {output_dir}", markup=False, highlight=False, soft_wrap=True)
         return
-    table = Table("experiment", "done", "failed", "status", "started (UTC)", "finished (UTC)", title=str(output_dir))
-    for item in summaries:
-        counts = item.counts
-        table.add_row(
-            escape(item.name),
-            f"{counts['done']}/{counts['total']}",
-            str(counts["failed"]),
-            item.status,
-            _when(item.started_at),
-            _when(item.finished_at),
-        )
-    out.print(table)
+    records = [
+        {
+            "name": item.name,
+            "description": item.description,
+            **{key: item.counts[key] for key in ("done", "failed", "planned", "total")},
+            "status": item.status,
+            "started_at": item.started_at,
+            "finished_at": item.finished_at,
+            "done_of_total": f"{item.counts['done']}/{item.counts['total']}",  # the table's form
+        }
+        for item in summaries
+    ]
+    columns = [
+        Column("name", "experiment", whole=True),
+        Column("done_of_total", "done"),
+        Column("failed"),
+        Column("status"),
+        Column("started_at", "started (UTC)", show=_when),
+        Column("finished_at", "finished (UTC)", show=_when),
+    ]
+    print_records(output_format, LIST_FIELDS, records, columns, title=f"experiments in {output_dir}")
 
 
-def _print_info(exp: Any) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
+def _print_info(exp: Any, output_format: str) -> None:
     from llm_dit.analysis.compare import metric_counts
     from llm_dit.analysis.results import PROMPT, SEED
 
-    out = Console()
     counts = exp.counts
+    axes = {name: exp.dimensions.get(name, []) for name in exp.axes}
+    prompts = [
+        {"id": pid, "category": exp.category(pid), "text": exp.prompt_texts.get(pid, "")}
+        for pid in exp.dimensions[PROMPT]
+    ]
+    seeds = [int(seed) for seed in exp.dimensions[SEED]]
+    present = metric_counts(exp)
+    if output_format == "json":
+        write_json(
+            {
+                "name": exp.name,
+                "description": exp.description,
+                "counts": {key: counts[key] for key in ("done", "failed", "planned", "total")},
+                "axes": [{"name": name, "values": values} for name, values in axes.items()],
+                "prompts": prompts,
+                "seeds": seeds,
+                "metrics": [{"name": name, "count": n} for name, n in present.items()],
+            }
+        )
+        return
+    if output_format == "csv":  # one row per value a dimension takes (a filter's choices), then the metrics
+        empty = {"category": None, "text": None, "count": None}
+        rows = [{"kind": "axis", "dimension": name, "value": v, **empty} for name, vals in axes.items() for v in vals]
+        rows += [{**empty, "kind": "prompt", "dimension": PROMPT, "value": p["id"], **p} for p in prompts]
+        rows += [{**empty, "kind": "seed", "dimension": SEED, "value": seed} for seed in seeds]
+        rows += [{**empty, "kind": "metric", "dimension": "metric", "value": m, "count": n} for m, n in present.items()]
+        write_csv(INFO_FIELDS, rows)
+        return
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    out = Console()
     out.print(f"[bold]{escape(exp.name)}[/bold]: {escape(exp.description)}", highlight=False, soft_wrap=True)
     out.print(
         f"runs: {counts['done']} done, {counts['failed']} failed, {counts['planned']} planned, {counts['total']} total",
         highlight=False,
     )
-    axes = Table("axis", "values", title="axes (compare --axis/--rows/--cols; filter with --where AXIS=VALUES)")
-    for name in exp.axes:
-        axes.add_row(escape(name), escape(", ".join(_shown(v) for v in exp.dimensions.get(name, []))))
-    out.print(axes)
-    prompts = Table("prompt", "category", "text", title="prompts (--prompt ID)")
-    for pid in exp.dimensions[PROMPT]:
-        prompts.add_row(escape(pid), escape(exp.category(pid)), escape(exp.prompt_texts.get(pid, "")))
-    out.print(prompts)
-    out.print(f"seeds (--seed): {', '.join(exp.dimensions[SEED])}", highlight=False)
-    present = metric_counts(exp)
+    out.print("axes (compare --axis/--rows/--cols; filter with --where AXIS=VALUES)", highlight=False)
+    axis_rows = [{"axis": name, "values": ", ".join(_shown(v) for v in values)} for name, values in axes.items()]
+    print_table(out, axis_rows, [Column("axis", whole=True), Column("values")])
+    out.print("prompts (--prompt ID)", highlight=False)
+    print_table(out, prompts, [Column("id", "prompt", whole=True), Column("category", whole=True), Column("text")])
+    out.print(f"seeds (--seed): {', '.join(map(str, seeds))}", highlight=False)
     if present:
         out.print(
             "metrics (--metric): " + ", ".join(f"{name} ({n} values)" for name, n in present.items()), highlight=False

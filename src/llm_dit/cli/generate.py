@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,11 +28,16 @@ from llm_dit.cli.options import (
     ProfileOpt,
     SystemPromptOpt,
     ThinkBlockOpt,
+    run_parameter_sets,
     settings_overrides,
 )
-from llm_dit.cli.terminal import console, note, wrote
-from llm_dit.constants import ENCODER_LOAD_FIELDS
+from llm_dit.cli.terminal import note, status, wrote
+from llm_dit.constants import ENCODER_LOAD_FIELDS, SHIFT_FROM_CONFIG, SHIFT_FROM_FLAG
 from llm_dit.errors import LlmDitError
+
+if TYPE_CHECKING:  # the pipeline imports torch: only its types here, the commands import it when they run
+    from llm_dit.generation.pipeline import LlmDitPipeline
+    from llm_dit.generation.request import GenerationRequest
 
 
 def generate(
@@ -53,7 +58,9 @@ def generate(
     long_prompt_mode: LongModeOpt = None,
     max_text_tokens: MaxTokensOpt = None,
     padding: PaddingOpt = None,
-    shift: Annotated[float | None, typer.Option(help="Sigma shift (3.0 = official Turbo).")] = None,
+    shift: Annotated[
+        float | None, typer.Option(help="Sigma shift; default: the checkpoint's scheduler (Turbo: 3.0).")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="DiT forwards (8 = official Turbo).")] = None,
     sigmas: Annotated[str | None, typer.Option(help="Explicit sigmas, comma-separated (no shift).")] = None,
     width: Annotated[int | None, typer.Option(help="Multiple of 16.")] = None,
@@ -61,6 +68,17 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Noise seed.")] = None,
     guidance_scale: Annotated[float | None, typer.Option(help="CFG scale; 0 = off (Turbo).")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt (CFG only).")] = None,
+    cfg_normalization: Annotated[
+        bool | None,
+        typer.Option(
+            "--cfg-normalization/--no-cfg-normalization",
+            help="CFG only: cap the guided prediction's norm at the positive one's (diffusers).",
+            show_default=False,
+        ),
+    ] = None,
+    cfg_truncation: Annotated[
+        float | None, typer.Option(help="CFG only: no CFG once t = 1 - sigma exceeds this, 0..1 (1 = never).")
+    ] = None,
     refiner: Annotated[str | None, typer.Option(help="Context refiner: default | skip | single | double.")] = None,
     encoder_device: EncoderDeviceOpt = None,
     encoder_dtype: EncoderDtypeOpt = None,
@@ -69,24 +87,39 @@ def generate(
     vae_device: Annotated[str | None, typer.Option("--vae-device", help="Default: the DiT's.")] = None,
     vae_dtype: Annotated[str | None, typer.Option("--vae-dtype", help="Default: the DiT's.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG path.")] = None,
-    output_dir: Annotated[str | None, typer.Option("--output-dir", help="Where unnamed images go.")] = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Where images without -o go.")] = Path("outputs"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="A run parameter as NAME=VALUE, named as in experiment files and ablate --set (repeatable)."
+        ),
+    ] = None,
 ) -> None:
     """Generate one image from a prompt or from --embeddings; the PNG carries its full record ('llm_dit')."""
-    from llm_dit.config import load_settings
+    from llm_dit.config import check_limits, load_settings
     from llm_dit.files import ensure_writable
 
     if (prompt is None) == (embeddings is None):
         raise LlmDitError("give a PROMPT or --embeddings FILE.safetensors (exactly one)")
+    if prompt is not None:
+        from llm_dit.experiments.prompts import check_prompt_text
+
+        check_prompt_text(prompt, "PROMPT")  # what ablate's --prompt and --prompts-file refuse, refused alike
+    if output is not None and not output.is_dir() and output.suffix.lower() != ".png":
+        raise LlmDitError(f"--output {output}: images are written as PNG; use a .png file name")
 
     overrides = settings_overrides(ctx)  # every option above named after a config flag
-    resolved = load_settings(config, profile, overrides)
+    sets, manipulation = run_parameter_sets(set_)
+    resolved = load_settings(config, profile, overrides, sets)
     settings = resolved.settings
+    check_limits(settings.limits, settings.generation.model_dump())
     for text in resolved.notes:
         note(text)
-    target = ensure_writable(
-        output or _default_output(settings.generation.output_dir, settings.generation.seed), overwrite
-    )
+    target = ensure_writable(output or _default_output(output_dir, settings.generation.seed), overwrite)
+    text = prompt
+    if manipulation is not None:
+        text = _manipulated(prompt, manipulation, settings.generation.seed)
     if embeddings is not None:
         from llm_dit.conditioning.features_file import load_features
 
@@ -102,35 +135,97 @@ def generate(
             "(only to the negative prompt when guidance_scale > 0)"
         )
 
-    from llm_dit.generation.pipeline import GenerationRequest, LlmDitPipeline
+    from llm_dit.generation.checks import RequestChecker, resolved_numerics
+    from llm_dit.generation.request import GenerationRequest
+
+    request = GenerationRequest(
+        prompt=text,
+        embeddings=features,
+        generation=settings.generation,
+        shift_source=_shift_source(resolved.sources["generation.shift"]),
+    )
+    # Devices, checkpoint, sizes, schedule and caps with the light checks (no torch yet), then the pipeline's own.
+    resolved_numerics(settings)
+    RequestChecker.for_settings(settings).check([request])
+    from llm_dit.generation.pipeline import LlmDitPipeline
 
     pipe = LlmDitPipeline.from_settings(settings)
-    request = GenerationRequest(prompt=prompt, embeddings=features, generation=settings.generation)
     pipe.check([request])  # tokenizer and configs only: caps, sizes and shapes fail here, before weights load
+    _note_long_prompts(pipe, request)
 
-    with console.status("loading models") as status:
+    with status("loading models") as shown:
         if prompt is not None or settings.generation.guidance_scale > 0:
             pipe.encoder.model  # noqa: B018 - load now so the progress below measures sampling only
         pipe.transformer  # noqa: B018
         pipe.vae  # noqa: B018
-        status.update("generating")
+        shown.update("generating")
 
         def progress(done: int, total: int) -> None:
-            status.update(f"generating: step {done}/{total}")
+            shown.update(f"generating: step {done}/{total}")
 
         result = pipe.generate_batch([request], progress=progress)[0]
     result.record["config"] = {"file": str(config) if config else None, "profile": resolved.profile}
+    if manipulation is not None:
+        result.record.update(token_manipulation=manipulation, original_prompt=prompt)
     if embeddings is not None:
         result.record["embeddings_file"] = {"path": str(embeddings), "metadata": features_meta}
     path = result.save(target, overwrite=overwrite)
     r = result.record
     wrote(
-        f"{path}  ({r['width']}x{r['height']}, {r['steps']} steps, shift {r['shift']}, seed {r['seed']}, "
-        f"{r['embedding_length']} caption rows, {r['seconds_per_image']:.2f} s)"
+        f"{path}  ({r['width']}x{r['height']}, {r['steps']} steps, {_shift_text(r)}, seed {r['seed']}, "
+        f"{r['embedding_length']} caption rows, {r['batch_seconds']:.2f} s)"
     )
 
 
-def _default_output(output_dir: str, seed: int) -> Path:
+def _shift_source(source: str) -> str | None:
+    """The record's shift_source for the settings' source of generation.shift ("default": the pipeline tells
+    the checkpoint's own)."""
+    if source == "default":
+        return None
+    return SHIFT_FROM_FLAG if source == "override" else SHIFT_FROM_CONFIG
+
+
+def _shift_text(record: dict[str, Any]) -> str:
+    if record["shift"] is None:
+        return "explicit sigmas"
+    return f"shift {record['shift']} ({record['shift_source']})"
+
+
+def _manipulated(prompt: str | None, name: Any, seed: int) -> str:
+    """The prompt after ``--set token_manipulation=NAME`` (as an experiment applies it, with the run's seed)."""
+    from llm_dit.experiments.planner import parameter_errors
+    from llm_dit.experiments.prompts import Prompt, manipulate
+
+    if prompt is None:
+        raise LlmDitError("--set token_manipulation needs a PROMPT (it rewrites the text; --embeddings has none)")
+    for _, message in parameter_errors({"token_manipulation": name}):  # ablate's check of the name
+        raise LlmDitError(f"--set token_manipulation={name}: {message}")
+    try:
+        return manipulate(Prompt(id="prompt", text=prompt), name, seed)
+    except ValueError as exc:
+        raise LlmDitError(f"--set token_manipulation={name}: {exc}") from None
+
+
+def _note_long_prompts(pipe: LlmDitPipeline, request: GenerationRequest) -> None:
+    """Say so on the terminal when a prompt is over the caption cap (the long-prompt mode then applies)."""
+    from llm_dit.generation.request import encoding_texts
+
+    names = ["prompt", "negative prompt"] if request.embeddings is None else ["negative prompt"]
+    for name, text in zip(names, encoding_texts(request), strict=False):
+        tokens = pipe.encoder.tokenize(text, **request.encoder)[0]
+        if tokens.token_count > tokens.cap:
+            mode = pipe.encoder.resolve(**request.encoder).long_prompt_mode
+            if mode == "truncate":
+                what = f"cuts it to {tokens.cap} tokens (the end of the prompt is dropped)"
+            else:
+                what = f"compresses its features to {tokens.cap} rows"
+            note(
+                f"the {name} is {tokens.token_count} tokens, over the cap of {tokens.cap} (max_text_tokens): "
+                f"long_prompt_mode {mode} {what}"
+            )
+
+
+def _default_output(output_dir: Path, seed: int) -> Path:
     """A new file name under ``output_dir``: a timestamp and the seed, numbered if that name is taken."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path(output_dir) / f"{stamp}_seed{seed}.png"
@@ -168,9 +263,16 @@ def encode(
         raise LlmDitError(f"--output {output}: use a .safetensors file name")
     resolved = load_settings(config, profile, settings_overrides(ctx))
     ensure_writable(output, overwrite)
+    # Checkpoint, device, caps and layers with the light tokenizer: bad input is refused before torch loads.
+    from llm_dit.conditioning.tokenization import PromptTokenizer
+    from llm_dit.models import checkpoint, devices
+
+    enc = resolved.settings.encoder
+    info = checkpoint.validate_checkpoint(checkpoint.resolve_model_path(resolved.settings.model_path))
+    devices.numerics_label(enc.device, enc.torch_dtype, "encoder.device")
+    PromptTokenizer.for_checkpoint(info, enc).tokenize(prompt)
     from llm_dit.conditioning.features_file import save_features
     from llm_dit.conditioning.text_encoder import ZImageTextEncoder
-    from llm_dit.models import checkpoint
 
     settings = resolved.settings
     encoder = ZImageTextEncoder.from_pretrained(settings.model_path, **settings.encoder.model_dump())
@@ -202,10 +304,11 @@ def profile_cmd(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Time encoding (short, medium, long prompt) and full generation; peak memory; JSON out."""
-    from llm_dit.config import load_settings
+    from llm_dit.config import check_limits, load_settings
     from llm_dit.files import ensure_writable, write_json
 
     settings = load_settings(config, profile, settings_overrides(ctx)).settings
+    check_limits(settings.limits, settings.generation.model_dump())
     ensure_writable(output, overwrite)
     if repeats < 1:
         raise LlmDitError(f"--repeats must be >= 1, got {repeats}")
@@ -214,7 +317,7 @@ def profile_cmd(
 
     pipe = LlmDitPipeline.from_settings(settings)
     # The whole resolved recipe (size, steps or sigmas, shift, guidance, refiner), not only the three flags.
-    generation = settings.generation.model_dump(exclude={"output_dir", "seed"})
+    generation = settings.generation.model_dump(exclude={"seed"})
     result = run_profile(pipe, generation, repeats=repeats)
     result["model_path"] = pipe.model_path
     write_json(output, result)

@@ -16,6 +16,7 @@ from llm_dit.cli.options import (
     ConfigOpt,
     EncoderDeviceOpt,
     EncoderDtypeOpt,
+    FormatOpt,
     MaxPromptsOpt,
     MetricOpt,
     ModelOpt,
@@ -28,7 +29,7 @@ from llm_dit.cli.options import (
     parse_metric_names,
     settings_overrides,
 )
-from llm_dit.cli.terminal import note, progress_bar, wrote
+from llm_dit.cli.terminal import Column, check_format, note, print_records, print_table, progress_bar, wrote
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.store import DEFAULT_ROOT
 
@@ -49,37 +50,94 @@ def metrics_cmd(
     profile: ProfileOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute values already stored.")] = False,
     list_metrics: Annotated[bool, typer.Option("--list", help="List the metrics and what each needs.")] = False,
+    output_format: FormatOpt = "table",
 ) -> None:
     """Compute metrics over existing results: only missing values (resumable); per-run values go to the store
     and results.csv, per-value statistics to summary.csv and the terminal."""
     from llm_dit.config import load_settings
     from llm_dit.experiments.store import ResultsStore, require_database
     from llm_dit.metrics.reference import ReferenceChoice, parse_reference, parse_reference_images
-    from llm_dit.metrics.registry import METRICS, UNAVAILABLE, configured, select_metrics
+    from llm_dit.metrics.registry import select_metrics
 
+    check_format(output_format)
     settings = load_settings(config, profile).settings.metrics
     if list_metrics:
-        from rich.table import Table
-
-        table = Table("metric", "kind", "better", "needs", "status", "what it measures")
-        for spec in METRICS.values():
-            status = "ready" if configured(spec, settings) else f"set {spec.setting}"
-            better = "higher" if spec.higher_is_better else "lower"
-            table.add_row(spec.name, spec.kind, better, spec.setting or "-", status, spec.description)
-        for name, why in UNAVAILABLE.items():
-            table.add_row(name, "-", "-", "-", "unavailable", why.split(":")[0])
-        Console().print(table)
+        _print_metric_list(settings, output_format)
         return
+    if output_format != "table":
+        raise LlmDitError("--format applies to --list; a metrics pass prints its summary as text (see summary.csv)")
     if experiment is None:
         raise LlmDitError("name an experiment: llm-dit metrics EXPERIMENT (see --list for the metrics)")
     names = parse_metric_names(metric)
     specs, notes = select_metrics(names, settings)
+    # The arguments before the database, so each names its own problem whatever --output-dir says. Without the
+    # experiment's prompt ids a PROMPT_ID=PATH item is checked as a path; the ids are checked below.
+    axes = parse_reference(reference)
+    checked = _readable_images(ReferenceChoice(axes, parse_reference_images(reference_image)).images, set())
     require_database(output_dir)
     with ResultsStore(output_dir) as store:
         prompt_ids = list(dict.fromkeys(run["prompt_id"] for run in store.runs(experiment)))
-    choice = ReferenceChoice(parse_reference(reference), parse_reference_images(reference_image, prompt_ids))
+    images = parse_reference_images(reference_image, prompt_ids)
+    _readable_images(images, checked)
+    choice = ReferenceChoice(axes, images)
     explicit = bool(names or reference or reference_image)  # asked for by name: no silent skipping
     run_metrics_pass(output_dir, experiment, specs, notes, settings, explicit=explicit, choice=choice, force=force)
+
+
+def _readable_images(images: dict[str | None, Path], checked: set[Path]) -> set[Path]:
+    """``checked`` plus every ``--reference-image`` file, each decoded once: a text file or a cut PNG is one line
+    here, not a PIL traceback in the middle of the pass."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in images.values():
+        if path in checked:
+            continue
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            why = "not in an image format PIL reads" if isinstance(exc, UnidentifiedImageError) else str(exc)
+            raise LlmDitError(
+                f"--reference-image {path} is not a readable image ({why}); give a PNG, JPEG or WebP"
+            ) from None
+        checked.add(path)
+    return checked
+
+
+# metrics --list: the keys of --format json/csv, in order (documented in docs/metrics.md).
+METRIC_FIELDS = ("name", "kind", "higher_is_better", "setting", "status", "version", "description")
+
+
+def _print_metric_list(settings: Any, output_format: str) -> None:
+    """Every metric (and the unavailable ones), what it needs and whether it is ready, on stdout."""
+    from llm_dit.metrics.registry import METRICS, UNAVAILABLE, configured
+
+    records = [
+        {
+            "name": spec.name,
+            "kind": spec.kind,
+            "higher_is_better": spec.higher_is_better,
+            "setting": spec.setting,  # the [PROFILE.metrics] key of its weights; null = weight-free
+            "status": "ready" if configured(spec, settings) else f"set {spec.setting}",
+            "version": spec.version,
+            "description": spec.description,
+            "what": spec.description,
+        }
+        for spec in METRICS.values()
+    ]
+    records += [
+        {"name": name, "kind": None, "higher_is_better": None, "setting": None, "status": "unavailable",
+         "version": None, "description": why, "what": why.split(":")[0]}
+        for name, why in UNAVAILABLE.items()
+    ]  # fmt: skip
+    columns = [
+        Column("name", "metric", whole=True),
+        Column("kind", show=lambda kind: kind or "-"),
+        Column("higher_is_better", "better", show=lambda up: "-" if up is None else ("higher" if up else "lower")),
+        Column("status"),  # 'set <setting>' names what a metric needs; the setting alone is in json/csv
+        Column("what", "what it measures"),  # the table's short form of the description
+    ]
+    print_records(output_format, METRIC_FIELDS, records, columns)
 
 
 def run_metrics_pass(
@@ -111,8 +169,6 @@ def run_metrics_pass(
 
 
 def _print_metrics_report(report: Any) -> None:
-    from rich.table import Table
-
     from llm_dit.metrics.registry import METRICS
 
     out = Console()
@@ -134,11 +190,17 @@ def _print_metrics_report(report: Any) -> None:
         by_axis.setdefault(row["axis"], {}).setdefault(row["value"], {})[row["metric"]] = row
     for axis, values in by_axis.items():
         metrics = list(dict.fromkeys(m for cells in values.values() for m in cells))
-        table = Table(axis, "n", *metrics, title=f"{axis}: mean ± 95% CI half-width", title_justify="left")
-        for value, cells in values.items():
-            counts = sorted({row["n"] for row in cells.values()})
-            table.add_row(value, "/".join(map(str, counts)), *[_summary_cell(cells.get(m)) for m in metrics])
-        out.print(table)
+        key = axis if axis not in ("n", *metrics) else f"{axis} value"  # the value labels, whole (--reference)
+        records = [
+            {
+                key: value,
+                "n": "/".join(map(str, sorted({row["n"] for row in cells.values()}))),
+                **{m: _summary_cell(cells.get(m)) for m in metrics},
+            }
+            for value, cells in values.items()
+        ]
+        out.print(f"{axis}: mean ± 95% CI half-width", markup=False, highlight=False, soft_wrap=True)
+        print_table(out, records, [Column(key, axis, whole=True), Column("n"), *map(Column, metrics)])
     out.print(f"per run: {report.results_csv}; per value: {report.summary_csv}", highlight=False, soft_wrap=True)
 
 
@@ -182,16 +244,16 @@ def embed_stats(
     encoder_device: EncoderDeviceOpt = None,
     encoder_dtype: EncoderDtypeOpt = None,
     overwrite: OverwriteOpt = False,
+    output_format: FormatOpt = "table",
 ) -> None:
     """Compare caption embeddings across encoder settings (no image): cosine similarity token-aligned and
     mean-pooled, norms, per-dimension statistics and outlier dimensions, against the first condition."""
-    from rich.table import Table
-
-    from llm_dit.conditioning.embedding_stats import compare_embeddings, parse_condition
+    from llm_dit.conditioning.conditions import parse_condition
     from llm_dit.config import load_settings
     from llm_dit.experiments.prompts import load_library, select_prompts
     from llm_dit.files import ensure_writable
 
+    check_format(output_format)
     if not condition:
         raise LlmDitError(
             "give the conditions to compare, the first being the reference, e.g. "
@@ -214,29 +276,47 @@ def embed_stats(
     if not selected:
         raise LlmDitError("give prompts: --prompt TEXT (repeatable), --prompt-ids IDS or --prompt-category NAME")
     settings = load_settings(config, profile, settings_overrides(ctx)).settings
+    _check_conditions(settings, [p.text for p in selected], conditions)
+    from llm_dit.conditioning.embedding_stats import compare_embeddings
     from llm_dit.conditioning.text_encoder import ZImageTextEncoder
 
     encoder = ZImageTextEncoder.from_pretrained(settings.model_path, **settings.encoder.model_dump())
     report = compare_embeddings(encoder, [p.text for p in selected], conditions, outlier_threshold=outlier_threshold)
-    out = Console()
-    columns = ("tokens", "token_cosine", "pooled_cosine", "content_cosine", "mean_token_norm", "max_abs")
-    table = Table(
-        "condition", "prompts", *columns, "max_std_ratio", f"dims > {outlier_threshold:g}x", "top outliers",
-        title=f"vs {report.reference.label}: means over prompts", title_justify="left",
-    )  # fmt: skip
-    for row in report.summary:
-        cells = [_stat(row[c]) for c in columns]
-        table.add_row(
-            row["condition"], str(row["prompts"]), *cells, _stat(row["max_std_ratio"]), _stat(row["outlier_dims"]),
-            row["top_outliers"] or "",
-        )  # fmt: skip
-    out.print(table)
+    # The summary (a row per condition; json/csv: every SUMMARY_COLUMNS key, full precision); the table shows
+    # the main statistics, a record per line where they cannot fit (-o writes everything, per prompt too).
+    shown = ("prompts", "tokens", "token_cosine", "pooled_cosine", "content_cosine", "mean_token_norm", "max_abs")
+    columns = [
+        Column("condition", whole=True),
+        *(Column(key, show=_stat) for key in (*shown, "max_std_ratio")),
+        Column("outlier_dims", f"dims > {outlier_threshold:g}x", show=_stat),
+        Column("top_outliers", "top outliers"),
+    ]
+    title = f"vs {report.reference.label}: means over prompts"
+    from llm_dit.conditioning.embedding_stats import SUMMARY_COLUMNS  # after the work: the module imports torch
+
+    print_records(output_format, SUMMARY_COLUMNS, report.summary, columns, title=title)
     if output is not None:
         if output.suffix == ".json":
             report.to_json(output)
         else:
             report.to_csv(output)
         wrote(str(output))
+
+
+def _check_conditions(settings: Any, prompts: list[str], conditions: list[Any]) -> None:
+    """The checkpoint, its device, and every prompt under every condition (caps, layer range), with the light
+    tokenizer: bad input is refused before torch or transformers is imported."""
+    from llm_dit.conditioning.tokenization import PromptTokenizer
+    from llm_dit.models import checkpoint, devices
+
+    info = checkpoint.validate_checkpoint(checkpoint.resolve_model_path(settings.model_path))
+    devices.numerics_label(settings.encoder.device, settings.encoder.torch_dtype, "encoder.device")
+    light = PromptTokenizer.for_checkpoint(info, settings.encoder)
+    for condition in conditions:
+        try:
+            light.tokenize(prompts, **condition.overrides)
+        except LlmDitError as exc:
+            raise LlmDitError(f"condition {condition.label!r}: {exc}") from None
 
 
 def _stat(value: Any) -> str:

@@ -78,6 +78,10 @@ MetricOpt = Annotated[
 ]
 
 
+# What parse_csv's error shows for a cast: an example of the values it accepts.
+_CSV_EXAMPLES: dict[Any, str] = {int: "integers, e.g. 42,43,44", float: "numbers, e.g. 1,0.6,0.3"}
+
+
 def parse_csv(text: str | None, flag: str, cast: Callable[[str], Any] = str) -> list[Any] | None:
     """``a,b,c`` -> [cast(a), cast(b), cast(c)] (blanks dropped); None when the option was not given."""
     if text is None:
@@ -85,8 +89,8 @@ def parse_csv(text: str | None, flag: str, cast: Callable[[str], Any] = str) -> 
     try:
         return [cast(x.strip()) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        kind = "values" if cast is str else "numbers"
-        raise LlmDitError(f"{flag} {text!r}: expected comma-separated {kind}, e.g. 1,0.6,0.3") from exc
+        kind = _CSV_EXAMPLES.get(cast, "values")
+        raise LlmDitError(f"{flag} {text!r}: expected comma-separated {kind}") from exc
 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
@@ -98,6 +102,34 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
         key, raw = split_assignment(item, "--set", "key=value, e.g. --set steps=4 or --set think_block=empty")
         out[key] = parse_scalar(raw)
     return out
+
+
+def run_parameter_sets(items: list[str] | None) -> tuple[dict[str, Any], str | None]:
+    """``generate --set NAME=VALUE``: the names of experiment files and ``ablate --set`` (plus ``seed``: generate
+    makes one image) as dotted settings overrides, and the ``token_manipulation`` if one is set.
+
+    Values are parsed as ``ablate --set`` parses them and checked by the one schema when the settings resolve
+    (errors name ``--set NAME=VALUE``); an unknown name is an error with the nearest parameter.
+    """
+    from llm_dit.experiments.model import ENCODER_PARAMETERS, SETTABLE_PARAMETERS, TOKEN_MANIPULATION
+    from llm_dit.experiments.planner import unknown_parameter
+
+    overrides: dict[str, Any] = {}
+    manipulation: str | None = None
+    errors: list[str] = []
+    for name, value in parse_sets(items).items():
+        flat = name.rpartition(".")[2]
+        if name == TOKEN_MANIPULATION:
+            manipulation = value
+        elif name == "seed" or name in SETTABLE_PARAMETERS:
+            overrides[f"{'encoder' if name in ENCODER_PARAMETERS else 'generation'}.{name}"] = value
+        elif flat != name and (flat == "seed" or flat in SETTABLE_PARAMETERS):
+            errors.append(f"--set {name}: use the flat name '{flat}' (--set {flat}=...)")
+        else:
+            errors.append(f"--set {name}: {unknown_parameter(name)}")
+    if errors:
+        raise LlmDitError("\n".join(errors))
+    return overrides, manipulation
 
 
 def parse_metric_names(items: list[str] | None) -> list[str]:
@@ -141,3 +173,10 @@ def settings_overrides(ctx: typer.Context) -> dict[str, Any]:
         # "" clears a profile's sigmas (back to steps + shift), as in TOML.
         out["generation.sigmas"] = parse_csv(out["generation.sigmas"], "--sigmas", float) or ""
     return out
+
+
+# Listings and info (ablate --list-*, metrics --list, compare --list/--info, config show, embed-stats): checked by
+# llm_dit.cli.terminal.check_format, printed by terminal.print_records.
+FormatOpt = Annotated[
+    str, typer.Option("--format", help="table | json | csv (json, csv: full values on stdout, unstyled).")
+]

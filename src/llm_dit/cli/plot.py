@@ -14,7 +14,8 @@ from llm_dit.experiments.store import DEFAULT_ROOT
 
 DEFAULT_DPI = 150  # llm_dit.analysis.plots.DEFAULT_DPI, repeated so --help needs no import of the analysis code
 METRIC_HELP = (
-    "A stored metric or generation_time_s. Default: the first with values of siglip, clip_score, lpips, ssim, psnr, "
+    "A stored metric, seconds_per_image_batched or timed_median_s (ablate --timing). Default: the first with values "
+    "of siglip, clip_score, lpips, ssim, psnr, "
     "mad, diversity_lpips, diversity_ssim, diversity_mad."
 )
 

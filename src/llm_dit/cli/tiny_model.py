@@ -18,6 +18,10 @@ def tiny_model(
     """Write a tiny, architecture-faithful random Z-Image checkpoint in diffusers layout."""
     if directory.exists():
         raise LlmDitError(f"{directory} already exists; give a new directory")
+    from llm_dit.files import probe_directory
+
+    # The checkpoint is built next to its destination and renamed into place: that folder must take files.
+    probe_directory(directory.parent, f"cannot write {directory}")
     from llm_dit.models.tiny import build_tiny_checkpoint
 
     path = build_tiny_checkpoint(directory, seed=seed)

@@ -21,28 +21,27 @@ import torch
 from torch import nn
 
 from llm_dit.conditioning.embeddings import blend_layers, compress_sequence
-from llm_dit.conditioning.prompt import FormattedPrompt, format_prompt
+from llm_dit.conditioning.tokenization import (
+    PromptTokenizer,
+    TokenizedPrompt,
+    check_layer_indices,
+    layer_agnostic_key,
+    layers_of,
+)
 from llm_dit.config import EncoderSettings, build_section
-from llm_dit.constants import DIFFUSERS_MAX_SEQUENCE_LENGTH, ENCODER_LOAD_FIELDS, HARD_MAX_TEXT_TOKENS
+from llm_dit.constants import DIFFUSERS_MAX_SEQUENCE_LENGTH, HARD_MAX_TEXT_TOKENS
 from llm_dit.errors import LlmDitError
 from llm_dit.models.devices import module_device
 
-
-@dataclass
-class TokenizedPrompt:
-    """A formatted prompt's tokens, with the template's prefix/suffix located (no model needed)."""
-
-    formatted: FormattedPrompt
-    input_ids: list[int]  # what the encoder is fed (already truncated in mode "truncate")
-    token_count: int  # tokens of the full formatted prompt, before any cap
-    prefix_len: int
-    suffix_len: int
-    cap: int  # the caption-token cap in force
-    compress: bool  # content is compressed after the forward (interpolate / pool / attention_pool)
-
-    @property
-    def truncated(self) -> bool:
-        return len(self.input_ids) < self.token_count
+# Tokenization lives in conditioning.tokenization (no torch), shared with the light checks; these names stay here
+# too, where the encoder's users found them.
+__all__ = [
+    "EncodedPrompt",
+    "TokenizedPrompt",
+    "ZImageTextEncoder",
+    "layer_agnostic_key",
+    "layers_of",
+]
 
 
 @dataclass
@@ -109,12 +108,14 @@ class ZImageTextEncoder:
             if model is None:
                 raise LlmDitError("num_layers is required when the model is loaded lazily")
             num_layers = int(model.config.num_hidden_layers)
-        self.num_layers = num_layers
-        self.max_caption_tokens = max_caption_tokens
         self.batch_size = batch_size
-        self.settings = build_section(EncoderSettings, settings)
-        self._tokenized: dict[tuple[str, tuple[Any, ...]], TokenizedPrompt] = {}
-        self._check_layers(self.settings)
+        # Settings, caps and tokenization: the same object the light checks use (conditioning.tokenization).
+        self.prompts = PromptTokenizer(
+            tokenizer,
+            num_layers=num_layers,
+            max_caption_tokens=max_caption_tokens,
+            settings=build_section(EncoderSettings, settings),
+        )
 
     @classmethod
     def from_pretrained(
@@ -148,40 +149,33 @@ class ZImageTextEncoder:
             self._model = self._model_loader()
         return self._model
 
+    @property
+    def num_layers(self) -> int:
+        return self.prompts.num_layers
+
+    @property
+    def max_caption_tokens(self) -> int:
+        return self.prompts.max_caption_tokens
+
+    @property
+    def settings(self) -> EncoderSettings:
+        return self.prompts.settings
+
     # -- settings --------------------------------------------------------------------------------------
 
     def resolve(self, **overrides: Any) -> EncoderSettings:
-        """This encoder's settings with per-call overrides, validated.
+        """This encoder's settings with per-call overrides, validated (:meth:`PromptTokenizer.resolve`).
 
         ``device`` and ``torch_dtype`` (:data:`ENCODER_LOAD_FIELDS`) are refused: they are fixed when the
         encoder is built and would otherwise be silently ignored.
         """
-        if not overrides:
-            return self.settings
-        for name in ENCODER_LOAD_FIELDS:
-            if name in overrides:
-                raise LlmDitError(
-                    f"encoder setting {name!r} cannot be changed per call: it is fixed when the encoder loads "
-                    f"(ZImageTextEncoder.from_pretrained / the constructor, or the [encoder] config section)"
-                )
-        if "hidden_layer" in overrides and "layer_weights" not in overrides:
-            # A per-call layer is an explicit choice: it replaces a blend set on the encoder.
-            overrides = {**overrides, "layer_weights": None}
-        settings = build_section(EncoderSettings, {**self.settings.model_dump(), **overrides})
-        self._check_layers(settings)
-        return settings
+        return self.prompts.resolve(**overrides)
 
     def _check_layers(self, settings: EncoderSettings) -> None:
-        self.check_layer_indices(layers_of(settings))
+        self.prompts.check_layers(settings)
 
     def check_layer_indices(self, layers: Sequence[int]) -> None:
-        n = self.num_layers
-        for layer in layers:
-            if not -(n + 1) <= layer <= n:
-                raise LlmDitError(
-                    f"hidden layer {layer} is out of range for a {n}-layer encoder; use {-(n + 1)}..{n} "
-                    f"(0 = token embeddings, -1 = final-normed output, -2 = official)"
-                )
+        check_layer_indices(layers, self.num_layers)
 
     # -- tokenization (no model needed) ---------------------------------------------------------------
 
@@ -194,56 +188,7 @@ class ZImageTextEncoder:
         return self._tokenize(prompts, self.resolve(**overrides))
 
     def _tokenize(self, prompts: str | Sequence[str], settings: EncoderSettings) -> list[TokenizedPrompt]:
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        cap = min(settings.max_text_tokens, self.max_caption_tokens)
-        # Tokenization is memoised: a sweep checks, plans and encodes the same prompts several times.
-        key = (settings.system_prompt, settings.think_block, cap, settings.long_prompt_mode)
-        out = []
-        for prompt in prompts:
-            cached = self._tokenized.get((prompt, key)) if isinstance(prompt, str) else None
-            if cached is not None:
-                out.append(cached)
-                continue
-            formatted = format_prompt(prompt, settings.system_prompt, settings.think_block)
-            enc = self.tokenizer(formatted.text, return_offsets_mapping=True)
-            ids: list[int] = list(enc["input_ids"])
-            offsets = enc["offset_mapping"]
-            content_start = len(formatted.prefix)
-            content_end = content_start + len(formatted.content)
-            # Tokens are assigned by character span; a token straddling a boundary counts as content.
-            prefix_len = sum(1 for _, end in offsets if end <= content_start)
-            suffix_len = sum(1 for start, end in offsets if start >= content_end and end > start)
-            suffix_len = min(suffix_len, len(ids) - prefix_len)
-            compress = False
-            if len(ids) > cap:
-                mode = settings.long_prompt_mode
-                if mode == "none":
-                    raise LlmDitError(
-                        f"prompt is {len(ids)} tokens, over the cap of {cap} (max_text_tokens); choose a "
-                        f"long_prompt_mode (truncate, interpolate, pool, attention_pool) or shorten the prompt"
-                    )
-                if prefix_len + suffix_len >= cap:
-                    raise LlmDitError(
-                        f"the chat template alone (system prompt + think block) is {prefix_len + suffix_len} "
-                        f"tokens, leaving no room for the prompt under the cap of {cap}; shorten them"
-                    )
-                if mode == "truncate":
-                    keep = cap - prefix_len - suffix_len
-                    ids = ids[:prefix_len] + ids[prefix_len : prefix_len + keep] + ids[len(ids) - suffix_len :]
-                else:
-                    compress = True
-            tokenized = TokenizedPrompt(
-                formatted=formatted,
-                input_ids=ids,
-                token_count=len(enc["input_ids"]),
-                prefix_len=prefix_len,
-                suffix_len=suffix_len,
-                cap=cap,
-                compress=compress,
-            )
-            self._tokenized[(prompt, key)] = tokenized
-            out.append(tokenized)
-        return out
+        return self.prompts.tokenize_with(prompts, settings)
 
     # -- encoding -------------------------------------------------------------------------------------
 
@@ -350,13 +295,3 @@ class ZImageTextEncoder:
                     states[layer] = rows
                 results.append(states)
         return results
-
-
-def layers_of(settings: EncoderSettings) -> list[int]:
-    """The hidden states a setting reads."""
-    return list(settings.layer_weights) if settings.layer_weights else [settings.hidden_layer]
-
-
-def layer_agnostic_key(settings: EncoderSettings) -> str:
-    """Settings identity ignoring the layer choice: prompts sharing it can share one encoder forward."""
-    return settings.model_copy(update={"hidden_layer": 0, "layer_weights": None}).model_dump_json()

@@ -47,6 +47,8 @@ _LEGACY_KEYS: dict[str, str] = {
     "hidden_layers": "use hidden_layer (one layer) or layer_weights (a blend) in [{profile}.encoder]",
     "cfg_scale": "use guidance_scale in [{profile}.generation]",
     "dtype": "use torch_dtype in [{profile}.encoder] or [{profile}.pipeline]",
+    "output_dir": "output_dir was removed from the config (only generate read it): give generate -o FILE or "
+    "--output-dir DIR, and the experiment commands --output-dir (their results directory)",
     "image_reward_path": "ImageReward is not supported: the image-reward package does not run with transformers 5 "
     "(see docs/metrics.md); use siglip_path or clip_path in [{profile}.metrics]",
 }
@@ -262,6 +264,9 @@ def _notes(settings: Settings, sources: Mapping[str, str]) -> tuple[str, ...]:
         notes.append(f"shift {gen.shift} is not applied: explicit sigmas are used verbatim")
     if gen.negative_prompt and gen.guidance_scale == 0:
         notes.append("negative_prompt has no effect: guidance_scale is 0 (CFG off)")
+    for key in ("cfg_normalization", "cfg_truncation"):
+        if gen.guidance_scale == 0 and sources[f"generation.{key}"] != "default":
+            notes.append(f"{key} has no effect: guidance_scale is 0 (CFG off)")
     if enc.layer_weights is not None and sources["encoder.hidden_layer"] != "default":
         notes.append(f"hidden_layer {enc.hidden_layer} is not used: layer_weights replaces it")
     return tuple(notes)
@@ -271,12 +276,14 @@ def load_settings(
     config_path: str | Path | None = None,
     profile: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    set_overrides: Mapping[str, Any] | None = None,
 ) -> ResolvedSettings:
     """Resolve settings: overrides > named profile > ``[default]`` > built-in defaults.
 
     ``overrides`` are keyed by dotted name ("generation.steps", "model_path"); ``None`` values are
-    ignored (an unset CLI option). The whole file is validated, every profile, so a typo anywhere is
-    reported. Raises ConfigError with one line per problem.
+    ignored (an unset CLI option). ``set_overrides`` are overrides given as ``--set NAME=VALUE`` (same dotted
+    keys; errors name them so); a key in both is an error naming both. The whole file is validated, every
+    profile, so a typo anywhere is reported. Raises ConfigError with one line per problem.
     """
     name = profile or DEFAULT_PROFILE
     layers: list[Layer] = []
@@ -298,7 +305,18 @@ def load_settings(
             layers.append(cfg.layer(name))
     elif name != DEFAULT_PROFILE:
         raise ConfigError(f"profile '{name}' given but no config file; pass --config FILE")
-    layers.append(override_layer(overrides))
+    flags = override_layer(overrides)
+    sets = override_layer(set_overrides, set_flag=True)
+    both = [key for key in sets.values if key in flags.values]
+    if both:
+        raise ConfigError(
+            "; ".join(
+                f"{flags.origins[k].describe(flags.values[k])} and {sets.origins[k].describe(sets.values[k])} both "
+                f"set {k}: give it once"
+                for k in both
+            )
+        )
+    layers += [flags, sets]
     settings, sources = resolve_layers(layers)
     return ResolvedSettings(settings, sources, path, name, _notes(settings, sources))
 
@@ -331,6 +349,7 @@ def render_settings(resolved: ResolvedSettings) -> str:
         "encoder.system_prompt": "no system prompt",
         "pipeline.vae_device": "same as device",
         "pipeline.vae_dtype": "same as torch_dtype",
+        "generation.shift": "the checkpoint's scheduler_config.json shift",
         "generation.sigmas": "schedule from steps and shift",
         "metrics.siglip_path": "metric 'siglip' unavailable",
         "metrics.clip_path": "metric 'clip_score' unavailable",

@@ -28,6 +28,8 @@ from pydantic import (
 )
 
 from llm_dit.constants import (
+    DEFAULT_CFG_NORMALIZATION,
+    DEFAULT_CFG_TRUNCATION,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_HIDDEN_LAYER,
     DEFAULT_SHIFT,
@@ -467,7 +469,11 @@ class GenerationSettings(BaseModel):
     width: int = Field(DEFAULT_SIZE, description=f"Image width, a multiple of {SIZE_MULTIPLE}.")
     height: int = Field(DEFAULT_SIZE, description=f"Image height, a multiple of {SIZE_MULTIPLE}.")
     steps: int = Field(DEFAULT_STEPS, description="Transformer forwards (official Turbo: 8).")
-    shift: float = Field(DEFAULT_SHIFT, description="Flow-matching time shift (official: 3.0).")
+    shift: float | None = Field(
+        None,
+        description=f"Flow-matching time shift; unset = the checkpoint's scheduler shift "
+        f"(scheduler/scheduler_config.json; Z-Image-Turbo: {DEFAULT_SHIFT}).",
+    )
     sigmas: list[float] | None = Field(
         None,
         description="Experimental: explicit schedule, strictly decreasing in (0, 1], optional final 0; "
@@ -476,8 +482,15 @@ class GenerationSettings(BaseModel):
     seed: int = Field(42, description=f"Noise seed, 0..{MAX_SEED}.")
     guidance_scale: float = Field(DEFAULT_GUIDANCE_SCALE, description="CFG scale; 0 = off (Turbo is distilled for 0).")
     negative_prompt: str = Field("", description="Negative prompt (only used when guidance_scale > 0).")
+    cfg_normalization: bool = Field(
+        DEFAULT_CFG_NORMALIZATION,
+        description="CFG only: cap each step's guided prediction at the norm of the positive one (diffusers).",
+    )
+    cfg_truncation: float = Field(
+        DEFAULT_CFG_TRUNCATION,
+        description="CFG only: guidance stops once t = 1 - sigma exceeds this, 0..1 (1 = never; diffusers).",
+    )
     refiner: str = Field("default", description=f"Refiner layers: {', '.join(REFINER_MODES)}.")
-    output_dir: str = Field("outputs", description="Directory for images and their metadata.")
 
     @field_validator("width", "height", mode="before")
     @classmethod
@@ -494,7 +507,9 @@ class GenerationSettings(BaseModel):
 
     @field_validator("shift", mode="before")
     @classmethod
-    def _v_shift(cls, v: Any) -> float:
+    def _v_shift(cls, v: Any) -> float | None:
+        if v is None or v == "":  # "" unsets a profile's shift (back to the checkpoint's), as for sigmas
+            return None
         s = _as_float("shift", v)
         if s <= 0:
             raise ValueError(f"shift must be > 0 (got {s}; official: {DEFAULT_SHIFT})")
@@ -523,18 +538,31 @@ class GenerationSettings(BaseModel):
     def _v_negative(cls, v: Any) -> str:
         return _as_str("negative_prompt", v)
 
+    @field_validator("cfg_normalization", mode="before")
+    @classmethod
+    def _v_cfg_normalization(cls, v: Any) -> bool:
+        # diffusers declares a bool (its arithmetic would take a float factor; True is the factor 1.0).
+        if not isinstance(v, bool):
+            raise ValueError(f"cfg_normalization must be true or false (got {toml_value(v)})")
+        return v
+
+    @field_validator("cfg_truncation", mode="before")
+    @classmethod
+    def _v_cfg_truncation(cls, v: Any) -> float:
+        value = _as_float("cfg_truncation", v)
+        # t = 1 - sigma lies in [0, 1): above 1 truncates nothing, as 1 does (two spellings of one image), and
+        # below 0 turns CFG off at every step (guidance_scale 0 says that).
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(
+                f"cfg_truncation must be in 0..1 (got {value}): CFG stops once t = 1 - sigma exceeds it; "
+                "1 = never (diffusers' default)"
+            )
+        return value
+
     @field_validator("refiner", mode="before")
     @classmethod
     def _v_refiner(cls, v: Any) -> str:
         return _choice("refiner", v, REFINER_MODES)
-
-    @field_validator("output_dir", mode="before")
-    @classmethod
-    def _v_output_dir(cls, v: Any) -> str:
-        text = _as_str("output_dir", v)
-        if not text.strip():
-            raise ValueError("output_dir must not be empty")
-        return text
 
     @model_validator(mode="before")
     @classmethod
@@ -639,6 +667,24 @@ class LimitsSettings(BaseModel):
         return n
 
 
+def check_limits(limits: LimitsSettings, run: Mapping[str, Any]) -> None:
+    """Refuse a run above ``[limits]`` (steps, or the non-zero count of explicit sigmas; width; height) with one
+    line naming the value, the limit and the config key that raises it. ``run``: resolved generation values
+    (``steps``, ``width``, ``height``, ``sigmas``), e.g. ``GenerationSettings.model_dump()`` or a run's params.
+    Call it before any model loads."""
+    steps, width, height = run["steps"], run["width"], run["height"]
+    what = f"sigmas has {steps} non-zero values (steps)" if run.get("sigmas") is not None else f"steps {steps}"
+    checks = ((what, steps, "max_steps"), (f"width {width}", width, "max_image_side"))
+    checks += ((f"height {height}", height, "max_image_side"),)
+    for text, value, key in checks:
+        limit = getattr(limits, key)
+        if value > limit:
+            raise ConfigError(
+                f"{text} is above the limit of {limit} (limits.{key}); if you mean it, raise it in the config "
+                f"file: [default.limits] {key} = {value}"
+            )
+
+
 class Settings(BaseModel):
     """Every user-settable parameter of a run; ``model_dump()`` goes into each image's metadata."""
 
@@ -709,8 +755,9 @@ CLI_FLAGS: dict[str, str] = {
     "generation.seed": "--seed",
     "generation.guidance_scale": "--guidance-scale",
     "generation.negative_prompt": "--negative-prompt",
+    "generation.cfg_normalization": "--cfg-normalization",
+    "generation.cfg_truncation": "--cfg-truncation",
     "generation.refiner": "--refiner",
-    "generation.output_dir": "--output-dir",
 }
 
 # --------------------------------------------------------------------------------------------------
@@ -782,15 +829,19 @@ def validation_messages(exc: ValidationError) -> list[tuple[str, str]]:
     return out
 
 
-def _override_origin(key: str) -> Origin:
+def _override_origin(key: str, set_flag: bool = False) -> Origin:
+    if set_flag:  # --set NAME=VALUE takes the flat parameter name
+        name = key.rpartition(".")[2]
+        return Origin(lambda v: f"--set {name}={_cli_value(v)}")
     flag = CLI_FLAGS.get(key)
     if flag:
         return Origin(lambda v, flag=flag: f"{flag} {_cli_value(v)}")
     return Origin(lambda v, key=key: f"override {key}={_cli_value(v)}")
 
 
-def override_layer(overrides: Mapping[str, Any] | None) -> Layer:
-    """Validate override keys; ``None`` values mean "not given" (the CLI's unset options)."""
+def override_layer(overrides: Mapping[str, Any] | None, set_flag: bool = False) -> Layer:
+    """Validate override keys; ``None`` values mean "not given" (the CLI's unset options). ``set_flag``: they
+    came as ``--set NAME=VALUE`` (errors name them so)."""
     values: dict[str, Any] = {}
     errors: list[str] = []
     for key, value in (overrides or {}).items():
@@ -806,7 +857,7 @@ def override_layer(overrides: Mapping[str, Any] | None) -> Layer:
             values[key] = value
     if errors:
         raise ConfigError("\n".join(errors))
-    return Layer("override", values, {k: _override_origin(k) for k in values})
+    return Layer("override", values, {k: _override_origin(k, set_flag) for k in values})
 
 
 def resolve_layers(layers: list[Layer]) -> tuple[Settings, dict[str, str]]:

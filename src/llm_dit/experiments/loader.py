@@ -7,6 +7,7 @@ the planner's parameter checks; it must not import torch, the runner or the prom
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 from importlib import resources
@@ -36,14 +37,46 @@ class _Loader:
     def __init__(self, text: str, label: str, source: str, default_name: str) -> None:
         self.label = label
         self.source = source
+        self.text = text
         self.data = parse_toml(text, label)
-        self.lines = TomlLines(text)
+        self._lines: TomlLines | None = None
         self.errors: list[tuple[int, str]] = []
         raw_name = self.data.get("name", default_name)
         self.name = raw_name if isinstance(raw_name, str) and raw_name else default_name
 
+    @property
+    def lines(self) -> TomlLines:
+        # Built on the first error only: locating lines is a pass over the whole text (0.5 s for a 2 MB file).
+        if self._lines is None:
+            self._lines = TomlLines(self.text)
+        return self._lines
+
     def error(self, path: TomlPath, message: str) -> None:
         self.errors.append((self.lines.line_of(*path), f"{self.lines.where(self.label, *path)}: {message}"))
+
+    def check_size(self, max_runs: int) -> None:
+        """Refuse a file whose own seeds x combinations exceed ``max_runs`` (a plan holds at least that many runs:
+        one per prompt), counted from the raw lists before any value is validated. A malformed file is left to
+        the validation, which names what is wrong."""
+        seeds, axes = self.data.get("seeds", [42]), self.data.get("axes", [])
+        if not isinstance(seeds, list) or not isinstance(axes, list):
+            return
+        groups: dict[str, int] = {}  # zip group (or the axis's own position) -> values
+        for i, table in enumerate(axes):
+            values = table.get("values") if isinstance(table, dict) else None
+            if not isinstance(values, list):
+                return
+            group = table.get("zip")
+            key = f"zip:{group}" if isinstance(group, str) and group else f"axis:{i}"
+            groups[key] = max(groups.get(key, 0), len(values))
+        combinations = math.prod(groups.values())
+        total = len(seeds) * combinations
+        if total > max_runs:
+            raise ConfigError(
+                f"{self.label}: {len(seeds)} seeds x {combinations} combinations = {total} runs per prompt, above "
+                f"the limit of {max_runs} runs (limits.max_runs); if you mean it, raise it in the config file: "
+                f"[default.limits] max_runs = {total}"
+            )
 
     def load(self) -> Experiment:
         data = self.data
@@ -96,14 +129,14 @@ class _Loader:
         if not isinstance(raw, list) or not raw:
             self.error(("seeds",), "seeds must be a non-empty list of integers, e.g. seeds = [42, 123]")
             return ()
-        out: list[int] = []
+        out: dict[int, None] = {}  # ordered, with O(1) membership: a file may list 10^5 seeds
         for i, seed in enumerate(raw):
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
                 self.error(("seeds", i), f"seed {toml_value(seed)} must be an integer in 0..{MAX_SEED}")
             elif seed in out:
                 self.error(("seeds", i), f"seed {seed} is listed twice")
             else:
-                out.append(seed)
+                out[seed] = None
         return tuple(out)
 
     def _prompts(self, raw: Any) -> tuple[tuple[str, ...], str | None, int | None]:
@@ -301,20 +334,31 @@ class _Loader:
             files[safe] = value.label
 
 
-def _load_text(text: str, label: str, source: str, default_name: str) -> Experiment:
-    return _Loader(text, label, source, default_name).load()
+def _load_text(text: str, label: str, source: str, default_name: str, max_runs: int | None = None) -> Experiment:
+    loader = _Loader(text, label, source, default_name)
+    if max_runs is not None:
+        loader.check_size(max_runs)
+    return loader.load()
 
 
-def load_experiment_file(path: str | Path) -> Experiment:
-    """Load and validate an experiment TOML file; raise ConfigError listing every problem with file:line."""
+def load_experiment_file(path: str | Path, *, max_runs: int | None = None) -> Experiment:
+    """Load and validate an experiment TOML file; raise ConfigError listing every problem with file:line.
+
+    ``max_runs`` (``[limits] max_runs``, for a caller that plans with the file's own seeds): refuse, before
+    validating any value, a file whose seeds x combinations alone exceed it.
+    """
     p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.toml"))
+        example = f", e.g. --experiment-file {found[0]}" if found else ""
+        raise ConfigError(f"experiment file '{path}' is a directory; give the TOML file itself{example}")
     if not p.is_file():
         raise ConfigError(f"experiment file '{path}' not found (looked at {p.resolve()})")
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return _load_text(text, str(path), str(path), p.stem)
+    return _load_text(text, str(path), str(path), p.stem, max_runs)
 
 
 @lru_cache(maxsize=1)
@@ -334,13 +378,16 @@ def builtin_experiments() -> dict[str, Experiment]:
     return {exp.name: exp for exp in _builtins()}
 
 
-def get_experiment(name: str | None, experiment_file: str | Path | None = None) -> Experiment:
+def get_experiment(
+    name: str | None, experiment_file: str | Path | None = None, *, max_runs: int | None = None
+) -> Experiment:
     """A built-in experiment by name, or the experiment defined in a file.
 
     A name ending in ``.toml`` is read as a file. With both a name and a file, the file's name must match.
+    ``max_runs``: see :func:`load_experiment_file` (files only: the built-ins are small).
     """
     if experiment_file is not None:
-        exp = load_experiment_file(experiment_file)
+        exp = load_experiment_file(experiment_file, max_runs=max_runs)
         if name is not None and name != exp.name:
             raise ConfigError(f"experiment file '{experiment_file}' defines '{exp.name}', not '{name}'")
         return exp
@@ -348,7 +395,7 @@ def get_experiment(name: str | None, experiment_file: str | Path | None = None) 
     if name is None:
         raise LlmDitError(f"no experiment given; name a built-in ({', '.join(builtins)}) or pass an experiment file")
     if name.endswith(".toml"):
-        return load_experiment_file(name)
+        return load_experiment_file(name, max_runs=max_runs)
     if name in builtins:
         return builtins[name]
     hint = closest(name, list(builtins))

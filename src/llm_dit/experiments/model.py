@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -102,6 +103,22 @@ class Experiment:
         A grid over zip groups (an axis without ``zip`` is a group of its own), ordered by each group's
         first axis, the first group varying slowest; the axes of a zip group advance together.
         """
+        groups, lengths = self._zip_groups()
+        out: list[tuple[AxisValue, ...]] = []
+        for picks in itertools.product(*(range(n) for n in lengths)):
+            chosen: list[AxisValue | None] = [None] * len(self.axes)
+            for group, k in zip(groups, picks, strict=True):
+                for i in group:
+                    chosen[i] = self.axes[i].values[k]
+            out.append(tuple(v for v in chosen if v is not None))
+        return out
+
+    def combination_count(self) -> int:
+        """``len(self.combinations())``, counted without building them (a plan's size is checked first)."""
+        return math.prod(self._zip_groups()[1])
+
+    def _zip_groups(self) -> tuple[list[list[int]], list[int]]:
+        """(axis indices of each zip group in grid order, each group's length); unequal lengths: ConfigError."""
         groups: list[list[int]] = []
         by_zip: dict[str, list[int]] = {}
         for i, axis in enumerate(self.axes):
@@ -119,18 +136,11 @@ class Experiment:
                 names = ", ".join(f"'{self.axes[i].name}' ({len(self.axes[i].values)})" for i in group)
                 raise ConfigError(f"{self.name}: zip group '{self.axes[group[0]].zip}' has unequal lengths: {names}")
             lengths.append(sizes.pop())
-        out: list[tuple[AxisValue, ...]] = []
-        for picks in itertools.product(*(range(n) for n in lengths)):
-            chosen: list[AxisValue | None] = [None] * len(self.axes)
-            for group, k in zip(groups, picks, strict=True):
-                for i in group:
-                    chosen[i] = self.axes[i].values[k]
-            out.append(tuple(v for v in chosen if v is not None))
-        return out
+        return groups, lengths
 
     def runs_per_prompt_seed(self) -> int:
         """Runs for one prompt and one seed: the number of combinations."""
-        return len(self.combinations())
+        return self.combination_count()
 
     def to_dict(self) -> dict[str, Any]:
         """The definition as JSON-serialisable data (stored with the results)."""
@@ -157,7 +167,8 @@ class PlannedRun:
     """One image to generate.
 
     ``params`` holds every conditioning and generation parameter (the names of :data:`PARAMETERS`),
-    validated and canonical; ``None`` marks a value that does not apply (see :mod:`llm_dit.experiments.planner`).
+    validated and canonical, plus ``shift_source`` (where the shift came from; not a parameter); ``None`` marks a
+    value that does not apply (see :mod:`llm_dit.experiments.planner`).
     """
 
     run_id: str
@@ -179,7 +190,7 @@ class PlannedRun:
     def generation_params(self) -> dict[str, Any]:
         """Keyword values for :class:`GenerationSettings`, seed included (inert ``None`` values left out)."""
         out = {k: self.params[k] for k in GENERATION_PARAMETERS if k in self.params}
-        for key in ("shift", "negative_prompt"):
+        for key in ("shift", "negative_prompt", "cfg_normalization", "cfg_truncation"):
             if out.get(key) is None:
                 out.pop(key, None)
         return out

@@ -15,14 +15,18 @@ ignored on that axis's runs, with no error: :func:`swept_overrides` names them s
 
 Resolved params record an inert value as ``None`` (the value "does not apply"), so the same image gets the
 same parameters and id whatever an unused setting held: ``hidden_layer`` when ``layer_weights`` is set,
-``shift`` when explicit ``sigmas`` are set, ``negative_prompt`` when ``guidance_scale`` is 0 (CFG off).
+``shift`` when explicit ``sigmas`` are set, ``negative_prompt``, ``cfg_normalization`` and ``cfg_truncation``
+when ``guidance_scale`` is 0 (CFG off). A shift no level sets is the checkpoint's (``plan(shift_default=...)``);
+``shift_source`` (not a parameter: it names the level, see :data:`SHIFT_LEVELS`) records where it came from.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llm_dit.config import (
@@ -30,11 +34,21 @@ from llm_dit.config import (
     GenerationSettings,
     Settings,
     build_section,
+    check_limits,
     count_steps,
     parse_sigmas,
     toml_value,
 )
-from llm_dit.constants import MAX_SEED
+from llm_dit.constants import (
+    DEFAULT_CFG_NORMALIZATION,
+    DEFAULT_CFG_TRUNCATION,
+    DEFAULT_SHIFT,
+    MAX_SEED,
+    SHIFT_FROM_CONFIG,
+    SHIFT_FROM_DEFAULT,
+    SHIFT_FROM_EXPERIMENT,
+    SHIFT_FROM_FLAG,
+)
 from llm_dit.errors import ConfigError, LlmDitError, closest
 from llm_dit.experiments.model import (
     ENCODER_PARAMETERS,
@@ -208,17 +222,59 @@ def _resolve(merged: Mapping[str, Any], seed: int) -> dict[str, Any]:
         params["shift"] = None
     if params["guidance_scale"] == 0:
         params["negative_prompt"] = None
+        params["cfg_normalization"] = None
+        params["cfg_truncation"] = None
     return params
 
 
-def default_params() -> dict[str, Any]:
+# A run's shift comes from the last level that sets it. plan()'s levels are the settings (config profile), the
+# experiment's base, the overrides (--set) and then the axis values (the experiment again); no level at all
+# means plan()'s shift_default (the checkpoint's scheduler shift).
+SHIFT_LEVELS: tuple[str, ...] = (SHIFT_FROM_CONFIG, SHIFT_FROM_EXPERIMENT, SHIFT_FROM_FLAG, SHIFT_FROM_EXPERIMENT)
+ShiftDefault = Callable[[], tuple[float, str]]  # -> (shift, source); may raise (a checkpoint llm-dit refuses)
+
+
+def _builtin_shift() -> tuple[float, str]:
+    return DEFAULT_SHIFT, SHIFT_FROM_DEFAULT
+
+
+def _with_shift(params: dict[str, Any], level: int | None, shift_default: ShiftDefault) -> dict[str, Any]:
+    """``params`` with the shift resolved (the default when no level set one) and ``shift_source``."""
+    if params["sigmas"] is not None:
+        return {**params, "shift_source": None}
+    if params["shift"] is not None and level is not None:
+        return {**params, "shift_source": SHIFT_LEVELS[min(level, len(SHIFT_LEVELS) - 1)]}
+    shift, source = shift_default()
+    return {**params, "shift": shift, "shift_source": source}
+
+
+def _shift_level(levels: Sequence[Mapping[str, Any]]) -> int | None:
+    """Index of the last level that sets a shift, or None."""
+    found = None
+    for i, level in enumerate(levels):
+        if level.get("shift") is not None:
+            found = i
+    return found
+
+
+def default_params(shift_default: ShiftDefault | None = None) -> dict[str, Any]:
     """The built-in defaults (the official recipe) resolved as a plan stores a run's params, without the seed.
 
     JSON-normalised (string keys), so it compares directly with params read back from the results store; the
-    metrics use it to find each axis's default value (the natural reference of a sweep).
+    metrics use it to find each axis's default value (the natural reference of a sweep). ``shift_default``: the
+    checkpoint's shift, as given to :func:`plan` (default: the built-in one); a checkpoint whose shift llm-dit
+    refuses has no default shift (None).
     """
-    params = _resolve(_merge([_settings_layer(Settings())]), seed=0)
+
+    def shift_or_none() -> tuple[Any, Any]:
+        try:
+            return (shift_default or _builtin_shift)()
+        except LlmDitError:
+            return None, None
+
+    params = _with_shift(_resolve(_merge([_settings_layer(Settings())]), seed=0), None, shift_or_none)
     params.pop("seed")
+    params.pop("shift_source")
     return json.loads(json.dumps(jsonable(params)))
 
 
@@ -249,13 +305,21 @@ def _check_overrides(overrides: Mapping[str, Any] | None, where: str) -> dict[st
     return out
 
 
-# Parameters an axis value makes irrelevant below it, besides the one it sets (see _merge).
+# Parameters an axis value makes irrelevant below it, besides the one it sets (see _merge). shift_source goes
+# with the shift: an axis that sets shift or sigmas decides it too (the metrics then do not hold it fixed).
 REPLACES: dict[str, tuple[str, ...]] = {
     "hidden_layer": ("layer_weights",),
     "layer_weights": ("hidden_layer",),
-    "sigmas": ("steps", "shift"),
+    "sigmas": ("steps", "shift", "shift_source"),
     "steps": ("sigmas",),
-    "shift": ("sigmas",),
+    "shift": ("sigmas", "shift_source"),
+}
+
+# Parameters added after run ids were first issued, with the values that make the images of before: at those
+# values they stay out of the id, so results made before them keep their ids (and resume).
+_ID_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "cfg_normalization": (None, DEFAULT_CFG_NORMALIZATION),
+    "cfg_truncation": (None, DEFAULT_CFG_TRUNCATION),
 }
 
 
@@ -288,9 +352,16 @@ def compute_run_id(
     whole effect is the prompt text, so a no-op manipulation gives the id of the plain run), and with
     ``layer_weights`` keys as strings. Experiment name, prompt id, labels and package versions are left out
     on purpose: the same image in two experiments gets the same id (a store can reuse it), and upgrading a
-    package does not invalidate resume; what can change pixels across machines goes in ``numerics``.
+    package does not invalidate resume; what can change pixels across machines goes in ``numerics``. The
+    shift is hashed as resolved (the checkpoint's when no level sets one), ``shift_source`` is not (the same
+    shift from two places makes the same image), and ``cfg_normalization`` / ``cfg_truncation`` only away
+    from their neutral values (off, or inert without CFG), so ids issued before they existed still hold.
     """
-    pixel = {k: v for k, v in params.items() if k not in ("seed", "output_dir", TOKEN_MANIPULATION)}
+    pixel = {
+        k: v
+        for k, v in params.items()
+        if k not in ("seed", "output_dir", "shift_source", TOKEN_MANIPULATION) and v not in _ID_NEUTRAL.get(k, ())
+    }
     payload = {
         "model": model_fingerprint,
         "numerics": {str(k): str(v) for k, v in (numerics or {}).items()},
@@ -324,11 +395,15 @@ def plan(
     overrides: Mapping[str, Any] | None = None,
     model_fingerprint: str,
     numerics: Mapping[str, str] | None = None,
+    shift_default: ShiftDefault | None = None,
 ) -> list[PlannedRun]:
     """Expand an experiment into validated runs: prompts (given order) x combinations x seeds.
 
     Precedence: defaults < ``settings`` < experiment base < ``overrides`` (flat names; ``None`` = unset)
-    < axis values. Every run is validated with the config schema; the first invalid one raises
+    < axis values. The plan's size (prompts x combinations x seeds) is counted first and refused above
+    ``settings.limits.max_runs``. ``shift_default`` gives the shift (and its source) of runs no level gives one: the
+    checkpoint's scheduler shift (default: the built-in one); it is called only if a run needs it. Every run is
+    validated with the config schema and ``settings.limits``; the first invalid one raises
     LlmDitError naming the experiment, prompt, seed and variables. Run ids are unique within a plan: a run
     that would make the same image as an earlier one (e.g. a token manipulation that leaves a prompt
     unchanged) gets an id derived from the earlier id and its own variables.
@@ -348,13 +423,24 @@ def plan(
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise LlmDitError(f"{experiment.name}: seed {seed!r} must be an integer in 0..{MAX_SEED}")
     if len(set(seed_list)) != len(seed_list):
-        raise LlmDitError(f"{experiment.name}: a seed is given more than once: {seed_list}")
+        twice = sorted(seed for seed, n in Counter(seed_list).items() if n > 1)
+        raise LlmDitError(f"{experiment.name}: seeds given more than once: {', '.join(map(str, twice[:10]))}")
+    # Counted before anything is expanded: a plan of 10^10 runs is refused in milliseconds, not built.
+    total = len(prompts) * experiment.combination_count() * len(seed_list)
+    if total > settings.limits.max_runs:
+        raise LlmDitError(
+            f"{experiment.name}: {total} runs = {len(prompts)} prompts x {experiment.combination_count()} "
+            f"combinations x {len(seed_list)} seeds, above the limit of {settings.limits.max_runs} runs "
+            f"(limits.max_runs); if you mean it, raise it in the config file: [default.limits] max_runs = {total}"
+        )
     override_layer = _check_overrides(
         overrides, _run_name(experiment, prompts[0].id, seed_list[0], {}) + " (and every other run)"
     )
     settings_layer = _settings_layer(settings)
     combos = experiment.combinations()
-    merged = [_merge([settings_layer, experiment.base, override_layer, *(v.params for v in combo)]) for combo in combos]
+    levels = [[settings_layer, experiment.base, override_layer, *(v.params for v in combo)] for combo in combos]
+    merged = [_merge(combo_levels) for combo_levels in levels]
+    shift_of = functools.cache(shift_default or _builtin_shift)
     resolved: dict[int, dict[str, Any]] = {}  # per combination: params without the seed's value
     runs: list[PlannedRun] = []
     names: dict[str, str] = {}
@@ -366,7 +452,8 @@ def plan(
                 where = _run_name(experiment, prompt.id, seed, variables)
                 if c not in resolved:
                     try:
-                        resolved[c] = _resolve(merged[c], seed)
+                        resolved[c] = _with_shift(_resolve(merged[c], seed), _shift_level(levels[c]), shift_of)
+                        check_limits(settings.limits, resolved[c])
                     except LlmDitError as exc:
                         raise LlmDitError(f"{where}: {exc}") from None
                 params = {**resolved[c], "seed": seed}

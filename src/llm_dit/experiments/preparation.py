@@ -1,8 +1,10 @@
 """From a named experiment to checked runs, before any model loads: resolve the experiment, its prompts and
 seeds, plan every run (ids, image names), check each against the checkpoint, and count what the plan costs.
 
-``ablate --dry-run`` and every rejection of bad input stop here; the runner (``experiments.runner``) takes a
-:class:`PreparedExperiment` on from here.
+``ablate --dry-run`` and every rejection of bad input stop here, with the light checks of
+:mod:`llm_dit.generation.checks` (the checkpoint's configs and cached tokenizer: no torch, transformers or
+diffusers); the runner (``experiments.runner``) takes a :class:`PreparedExperiment` on from here, and only then
+is the pipeline built (:class:`PipelineSource`).
 """
 
 from __future__ import annotations
@@ -12,31 +14,80 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llm_dit.conditioning.tokenization import layer_agnostic_key
 from llm_dit.config import Settings
 from llm_dit.experiments.model import Experiment
 from llm_dit.experiments.model import PlannedRun as Run
 from llm_dit.generation.batching import batches
+from llm_dit.generation.checks import RequestChecker, resolved_numerics
 from llm_dit.generation.request import GenerationRequest, encoding_texts, sampling_group
 
 if TYPE_CHECKING:
     from llm_dit.generation.pipeline import LlmDitPipeline
+    from llm_dit.models.checkpoint import CheckpointInfo
 
 
 def request_for(run: Run) -> GenerationRequest:
     """The generation request of a planned run (its params are already validated by the plan)."""
-    return GenerationRequest.build(run.prompt_text, tag=run, **run.encoder_params(), **run.generation_params())
+    return GenerationRequest.build(
+        run.prompt_text,
+        tag=run,
+        shift_source=run.params.get("shift_source"),
+        **run.encoder_params(),
+        **run.generation_params(),
+    )
+
+
+class PipelineSource:
+    """The pipeline of ``settings``, built on first use (:meth:`get`), and the light checks of its checkpoint.
+
+    Planning and dry runs only need :meth:`checker`, so they import no model library; a sweep's experiments share
+    one source, so its pipeline (and models) load once. ``pipeline``: one already built from the same settings.
+    """
+
+    def __init__(self, settings: Settings, batch_size: int = 8, pipeline: LlmDitPipeline | None = None) -> None:
+        self.settings = settings
+        self.batch_size = batch_size
+        self._pipeline = pipeline
+        self._checker: RequestChecker | None = None
+
+    @property
+    def built(self) -> bool:
+        return self._pipeline is not None
+
+    def get(self) -> LlmDitPipeline:
+        if self._pipeline is None:
+            from llm_dit.generation.pipeline import LlmDitPipeline
+
+            self._pipeline = LlmDitPipeline.from_settings(self.settings, max_batch_size=self.batch_size)
+        return self._pipeline
+
+    def checker(self, info: CheckpointInfo) -> RequestChecker:
+        """The checks of the runs: a built pipeline's own, else the light ones of ``info`` (kept for reuse)."""
+        if self._pipeline is not None:
+            return self._pipeline.request_checker()
+        if self._checker is None:
+            self._checker = RequestChecker.for_checkpoint(info, self.settings.encoder)
+        return self._checker
 
 
 @dataclass
 class PreparedExperiment:
-    """An experiment resolved, planned and checked, ready to dry-run or run (no weights loaded yet)."""
+    """An experiment resolved, planned and checked, ready to dry-run or run (no weights loaded, no model library
+    imported: :attr:`pipeline` builds it on first use)."""
 
     experiment: Experiment
     runs: list[Run]
     settings: Settings
-    pipeline: LlmDitPipeline
+    checker: RequestChecker  # what checked the runs (the dry run's cost estimate uses its encoder settings)
+    source: PipelineSource
     notes: list[str] = field(default_factory=list)
     choices: dict[str, Any] = field(default_factory=dict)  # what the caller chose on top of the profile
+
+    @property
+    def pipeline(self) -> LlmDitPipeline:
+        """The pipeline that runs it, built now if it is not yet (imports torch; weights still load lazily)."""
+        return self.source.get()
 
 
 def prepare_experiment(
@@ -52,19 +103,22 @@ def prepare_experiment(
     seeds: Sequence[int] | None = None,
     overrides: dict[str, Any] | None = None,
     batch_size: int = 8,
-    pipeline: LlmDitPipeline | None = None,
+    pipeline: LlmDitPipeline | PipelineSource | None = None,
 ) -> PreparedExperiment:
     """Resolve the experiment, its prompts and seeds, plan every run and check them all before any model loads.
 
-    A bad value fails here, naming the run; so does a prompt that cannot fit the token cap (tokenizer only).
-    ``pipeline``: one already built from the same ``settings`` (a sweep shares one, so models load once).
+    A bad value fails here, naming the run; so does a prompt that cannot fit the token cap (tokenizer only), and
+    a plan above ``settings.limits.max_runs``, counted before it is expanded. ``pipeline``: one already built from
+    the same ``settings``, or the :class:`PipelineSource` of an earlier experiment (a sweep shares one, so models
+    load once). Imports no model library unless ``pipeline`` is a built one.
     """
     from llm_dit.experiments.loader import get_experiment
     from llm_dit.experiments.planner import plan, swept_overrides
     from llm_dit.experiments.prompts import load_library, select_prompts
     from llm_dit.models import checkpoint
 
-    experiment = get_experiment(name, experiment_file)
+    # With its own seeds, a file is refused for its size before its values are even validated.
+    experiment = get_experiment(name, experiment_file, max_runs=None if seeds else settings.limits.max_runs)
     library = load_library()
     prompts = select_prompts(
         library,
@@ -82,8 +136,8 @@ def prepare_experiment(
             max_prompts=max_prompts or experiment.max_prompts,
         )
     path = checkpoint.resolve_model_path(settings.model_path)
-    checkpoint.validate_checkpoint(path)
-    numerics = _numerics(settings)
+    info = checkpoint.validate_checkpoint(path)
+    numerics = resolved_numerics(settings)
     overrides = dict(overrides or {})
     runs = plan(
         experiment,
@@ -93,17 +147,16 @@ def prepare_experiment(
         overrides=overrides,
         model_fingerprint=checkpoint.fingerprint(path),
         numerics=numerics,
+        shift_default=lambda: checkpoint.default_shift(info),
     )
     notes = [
         f"--set {key} is swept by the experiment; the axis values win" for key in swept_overrides(experiment, overrides)
     ]
-    if pipeline is None:
-        from llm_dit.generation.pipeline import LlmDitPipeline
-
-        pipeline = LlmDitPipeline.from_settings(settings, max_batch_size=batch_size)
+    source = pipeline if isinstance(pipeline, PipelineSource) else PipelineSource(settings, batch_size, pipeline)
+    checker = source.checker(info)
     for run in runs:
         try:
-            pipeline.check([request_for(run)])
+            checker.check([request_for(run)])
         except Exception as exc:
             variables = " ".join(f"{k}={v}" for k, v in run.variables.items())
             raise type(exc)(f"{experiment.name} run {run.prompt.id} seed {run.seed} {variables}: {exc}") from None
@@ -114,33 +167,19 @@ def prepare_experiment(
         "experiment_file": str(experiment_file) if experiment_file else None,
         "numerics": numerics,
     }
-    return PreparedExperiment(experiment, runs, settings, pipeline, notes, choices)
+    return PreparedExperiment(experiment, runs, settings, checker, source, notes, choices)
 
 
-def _numerics(settings: Settings) -> dict[str, str]:
-    """Resolved devices and dtypes: they change pixels, so they enter every run id."""
-    from llm_dit.models import devices
-
-    enc_dev = devices.resolve_device(settings.encoder.device)
-    dit_dev = devices.resolve_device(settings.pipeline.device)
-    vae_dev = devices.resolve_device(settings.pipeline.vae_device or settings.pipeline.device)
-    vae_dtype = settings.pipeline.vae_dtype or settings.pipeline.torch_dtype
-    return {
-        "encoder": f"{enc_dev.type}/{devices.resolve_dtype(settings.encoder.torch_dtype, enc_dev)}",
-        "dit": f"{dit_dev.type}/{devices.resolve_dtype(settings.pipeline.torch_dtype, dit_dev)}",
-        "vae": f"{vae_dev.type}/{devices.resolve_dtype(vae_dtype, vae_dev)}",
-    }
-
-
-def plan_cost(runs: Sequence[Run], batch_size: int, pipeline: LlmDitPipeline) -> dict[str, int]:
+def plan_cost(runs: Sequence[Run], batch_size: int, checker: RequestChecker) -> dict[str, int]:
     """What a plan costs: images, distinct (text, encoder settings) encodings - negative prompts included, layers
-    of one forward counted once, as the pipeline encodes them - and DiT forwards batched and one by one."""
-    from llm_dit.conditioning.text_encoder import layer_agnostic_key
+    of one forward counted once, as the pipeline encodes them - and DiT forwards batched and one by one.
 
+    ``checker``: the plan's checks (``PreparedExperiment.checker``), whose encoder settings the pipeline's equal.
+    """
     requests = [request_for(r) for r in runs]
     texts: set[tuple[str, str]] = set()
     for request in requests:
-        settings = pipeline.encoder.resolve(**request.encoder)
+        settings = checker.prompts.resolve(**request.encoder)
         texts.update((text, layer_agnostic_key(settings)) for text in encoding_texts(request))
     # One DiT forward per step of each of the runner's batches (its members share the step count).
     chunks = batches(requests, sampling_group, batch_size)

@@ -33,6 +33,7 @@ __all__ = [
     "CATEGORY_ID_PREFIX",
     "MANIPULATIONS",
     "Prompt",
+    "check_prompt_text",
     "list_prompts",
     "load_library",
     "manipulate",
@@ -181,7 +182,7 @@ def _prompt_from_entry(pid: str, entry: Any, source: str) -> Prompt:
         if key != "environment" and not value.strip():
             raise LlmDitError(f"{where}: {key} must not be empty")
         strings[key] = value
-    _check_text(strings["text"], where)
+    check_prompt_text(strings["text"], where)
     words: dict[str, tuple[str, ...]] = {}
     for key in ("subjects", "descriptors"):
         value = entry.get(key, [])
@@ -200,8 +201,9 @@ def _prompt_from_entry(pid: str, entry: Any, source: str) -> Prompt:
     )
 
 
-def _check_text(text: str, where: str) -> None:
-    """Reject what cannot go into the chat template as one user turn."""
+def check_prompt_text(text: str, where: str) -> None:
+    """Reject what cannot go into the chat template as one user turn (every prompt source: library, --prompt,
+    --prompts-file, generate's PROMPT)."""
     if not text.strip():
         raise LlmDitError(f"{where}: the prompt text is empty")
     special = _SPECIAL_TOKEN_RE.search(text)
@@ -308,7 +310,7 @@ def _custom_prompts(texts: Sequence[str]) -> list[Prompt]:
     for index, text in enumerate(texts, start=1):
         if not isinstance(text, str):
             raise LlmDitError(f"custom prompt {index} must be a string, not {type(text).__name__}")
-        _check_text(text, f"custom prompt {index}")
+        check_prompt_text(text, f"custom prompt {index}")
         if text.strip() not in unique:
             unique.append(text.strip())
     return [Prompt(id=f"custom_{n:03d}", text=text, category="custom") for n, text in enumerate(unique, start=1)]
@@ -325,7 +327,7 @@ def _read_prompts_file(path: Path) -> list[Prompt]:
         line = line.strip()
         if not line or line in seen:  # repeated lines are one prompt, as with repeated custom texts
             continue
-        _check_text(line, f"{path}:{lineno}")
+        check_prompt_text(line, f"{path}:{lineno}")
         seen.add(line)
         prompts.append(Prompt(id=f"file_{len(prompts) + 1:03d}", text=line, category="file"))
     return prompts

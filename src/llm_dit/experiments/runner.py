@@ -10,10 +10,16 @@ The plan (``experiments.plan``) fixes every run and its id before anything loads
    transaction: killed at any moment, a re-run produces exactly the planned set, none duplicated or
    truncated,
 6. records a failing run with its error and goes on (a failed batch is retried one run at a time).
+
+Each image is stored with its execution facts (:func:`execution_facts`: what ran it, which the run id does not
+hash but which can move pixels) and its batch's timing; a resume under other facts says how many kept runs
+differ, and in what. With ``timing`` (``ablate --timing``) every run is made at batch 1 after a warm-up per
+sampling shape, ``repeats`` times, synchronised, and the median and spread of those times are stored.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import time
@@ -31,10 +37,11 @@ from llm_dit.experiments.model import Experiment
 from llm_dit.experiments.model import PlannedRun as Run
 from llm_dit.experiments.planner import REPLACES, default_params
 from llm_dit.experiments.preparation import request_for
-from llm_dit.experiments.store import PlanDefaults, ResultsStore
+from llm_dit.experiments.store import PlanDefaults, ResultsStore, RunTiming, TimedStats
 from llm_dit.experiments.store import PlannedRun as StoreRow
 from llm_dit.generation.batching import batches
-from llm_dit.generation.image import save_png
+from llm_dit.generation.checks import resolved_numerics
+from llm_dit.generation.image import write_png
 from llm_dit.generation.pipeline import (
     GenerationRequest,
     GenerationResult,
@@ -42,8 +49,19 @@ from llm_dit.generation.pipeline import (
     sampling_group,
 )
 from llm_dit.generation.record import package_versions, parameters_line, utc_now
+from llm_dit.models import devices
 
 ProgressCallback = Callable[[int, int, int], None]  # (images finished, images to make, failed so far)
+Clock = Callable[[], float]  # seconds, monotonic
+
+
+@dataclass(frozen=True)
+class TimingPlan:
+    """``ablate --timing``: each run at batch 1, after ``warmup`` untimed generations per sampling shape (size,
+    steps, refiner: what compiles kernels and sizes allocations), ``repeats`` timed ones."""
+
+    repeats: int = 3
+    warmup: int = 1
 
 
 @dataclass
@@ -56,6 +74,7 @@ class RunSummary:
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (run id, error)
     output_dir: str = ""
+    notes: list[str] = field(default_factory=list)  # for the user (e.g. kept runs made under other facts)
 
     @property
     def seconds_per_image(self) -> float | None:
@@ -77,15 +96,71 @@ def store_rows(runs: Sequence[Run]) -> list[StoreRow]:
     ]
 
 
+def execution_facts(settings: Settings, batch_size: int) -> dict[str, Any]:
+    """What makes an image besides its parameters: the run id does not hash these, yet each can move pixels
+    (batching by up to 2/255, a code change, a library's kernels, another device or dtype). Resolved from the
+    settings as the pipeline resolves them, so a resume can compare before any model loads.
+
+    ``batch_size_limit`` is ``--batch-size``: with the plan it fixes each batch's composition (the batch an
+    image was actually made in is stored with it: ``batch_size``, ``batch_position``).
+    """
+    versions = package_versions()
+    facts: dict[str, Any] = {
+        "batch_size_limit": batch_size,
+        "llm_dit": __version__,
+        "git_commit": git_commit(),
+        **{name: versions.get(name) for name in ("torch", "diffusers", "transformers")},
+        # The devices and dtypes are in the run id too (so they never differ between a run and its resume);
+        # the GPU model is not.
+        **resolved_numerics(settings),
+    }
+    device = devices.resolve_device(settings.pipeline.device)
+    if device.type == "cuda":
+        import torch
+
+        facts["gpu"] = torch.cuda.get_device_name(device)
+    return facts
+
+
+def execution_note(kept: Sequence[dict[str, Any]], facts: dict[str, Any]) -> str | None:
+    """One line when done runs a resume keeps were made under other execution facts (or before they were
+    recorded): how many, in what (old values, then now), and how to redo them."""
+    differ: dict[str, list[str]] = {}
+    changed = unknown = 0
+    for run in kept:
+        stored = run.get("execution")
+        if not stored:
+            unknown += 1
+            continue
+        keys = [key for key in facts if stored.get(key) != facts[key]]
+        changed += bool(keys)
+        for key in keys:
+            old = json.dumps(stored.get(key))
+            if old not in differ.setdefault(key, []):
+                differ[key].append(old)
+    parts = []
+    if changed:
+        what = "; ".join(f"{key} {', '.join(old)}, now {json.dumps(facts[key])}" for key, old in differ.items())
+        parts.append(f"{changed} of the {len(kept)} done runs kept were made under other execution facts ({what})")
+    if unknown:
+        parts.append(f"{unknown} done runs kept were made before llm-dit recorded execution facts")
+    if not parts:
+        return None
+    return "; ".join(parts) + ": their pixels may differ from a run made now; --force regenerates them"
+
+
 def git_commit() -> str | None:
-    """The working tree's commit, if llm-dit runs from a git checkout (recorded with results)."""
+    """The working tree's commit, if llm-dit runs from a git checkout (recorded with results), with ``-dirty``
+    when tracked files differ from it (the code that ran is then not that commit's)."""
+    here = Path(__file__).parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0 or not out.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=here, capture_output=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() + ("-dirty" if dirty.returncode == 1 else "")
 
 
 class ExperimentRunner:
@@ -99,18 +174,27 @@ class ExperimentRunner:
         batch_size: int = 8,
         offload_encoder: bool = False,
         progress: ProgressCallback | None = None,
+        timing: TimingPlan | None = None,
+        clock: Clock = time.perf_counter,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
-        self.batch_size = max(1, batch_size)
+        self.timing = timing
+        self.batch_size = 1 if timing is not None else max(1, batch_size)
         self.offload_encoder = offload_encoder
         self.progress = progress
+        self.clock = clock
+        self._facts: dict[str, Any] = {}
+        self._warm: set[Any] = set()  # sampling shapes warmed up (timing)
 
     def pending(self, experiment: Experiment, runs: Sequence[Run], force: bool = False) -> list[Run]:
-        """Runs still to make: all with ``force``, else those not done (a done run whose image vanished counts)."""
+        """Runs still to make: all with ``force``, else those not done (a done run whose image vanished counts);
+        with ``timing``, also done runs that were never timed."""
         if force:
             return list(runs)
         done = self.store.done_run_ids(experiment.name)  # empty for an experiment the store has not seen
+        if self.timing is not None and done:
+            done &= {run["run_id"] for run in self.store.runs(experiment.name) if run["timed_repeats"]}
         return [r for r in runs if r.run_id not in done]
 
     def run(
@@ -126,16 +210,26 @@ class ExperimentRunner:
         summary = RunSummary(experiment=name, planned=len(runs), output_dir=str(self.store.experiment_dir(name)))
         with self.store.lock(name):
             self.store.cleanup_temp_files(name)
+            self._facts = execution_facts(settings, self.batch_size)
             metadata = {**self._metadata(settings), **(extra_metadata or {})}
             # The defaults go with the plan: a later metrics pass finds its default reference by them, whatever
             # the code's defaults are by then.
-            defaults = PlanDefaults(default_params(), dict(REPLACES))
+            from llm_dit.models.checkpoint import default_shift  # the default shift is the checkpoint's
+
+            defaults = PlanDefaults(default_params(lambda: default_shift(self.pipeline.info)), dict(REPLACES))
             self.store.start_experiment(
                 name, experiment.description, experiment.to_dict(), metadata, plan_defaults=defaults
             )
             self.store.plan_runs(name, store_rows(runs))
             todo = self.pending(experiment, runs, force)
             summary.skipped = len(runs) - len(todo)
+            if summary.skipped:
+                making = {run.run_id for run in todo}
+                planned = {run.run_id for run in runs}
+                kept = [r for r in self.store.runs(name) if r["run_id"] in planned and r["run_id"] not in making]
+                note = execution_note(kept, self._facts)
+                if note:
+                    summary.notes.append(note)
             t0 = time.perf_counter()
             if todo:
                 self._execute(name, todo, summary)
@@ -156,7 +250,8 @@ class ExperimentRunner:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-writer") as writer:
             writes: deque[tuple[Run, Future[dict[str, Any]]]] = deque()
             for chunk in batches(requests, sampling_group, self.batch_size):
-                for request, outcome in self._generate(chunk):
+                outcomes = self._timed(chunk[0]) if self.timing is not None else self._generate(chunk)
+                for request, outcome in outcomes:
                     run: Run = request.tag
                     if isinstance(outcome, GenerationResult):
                         writes.append((run, writer.submit(self._write_image, name, run, outcome)))
@@ -178,20 +273,47 @@ class ExperimentRunner:
                 return [(chunk[0], _error_text(exc))]
         return [outcome for request in chunk for outcome in self._generate([request])]
 
-    def _write_image(self, name: str, run: Run, result: GenerationResult) -> dict[str, Any]:
-        """Write the PNG with its record (atomic: temp file, fsync, rename); returns the record."""
+    def _timed(self, request: GenerationRequest) -> list[tuple[GenerationRequest, GenerationResult | str]]:
+        """One run at batch 1: warm-ups (first of its sampling shape only), then ``repeats`` generations, each
+        between device synchronisations; the last one's image is kept, with the times' median and spread."""
+        assert self.timing is not None
+        shape = sampling_group(request)
+        if shape not in self._warm:
+            for _ in range(self.timing.warmup):
+                self._generate([request])  # untimed; a failure shows again in the timed calls
+            self._warm.add(shape)
+        seconds: list[float] = []
+        outcome: GenerationResult | str = ""
+        for _ in range(self.timing.repeats):
+            _synchronize()
+            start = self.clock()
+            [(_, outcome)] = self._generate([request])
+            _synchronize()
+            seconds.append(self.clock() - start)
+            if not isinstance(outcome, GenerationResult):
+                break
+        if isinstance(outcome, GenerationResult):
+            stats = TimedStats.from_samples(seconds)
+            outcome.record["timed"] = {**asdict(stats), "warmup": self.timing.warmup, "spread": "min-max"}
+        return [(request, outcome)]
+
+    def _write_image(self, name: str, run: Run, result: GenerationResult) -> tuple[dict[str, Any], str]:
+        """Write the PNG with its record (atomic: temp file, fsync, rename); returns the record and the sha256 of
+        the bytes written."""
         record = dict(result.record)
         record.update(experiment=name, run_id=run.run_id, prompt_id=run.prompt.id, variables=dict(run.variables))
+        record["execution"] = dict(self._facts)
         if run.prompt_text != run.prompt.text:
             record["original_prompt"] = run.prompt.text
-        save_png(result.pil(), self.store.experiment_dir(name) / run.image_name, record, parameters_line(record))
-        return record
+        path = self.store.experiment_dir(name) / run.image_name
+        digest = write_png(result.pil(), path, record, parameters_line(record))
+        return record, digest
 
     def _finish_write(
-        self, name: str, run: Run, write: Future[dict[str, Any]], summary: RunSummary, total: int
+        self, name: str, run: Run, write: Future[tuple[dict[str, Any], str]], summary: RunSummary, total: int
     ) -> None:
         try:
-            record = write.result()
+            record, digest = write.result()
         except Exception as exc:  # e.g. a full disk: the run failed, the sweep goes on
             self._failed(name, run, _error_text(exc), summary)
         else:
@@ -199,7 +321,9 @@ class ExperimentRunner:
                 name,
                 run.run_id,
                 image_path=run.image_name,
-                generation_time_s=float(record.get("seconds_per_image") or 0.0),
+                image_sha256=digest,
+                timing=_run_timing(record),
+                execution=self._facts,
                 token_count=record.get("token_count"),
                 record=record,
             )
@@ -228,6 +352,30 @@ class ExperimentRunner:
     def _report(self, total: int, summary: RunSummary) -> None:
         if self.progress is not None:
             self.progress(summary.done + summary.failed, total, summary.failed)
+
+
+def _run_timing(record: dict[str, Any]) -> RunTiming | None:
+    """The batch timing a pipeline's record carries (None from a pipeline that records none)."""
+    if record.get("batch_seconds") is None or not record.get("batch_size"):
+        return None
+    timed = record.get("timed")
+    stats = None if timed is None else TimedStats(timed["median_s"], timed["min_s"], timed["max_s"], timed["repeats"])
+    return RunTiming(
+        batch_seconds=float(record["batch_seconds"]),
+        batch_size=int(record["batch_size"]),
+        batch_position=record.get("batch_position"),
+        peak_memory_bytes=record.get("peak_memory_bytes"),
+        timed=stats,
+    )
+
+
+def _synchronize() -> None:
+    """Wait for every CUDA device's queued work, so a clock read after it has seen the work done."""
+    import torch
+
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
 
 
 def _error_text(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ Layout under ``root`` (default ``experiments/results``)::
 
     root/results.db                 the source of truth for every experiment in this root
     root/<experiment>/.lock         held (flock) by the process running the experiment
+    root/<experiment>/.metrics.lock held (flock) by the process computing its metrics
     root/<experiment>/*.png         the images (written by the runner, atomically)
     root/<experiment>/metadata.json export, regenerated from the database by ``export``
     root/<experiment>/results.csv   export, regenerated from the database by ``export``
@@ -18,6 +19,20 @@ work), so the extra milliseconds are invisible, and in exchange a committed ``do
 crashes too, not only process crashes (which ``NORMAL`` already covers). With the image fsynced before
 ``mark_done``, the database can never say ``done`` for an image that is not on disk.
 
+Images and metric values are tied by content hash (schema 4): each done run stores the sha256 of its PNG file as
+written (``image_sha256``), each metric value the hash of the image it was computed from and, in its params
+(``input_sha256``), the hashes of the other runs' images it used (its reference, the other seeds of its group). A
+value is *current* when all of them are the runs' hashes now; readers (``runs``, the exports, ``load_results``,
+plots, the viewer) see only current values, and a metrics pass recomputes the others. Regenerating a run
+(``mark_done`` with another hash) thereby retires its values and every value that used its image.
+
+Runs done before schema 4 have no hash: a metrics pass hashes their files as it finds them (``image_hash_origin``
+'found': unverified, the file may have changed since it was generated) and says so; their metric values, stored
+without an image hash, count as missing. Hashing at migration would have claimed the same files verified.
+
+A damaged database (not SQLite, truncated, a table missing) is refused in one line naming the file, before
+anything is written: nothing is re-created over it.
+
 This module deliberately imports no torch or model code: analysis tools and the CLI read results cheaply.
 """
 
@@ -25,10 +40,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import socket
 import sqlite3
+import statistics
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,11 +62,16 @@ from llm_dit.files import is_temp_file, write_csv, write_json
 if TYPE_CHECKING:
     import pandas
 
-SCHEMA_VERSION = 3  # 2: metrics are keyed by version and carry params; 3: runs.in_plan
-# A read-only open needs no migration for these: version 2 lacks only runs.in_plan (read as "in the plan").
-READABLE_VERSIONS = (2, 3)
+# 2: metrics are keyed by version and carry params; 3: runs.in_plan; 4: image hashes (runs and metric values),
+# execution facts, batch timing (generation_time_s renamed seconds_per_image_batched), timed medians, peak memory.
+SCHEMA_VERSION = 4
+# A read-only open needs no migration for these: version 2 lacks runs.in_plan (read as "in the plan"), versions 2
+# and 3 the columns of 4 (read as NULL: their metric values, tied to no image hash, are not current).
+READABLE_VERSIONS = (2, 3, 4)
 DB_NAME = "results.db"
 LOCK_NAME = ".lock"
+METRICS_LOCK_NAME = ".metrics.lock"
+SQLITE_MAGIC = b"SQLite format 3\x00"
 METADATA_NAME = "metadata.json"
 RESULTS_NAME = "results.csv"
 DEFAULT_ROOT = Path("experiments/results")
@@ -57,8 +80,34 @@ STATUSES = ("planned", "done", "failed")
 BUSY_TIMEOUT_S = 60.0
 # Columns of results.csv before the variable columns, between them and the metric columns.
 LEADING_COLUMNS = ("run_id", "prompt_id", "prompt_text")
-TRAILING_COLUMNS = ("seed", "status", "error", "generation_time_s", "token_count", "output_path")
+TRAILING_COLUMNS = (
+    "seed", "status", "error", "seconds_per_image_batched", "batch_seconds", "batch_size", "batch_position",
+    "timed_median_s", "timed_min_s", "timed_max_s", "timed_repeats", "peak_memory_bytes", "token_count",
+    "output_path", "image_sha256",
+)  # fmt: skip
 FIXED_COLUMNS = frozenset(LEADING_COLUMNS + TRAILING_COLUMNS)
+FLOAT_COLUMNS = frozenset(
+    {"seconds_per_image_batched", "batch_seconds", "timed_median_s", "timed_min_s", "timed_max_s"}
+)
+INT_COLUMNS = frozenset({"batch_size", "batch_position", "timed_repeats", "peak_memory_bytes", "token_count"})
+# Where a metric value's params list the other runs' images it used: run id -> sha256 of that run's image.
+INPUTS_KEY = "input_sha256"
+HASH_WRITTEN, HASH_FOUND = "written", "found"  # runs.image_hash_origin
+# Columns version 4 added to runs, with their types (the migration adds them; read-only opens of older databases
+# read them as NULL).
+_V4_RUN_COLUMNS = {
+    "image_sha256": "TEXT",
+    "image_hash_origin": "TEXT",
+    "batch_seconds": "REAL",
+    "batch_size": "INTEGER",
+    "batch_position": "INTEGER",
+    "peak_memory_bytes": "INTEGER",
+    "timed_median_s": "REAL",
+    "timed_min_s": "REAL",
+    "timed_max_s": "REAL",
+    "timed_repeats": "INTEGER",
+    "execution": "TEXT",
+}
 
 # Metric values, keyed by run, name and version: a new version of a metric's code never mixes with values of an
 # older one. ``params`` is what the value depends on besides the image (reference run, scorer weights, the group
@@ -71,6 +120,7 @@ _METRICS_TABLE = """CREATE TABLE IF NOT EXISTS metrics (
     value       REAL,                         -- NULL: not a number (e.g. undefined for this image)
     params      TEXT NOT NULL DEFAULT '{}',   -- JSON: what the value depends on besides the image
     computed_at TEXT,
+    image_sha256 TEXT,                        -- the run's image it was computed from (NULL: before schema 4)
     PRIMARY KEY (experiment, run_id, name, version),
     FOREIGN KEY (experiment, run_id) REFERENCES runs (experiment, run_id) ON DELETE CASCADE
 )"""
@@ -103,7 +153,18 @@ _SCHEMA = (
     status            TEXT NOT NULL DEFAULT 'planned' CHECK (status IN ('planned', 'done', 'failed')),
     error             TEXT,
     image_path        TEXT,                   -- written file, relative to the experiment dir (done runs)
-    generation_time_s REAL,
+    image_sha256      TEXT,                   -- sha256 of that file as written (NULL: done before schema 4)
+    image_hash_origin TEXT,                   -- 'written': of the bytes written; 'found': hashed later (unverified)
+    seconds_per_image_batched REAL,           -- batch_seconds / batch_size (before schema 4: generation_time_s)
+    batch_seconds     REAL,                   -- wall time of the batch the image was made in
+    batch_size        INTEGER,                -- images in that batch
+    batch_position    INTEGER,                -- this image's index in it (0-based)
+    peak_memory_bytes INTEGER,                -- CUDA max allocated during the batch, max over its devices; NULL: CPU
+    timed_median_s    REAL,                   -- --timing: median of timed_repeats batch-1 generations
+    timed_min_s       REAL,                   -- their spread: the fastest and
+    timed_max_s       REAL,                   -- the slowest repeat
+    timed_repeats     INTEGER,
+    execution         TEXT,                   -- JSON: execution facts (see runner.execution_facts)
     token_count       INTEGER,
     record            TEXT,                   -- JSON: the image's full record
     created_at        TEXT NOT NULL,
@@ -157,6 +218,52 @@ class MetricValue:
     value: float | None
     version: int = 1
     params: dict[str, Any] = field(default_factory=dict)  # what the value depends on besides the image
+    # The run's image it was computed from; None when stored: the run's image at that moment.
+    image_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class TimedStats:
+    """A ``--timing`` measurement of one run: the median of ``repeats`` synchronised batch-1 generations after a
+    warm-up, and their spread as the fastest and slowest repeat (with a handful of repeats, an IQR says less)."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+
+    @classmethod
+    def from_samples(cls, seconds: Sequence[float]) -> TimedStats:
+        if not seconds:
+            raise LlmDitError("a timed run needs at least one repeat")
+        return cls(float(statistics.median(seconds)), float(min(seconds)), float(max(seconds)), len(seconds))
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """How long a run's image took and what it held: the batch it was made in (seconds, size, this image's
+    position), the batch's peak CUDA memory (None on a CPU: no number is made up) and, for ``--timing``, the
+    timed statistics."""
+
+    batch_seconds: float
+    batch_size: int
+    batch_position: int | None = None
+    peak_memory_bytes: int | None = None
+    timed: TimedStats | None = None
+
+    @property
+    def seconds_per_image_batched(self) -> float:
+        """The batch's time over its size: what one image cost *in that batch* (it moves with batching)."""
+        return self.batch_seconds / self.batch_size
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes: the identity of a run's image."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # Where an experiment's metadata holds the defaults its plan resolved parameters against (PlanDefaults).
@@ -243,7 +350,81 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
         if "in_plan" not in columns:
             conn.execute("ALTER TABLE runs ADD COLUMN in_plan INTEGER NOT NULL DEFAULT 1")
+    if version < 4:
+        # The old per-image time was exactly the batch time over its size: renamed for what it is. No image is
+        # hashed here: a file found now need not be the one generated (see the module docstring).
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        if "generation_time_s" in columns:
+            conn.execute("ALTER TABLE runs RENAME COLUMN generation_time_s TO seconds_per_image_batched")
+        for name, kind in _V4_RUN_COLUMNS.items():
+            if name not in columns:
+                conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+        if "image_sha256" not in {row[1] for row in conn.execute("PRAGMA table_info(metrics)")}:
+            conn.execute("ALTER TABLE metrics ADD COLUMN image_sha256 TEXT")
     conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+
+def _damaged(path: Path, what: str) -> LlmDitError:
+    return LlmDitError(
+        f"results database {path} is damaged ({what}); nothing was changed: restore it from a backup, or use "
+        "another --output-dir"
+    )
+
+
+def _check_database_file(path: Path) -> None:
+    """Refuse a results.db that cannot be an intact SQLite database, from its size and 100-byte header alone:
+    empty, not SQLite, or shorter than its pages say (a truncated copy). Reads only; a live WAL (non-empty
+    ``-wal``) may hold pages the main file lacks, so the size check is skipped then."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            header = handle.read(100)
+    except OSError as exc:
+        raise LlmDitError(f"cannot read results database {path}: {exc.strerror}") from exc
+    if size == 0:
+        raise _damaged(path, "the file is empty")
+    if not header.startswith(SQLITE_MAGIC):
+        raise _damaged(path, "not a SQLite database")
+    if len(header) < 100:
+        raise _damaged(path, f"truncated to {size} bytes")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    header_size_valid = header[92:96] == header[24:28]  # SQLite's rule for trusting the in-header page count
+    wal = path.with_name(path.name + "-wal")
+    live_wal = wal.is_file() and wal.stat().st_size > 0
+    if not live_wal and (size % page_size or (header_size_valid and size < pages * page_size)):
+        raise _damaged(path, f"truncated: {size} bytes where its header says {pages} pages of {page_size}")
+
+
+def _validate_tables(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version of an existing database, after checking every table is there (reads only). A missing
+    table is damage: re-creating it empty would silently lose what it held."""
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "schema_version" not in names:
+        raise _damaged(path, "no schema_version table: not an llm-dit results database")
+    version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    if version is None:
+        raise _damaged(path, "its schema_version table is empty")
+    missing = sorted({"experiments", "runs", "metrics"} - names)
+    if missing:
+        raise _damaged(path, f"table {', '.join(missing)} missing")
+    return int(version)
+
+
+def _sqlite_failure(exc: sqlite3.Error, path: Path) -> LlmDitError | None:
+    """A one-line error for SQLite failures that mean a damaged or unusable database; None for others (bugs)."""
+    text = str(exc)
+    if type(exc) is sqlite3.DatabaseError or "no such table" in text or "no such column" in text:
+        return _damaged(path, text)
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+        return LlmDitError(
+            f"results database {path} stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s ({text}); "
+            "try again when it is done"
+        )
+    if isinstance(exc, sqlite3.OperationalError) and ("disk I/O" in text or "unable to open" in text):
+        return LlmDitError(f"cannot use results database {path}: {text}; check the disk and its permissions")
+    return None
 
 
 def _validate_name(experiment: str) -> str:
@@ -269,7 +450,7 @@ def _validate_relative(name: str, what: str) -> str:
     if not name or Path(name).is_absolute() or ".." in parts or not parts:
         raise LlmDitError(f"invalid {what} {name!r}: must be a path inside the experiment directory")
     # The store's own files and temp-file names would be overwritten by exports or deleted by cleanup.
-    if parts[-1] in (LOCK_NAME, METADATA_NAME, RESULTS_NAME) or is_temp_file(parts[-1]):
+    if parts[-1] in (LOCK_NAME, METRICS_LOCK_NAME, METADATA_NAME, RESULTS_NAME) or is_temp_file(parts[-1]):
         raise LlmDitError(f"invalid {what} {name!r}: that name is reserved for the results store")
     return name
 
@@ -285,7 +466,8 @@ class ResultsStore:
         """Create ``root`` and the database (if missing) and check its schema version.
 
         ``read_only``: open an existing database for reading only (viewers, comparisons, plots): nothing is
-        created, migrated or written, and every write method raises.
+        created, migrated or written, and every write method raises. Either way a damaged database (see
+        ``_check_database_file``, ``_validate_tables``) raises ``LlmDitError`` before anything is written.
         """
         self.root = Path(root)
         self.db_path = self.root / DB_NAME
@@ -294,95 +476,151 @@ class ResultsStore:
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
         self._held: set[str] = set()
+        self._version = SCHEMA_VERSION  # what the open database holds (read-only opens may read an older one)
         if read_only:
             if not self.db_path.is_file():
-                raise LlmDitError(
-                    f"no results database {self.db_path}; pass the --output-dir the experiments ran with"
-                )
+                raise LlmDitError(f"no results database {self.db_path}; pass the --output-dir the experiments ran with")
+            _check_database_file(self.db_path)
             self._check_schema()
             return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LlmDitError(f"cannot create results directory {self.root}: {exc.strerror}") from exc
+        if not self.db_path.exists():
+            self._create_database()
+        _check_database_file(self.db_path)
         self._init_schema()
 
     # -- connection and transactions -------------------------------------------------------------------------
 
+    def _create_database(self) -> None:
+        """A new database, whole or not at all: built in a temp file, then linked into place (``link`` fails if a
+        concurrent process got there first; its database is used). So an empty or tableless ``results.db`` is
+        never one of ours in the making, and is refused as damage."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{DB_NAME}.", suffix=".tmp", dir=self.root)
+        os.close(fd)
+        try:
+            try:
+                conn = sqlite3.connect(tmp, isolation_level=None)
+                try:
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    if str(mode).lower() != "wal":
+                        raise LlmDitError(
+                            f"results database {self.db_path} cannot use WAL mode (got {mode!r}); "
+                            "put the results directory on a local filesystem"
+                        )
+                    conn.execute("BEGIN")
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                    conn.execute("COMMIT")
+                finally:
+                    conn.close()  # the last connection checkpoints the WAL into the file and removes it
+            except sqlite3.Error as exc:
+                raise LlmDitError(f"cannot create results database {self.db_path}: {exc}") from exc
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
+            try:
+                os.link(tmp, self.db_path)
+            except FileExistsError:
+                pass
+            except OSError:  # a filesystem without hard links
+                if not self.db_path.exists():
+                    os.replace(tmp, self.db_path)
+        finally:
+            for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm"):
+                Path(leftover).unlink(missing_ok=True)
+
     def _connection(self) -> sqlite3.Connection:
         # A connection must not cross fork(): the child would share the parent's file locks and state.
         if self._conn is None or self._pid != os.getpid():
-            # mode=ro: SQLite itself refuses writes, whatever a caller tries.
-            target = f"{self.db_path.resolve().as_uri()}?mode=ro" if self.read_only else str(self.db_path)
             try:
-                # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each public call is one transaction.
-                conn = sqlite3.connect(
-                    target, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False,
-                    uri=self.read_only,
-                )
+                conn = self._open()
             except sqlite3.Error as exc:
-                raise LlmDitError(f"cannot open results database {self.db_path}: {exc}") from exc
+                failure = _sqlite_failure(exc, self.db_path)
+                raise failure or LlmDitError(f"cannot open results database {self.db_path}: {exc}") from exc
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        # mode=ro: SQLite itself refuses writes, whatever a caller tries.
+        target = f"{self.db_path.resolve().as_uri()}?mode=ro" if self.read_only else str(self.db_path)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each public call is one transaction.
+        conn = sqlite3.connect(
+            target, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False, uri=self.read_only
+        )
+        try:
             conn.row_factory = sqlite3.Row
-            if self.read_only:
-                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-                self._conn, self._pid = conn, os.getpid()
-                return conn
             # busy_timeout first: switching to WAL needs a lock that another process may briefly hold.
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            # Reads only, before anything could write (the WAL switch below rewrites a foreign file's header).
+            _validate_tables(conn, self.db_path)
+            if self.read_only:
+                return conn
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                conn.close()
                 raise LlmDitError(
                     f"results database {self.db_path} cannot use WAL mode (got {mode!r}); "
                     "put the results directory on a local filesystem"
                 )
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction. IMMEDIATE takes the write lock up front, so concurrent writers queue on the
-        busy timeout instead of failing with SQLITE_BUSY when a read transaction tries to upgrade."""
+        busy timeout instead of failing with SQLITE_BUSY when a read transaction tries to upgrade. SQLite
+        failures that mean a damaged database become one-line errors naming it."""
         self._check_writable()
         with self._mutex:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT: a transaction left open would make every later BEGIN fail.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # Also after a failed COMMIT: a transaction left open would make every later BEGIN fail.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                failure = _sqlite_failure(exc, self.db_path)
+                if failure is None:
+                    raise
+                raise failure from exc
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction: several SELECTs see one consistent snapshot while others write."""
         with self._mutex:
             conn = self._connection()
-            conn.execute("BEGIN")
             try:
-                yield conn
-            finally:
-                conn.execute("COMMIT")
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                failure = _sqlite_failure(exc, self.db_path)
+                if failure is None:
+                    raise
+                raise failure from exc
 
     def _init_schema(self) -> None:
         with self._write() as conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            version = row[0]
-            if version is None:
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif version > SCHEMA_VERSION:
+            # Read again inside the write transaction: a concurrent writer may have migrated meanwhile.
+            version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
                 raise LlmDitError(
                     f"results database {self.db_path} has schema version {version}, newer than this llm-dit "
                     f"understands ({SCHEMA_VERSION}); upgrade llm-dit or use another --output-dir"
                 )
-            elif version < SCHEMA_VERSION:
+            if version < SCHEMA_VERSION:
                 _migrate(conn, version)
 
     def _check_writable(self) -> None:
@@ -390,12 +628,9 @@ class ResultsStore:
             raise LlmDitError(f"results database {self.db_path} was opened read-only; nothing can be written")
 
     def _check_schema(self) -> None:
-        """Read-only opening: the schema must be this version's (an older one is migrated by any writer)."""
-        try:
-            with self._read() as conn:
-                version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-        except sqlite3.Error as exc:
-            raise LlmDitError(f"cannot read results database {self.db_path}: {exc}") from exc
+        """Read-only opening: the schema must be one this version reads (an older one is migrated by any writer)."""
+        with self._read() as conn:
+            version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
         if version not in READABLE_VERSIONS:
             raise LlmDitError(
                 f"results database {self.db_path} has schema version {version}, this llm-dit reads versions "
@@ -406,6 +641,7 @@ class ResultsStore:
                     else "run 'llm-dit metrics EXPERIMENT' on it once to migrate it"
                 )
             )
+        self._version = int(version)
 
     def close(self) -> None:
         """Close the database connection (reopened on the next call)."""
@@ -436,28 +672,42 @@ class ResultsStore:
         A second ``lock()`` of the same experiment in the same process also fails (separate open files).
         Children forked while it is held share it until they exit.
         """
-        self._check_writable()
-        directory = self.experiment_dir(experiment)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                raise LlmDitError(
-                    f"experiment {experiment!r} in {self.root} is already being run by another process "
-                    f"({holder}); wait for it or use another --output-dir"
-                ) from None
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now()}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (_dumps(info) + "\n").encode(), 0)
+        busy = f"experiment {experiment!r} in {self.root} is already being run by another process"
+        with self._flock(experiment, LOCK_NAME, busy, "wait for it or use another --output-dir"):
             self._held.add(experiment)
             try:
                 yield
             finally:
                 self._held.discard(experiment)
+
+    @contextlib.contextmanager
+    def metrics_lock(self, experiment: str) -> Iterator[None]:
+        """Hold the metrics lock of ``experiment`` (``root/<experiment>/.metrics.lock``) or fail at once, as
+        :meth:`lock` does: two metrics passes at once would both compute every missing value. A pass may run
+        while the experiment is being generated (it scores the images done so far)."""
+        busy = f"metrics of experiment {experiment!r} in {self.root} are being computed by another process"
+        fix = "wait for it to finish; a pass after it computes only what is still missing"
+        with self._flock(experiment, METRICS_LOCK_NAME, busy, fix):
+            yield
+
+    @contextlib.contextmanager
+    def _flock(self, experiment: str, name: str, busy: str, fix: str) -> Iterator[None]:
+        self._check_writable()
+        directory = self.experiment_dir(experiment)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / name
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LlmDitError(f"{busy} ({_read_holder(fd)}); {fix}") from None
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (_dumps(info) + "\n").encode(), 0)
+            try:
+                yield
+            finally:
                 # Clear the holder info before unlocking, so nobody reads a finished process as the holder.
                 os.ftruncate(fd, 0)
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -618,10 +868,12 @@ class ResultsStore:
 
     def done_run_ids(self, experiment: str) -> set[str]:
         """Runs to skip on resume: status ``done`` AND the image file still exists (a deleted image is redone)."""
-        directory = self.experiment_dir(experiment)
+        return {row[0] for row in _with_image(self.experiment_dir(experiment), self._done_rows(experiment))}
+
+    def _done_rows(self, experiment: str) -> list[Sequence[Any]]:
+        time = "seconds_per_image_batched" if self._version >= 4 else "generation_time_s"
         with self._read() as conn:
-            rows = conn.execute(_DONE_SQL, (experiment,)).fetchall()
-        return {row[0] for row in _with_image(directory, rows)}
+            return conn.execute(_DONE_SQL.format(time=time), (experiment,)).fetchall()
 
     def mark_done(
         self,
@@ -629,29 +881,66 @@ class ResultsStore:
         run_id: str,
         *,
         image_path: str | Path,
-        generation_time_s: float,
         token_count: int | None,
         record: Mapping[str, Any],
+        image_sha256: str | None = None,
+        timing: RunTiming | None = None,
+        execution: Mapping[str, Any] | None = None,
     ) -> None:
         """Record a finished run. Write (and fsync) the image first: then ``done`` always has its file.
 
         ``image_path`` is relative to the experiment dir (an absolute path inside it is made relative).
+        ``image_sha256``: the sha256 of the bytes written (``save_png`` returns it); None: the file is hashed
+        now, as the caller has just written it. A hash other than the run's previous one retires the metric
+        values of its old image and every value that used it (they count as missing). ``timing``: the batch
+        the image was made in (None: not known). ``execution``: what ran it (versions, devices, batch size).
         Clears any earlier error.
         """
         rel = self._relative_image_path(experiment, image_path)
+        if image_sha256 is None:
+            try:
+                image_sha256 = file_sha256(self.experiment_dir(experiment) / rel)
+            except OSError as exc:
+                raise LlmDitError(f"run {run_id!r}: cannot read its image {rel}: {exc.strerror}") from exc
         try:
             record_json = _dumps(dict(record))
+            execution_json = None if execution is None else _dumps(dict(execution))
         except TypeError as exc:
             raise LlmDitError(f"run {run_id!r}: the record must be JSON-serializable: {exc}") from exc
+        t = timing
+        timed = t.timed if t is not None else None
         with self._write() as conn:
             cursor = conn.execute(
-                """UPDATE runs SET status = 'done', error = NULL, image_path = ?, generation_time_s = ?,
-                       token_count = ?, record = ?, updated_at = ? WHERE experiment = ? AND run_id = ?""",
-                (rel, float(generation_time_s), None if token_count is None else int(token_count), record_json,
+                """UPDATE runs SET status = 'done', error = NULL, image_path = ?, image_sha256 = ?,
+                       image_hash_origin = ?, seconds_per_image_batched = ?, batch_seconds = ?, batch_size = ?,
+                       batch_position = ?, peak_memory_bytes = ?, timed_median_s = ?, timed_min_s = ?,
+                       timed_max_s = ?, timed_repeats = ?, execution = ?, token_count = ?, record = ?,
+                       updated_at = ? WHERE experiment = ? AND run_id = ?""",
+                (rel, image_sha256, HASH_WRITTEN,
+                 None if t is None else float(t.seconds_per_image_batched),
+                 None if t is None else float(t.batch_seconds), None if t is None else int(t.batch_size),
+                 None if t is None or t.batch_position is None else int(t.batch_position),
+                 None if t is None or t.peak_memory_bytes is None else int(t.peak_memory_bytes),
+                 None if timed is None else timed.median_s, None if timed is None else timed.min_s,
+                 None if timed is None else timed.max_s, None if timed is None else timed.repeats,
+                 execution_json, None if token_count is None else int(token_count), record_json,
                  _now(), experiment, run_id),
             )  # fmt: skip
             if cursor.rowcount == 0:
                 raise self._unplanned(experiment, run_id)
+
+    def adopt_image_hashes(self, experiment: str, hashes: Mapping[str, str]) -> int:
+        """Store hashes of images found on disk for done runs that have none (made before schema 4), marked
+        ``image_hash_origin = 'found'`` (unverified). A run that has a hash keeps it. Returns how many changed."""
+        with self._write() as conn:
+            changed = 0
+            for run_id, digest in hashes.items():
+                changed += conn.execute(
+                    """UPDATE runs SET image_sha256 = ?, image_hash_origin = ? WHERE experiment = ? AND run_id = ?
+                           AND status = 'done' AND image_sha256 IS NULL""",
+                    (digest, HASH_FOUND, experiment, run_id),
+                ).rowcount
+        return changed
 
     def mark_failed(self, experiment: str, run_id: str, error: str) -> None:
         """Record a failed run and its error message (outputs of an earlier success, if any, are kept)."""
@@ -680,7 +969,9 @@ class ResultsStore:
 
     def put_metrics(self, experiment: str, values: Sequence[MetricValue]) -> None:
         """Set (insert or replace) metric values of any runs in one transaction: a batch is stored whole or not at
-        all. A value is replaced only by one of the same run, name and version."""
+        all. A value is replaced only by one of the same run, name and version. A value without
+        ``image_sha256`` is taken to be of the run's image now (for callers that compute from the file they just
+        read); the metrics pass always says which image it scored."""
         rows = []
         for item in values:
             if not isinstance(item.name, str) or not item.name:
@@ -692,56 +983,75 @@ class ResultsStore:
             except TypeError as exc:
                 raise LlmDitError(f"metric {item.name!r}: params must be JSON-serializable: {exc}") from exc
             value = None if item.value is None else float(item.value)
-            rows.append((experiment, item.run_id, item.name, item.version, value, params))
+            rows.append((experiment, item.run_id, item.name, item.version, value, params, item.image_sha256))
         if not rows:
             return
         now = _now()
         with self._write() as conn:
-            known = {row[0] for row in conn.execute("SELECT run_id FROM runs WHERE experiment = ?", (experiment,))}
+            images = {
+                row[0]: row[1]
+                for row in conn.execute("SELECT run_id, image_sha256 FROM runs WHERE experiment = ?", (experiment,))
+            }
             for row in rows:
-                if row[1] not in known:
+                if row[1] not in images:
                     raise self._unplanned(experiment, row[1])
             conn.executemany(
-                """INSERT INTO metrics (experiment, run_id, name, version, value, params, computed_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                """INSERT INTO metrics (experiment, run_id, name, version, value, params, image_sha256, computed_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (experiment, run_id, name, version) DO UPDATE SET value = excluded.value,
-                       params = excluded.params, computed_at = excluded.computed_at""",
-                [(*row, now) for row in rows],
+                       params = excluded.params, image_sha256 = excluded.image_sha256,
+                       computed_at = excluded.computed_at""",
+                [(*row[:6], row[6] if row[6] is not None else images[row[1]], now) for row in rows],
             )
 
     def metric_values(self, experiment: str) -> list[MetricValue]:
-        """Every stored metric value of the experiment, all versions (ordered by run, name, version)."""
+        """Every stored metric value of the experiment, all versions, current or not (ordered by run, name,
+        version); ``image_sha256`` None: stored before schema 4."""
         with self._read() as conn:
             return [
-                MetricValue(row[0], row[1], row[2], row[3], _loads(row[4]) or {})
+                MetricValue(row[0], row[1], row[2], row[3], _loads(row[4]) or {}, row[5])
                 for row in conn.execute(
-                    """SELECT run_id, name, value, version, params FROM metrics WHERE experiment = ?
-                       ORDER BY run_id, name, version""",
+                    f"""SELECT run_id, name, value, version, params, {self._metric_image_column} FROM metrics
+                        WHERE experiment = ? ORDER BY run_id, name, version""",
                     (experiment,),
                 )
             ]
 
+    @property
+    def _metric_image_column(self) -> str:
+        return "image_sha256" if self._version >= 4 else "NULL"
+
     def runs(self, experiment: str) -> list[dict[str, Any]]:
         """All runs of the experiment in planned order, JSON fields decoded, ``in_plan`` a bool (False: a run kept
-        from an earlier plan), plus ``metrics`` (name -> value)."""
+        from an earlier plan), plus ``metrics`` (name -> value): only current values, those computed from the
+        run's image as it is now (and from the current images of the runs they compared with)."""
         with self._read() as conn:
             return self._runs(conn, experiment)
 
     def _runs(self, conn: sqlite3.Connection, experiment: str) -> list[dict[str, Any]]:
-        metrics: dict[str, dict[str, float | None]] = {}
-        # The newest version of each metric wins (rows come in ascending version order).
-        for row in conn.execute(
-            "SELECT run_id, name, value FROM metrics WHERE experiment = ? ORDER BY name, version", (experiment,)
-        ):
-            metrics.setdefault(row[0], {})[row[1]] = row[2]
         out = []
         for row in conn.execute("SELECT * FROM runs WHERE experiment = ? ORDER BY seq, rowid", (experiment,)):
             run = dict(row)
-            for key in ("variables", "params", "record"):
-                run[key] = _loads(run[key])
+            for key in ("variables", "params", "record", "execution"):
+                run[key] = _loads(run.get(key))
             run["in_plan"] = bool(run.get("in_plan", 1))  # a read-only open of a version-2 database lacks it
-            run["metrics"] = metrics.get(run["run_id"], {})
+            if "generation_time_s" in run:  # a read-only open of a version 2 or 3 database
+                run["seconds_per_image_batched"] = run.pop("generation_time_s")
+            for key in _V4_RUN_COLUMNS:
+                run.setdefault(key, None)
             out.append(run)
+        images = {run["run_id"]: run["image_sha256"] for run in out}
+        metrics: dict[str, dict[str, float | None]] = {}
+        # The newest current version of each metric wins (rows come in ascending version order).
+        for run_id, name, value, params, image in conn.execute(
+            f"""SELECT run_id, name, value, params, {self._metric_image_column} FROM metrics WHERE experiment = ?
+                ORDER BY name, version""",
+            (experiment,),
+        ):
+            if _is_current(image, params, images.get(run_id), images):
+                metrics.setdefault(run_id, {})[name] = value
+        for run in out:
+            run["metrics"] = metrics.get(run["run_id"], {})
         return out
 
     def _relative_image_path(self, experiment: str, image_path: str | Path) -> str:
@@ -790,6 +1100,10 @@ class ResultsStore:
             "started_at": info["started_at"],
             "finished_at": info["finished_at"],
             "counts": {**counts, "total": len(runs)},
+            # Done runs whose image hash was not taken from the bytes written (made before schema 4).
+            "unverified_images": sum(
+                run["status"] == "done" and run["image_hash_origin"] != HASH_WRITTEN for run in runs
+            ),
             "variables": axes,
             "metrics": [key for kind, key in sources if kind == "metric"],
             "definition": info["definition"],
@@ -835,6 +1149,16 @@ def _read_holder(fd: int) -> str:
     host = info.get("host")
     where = f" on {host}" if host and host != socket.gethostname() else ""
     return f"pid {pid}{where}, started {started}"
+
+
+def _is_current(image: str | None, params: str, run_image: str | None, images: Mapping[str, str | None]) -> bool:
+    """Whether a stored metric value is of the run's image now and of the current images of the runs it used."""
+    if image is None or image != run_image:
+        return False
+    if INPUTS_KEY not in params:  # most values use no other run's image: skip decoding their params
+        return True
+    inputs = (json.loads(params) or {}).get(INPUTS_KEY) or {}
+    return all(images.get(run_id) == digest for run_id, digest in inputs.items())
 
 
 def _columns(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -883,8 +1207,8 @@ def _table(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[tuple[str
     return names, sources, rows
 
 
-# Done runs as (run_id, image_path, generation_time_s); resume and dry runs keep those whose image still exists.
-_DONE_SQL = "SELECT run_id, image_path, generation_time_s FROM runs WHERE experiment = ? AND status = 'done'"
+# Done runs as (run_id, image_path, seconds per image); resume and dry runs keep those whose image still exists.
+_DONE_SQL = "SELECT run_id, image_path, {time} FROM runs WHERE experiment = ? AND status = 'done'"
 
 
 def _with_image(directory: Path, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
@@ -893,24 +1217,17 @@ def _with_image(directory: Path, rows: Sequence[Sequence[Any]]) -> list[Sequence
 
 
 def peek_done(root: str | Path, experiment: str) -> tuple[set[str], list[float]]:
-    """Read-only look for dry runs: ids of done runs whose image exists, and their generation times.
+    """Read-only look for dry runs: ids of done runs whose image exists, and their batched seconds per image.
 
-    Opens the database with ``mode=ro``: nothing is created or changed (no schema setup, no WAL switch), and
-    a missing database or experiment simply means nothing is done yet.
+    Opens the database read-only: nothing is created or changed (no schema setup, no WAL switch), and a missing
+    database or experiment simply means nothing is done yet. A damaged database raises ``LlmDitError``, as
+    every open does.
     """
-    db = Path(root) / DB_NAME
-    if not db.is_file():
+    if not (Path(root) / DB_NAME).is_file():
         return set(), []
-    try:
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-        try:
-            rows = conn.execute(_DONE_SQL, (experiment,)).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return set(), []
-    directory = Path(root) / experiment
-    done = _with_image(directory, rows)
+    with ResultsStore(root, read_only=True) as store:
+        rows = store._done_rows(experiment)
+    done = _with_image(Path(root) / experiment, rows)
     return {row[0] for row in done}, [float(row[2]) for row in done if row[2]]
 
 
@@ -951,8 +1268,11 @@ def require_database(root: str | Path) -> Path:
 def load_results(root: str | Path, experiment: str) -> pandas.DataFrame:
     """One row per run (planned order): the results.csv columns, read from the database with proper dtypes.
 
-    ``seed`` int64, ``generation_time_s`` and metrics float64, ``token_count`` Int64 (nullable), the rest
-    strings (missing values NaN). Raises ``LlmDitError`` if there is no database or no such experiment.
+    ``seed`` int64; metrics and the seconds columns (``seconds_per_image_batched``, ``batch_seconds``,
+    ``timed_*_s``) float64; ``token_count``, ``batch_size``, ``batch_position``, ``timed_repeats`` and
+    ``peak_memory_bytes`` Int64 (nullable: no peak on a CPU); the rest strings (missing values NaN). Metrics are
+    the current values only (see the module docstring). Raises ``LlmDitError`` if there is no database or no
+    such experiment, or if it is damaged.
     """
     import pandas as pd  # only here: the store itself stays importable without pandas
 
@@ -961,11 +1281,11 @@ def load_results(root: str | Path, experiment: str) -> pandas.DataFrame:
         columns, sources, rows = store.table(experiment)
     frame = pd.DataFrame(rows, columns=columns)
     for name, (kind, key) in zip(columns, sources, strict=True):
-        if kind == "metric" or (kind, key) == ("fixed", "generation_time_s"):
+        if kind == "metric" or (kind == "fixed" and key in FLOAT_COLUMNS):
             frame[name] = frame[name].astype("float64")
         elif (kind, key) == ("fixed", "seed"):
             frame[name] = frame[name].astype("int64")
-        elif (kind, key) == ("fixed", "token_count"):
+        elif kind == "fixed" and key in INT_COLUMNS:
             frame[name] = frame[name].astype("Int64")
         else:
             frame[name] = frame[name].astype("str")

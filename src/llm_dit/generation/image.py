@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -43,13 +44,21 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 def save_png(image: Image.Image, path: str | Path, record: dict[str, Any], parameters: str) -> Path:
     """Write a PNG with the record as text chunks, atomically and durably (:func:`llm_dit.files.write_atomic`):
     never half-written, and on disk before a results store marks its run done."""
+    write_png(image, path, record, parameters)
+    return Path(path)
+
+
+def write_png(image: Image.Image, path: str | Path, record: dict[str, Any], parameters: str) -> str:
+    """:func:`save_png`, returning the sha256 (hex) of the bytes written: the image's identity in a results
+    store, taken from the very bytes that went to disk (hashing the file afterwards could see another one)."""
     info = PngImagePlugin.PngInfo()
     info.add_itxt(RECORD_KEY, json.dumps(record, sort_keys=True))
     info.add_itxt(PARAMETERS_KEY, parameters)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
-    write_atomic(path, buffer.getvalue())
-    return Path(path)
+    data = buffer.getvalue()
+    write_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_record(path: str | Path) -> dict[str, Any]:

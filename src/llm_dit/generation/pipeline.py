@@ -19,17 +19,17 @@ from PIL import Image
 from torch import nn
 
 from llm_dit import __version__
-from llm_dit.conditioning.embeddings import check_features
 from llm_dit.conditioning.text_encoder import EncodedPrompt, ZImageTextEncoder, layer_agnostic_key
 from llm_dit.config import EncoderSettings, PipelineSettings, Settings, build_section
 from llm_dit.constants import HARD_MAX_TEXT_TOKENS, SIZE_MULTIPLE
 from llm_dit.errors import LlmDitError
 from llm_dit.files import ensure_writable
 from llm_dit.generation.batching import batches
+from llm_dit.generation.checks import RequestChecker, request_shift
 from llm_dit.generation.image import decode_latents, save_png, to_pil
 from llm_dit.generation.record import package_versions, parameters_line, tensor_fingerprint, utc_now
 from llm_dit.generation.request import GenerationRequest, encoding_texts, sampling_group
-from llm_dit.generation.sampler import denoise, initial_noise
+from llm_dit.generation.sampler import Guidance, denoise, initial_noise
 from llm_dit.generation.schedule import resolve_sigmas
 from llm_dit.models import checkpoint, devices
 from llm_dit.models.devices import module_device
@@ -200,26 +200,21 @@ class LlmDitPipeline:
     # -- checking -------------------------------------------------------------------------------------
 
     def check(self, requests: Sequence[GenerationRequest]) -> None:
-        """Validate requests against the checkpoint without loading any weights (tokenizer only)."""
+        """Validate requests against the checkpoint without loading any weights (tokenizer only); the same checks
+        as the light paths' (:meth:`request_checker`)."""
         self._check(requests)
 
     def _check(self, requests: Sequence[GenerationRequest]) -> list[torch.Tensor]:
         """:meth:`check`, returning each request's resolved sigmas."""
-        schedules = []
-        for request in requests:
-            gen = request.generation
-            for name, value in (("width", gen.width), ("height", gen.height)):
-                if value % self.size_multiple:
-                    raise LlmDitError(f"{name} {value} is not a multiple of {self.size_multiple} for this checkpoint")
-            schedules.append(resolve_sigmas(gen.steps, gen.shift, gen.sigmas))
-            if request.prompt is not None:
-                self.encoder.tokenize(request.prompt, **request.encoder)
-            if gen.guidance_scale > 0 and request.negative_embeddings is None:
-                self.encoder.tokenize(gen.negative_prompt, **request.encoder)
-            for name, emb in (("embeddings", request.embeddings), ("negative_embeddings", request.negative_embeddings)):
-                if emb is not None:
-                    check_features(emb, name, width=self.cap_feat_dim, max_rows=self.encoder.max_caption_tokens)
-        return schedules
+        self.request_checker().check(requests)
+        return [resolve_sigmas(r.generation.steps, self._shift(r)[0], r.generation.sigmas) for r in requests]
+
+    def request_checker(self) -> RequestChecker:
+        """This pipeline's checks (:class:`~llm_dit.generation.checks.RequestChecker`, torch-free): its encoder's
+        tokenization and caps, its size multiple, caption width and checkpoint."""
+        return RequestChecker(
+            self.encoder.prompts, size_multiple=self.size_multiple, cap_feat_dim=self.cap_feat_dim, info=self.info
+        )
 
     # -- generation -----------------------------------------------------------------------------------
 
@@ -255,6 +250,9 @@ class LlmDitPipeline:
         results: list[GenerationResult | None] = [None] * len(requests)
         for chunk in chunks:
             width, height, _, refiner = sampling_group(requests[chunk[0]], schedules[chunk[0]])
+            if torch.cuda.is_available():  # the peak of this batch alone
+                for index in range(torch.cuda.device_count()):
+                    torch.cuda.reset_peak_memory_stats(index)
             t0 = time.perf_counter()
 
             def on_step(i: int, steps: int, n: int = len(chunk)) -> None:
@@ -273,11 +271,19 @@ class LlmDitPipeline:
                 refiner,
                 on_step,
             )
-            seconds = (time.perf_counter() - t0) / len(chunk)
+            # _sample's copy to the CPU waits for the devices' work: the clock stops after the images exist.
+            batch_seconds = time.perf_counter() - t0
+            cuda = {p.device for m in (self.transformer, self.vae) for p in m.parameters() if p.device.type == "cuda"}
+            # CUDA: max allocated over the batch, the largest of its devices; a CPU has no such number (None).
+            peak = max((torch.cuda.max_memory_allocated(d) for d in cuda), default=None)
             for k, index in enumerate(chunk):
                 record = self._record(requests[index], positives[index], negatives[index], schedules[index])
-                record["seconds_per_image"] = round(seconds, 4)
+                record["batch_seconds"] = round(batch_seconds, 6)
                 record["batch_size"] = len(chunk)
+                record["batch_position"] = k
+                # What one image cost in this batch: it moves with the batch size, hence the name.
+                record["seconds_per_image_batched"] = round(batch_seconds / len(chunk), 6)
+                record["peak_memory_bytes"] = peak
                 results[index] = GenerationResult(images[k], record, requests[index].tag)
         assert all(r is not None for r in results)  # the batches partition the requests
         return cast(list[GenerationResult], results)
@@ -369,11 +375,18 @@ class LlmDitPipeline:
             sigmas,
             [features(p) for p in positives],  # type: ignore[misc]
             [features(n) for n in negatives],
-            [r.generation.guidance_scale for r in requests],
+            [
+                Guidance(g.guidance_scale, g.cfg_normalization, g.cfg_truncation)
+                for g in (r.generation for r in requests)
+            ],
             refiner=refiner,
             on_step=on_step,
         )
         return decode_latents(self.vae, latents).cpu()
+
+    def _shift(self, request: GenerationRequest) -> tuple[float | None, str | None]:
+        """A request's shift and its source under this pipeline's checkpoint (see ``checks.request_shift``)."""
+        return request_shift(request, self.info)
 
     def _record(
         self,
@@ -384,6 +397,8 @@ class LlmDitPipeline:
     ) -> dict[str, Any]:
         gen = request.generation
         enc = self.encoder.resolve(**request.encoder)
+        shift, shift_source = self._shift(request)
+        cfg = gen.guidance_scale > 0  # the CFG refinements are inert without CFG: recorded as None then
         record: dict[str, Any] = {
             "prompt": request.prompt,
             "system_prompt": enc.system_prompt,
@@ -395,7 +410,8 @@ class LlmDitPipeline:
             "padding": enc.padding,
             "seed": gen.seed,
             "steps": len(sigmas) - 1,
-            "shift": gen.shift if gen.sigmas is None else None,
+            "shift": shift,
+            "shift_source": shift_source,
             "sigmas": [round(float(s), 8) for s in sigmas],
             "width": gen.width,
             "height": gen.height,
@@ -403,6 +419,8 @@ class LlmDitPipeline:
             "negative_prompt": gen.negative_prompt
             if gen.guidance_scale > 0 and request.negative_embeddings is None
             else None,
+            "cfg_normalization": gen.cfg_normalization if cfg else None,
+            "cfg_truncation": gen.cfg_truncation if cfg else None,
             "refiner": gen.refiner,
             "model_path": self.model_path,
             "model_fingerprint": self.fingerprint,

@@ -31,6 +31,9 @@ class GenerationRequest:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     encoder: dict[str, Any] = field(default_factory=dict)  # overrides of the pipeline encoder's settings
     tag: Any = None  # caller's handle (e.g. a run id); carried through untouched
+    # Where generation.shift came from when it is set (constants.SHIFT_FROM_*), for the image's record;
+    # an unset shift is the checkpoint's, and the pipeline says so itself.
+    shift_source: str | None = None
 
     @classmethod
     def build(
@@ -40,6 +43,7 @@ class GenerationRequest:
         embeddings: torch.Tensor | None = None,
         negative_embeddings: torch.Tensor | None = None,
         tag: Any = None,
+        shift_source: str | None = None,
         **params: Any,
     ) -> GenerationRequest:
         """Split flat keyword parameters into generation settings and encoder overrides, validating both."""
@@ -53,7 +57,7 @@ class GenerationRequest:
         if encoder:
             build_section(EncoderSettings, encoder)  # validate early
         generation = build_section(GenerationSettings, {k: v for k, v in params.items() if k in _GENERATION_FIELDS})
-        return cls(prompt, embeddings, negative_embeddings, generation, encoder, tag)
+        return cls(prompt, embeddings, negative_embeddings, generation, encoder, tag, shift_source)
 
 
 def encoding_texts(request: GenerationRequest) -> list[str]:

@@ -1,20 +1,22 @@
 """The denoising loop: Euler steps over the flow-matching ODE, written out so it reads top to bottom.
 
 Everything here works on a batch in which each sample carries its own sigma schedule, seed, caption and
-guidance scale, so runs that differ only in shift, prompt, seed or embeddings share one batched DiT forward.
-The arithmetic follows diffusers' ``ZImagePipeline`` step for step (fp32 latents, DiT input cast to the DiT's
-dtype, output negated, ``x += (s[i+1] - s[i]) * v``) so that results match it to float rounding.
+guidance (:class:`Guidance`: scale, cfg_normalization, cfg_truncation), so runs that differ only in shift, prompt,
+seed, embeddings or guidance share one batched DiT forward. The arithmetic follows diffusers' ``ZImagePipeline``
+step for step (fp32 latents, DiT input cast to the DiT's dtype, output negated, ``x += (s[i+1] - s[i]) * v``,
+CFG in its order of operations) so that results match it to float rounding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from llm_dit.constants import REFINER_MODES
+from llm_dit.constants import DEFAULT_CFG_NORMALIZATION, DEFAULT_CFG_TRUNCATION, REFINER_MODES
 from llm_dit.errors import LlmDitError
 from llm_dit.generation.schedule import dit_timestep
 
@@ -67,6 +69,37 @@ def context_refiner_mode(transformer: nn.Module, mode: str) -> Iterator[None]:
         transformer.context_refiner = original
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance of one sample, as diffusers' ``ZImagePipeline`` applies it.
+
+    - ``scale``: CFG is on where it is > 0: ``pred = pos + scale * (pos - neg)``.
+    - ``normalization`` (diffusers' ``cfg_normalization``): then, if ``|pred| > |pos|`` (2-norms over the
+      whole sample), ``pred`` is rescaled to ``|pos|``.
+    - ``truncation`` (``cfg_truncation``): at a step whose DiT time ``t = 1 - sigma`` is above it, the sample
+      runs without CFG (no negative in that forward); 1 = never.
+    """
+
+    scale: float = 0.0
+    normalization: bool = DEFAULT_CFG_NORMALIZATION
+    truncation: float = DEFAULT_CFG_TRUNCATION
+
+    def applies(self, t: float) -> bool:
+        """Whether CFG runs at DiT time ``t`` (diffusers: the scale is set to 0 where ``t > cfg_truncation``)."""
+        return self.scale > 0 and not t > self.truncation
+
+    def combine(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """The guided prediction from the fp32 positive and negative outputs, in diffusers' order of operations."""
+        pred = pos + self.scale * (pos - neg)
+        if self.normalization:
+            ori_pos_norm = torch.linalg.vector_norm(pos)
+            new_pos_norm = torch.linalg.vector_norm(pred)
+            max_new_norm = ori_pos_norm * float(self.normalization)  # diffusers' factor: float(True) = 1.0
+            if new_pos_norm > max_new_norm:
+                pred = pred * (max_new_norm / new_pos_norm)
+        return pred
+
+
 @torch.no_grad()
 def denoise(
     transformer: nn.Module,
@@ -74,7 +107,7 @@ def denoise(
     sigmas: torch.Tensor,
     captions: Sequence[torch.Tensor],
     negative_captions: Sequence[torch.Tensor | None],
-    guidance_scales: Sequence[float],
+    guidance: Sequence[Guidance | float],
     refiner: str = "default",
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
@@ -83,38 +116,40 @@ def denoise(
     - ``latents``: fp32 initial noise ``[B, C, h, w]`` on the DiT's device.
     - ``sigmas``: ``[B, S + 1]`` fp32, one schedule per sample, all with the same number of steps S.
     - ``captions``: B tensors ``[L_i, D]`` (the DiT's caption features), any lengths.
-    - ``negative_captions``/``guidance_scales``: CFG per sample, on where the scale is > 0:
-      ``pred = pos + g * (pos - neg)``; negatives join the same forward as the positives.
+    - ``negative_captions``/``guidance``: CFG per sample (a :class:`Guidance`, or a bare scale); the negatives
+      of the samples guided at a step join that step's forward, after the positives, in sample order.
     """
     batch = latents.shape[0]
     if sigmas.ndim != 2 or sigmas.shape[0] != batch:
         raise LlmDitError(f"sigmas must be [batch, steps + 1] = [{batch}, S + 1], got {tuple(sigmas.shape)}")
-    if not (len(captions) == len(negative_captions) == len(guidance_scales) == batch):
-        raise LlmDitError("captions, negative captions and guidance scales need one entry per sample")
-    cfg_index = [j for j, g in enumerate(guidance_scales) if g > 0]
-    for j in cfg_index:
-        if negative_captions[j] is None:
+    if not (len(captions) == len(negative_captions) == len(guidance) == batch):
+        raise LlmDitError("captions, negative captions and guidance need one entry per sample")
+    guides = [g if isinstance(g, Guidance) else Guidance(scale=float(g)) for g in guidance]
+    for j, g in enumerate(guides):
+        if g.scale > 0 and negative_captions[j] is None:
             raise LlmDitError(f"sample {j} has guidance_scale > 0 but no negative caption")
     dit_dtype = next(transformer.parameters()).dtype
     device = latents.device
     sigmas = sigmas.to(device=device, dtype=torch.float32)
-    model_captions = list(captions) + [negative_captions[j] for j in cfg_index]
     steps = sigmas.shape[1] - 1
+    # Each sample's DiT times as Python floats, read once (diffusers compares cfg_truncation with these).
+    times = dit_timestep(sigmas[:, :steps]).tolist()
 
     with context_refiner_mode(transformer, refiner):
         for i in range(steps):
             sigma, sigma_next = sigmas[:, i], sigmas[:, i + 1]
             t = dit_timestep(sigma)
+            cfg_index = [j for j, g in enumerate(guides) if g.applies(times[j][i])]
             x = latents.to(dit_dtype)
             # The DiT takes one [C, 1, h, w] latent per sample; negatives reuse their positive's latent.
             model_latents = list(x.unsqueeze(2).unbind(0)) + [x[j].unsqueeze(1) for j in cfg_index]
             model_t = torch.cat([t, t[cfg_index]]) if cfg_index else t
+            model_captions = list(captions) + [negative_captions[j] for j in cfg_index]
             out = transformer(model_latents, model_t, model_captions, return_dict=False)[0]
 
             velocity = [o.float() for o in out[:batch]]
             for k, j in enumerate(cfg_index):
-                pos, neg = velocity[j], out[batch + k].float()
-                velocity[j] = pos + guidance_scales[j] * (pos - neg)
+                velocity[j] = guides[j].combine(velocity[j], out[batch + k].float())
             # Z-Image predicts the negated velocity of the noise -> image path.
             v = -torch.stack(velocity, dim=0).squeeze(2)
             dt = (sigma_next - sigma).view(batch, 1, 1, 1)

@@ -1,7 +1,14 @@
 """A resumable metrics pass over an experiment's results: compute what is missing, store it, export, summarise.
 
 A value counts as present when the store holds it for the run, the metric's current version and the same params
-(reference, weights, dtype of the SigLIP/CLIP models, group of seeds, prompt text); everything else is computed.
+(reference, weights, dtype of the SigLIP/CLIP models, group of seeds, prompt text), computed from the run's image as
+it is now (its sha256) and from the current images of the runs it compared with (``input_sha256`` in its params);
+everything else is computed. A regenerated run thereby has its values, and those that used its image, redone.
+
+Before scoring, each image the pass will read is checked against the hash stored when it was written: a file changed
+on disk since then is reported by run and left out (nothing is stored for it, nor for values that would use it), and
+the pixels scored are decoded from the very bytes that were hashed. Runs made before image hashes (schema 4) get the
+hash of their file as found (unverified: said in one line). One pass at a time per experiment (``.metrics.lock``).
 The pass goes over the runs with missing values in batches: each batch computes every missing value of its runs
 (decoding each image once) and is committed in one transaction, so an interrupted pass resumes where it stopped.
 Models load once per pass, only if there is work for them.
@@ -10,6 +17,7 @@ Models load once per pass, only if there is work for them.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections import OrderedDict
@@ -23,7 +31,13 @@ from PIL import Image
 
 from llm_dit.config import MetricsSettings
 from llm_dit.errors import CheckpointError, LlmDitError
-from llm_dit.experiments.store import MetricValue, PlanDefaults, ResultsStore
+from llm_dit.experiments.store import (
+    INPUTS_KEY,
+    MetricValue,
+    PlanDefaults,
+    ResultsStore,
+    file_sha256,
+)
 from llm_dit.metrics import pixel
 from llm_dit.metrics.reference import (
     Reference,
@@ -36,7 +50,7 @@ from llm_dit.metrics.reference import (
     swept_parameters,
 )
 from llm_dit.metrics.registry import DIVERSITY_METRICS, METRICS, MetricSpec, missing_setting_message
-from llm_dit.metrics.summary import GENERATION_TIME, SUMMARY_NAME, summarize, write_summary
+from llm_dit.metrics.summary import SUMMARY_NAME, run_fields, summarize, write_summary
 from llm_dit.models import checkpoint, devices
 
 ProgressCallback = Callable[[int, int], None]  # (work items finished, work items in this pass)
@@ -61,6 +75,9 @@ class MetricsReport:
     kept: dict[str, int] = field(default_factory=dict)  # metric -> values already stored and still valid
     unavailable: dict[str, int] = field(default_factory=dict)  # metric -> done runs it cannot apply to
     reference: str = ""  # what the reference-based metrics compared with, for people
+    # run id -> image path of images changed on disk since they were written: not scored, nothing stored
+    changed_on_disk: dict[str, str] = field(default_factory=dict)
+    unverified: int = 0  # done runs made before image hashes: scored as found on disk
     notes: list[str] = field(default_factory=list)
     summary: list[dict[str, Any]] = field(default_factory=list)
     results_csv: Path | None = None
@@ -85,15 +102,35 @@ class _Images:
         self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
         self._capacity = capacity
 
-    def array(self, path: Path) -> np.ndarray:
+    def array(self, path: Path, sha256: str | None = None) -> np.ndarray:
+        """The image's pixels (:func:`read_image`)."""
         if path in self._cache:
             self._cache.move_to_end(path)
             return self._cache[path]
-        value = pixel.load_rgb(path)
+        value = read_image(path, sha256)
         self._cache[path] = value
         if len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
         return value
+
+
+def read_image(path: Path, sha256: str | None = None) -> np.ndarray:
+    """An image's 8-bit RGB pixels; with ``sha256``, decoded from bytes read once and found to have that hash (a
+    file changed after the pass checked it is an error: nothing of the batch is stored)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LlmDitError(f"cannot read image {path}: {exc.strerror}") from exc
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise LlmDitError(
+            f"image {path} changed on disk during the metrics pass; nothing of its batch was stored: run the pass "
+            "again once nothing writes there"
+        )
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            return pixel.load_rgb(opened)
+    except (OSError, ValueError) as exc:
+        raise LlmDitError(f"cannot read image {path}: {exc}") from exc
 
 
 def _digest(text: str) -> str:
@@ -175,49 +212,58 @@ class MetricsPass:
         start = time.perf_counter()
         self._images, self._pairs = _Images(IMAGE_CACHE), {}
         choice = choice or ReferenceChoice()
+        # Every refusal (an unknown experiment or reference value, a source image of another size) comes before
+        # the lock: a refused pass leaves the results directory as it was, not even a lock file added.
+        info, runs = self._experiment(experiment)
+        directory = self.store.experiment_dir(experiment)
+        done = _done_with_image(runs, directory)
+        definition, defaults = info["definition"] or {}, PlanDefaults.from_metadata(info["metadata"])
+        self._plan(experiment, list(specs), choice, done, definition, defaults, {}, True, skip_unreferenced)
+        with self.store.metrics_lock(experiment):
+            return self._run(experiment, list(specs), choice, force, skip_unreferenced, start)
+
+    def _run(
+        self,
+        experiment: str,
+        specs: list[MetricSpec],
+        choice: ReferenceChoice,
+        force: bool,
+        skip_unreferenced: bool,
+        start: float,
+    ) -> MetricsReport:
         info, runs = self._experiment(experiment)
         definition = info["definition"] or {}
         defaults = PlanDefaults.from_metadata(info["metadata"])
         directory = self.store.experiment_dir(experiment)
         report = MetricsReport(experiment, [s.name for s in specs])
-        done = [
-            r for r in runs if r["status"] == "done" and r.get("image_path") and (directory / r["image_path"]).is_file()
-        ]
-        specs = list(specs)
-        refs: dict[str, Reference] = {}
-        if any(s.kind == "reference" for s in specs):
-            try:
-                refs, report.reference = self.references(experiment, choice, done, definition, defaults)
-                looked_up = [a["name"] for a in definition.get("axes", []) if a["name"] not in choice.axes]
-                if not defaults.stored and not choice.images and looked_up:  # an axis's default value was used
-                    report.notes.append(_LEGACY_DEFAULTS_NOTE)
-            except LlmDitError as exc:
-                if not skip_unreferenced:
-                    raise
-                specs = [s for s in specs if s.kind != "reference"]
-                report.metrics = [s.name for s in specs]
-                report.notes.append(f"reference metrics skipped: {exc}")
-            self._check_sizes(done, refs)
-        groups = self._seed_groups(done)
-        if any(s.kind == "diversity" for s in specs) and not any(len(g) > 1 for g in groups.values()):
-            report.notes.append("diversity metrics need >= 2 seeds per condition; this experiment has one")
-        stored = {(v.run_id, v.name, v.version): v.params for v in self.store.metric_values(experiment)}
-
-        # Work: run id -> metric name -> the params of its missing value.
-        work: dict[str, dict[str, dict[str, Any]]] = {}
-        model_params = self._model_params(specs)
-        for spec in specs:
-            kept = unavailable = 0
-            for run in done:
-                params = self._params(spec, run, refs, groups, model_params.get(spec.setting, {}))
-                if params is None:
-                    unavailable += 1
-                elif not force and stored.get((run["run_id"], spec.name, spec.version)) == params:
-                    kept += 1
-                else:
-                    work.setdefault(run["run_id"], {})[spec.name] = params
-            report.kept[spec.name], report.unavailable[spec.name] = kept, unavailable
-            report.computed[spec.name] = 0
+        done = _done_with_image(runs, directory)
+        self._adopt_unhashed(experiment, done, directory, report)
+        stored = {
+            (v.run_id, v.name, v.version): (v.params, v.image_sha256) for v in self.store.metric_values(experiment)
+        }
+        # Plan, check the images the plan reads against their stored hashes, and plan again without the changed
+        # ones (leaving runs out only shrinks what a plan reads, so this ends).
+        checked: set[str] = set()
+        while True:
+            plan = self._plan(experiment, specs, choice, done, definition, defaults, stored, force, skip_unreferenced)
+            changed = self._changed_on_disk(plan, done, directory, checked)
+            if not changed:
+                break
+            report.changed_on_disk.update(changed)
+            done = [run for run in done if run["run_id"] not in changed]
+        specs, work, refs, groups = plan.specs, plan.work, plan.refs, plan.groups
+        report.metrics = [s.name for s in specs]
+        report.reference = plan.reference
+        report.kept, report.unavailable = plan.kept, plan.unavailable
+        report.computed = {spec.name: 0 for spec in specs}
+        if report.changed_on_disk:
+            listed = ", ".join(f"{rid} ({path})" for rid, path in report.changed_on_disk.items())
+            report.notes.append(
+                f"{len(report.changed_on_disk)} images changed on disk since they were written, not scored (nor "
+                f"values that compare with them): {listed}; restore the files, or regenerate the runs with "
+                "'llm-dit ablate ... --force'"
+            )
+        report.notes.extend(plan.notes)
         # The seeds of a condition side by side, so a batch's diversity values mostly reuse its own images.
         order: dict[str, int] = {}
         for run in done:
@@ -251,13 +297,103 @@ class MetricsPass:
             )
         names = sorted({name for run in runs for name in run["metrics"]}, key=_metric_order)
         axes = [axis["name"] for axis in definition.get("axes", [])]
-        report.summary = summarize(runs, axes, [*names, GENERATION_TIME], per_condition=DIVERSITY_METRICS)
+        report.summary = summarize(runs, axes, [*names, *run_fields(runs)], per_condition=DIVERSITY_METRICS)
         report.summary_csv = write_summary(report.summary, directory / SUMMARY_NAME)
         plans = _plans_note(runs, swept_parameters(definition, defaults.replaces))
         if plans:
             report.notes.append(plans)
         report.seconds = time.perf_counter() - start
         return report
+
+    def _adopt_unhashed(
+        self, experiment: str, done: list[dict[str, Any]], directory: Path, report: MetricsReport
+    ) -> None:
+        """Runs done before image hashes (schema 4) take their file's hash as found now, stored as unverified: from
+        then on a change of the file shows. Said in one line, with the fix."""
+        found = {run["run_id"]: file_sha256(directory / run["image_path"]) for run in done if not run["image_sha256"]}
+        if found:
+            self.store.adopt_image_hashes(experiment, found)
+            for run in done:
+                if run["run_id"] in found:
+                    run["image_sha256"], run["image_hash_origin"] = found[run["run_id"]], "found"
+        report.unverified = sum(run["image_hash_origin"] == "found" for run in done)
+        if report.unverified:
+            report.notes.append(
+                f"{report.unverified} done runs of {experiment} were made before llm-dit stored image hashes: they "
+                "are scored as their files are now, unverified (a file may have changed since it was generated); "
+                "'llm-dit ablate ... --force' regenerates them with a hash"
+            )
+
+    def _plan(
+        self,
+        experiment: str,
+        specs: list[MetricSpec],
+        choice: ReferenceChoice,
+        done: list[dict[str, Any]],
+        definition: Mapping[str, Any],
+        defaults: PlanDefaults,
+        stored: Mapping[tuple[str, str, int], tuple[dict[str, Any], str | None]],
+        force: bool,
+        skip_unreferenced: bool,
+    ) -> _Plan:
+        """What the pass would compute over ``done``: references, seed groups and every missing value's params."""
+        plan = _Plan(list(specs))
+        if any(s.kind == "reference" for s in plan.specs):
+            try:
+                plan.refs, plan.reference = self.references(experiment, choice, done, definition, defaults)
+                looked_up = [a["name"] for a in definition.get("axes", []) if a["name"] not in choice.axes]
+                if not defaults.stored and not choice.images and looked_up:  # an axis's default value was used
+                    plan.notes.append(_LEGACY_DEFAULTS_NOTE)
+            except LlmDitError as exc:
+                if not skip_unreferenced:
+                    raise
+                plan.specs = [s for s in plan.specs if s.kind != "reference"]
+                plan.notes.append(f"reference metrics skipped: {exc}")
+            self._check_sizes(done, plan.refs)
+        plan.groups = self._seed_groups(done)
+        if any(s.kind == "diversity" for s in plan.specs) and not any(len(g) > 1 for g in plan.groups.values()):
+            plan.notes.append("diversity metrics need >= 2 seeds per condition; this experiment has one")
+        hashes = {run["run_id"]: run["image_sha256"] for run in done}
+        model_params = self._model_params(plan.specs)
+        for spec in plan.specs:
+            kept = unavailable = 0
+            for run in done:
+                params = self._params(spec, run, plan.refs, plan.groups, model_params.get(spec.setting, {}), hashes)
+                if params is None:
+                    unavailable += 1
+                elif not force and stored.get((run["run_id"], spec.name, spec.version)) == (
+                    params,
+                    run["image_sha256"],
+                ):
+                    kept += 1
+                else:
+                    plan.work.setdefault(run["run_id"], {})[spec.name] = params
+            plan.kept[spec.name], plan.unavailable[spec.name] = kept, unavailable
+        return plan
+
+    def _changed_on_disk(
+        self, plan: _Plan, done: Sequence[Mapping[str, Any]], directory: Path, checked: set[str]
+    ) -> dict[str, str]:
+        """Runs whose image the plan reads and whose file no longer has the hash stored when it was written
+        (each file is hashed once per pass: ``checked``)."""
+        by_id = {run["run_id"]: run for run in done}
+        kinds = {spec.name: spec.kind for spec in plan.specs}
+        read: set[str] = set()
+        for run_id, names in plan.work.items():
+            read.add(run_id)
+            for name in names:
+                if kinds[name] == "reference" and plan.refs[run_id].run_id is not None:
+                    read.add(str(plan.refs[run_id].run_id))
+                elif kinds[name] == "diversity":
+                    read.update(other["run_id"] for other in plan.groups[condition_key(by_id[run_id])])
+        changed = {}
+        for run_id in sorted(read - checked):
+            run = by_id[run_id]
+            path = directory / run["image_path"]
+            if file_sha256(path) != run["image_sha256"]:
+                changed[run_id] = str(path)
+        checked.update(read)
+        return changed
 
     def unload(self) -> None:
         for model in self._models.values():
@@ -296,20 +432,25 @@ class MetricsPass:
         refs: Mapping[str, Reference],
         groups: Mapping[str, list],
         model_params: Mapping[str, Any],
+        hashes: Mapping[str, str | None],
     ) -> dict[str, Any] | None:
-        """What the value depends on besides the image; None if the metric does not apply to this run."""
+        """What the value depends on besides the run's own image, the images of other runs it uses by hash
+        (``INPUTS_KEY``); None if the metric does not apply to this run."""
         out: dict[str, Any] = dict(model_params)
         if spec.kind == "reference":
             ref = refs.get(run["run_id"])
             if ref is None:
                 return None
             out["reference"] = ref.key
+            if ref.run_id is not None:  # a source image's key already is its content hash
+                out[INPUTS_KEY] = {ref.run_id: hashes[ref.run_id]}
         elif spec.kind == "diversity":
             group = groups[condition_key(run)]
             if len(group) < 2:
                 return None
             out["group"] = _digest(",".join(sorted(r["run_id"] for r in group)))
             out["n"] = len(group)
+            out[INPUTS_KEY] = {r["run_id"]: r["image_sha256"] for r in group if r["run_id"] != run["run_id"]}
         else:
             out["text"] = _digest(run["prompt_text"])
         return out
@@ -366,11 +507,19 @@ class MetricsPass:
         """Every missing value of the runs in ``batch``, metric by metric; each image is decoded once."""
         arrays: dict[Path, np.ndarray] = {}  # held for the whole batch (the LRU cache carries them across batches)
 
+        hashes = {run["run_id"]: run["image_sha256"] for group in groups.values() for run in group}
+
         def image(run: Mapping[str, Any] | Path) -> np.ndarray:
             path = run if isinstance(run, Path) else directory / run["image_path"]
             if path not in arrays:
-                arrays[path] = self._images.array(path)
+                arrays[path] = self._images.array(path, None if isinstance(run, Path) else run["image_sha256"])
             return arrays[path]
+
+        def reference_image(run: Mapping[str, Any]) -> np.ndarray:
+            ref = refs[run["run_id"]]
+            if ref.path not in arrays:
+                arrays[ref.path] = self._images.array(ref.path, None if ref.run_id is None else hashes[ref.run_id])
+            return arrays[ref.path]
 
         out: list[MetricValue] = []
         for spec in specs:
@@ -378,7 +527,7 @@ class MetricsPass:
             if not runs:
                 continue
             if spec.kind == "reference":
-                pairs = [(image(run), image(refs[run["run_id"]].path)) for run in runs]
+                pairs = [(image(run), reference_image(run)) for run in runs]
                 values = self._distances(spec, _PIXEL_REFERENCE.get(spec.name), pairs)
             elif spec.kind == "diversity":
                 values = self._diversity(spec, runs, groups, image)
@@ -386,7 +535,8 @@ class MetricsPass:
                 texts = [run["prompt_text"] for run in runs]
                 values = self._model(spec).score([Image.fromarray(image(run)) for run in runs], texts)
             for run, value in zip(runs, values, strict=True):
-                out.append(MetricValue(run["run_id"], spec.name, value, spec.version, work[run["run_id"]][spec.name]))
+                params = work[run["run_id"]][spec.name]
+                out.append(MetricValue(run["run_id"], spec.name, value, spec.version, params, run["image_sha256"]))
         return out
 
     def _distances(
@@ -422,9 +572,31 @@ class MetricsPass:
         return [float(np.mean([self._pairs[_pair_key(spec, run, o)] for o in others[run["run_id"]]])) for run in runs]
 
 
+@dataclass
+class _Plan:
+    """What a pass computes: the metrics (reference ones dropped when nothing can be compared), each run's
+    reference, the seed groups, and run id -> metric -> params of each missing value."""
+
+    specs: list[MetricSpec]
+    refs: dict[str, Reference] = field(default_factory=dict)
+    reference: str = ""
+    groups: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
+    work: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)
+    unavailable: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
 def _pair_key(spec: MetricSpec, a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[str, str, str]:
     first, second = sorted((a["run_id"], b["run_id"]))
     return spec.name, first, second
+
+
+def _done_with_image(runs: Sequence[dict[str, Any]], directory: Path) -> list[dict[str, Any]]:
+    """The done runs whose image file is there: the ones a pass can score."""
+    return [
+        r for r in runs if r["status"] == "done" and r.get("image_path") and (directory / r["image_path"]).is_file()
+    ]
 
 
 def _plans_note(runs: Sequence[Mapping[str, Any]], swept: frozenset[str]) -> str | None:

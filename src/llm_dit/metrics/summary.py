@@ -11,7 +11,11 @@ from llm_dit.files import write_csv
 from llm_dit.metrics.reference import condition_key
 
 SUMMARY_NAME = "summary.csv"
-GENERATION_TIME = "generation_time_s"  # a run field, summarized like a metric
+# Run fields summarized like metrics. The batched figure is a batch's time over its size (it moves with batching);
+# the timed median comes from ablate --timing (batch 1, warmed up, synchronised, repeated).
+SECONDS_PER_IMAGE_BATCHED = "seconds_per_image_batched"
+TIMED_MEDIAN = "timed_median_s"
+RUN_FIELDS = (SECONDS_PER_IMAGE_BATCHED, TIMED_MEDIAN)
 SUMMARY_COLUMNS = ("metric", "axis", "value", "n", "mean", "std", "ci95_low", "ci95_high")
 
 
@@ -34,9 +38,15 @@ def t_interval(values: Sequence[float]) -> dict[str, float | int]:
     return {"n": n, "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
 
 
+def run_fields(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The RUN_FIELDS that some done run has a value of (no timed column without a --timing run)."""
+    done = [run for run in runs if run["status"] == "done"]
+    return [name for name in RUN_FIELDS if any(run.get(name) is not None for run in done)]
+
+
 def metric_value(run: Mapping[str, Any], metric: str) -> float | None:
-    """A run's value of ``metric`` (a stored metric or ``generation_time_s``); None when missing or NaN."""
-    raw = run.get(metric) if metric == GENERATION_TIME else run["metrics"].get(metric)
+    """A run's value of ``metric`` (a stored metric or one of RUN_FIELDS); None when missing or NaN."""
+    raw = run.get(metric) if metric in RUN_FIELDS else run["metrics"].get(metric)
     if raw is None or (isinstance(raw, float) and math.isnan(raw)):
         return None
     return float(raw)
@@ -75,8 +85,8 @@ def summarize(
 ) -> list[dict[str, Any]]:
     """One row per (metric, axis, value): statistics over the done runs having that value.
 
-    ``runs`` are the store's run dicts (``variables``, ``metrics``, ``generation_time_s``, ``status``); a metric
-    may be ``generation_time_s``. Values keep their first-seen (planned) order; runs without a value (not
+    ``runs`` are the store's run dicts (``variables``, ``metrics``, the RUN_FIELDS, ``status``); a metric may be
+    one of RUN_FIELDS. Values keep their first-seen (planned) order; runs without a value (not
     computed, or NULL) are left out of n. Metrics in ``per_condition`` (diversity: each run holds its distance to
     the other seeds of its condition, so the runs of a condition are not independent samples) are first averaged
     per condition (``condition_key``: prompt, variables and every parameter but the seed), and n counts

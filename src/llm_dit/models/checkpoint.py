@@ -1,7 +1,8 @@
 """Finding, validating, fingerprinting and loading a local Z-Image checkpoint (diffusers layout).
 
-Validation reads only small JSON files, so a wrong path fails in milliseconds with one line that names
-what is missing, before any weights load.
+Validation reads only small JSON files and the headers of the weight files (not their tensors), so a wrong
+path or a truncated download fails in milliseconds with one line that names the file and the fix, before any
+weights load. No torch here outside the loaders.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from llm_dit.constants import SEQ_MULTIPLE
+from llm_dit.constants import DEFAULT_SHIFT, SEQ_MULTIPLE, SHIFT_FROM_CHECKPOINT, SHIFT_FROM_DEFAULT
 from llm_dit.errors import CheckpointError
 from llm_dit.models.devices import quiet_hf
 
+if TYPE_CHECKING:  # torch is imported by the loaders: finding and validating a checkpoint is light
+    import torch
+
 __all__ = [
     "CheckpointInfo",
+    "default_shift",
     "dit_cap_feat_dim",
     "dit_max_caption_tokens",
     "fingerprint",
@@ -30,6 +33,7 @@ __all__ = [
     "load_transformer",
     "load_vae",
     "resolve_model_path",
+    "scheduler_shift",
     "vae_size_multiple",
     "validate_checkpoint",
 ]
@@ -71,6 +75,61 @@ def _vae_scale_factor(vae_config: Mapping[str, Any]) -> int:
 def vae_size_multiple(vae_config: Mapping[str, Any]) -> int:
     """Width and height must be multiples of this (VAE factor x 2x2 patches: 16)."""
     return _vae_scale_factor(vae_config) * _PATCH_SIZE
+
+
+# FlowMatchEulerDiscreteScheduler's constructor defaults, which diffusers uses for keys a scheduler_config omits
+# (its shift default is 1.0, not Turbo's 3.0). Every key but shift must keep this value: llm-dit's schedule
+# (generation/schedule.py, the DiT time t = 1 - sigma via 1000 train steps, plain Euler steps) is diffusers' only
+# there, so a checkpoint that changes one is refused rather than sampled differently from diffusers.
+_SCHEDULER_DEFAULTS: dict[str, Any] = {
+    "shift": 1.0,
+    "num_train_timesteps": 1000,
+    "use_dynamic_shifting": False,
+    "shift_terminal": None,
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "invert_sigmas": False,
+    "stochastic_sampling": False,
+}
+_SCHEDULER_CLASS = "FlowMatchEulerDiscreteScheduler"
+_FIXED_SHIFT_FIX = "set a fixed shift instead (--shift, --set shift=..., or shift in [PROFILE.generation])"
+
+
+def scheduler_shift(scheduler_config: Mapping[str, Any], root: str | Path = "<in-memory>") -> float:
+    """The shift diffusers' ZImagePipeline samples a checkpoint with: its scheduler_config.json ``shift``.
+
+    Raises CheckpointError (one line) for a scheduler whose schedule llm-dit does not reproduce: another class,
+    resolution-dependent (dynamic) shifting, or any other key away from diffusers' default.
+    """
+    where = f"checkpoint {root}: scheduler/scheduler_config.json"
+    name = scheduler_config.get("_class_name", _SCHEDULER_CLASS)
+    if name != _SCHEDULER_CLASS:
+        raise CheckpointError(f"{where} is a {name}; llm-dit samples with {_SCHEDULER_CLASS} only; {_FIXED_SHIFT_FIX}")
+    if scheduler_config.get("use_dynamic_shifting", False):
+        raise CheckpointError(
+            f"{where} sets use_dynamic_shifting = true (a shift that depends on the image size), which llm-dit "
+            f"does not implement; {_FIXED_SHIFT_FIX}"
+        )
+    for key, default in _SCHEDULER_DEFAULTS.items():
+        value = scheduler_config.get(key, default)
+        if key != "shift" and value != default:
+            raise CheckpointError(
+                f"{where} sets {key} = {json.dumps(value)}, which llm-dit's schedule does not implement "
+                f"(only {json.dumps(default)}); {_FIXED_SHIFT_FIX}"
+            )
+    shift = scheduler_config.get("shift", _SCHEDULER_DEFAULTS["shift"])
+    if isinstance(shift, bool) or not isinstance(shift, int | float) or not 0 < shift < float("inf"):
+        raise CheckpointError(f"{where} has shift {json.dumps(shift)}; it must be a number > 0; {_FIXED_SHIFT_FIX}")
+    return float(shift)
+
+
+def default_shift(info: CheckpointInfo | None) -> tuple[float, str]:
+    """The shift a run uses when no setting gives one, and where it comes from: the checkpoint's scheduler
+    (see :func:`scheduler_shift`), or the built-in Turbo value when no checkpoint configs are known."""
+    if info is None:
+        return DEFAULT_SHIFT, SHIFT_FROM_DEFAULT
+    return scheduler_shift(info.scheduler_config, info.path), SHIFT_FROM_CHECKPOINT
 
 
 def resolve_model_path(model_path: str | Path | None) -> Path:
@@ -155,10 +214,118 @@ def _missing_weights(root: Path, sub: str) -> list[str]:
     return [f"{sub}/*.safetensors (weights)"]
 
 
+# A .safetensors file: an 8-byte little-endian header length N, N bytes of JSON (name -> dtype, shape,
+# data_offsets into the data that follows), then the tensor data, exactly as long as the offsets say.
+_SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own limit (MAX_HEADER_SIZE)
+# Bits per element of the dtypes safetensors writes; a dtype not listed only skips its size check.
+_SAFETENSORS_BITS: dict[str, int] = {
+    **dict.fromkeys(("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0"), 8),
+    **dict.fromkeys(("U16", "I16", "F16", "BF16"), 16),
+    **dict.fromkeys(("U32", "I32", "F32"), 32),
+    **dict.fromkeys(("U64", "I64", "F64", "C64"), 64),
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+}
+_WEIGHTS_FIX = "re-download or re-copy it (an interrupted download or copy is the usual cause)"
+
+
+def _safetensors_problem(path: Path) -> tuple[str | None, set[str]]:
+    """(what is wrong with the file's header or size, or None; the tensor names it holds).
+
+    The checks safetensors makes when it opens a file: header length within the file, a JSON object header,
+    each tensor's dtype, shape and data_offsets consistent, the tensors back to back from offset 0, and the
+    file exactly 8 + header length + the last end offset bytes long. Reads the header only.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than the 8-byte header length", set()
+        length = int.from_bytes(head, "little")
+        if length > _SAFETENSORS_MAX_HEADER or 8 + length > size:
+            return f"header length {length} does not fit in the file's {size} bytes", set()
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return "its header is not JSON", set()
+    if not isinstance(header, dict) or not raw.lstrip().startswith(b"{"):
+        return "its header is not a JSON object", set()
+    spans: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        ints = [*(offsets or []), *(shape or [])] if isinstance(offsets, list) and isinstance(shape, list) else None
+        if (
+            not isinstance(dtype, str)
+            or ints is None
+            or len(offsets) != 2  # type: ignore[arg-type]
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints)
+        ):
+            return f"tensor {name!r} has no valid dtype, shape and data_offsets", set()
+        begin, end = offsets  # type: ignore[misc]
+        bits = _SAFETENSORS_BITS.get(dtype)
+        if bits is not None:
+            count = 1
+            for dim in shape:  # type: ignore[union-attr]
+                count *= dim
+            if end < begin or count * bits != (end - begin) * 8:
+                return f"tensor {name!r} ({dtype} {shape}) does not match its data_offsets {offsets}", set()
+        spans.append((begin, end, name))
+    spans.sort()
+    position = 0
+    for begin, end, name in spans:
+        if begin != position or end < begin:
+            return f"tensor {name!r} has data_offsets [{begin}, {end}], expected to start at {position}", set()
+        position = end
+    if 8 + length + position != size:
+        return f"{size} bytes, but its header describes {8 + length + position}", set()
+    return None, {name for _, _, name in spans}
+
+
+def _check_weights(root: Path, sub: str) -> None:
+    """Every weight file of ``sub`` (all ``*.safetensors`` and every shard an index lists) is whole."""
+    folder = root / sub
+    files = {p.name: p for p in folder.glob("*.safetensors")}
+    wanted: dict[str, dict[str, str]] = {}  # shard -> {tensor name: index file}
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        weight_map = _read_json(index, root).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(
+                f"checkpoint {root}: {sub}/{index.name} lists no weights (no weight_map); {_WEIGHTS_FIX}"
+            )
+        for tensor, shard in weight_map.items():
+            wanted.setdefault(str(shard), {})[str(tensor)] = index.name
+            files.setdefault(str(shard), folder / str(shard))
+    for name in sorted(files):
+        rel = f"{sub}/{name}"
+        try:
+            problem, tensors = _safetensors_problem(files[name])
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint {root}: cannot read {rel}: {exc}") from exc
+        if problem is not None:
+            raise CheckpointError(
+                f"checkpoint {root}: {rel} is not a valid safetensors file: {problem}; {_WEIGHTS_FIX}"
+            )
+        absent = sorted(set(wanted.get(name, {})) - tensors)
+        if absent:
+            index = wanted[name][absent[0]]
+            raise CheckpointError(
+                f"checkpoint {root}: {rel} lacks tensor {absent[0]!r}"
+                + (f" and {len(absent) - 1} more" if len(absent) > 1 else "")
+                + f" that {sub}/{index} assigns to it; {_WEIGHTS_FIX}"
+            )
+
+
 def validate_checkpoint(path: str | Path) -> CheckpointInfo:
     """Check that ``path`` is a complete Z-Image checkpoint and parse its configs; loads no weights.
 
-    Raises CheckpointError naming everything that is missing (one line).
+    Raises CheckpointError naming everything that is missing (one line), or the first weight file whose
+    header or size is wrong (reads headers, not tensors).
     """
     root = Path(path).expanduser()
     if not root.exists():
@@ -217,6 +384,8 @@ def validate_checkpoint(path: str | Path) -> CheckpointInfo:
             f"checkpoint {root}: transformer cap_feat_dim {info.cap_feat_dim} does not match the text "
             f"encoder's hidden_size {info.text_hidden_size}"
         )
+    for sub in ("transformer", "text_encoder", "vae"):
+        _check_weights(root, sub)
     return info
 
 
@@ -279,6 +448,7 @@ def load_tokenizer(path: str | Path) -> Any:
 
 def load_text_encoder(path: str | Path, device: str | torch.device, dtype: torch.dtype) -> Any:
     """``transformers.Qwen3Model`` from ``path/text_encoder`` on ``device`` in ``dtype``, in eval mode."""
+    import torch
     from transformers import Qwen3Model
 
     device = torch.device(device)
@@ -303,6 +473,8 @@ def load_vae(path: str | Path, device: str | torch.device, dtype: torch.dtype) -
 
 
 def _load_diffusers(cls: Any, path: str | Path, subfolder: str, device: str | torch.device, dtype: torch.dtype) -> Any:
+    import torch
+
     device = torch.device(device)
     with quiet_hf():
         model = cls.from_pretrained(Path(path), subfolder=subfolder, torch_dtype=dtype, device_map=_device_map(device))

@@ -21,13 +21,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from llm_dit.constants import VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR
 from llm_dit.errors import CheckpointError, LlmDitError
+from llm_dit.models.cache import cache_root
+
+if TYPE_CHECKING:  # torch is imported by the functions that build models: finding a cached checkpoint is light
+    import torch
+    from torch import nn
 
 __all__ = [
     "FULL_SIZE_CONFIGS",
@@ -170,6 +172,8 @@ def _build_context(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
     Sets torch's process-wide default dtype for the duration (restored after), so don't build models from
     two threads at once.
     """
+    import torch
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -185,7 +189,6 @@ def _component_seed(seed: int, component: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-@torch.no_grad()
 def randomize_(module: nn.Module, seed: int, *, qk_norm_gain: float = 1.0) -> nn.Module:
     """Re-initialise every parameter of ``module`` in place with seeded random values of sensible scale.
 
@@ -195,42 +198,48 @@ def randomize_(module: nn.Module, seed: int, *, qk_norm_gain: float = 1.0) -> nn
     zero, so every input (prompt, padding, hidden layer, seed) reaches the output. Deterministic for a given
     seed and device; runs on the module's device.
     """
-    device = next(module.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    embeddings = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
-    for name, param in module.named_parameters():
-        leaf = name.rsplit(".", 1)[-1]
-        if id(param) in embeddings or "pad_token" in leaf:
-            param.normal_(0.0, 1.0, generator=gen)
-        elif param.ndim >= 2:
-            fan_in = param[0].numel()
-            param.normal_(0.0, fan_in**-0.5, generator=gen)
-        elif leaf == "bias":
-            param.normal_(0.0, 0.02, generator=gen)
-        else:
-            gain = qk_norm_gain if name.endswith(("norm_q.weight", "norm_k.weight")) else 1.0
-            param.normal_(gain, 0.1 * gain, generator=gen)
-    return module
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        device = next(module.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        embeddings = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
+        for name, param in module.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if id(param) in embeddings or "pad_token" in leaf:
+                param.normal_(0.0, 1.0, generator=gen)
+            elif param.ndim >= 2:
+                fan_in = param[0].numel()
+                param.normal_(0.0, fan_in**-0.5, generator=gen)
+            elif leaf == "bias":
+                param.normal_(0.0, 0.02, generator=gen)
+            else:
+                gain = qk_norm_gain if name.endswith(("norm_q.weight", "norm_k.weight")) else 1.0
+                param.normal_(gain, 0.1 * gain, generator=gen)
+        return module
 
 
 def make_components(
     preset: str = "tiny",
     seed: int = 0,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     *,
     with_tokenizer: bool = True,
 ) -> dict[str, Any]:
     """Build ``{"tokenizer", "text_encoder", "transformer", "vae", "scheduler"}`` from the real classes.
 
-    Models are created on ``device`` in ``dtype`` and randomised there (deterministic for a given seed and
-    device type). ``with_tokenizer=False`` skips the ~1 s tokenizer copy when only weights are needed.
+    Models are created on ``device`` in ``dtype`` (None: float32) and randomised there (deterministic for a given
+    seed and device type). ``with_tokenizer=False`` skips the ~1 s tokenizer copy when only weights are needed.
     """
+    import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
     configs = component_configs(preset)
     device = torch.device(device)
+    dtype = torch.float32 if dtype is None else dtype
     if not dtype.is_floating_point:
         raise LlmDitError(f"model dtype must be a floating type, got {dtype}")
 
@@ -302,15 +311,6 @@ def build_tiny_checkpoint(path: str | Path, seed: int = 0, *, exist_ok: bool = F
     if not _publish_dir(staging, dest) and not exist_ok:
         raise FileExistsError(f"{dest} was created by someone else while building")
     return dest
-
-
-def cache_root() -> Path:
-    """``$LLM_DIT_CACHE``, else ``$XDG_CACHE_HOME/llm-dit``, else ``~/.cache/llm-dit``."""
-    if env := os.environ.get("LLM_DIT_CACHE"):
-        return Path(env).expanduser()
-    if xdg := os.environ.get("XDG_CACHE_HOME"):
-        return Path(xdg).expanduser() / "llm-dit"
-    return Path.home() / ".cache" / "llm-dit"
 
 
 def tiny_checkpoint_path(seed: int = 0) -> Path:

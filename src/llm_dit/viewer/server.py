@@ -46,7 +46,7 @@ from llm_dit.analysis.results import (
     load_experiment,
 )
 from llm_dit.errors import LlmDitError
-from llm_dit.experiments.store import DB_NAME, require_database
+from llm_dit.experiments.store import DB_NAME, ResultsStore, require_database
 from llm_dit.metrics.pixel import load_rgb
 from llm_dit.metrics.registry import METRICS
 
@@ -220,7 +220,26 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
     """
     root = Path(root)
     require_database(root)
+    ResultsStore(root, read_only=True).close()  # damaged or too new: refused here, before anything listens
     resolved_root = root.resolve()
+    # Where the results lie on this machine is not the page's business (a --host viewer shows it to the network):
+    # the API names the directory by its name and files relative to it, in errors and records too.
+    spellings = sorted({str(resolved_root), str(root.absolute())}, key=len, reverse=True)
+    if resolved_root == resolved_root.parent:  # the filesystem root: every '/' would go
+        spellings = []
+
+    def relative(value: Any) -> Any:
+        """``value`` with every absolute spelling of the results root cut out of its strings."""
+        if isinstance(value, str):
+            for spelling in spellings:
+                value = value.replace(spelling + "/", "").replace(spelling, resolved_root.name)
+            return value
+        if isinstance(value, dict):
+            return {key: relative(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [relative(item) for item in value]
+        return value
+
     cache = ResultsCache(root)
     # No OpenAPI/docs pages: they load scripts from a CDN, and the viewer promises to work offline.
     app = FastAPI(title="llm-dit viewer", docs_url=None, redoc_url=None, openapi_url=None)
@@ -243,11 +262,11 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        return JSONResponse({"detail": relative(str(exc))}, status_code=404)
 
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"detail": relative(str(exc))}, status_code=400)
 
     @app.exception_handler(FileRefused)
     async def refused(request: Request, exc: FileRefused) -> JSONResponse:
@@ -342,7 +361,7 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
             }
             for s in cache.summaries()
         ]
-        return JSONResponse({"root": str(root), "experiments": rows})
+        return JSONResponse(relative({"root": resolved_root.name, "experiments": rows}))
 
     @app.get("/api/experiments/{name}")
     def experiment(name: str) -> JSONResponse:
@@ -357,7 +376,7 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
                 "status": run["status"],
                 "error": run.get("error"),
                 "image_url": image_url(results, run),
-                "generation_time_s": run.get("generation_time_s"),
+                "seconds_per_image_batched": run.get("seconds_per_image_batched"),
                 "metrics": run["metrics"],
             }
             for run in results.runs
@@ -381,14 +400,14 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
             "counts": results.counts,
             "runs": runs,
         }
-        return JSONResponse(jsonable(body))
+        return JSONResponse(jsonable(relative(body)))
 
     @app.get("/api/experiments/{name}/runs/{run_id}")
     def run_record(name: str, run_id: str) -> JSONResponse:
         results, run = run_or_404(name, run_id)
         keys = (
             "run_id", "prompt_id", "prompt_text", "seed", "variables", "params", "status", "error",
-            "generation_time_s", "token_count", "created_at", "updated_at", "metrics", "record", "image_path",
+            "seconds_per_image_batched", "token_count", "created_at", "updated_at", "metrics", "record", "image_path",
         )  # fmt: skip
         body = {key: run.get(key) for key in keys}
         body.update(
@@ -397,7 +416,7 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
             dims={dim: dimension_value(run, dim) for dim in results.dimensions},
             image_url=image_url(results, run),
         )
-        return JSONResponse(jsonable(body))
+        return JSONResponse(jsonable(relative(body)))
 
     @app.get("/api/experiments/{name}/diff")
     def diff_png(

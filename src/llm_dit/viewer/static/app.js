@@ -865,7 +865,7 @@
       ["prompt id", `${data.prompt_id} (${data.category})`],
       ["variables", Object.entries(data.variables || {}).map(([k, v]) => `${k}=${valueText(v)}`).join(", ") || "—"],
       ["status", data.error ? `${data.status}: ${data.error}` : data.status],
-      ["generation time", data.generation_time_s === null ? "—" : `${formatNumber(data.generation_time_s)} s`],
+      ["s per image, batched", data.seconds_per_image_batched === null ? "—" : `${formatNumber(data.seconds_per_image_batched)} s`],
       ["tokens", plain(data.token_count)],
       ["image", data.image_path || "—"],
     ]);

@@ -1,0 +1,135 @@
+"""``ablate --timing``: every run at batch 1 after a warm-up per sampling shape, repeated, the median and spread
+stored. The runner is driven with a stand-in pipeline and an injected clock (no model, no real time: no test here
+depends on the machine's speed), and the options are checked before anything loads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cli_helpers import assert_user_error, results_snapshot, run
+from llm_dit.config import Settings
+from llm_dit.experiments.loader import load_experiment_file
+from llm_dit.experiments.planner import plan
+from llm_dit.experiments.prompts import Prompt
+from llm_dit.experiments.runner import ExperimentRunner, TimingPlan
+from llm_dit.experiments.store import ResultsStore, load_results
+from llm_dit.generation.pipeline import GenerationRequest, GenerationResult
+
+
+class ClockedPipeline:
+    """Stands in for LlmDitPipeline: each generate_batch call advances the shared clock by the next of
+    ``durations`` and returns grey images with the batch fields a pipeline records."""
+
+    model_path = "<clocked>"
+    fingerprint = None
+    info = None  # no checkpoint: the built-in defaults
+
+    def __init__(self, durations: Sequence[float]) -> None:
+        self.now = 0.0
+        self.durations = list(durations)
+        self.calls: list[list[int]] = []  # seeds per call
+
+    def clock(self) -> float:
+        return self.now
+
+    def check(self, requests: Sequence[GenerationRequest]) -> None:
+        pass
+
+    def precompute_encodings(self, requests: Sequence[GenerationRequest]) -> None:
+        pass
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        seconds = self.durations.pop(0)
+        self.now += seconds
+        self.calls.append([r.generation.seed for r in requests])
+        out = []
+        for k, request in enumerate(requests):
+            gen = request.generation
+            record = {
+                "steps": gen.steps, "shift": gen.shift, "seed": gen.seed, "width": gen.width, "height": gen.height,
+                "guidance_scale": gen.guidance_scale, "batch_seconds": seconds, "batch_size": len(requests),
+                "batch_position": k, "peak_memory_bytes": None,
+            }  # fmt: skip
+            out.append(GenerationResult(torch.full((3, gen.height, gen.width), 0.5), record, request.tag))
+        return out
+
+
+def steps_runs(directory: Path) -> tuple[Any, list[Any]]:
+    """Steps 1 and 2 x seeds 1, 2 of one prompt at 16x16: two sampling shapes, two runs each."""
+    path = directory / "steps.toml"
+    path.write_text('name = "steps"\nseeds = [1, 2]\n\n[[axes]]\nname = "steps"\nvalues = [1, 2]\n')
+    experiment = load_experiment_file(path)
+    size = {"width": 16, "height": 16}
+    runs = plan(experiment, [Prompt("p", "a grey square")], [1, 2], Settings(), overrides=size, model_fingerprint="t")
+    return experiment, runs
+
+
+def test_each_run_is_timed_at_batch_1_after_one_warm_up_per_shape(tmp_path: Path) -> None:
+    experiment, runs = steps_runs(tmp_path)
+    # Per shape: a warm-up (8 s, never counted), then 3 repeats per run; the second run of a shape is not warmed.
+    # Binary fractions: the clock's differences are exact. Skewed repeats: their mean is not their median.
+    durations = [8.0, 1.0, 0.125, 0.25, 0.75, 2.0, 0.5] * 2
+    pipeline = ClockedPipeline(durations)
+    store = ResultsStore(tmp_path / "results")
+    runner = ExperimentRunner(
+        pipeline,
+        store,
+        batch_size=8,
+        timing=TimingPlan(repeats=3),
+        clock=pipeline.clock,  # type: ignore[arg-type]
+    )
+    summary = runner.run(experiment, runs, Settings())
+    assert (summary.done, summary.failed) == (4, 0)
+    assert pipeline.calls == [[1], [1], [1], [1], [2], [2], [2]] * 2  # batch 1 throughout; warm-up once per shape
+    frame = load_results(store.root, "steps")
+    columns = ("timed_median_s", "timed_min_s", "timed_max_s", "timed_repeats")
+    timed = list(zip(*(frame[c] for c in columns), strict=True))
+    assert timed == [(0.25, 0.125, 1.0, 3), (0.75, 0.5, 2.0, 3)] * 2
+    assert frame["batch_size"].tolist() == [1] * 4
+    # The kept image's own batch (the last repeat) is stored as its batched figure, the timing separately.
+    assert frame["batch_seconds"].tolist() == [0.25, 0.5] * 2
+
+    # Timed runs are done for --timing; a plain resume skips them as well.
+    again = ExperimentRunner(ClockedPipeline([]), store, timing=TimingPlan(3))  # type: ignore[arg-type]
+    assert again.pending(experiment, runs) == []
+
+
+def test_timing_redoes_done_runs_that_were_never_timed(tmp_path: Path) -> None:
+    experiment, runs = steps_runs(tmp_path)
+    store = ResultsStore(tmp_path / "results")
+    plain = ClockedPipeline([1.0, 1.0])
+    assert ExperimentRunner(plain, store, batch_size=8).run(experiment, runs, Settings()).done == 4  # type: ignore[arg-type]
+    assert plain.calls == [[1, 2], [1, 2]]
+    assert load_results(store.root, "steps")["timed_median_s"].isna().all()
+    timing = ExperimentRunner(ClockedPipeline([]), store, timing=TimingPlan(2))  # type: ignore[arg-type]
+    assert [r.run_id for r in timing.pending(experiment, runs)] == [r.run_id for r in runs]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["--timing-repeats", "5"], ["--timing-repeats applies to --timing"]),
+        (["--timing", "--timing-repeats", "0"], ["--timing-repeats must be 1..100, got 0"]),
+        (["--timing", "--timing-repeats", "101"], ["--timing-repeats must be 1..100, got 101"]),
+    ],
+)
+@pytest.mark.parametrize("command", [["ablate", "-e", "shift"], ["sweep", "shift_steps"]])
+def test_timing_options_are_checked_before_anything_loads(
+    command: list[str],
+    argv: list[str],
+    needles: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_model_load: None,
+) -> None:
+    out_dir = tmp_path / "results"
+    out_dir.mkdir()
+    before = results_snapshot(out_dir)
+    rc, out, err = run(capsys, *command, "--output-dir", out_dir, *argv)
+    assert_user_error(rc, out, err, *needles)
+    assert results_snapshot(out_dir) == before
