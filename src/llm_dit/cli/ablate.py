@@ -226,7 +226,7 @@ def _ablate(
         prepared_all.append(
             prepare_experiment(name, settings=settings, batch_size=batch_size, pipeline=shared, **selection)
         )
-    _refuse_if_running(prepared_all, output_dir, dry_run)
+    _refuse_before_running(prepared_all, output_dir, dry_run)
     failed = 0
     for i, prepared in enumerate(prepared_all):
         if headings:
@@ -243,11 +243,15 @@ def _ablate(
     return failed
 
 
-def _refuse_if_running(prepared_all: list[Any], output_dir: Path, dry_run: bool) -> None:
-    """Another process running one of these experiments in ``output_dir``: one line and exit 2, before any pipeline
-    is built or model loaded (the runner takes the lock for real later); a dry run only notes it."""
-    from llm_dit.experiments.store import lock_holder
+def _refuse_before_running(prepared_all: list[Any], output_dir: Path, dry_run: bool) -> None:
+    """Another process running one of these experiments in ``output_dir``, or a damaged results database: one line
+    and exit 2, before any pipeline is built or model loaded (the runner takes the lock for real later); a dry run
+    only notes a running experiment (its read-only look at the database refuses damage itself)."""
+    from llm_dit.experiments.store import ResultsStore, lock_holder
 
+    if not dry_run and (output_dir / DB_NAME).is_file():
+        with ResultsStore(output_dir, read_only=True):  # opening checks it, and writes nothing
+            pass
     for prepared in prepared_all:
         holder = lock_holder(output_dir, prepared.experiment.name)
         if holder is None:
