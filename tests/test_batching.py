@@ -69,6 +69,7 @@ class RecordingPipeline:
 
     model_path = "<recording>"
     fingerprint = None
+    info = None  # no checkpoint: the built-in defaults
 
     def __init__(self) -> None:
         self.batches: list[list[tuple[int, int]]] = []

@@ -110,6 +110,7 @@ class _NoModels:
 
     model_path = "<none>"
     fingerprint = None
+    info = None  # no checkpoint configs: the built-in default shift
 
 
 def test_the_runner_stores_the_defaults_it_planned_with(tmp_path: Path):

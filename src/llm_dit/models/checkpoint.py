@@ -230,7 +230,7 @@ _SAFETENSORS_BITS: dict[str, int] = {
 _WEIGHTS_FIX = "re-download or re-copy it (an interrupted download or copy is the usual cause)"
 
 
-def _safetensors_problem(path: Path) -> tuple[str | None, set[str]]:
+def safetensors_problem(path: Path) -> tuple[str | None, set[str]]:
     """(what is wrong with the file's header or size, or None; the tensor names it holds).
 
     The checks safetensors makes when it opens a file: header length within the file, a JSON object header,
@@ -304,7 +304,7 @@ def _check_weights(root: Path, sub: str) -> None:
     for name in sorted(files):
         rel = f"{sub}/{name}"
         try:
-            problem, tensors = _safetensors_problem(files[name])
+            problem, tensors = safetensors_problem(files[name])
         except OSError as exc:
             raise CheckpointError(f"checkpoint {root}: cannot read {rel}: {exc}") from exc
         if problem is not None:
