@@ -227,7 +227,7 @@ def test_an_unknown_format_is_one_line(
     ("argv", "needle"),
     [
         (["ablate", "--list-experiments", "--list-prompts", "--format", "json"], "one listing"),
-        (["ablate", "-e", "hidden_layer", "--dry-run", "--format", "csv"], "--list-experiments"),
+        (["ablate", "-e", "hidden_layer", "--format", "csv"], "--dry-run; drop it to run"),
         (["metrics", "some_experiment", "--format", "json"], "--list"),
         (["compare", "-e", "some_experiment", "--format", "json"], "--list and --info"),
     ],
@@ -236,6 +236,38 @@ def test_format_where_it_has_nothing_to_format_is_refused(
     argv: list[str], needle: str, capsys: pytest.CaptureFixture[str], no_model_load: None
 ) -> None:
     assert_user_error(*run(capsys, *argv), "--format", needle)
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_dry_run_as_data_is_every_planned_run(
+    fmt: str, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
+) -> None:
+    """Every planned run, not the first 12 of the table: the ids, variables and params the planner made."""
+    from llm_dit.config import load_settings
+    from llm_dit.experiments.preparation import prepare_experiment
+
+    selection = ["--prompt-ids", "animal_001,animal_002", "--seeds", "1,2"]
+    argv = ["ablate", "-e", "shift_sweep", "--dry-run", "--model-path", tiny_checkpoint, "--output-dir", tmp_path]
+    rc, out, err = run(capsys, *argv, *selection, "--format", fmt)
+    assert rc == 0, err
+    records = parsed(fmt, out)
+    settings = load_settings(None, None, {"model_path": str(tiny_checkpoint)}).settings
+    runs = prepare_experiment(
+        "shift_sweep", settings=settings, prompt_ids=["animal_001", "animal_002"], seeds=[1, 2]
+    ).runs
+    assert len(records) == len(runs) == 24  # more than the table's 12
+    assert list(records[0]) == ["run_id", "prompt_id", "seed", "variables", "params", "image_name", "done"]
+    for record, planned in zip(records, runs, strict=True):
+        assert record["run_id"] == planned.run_id and record["image_name"] == planned.image_name
+        assert record["prompt_id"] == planned.prompt.id
+        if fmt == "json":
+            assert (record["seed"], record["done"]) == (planned.seed, False)
+            assert record["variables"] == dict(planned.variables) and record["params"] == dict(planned.params)
+        else:  # csv: objects and booleans are JSON text
+            assert (record["seed"], record["done"]) == (str(planned.seed), "false")
+            assert json.loads(record["variables"]) == dict(planned.variables)
+            assert json.loads(record["params"]) == json.loads(json.dumps(dict(planned.params)))
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
 # A two-run results directory for compare --list/--info: one prompt, a layer axis whose second label holds a comma.

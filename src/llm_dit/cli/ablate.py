@@ -90,8 +90,10 @@ def ablate(
     if list_experiments or list_prompts:
         _list(list_experiments, list_prompts, output_format)
         return
-    if output_format != "table":
-        raise LlmDitError("--format applies to --list-experiments and --list-prompts; drop it to run an experiment")
+    if output_format != "table" and not dry_run:
+        raise LlmDitError(
+            "--format applies to --list-experiments, --list-prompts and --dry-run; drop it to run an experiment"
+        )
     if experiment is None and experiment_file is None:
         raise LlmDitError("name an experiment (--experiment NAME or --experiment-file FILE); see --list-experiments")
     failed = _ablate(
@@ -114,6 +116,7 @@ def ablate(
         force=force,
         metric_names=parse_metric_names(metric) if compute_metrics or metric else None,
         timing=timing_plan,
+        plan_format=output_format,
     )
     if failed:
         raise typer.Exit(code=1)  # scripts can tell; every failure is recorded with its error
@@ -197,6 +200,7 @@ def _ablate(
     metric_names: list[str] | None = None,
     headings: list[str] | None = None,
     timing: int | None = None,
+    plan_format: str = "table",
     **selection: Any,
 ) -> int:
     """Plan and check every named experiment, then run each (printing its heading, if given); with
@@ -233,7 +237,7 @@ def _ablate(
             console.print(headings[i], highlight=False)
         failed += _run_prepared(
             prepared, output_dir, dry_run=dry_run, force=force, batch_size=batch_size, offload_encoder=offload_encoder,
-            timing=timing,
+            timing=timing, plan_format=plan_format,
         )  # fmt: skip
         if metrics is not None and not dry_run:
             specs, notes = metrics
@@ -320,13 +324,14 @@ def _run_prepared(
     batch_size: int,
     offload_encoder: bool,
     timing: int | None = None,
+    plan_format: str = "table",
 ) -> int:
     """Dry-run or run a prepared experiment, with a progress bar and a final summary; returns failed runs.
-    ``timing``: the timed repeats per run of ``--timing``, or None."""
+    ``timing``: the timed repeats per run of ``--timing``, or None. ``plan_format``: the dry run's --format."""
     for text in prepared.notes:
         note(text)
     if dry_run:
-        _print_plan(prepared, output_dir, batch_size)
+        _print_plan(prepared, output_dir, batch_size, plan_format)
         return 0
 
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -380,15 +385,35 @@ def _run_prepared(
     return summary.failed
 
 
-def _print_plan(prepared: Any, output_dir: Path, batch_size: int) -> None:
-    """The dry run (stdout): axes, run count, cost, what is already done, the first runs and the image names."""
+# The dry run's --format json/csv: one record per planned run, these keys in order (docs/experiments.md).
+PLAN_FIELDS = ("run_id", "prompt_id", "seed", "variables", "params", "image_name", "done")
+
+
+def _print_plan(prepared: Any, output_dir: Path, batch_size: int, fmt: str = "table") -> None:
+    """The dry run (stdout): axes, run count, cost, what is already done, the first runs and the image names;
+    with ``fmt`` json or csv, every planned run as a record (its variables and resolved params whole) instead."""
     from llm_dit.experiments.preparation import plan_cost
     from llm_dit.experiments.store import peek_done
 
     exp, runs = prepared.experiment, prepared.runs
-    cost = plan_cost(runs, batch_size, prepared.checker)
     # Read-only (a dry run writes nothing), and before the first line: a damaged database is the only output.
     done, times = peek_done(output_dir, exp.name)
+    if fmt != "table":
+        records = [
+            {
+                "run_id": run.run_id,
+                "prompt_id": run.prompt.id,
+                "seed": run.seed,
+                "variables": dict(run.variables),
+                "params": dict(run.params),
+                "image_name": run.image_name,
+                "done": run.run_id in done,
+            }
+            for run in runs
+        ]
+        print_records(fmt, PLAN_FIELDS, records, [])
+        return
+    cost = plan_cost(runs, batch_size, prepared.checker)
     out = Console()
     out.print(f"[bold]{exp.name}[/bold]: {escape(exp.description)}", highlight=False)
     axes = "; ".join(f"{a.name} = {', '.join(v.label for v in a.values)}" for a in exp.axes)
