@@ -38,9 +38,7 @@ def build(root: Path) -> ResultsStore:
             for steps in ("4", "8"):
                 for seed in (7, 3):
                     run_id = f"{prompt}-{len(runs)}"
-                    runs.append(
-                        PlannedRun(run_id, prompt, f"text of {prompt}", seed, {"think": think, "steps": steps})
-                    )
+                    runs.append(PlannedRun(run_id, prompt, f"text of {prompt}", seed, {"think": think, "steps": steps}))
     store.plan_runs(EXP, runs)
     for run in runs:
         if (run.prompt_id, run.variables["think"], run.variables["steps"], run.seed) == ("custom_001", "none", "8", 3):

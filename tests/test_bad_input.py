@@ -577,7 +577,7 @@ ABLATE_CASES: list[Case] = [
         setup=(mini_experiment, weights_truncated),
     ),
     # options of issue 11's other sections, refused the same way
-    abl("format-without-a-list", ["-e", "shift_sweep", "--format", "json"], ["--format applies to --list-experiments, --list-prompts and --dry-run"]),
+    abl("format-without-a-list", ["-e", "shift_sweep", "--format", "json"], ["--list-prompts and --dry-run; drop it"]),
     abl("format-unknown", ["--list-experiments", "--format", "xml"], ["--format 'xml' is not valid"]),
     abl("timing-repeats-without-timing", ["-e", "shift_sweep", "--timing-repeats", "3"], ["--timing-repeats applies"]),
     abl(

@@ -405,31 +405,8 @@ def test_cli_defaults_filters_and_custom_category(
     assert (tmp_path / "again.svg").read_bytes() == (tmp_path / "custom.svg").read_bytes()
 
 
-@pytest.mark.parametrize(
-    ("args", "needles"),
-    [
-        (["look", "-o", "x.pdf", "--output-dir", "/nonexistent"], ["--output x.pdf: use a .png or .svg"]),
-        (["look", "--kind", "bars"], ["--kind 'bars' is not a plot kind", "line, heatmap, pareto"]),
-        (["look", "--dpi", "5"], ["--dpi must be 20..600"]),
-        (["lookk"], ["no experiment 'lookk'", "did you mean 'look'?", "experiments: look, look_custom"]),
-        (["look", "-m", "lpips"], ["no lpips values", "llm-dit metrics look --metric lpips"]),
-        (["look", "-m", "ssimm"], ["unknown metric 'ssimm'", "mad, psnr, ssim, seconds_per_image_batched"]),
-        (["look", "-a", "seed"], ["no axis 'seed'", "axes: shift, layer"]),
-        (["look", "-k", "pareto", "-a", "shift"], ["--axis does not apply to --kind pareto"]),
-        (["look", "-w", "shift=2.5"], ["shift has no value '2.5'", "values: '2.0', '3.0', '6.0'"]),
-        (["look", "-w", "shift"], ["expected DIMENSION=VALUES"]),
-        (["look_custom"], ["has no metric values yet", "llm-dit metrics look_custom"]),
-        (["look_custom", "-k", "pareto", "-m", "seconds_per_image_batched"], ["puts time on x"]),
-    ],
-)
-def test_cli_errors_are_one_line(
-    args: list[str], needles: list[str], tiny_results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    output_dir = [] if "--output-dir" in args else ["--output-dir", str(tiny_results)]
-    output = [] if "-o" in args else ["-o", str(tmp_path / "never.png")]
-    rc, out, err = run(capsys, "plot", *args, *output_dir, *output)
-    assert_user_error(rc, out, err, *needles)
-    assert not (tmp_path / "never.png").exists()
+# The refusals of `plot` (one line, exit 2, nothing written, no model library imported) are cases of the
+# bad-input table: tests/test_bad_input.py PLOT_ERRORS.
 
 
 def test_help_stays_light_and_defaults_agree() -> None:

@@ -106,9 +106,7 @@ class ExperimentResults:
         for dim, values in filters.items():
             self.check_values(dim, values)
         pool = self.done() if runs is None else list(runs)
-        return [
-            run for run in pool if all(dimension_value(run, dim) in set(values) for dim, values in filters.items())
-        ]
+        return [run for run in pool if all(dimension_value(run, dim) in set(values) for dim, values in filters.items())]
 
     def check_dimension(self, dim: str) -> str:
         if dim not in self.dimensions:
@@ -205,7 +203,7 @@ def parse_values(items: Sequence[str] | None) -> list[str]:
         except csv.Error as exc:
             raise LlmDitError(
                 f"--values {item!r}: {exc}; separate values by commas and put a value containing a comma in "
-                'double quotes, e.g. --values \'"-2:0.7,-5:0.3",-2\''
+                "double quotes, e.g. --values '\"-2:0.7,-5:0.3\",-2'"
             ) from None
         out.extend(rows[0] if rows else [""])
     return list(dict.fromkeys(out))
@@ -227,4 +225,3 @@ def _counts(runs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 
 def _ordered(values: Any) -> list[str]:
     return list(dict.fromkeys(values))
-

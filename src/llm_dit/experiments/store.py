@@ -504,12 +504,7 @@ class ResultsStore:
             try:
                 conn = sqlite3.connect(tmp, isolation_level=None)
                 try:
-                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                    if str(mode).lower() != "wal":
-                        raise LlmDitError(
-                            f"results database {self.db_path} cannot use WAL mode (got {mode!r}); "
-                            "put the results directory on a local filesystem"
-                        )
+                    _use_wal(conn, self.db_path)
                     conn.execute("BEGIN")
                     for statement in _SCHEMA:
                         conn.execute(statement)
@@ -557,12 +552,7 @@ class ResultsStore:
             _validate_tables(conn, self.db_path)
             if self.read_only:
                 return conn
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise LlmDitError(
-                    f"results database {self.db_path} cannot use WAL mode (got {mode!r}); "
-                    "put the results directory on a local filesystem"
-                )
+            _use_wal(conn, self.db_path)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
         except BaseException:
@@ -1137,6 +1127,16 @@ class ResultsStore:
                     os.unlink(entry.path)
                     removed += 1
         return removed
+
+
+def _use_wal(conn: sqlite3.Connection, db_path: Path) -> None:
+    """Switch ``conn`` to WAL mode (the crash safety above rests on it), or say why it cannot be."""
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise LlmDitError(
+            f"results database {db_path} cannot use WAL mode (got {mode!r}); put the results directory on a local "
+            "filesystem"
+        )
 
 
 def _read_holder(fd: int) -> str:
