@@ -15,8 +15,9 @@ from cli_helpers import assert_user_error, results_snapshot, run
 from llm_dit.config import Settings
 from llm_dit.experiments.loader import load_experiment_file
 from llm_dit.experiments.planner import plan
+from llm_dit.experiments.preparation import TimingPlan
 from llm_dit.experiments.prompts import Prompt
-from llm_dit.experiments.runner import ExperimentRunner, TimingPlan
+from llm_dit.experiments.runner import ExperimentRunner
 from llm_dit.experiments.store import ResultsStore, load_results
 from llm_dit.generation.pipeline import GenerationRequest, GenerationResult
 
@@ -97,6 +98,23 @@ def test_each_run_is_timed_at_batch_1_after_one_warm_up_per_shape(tmp_path: Path
     # Timed runs are done for --timing; a plain resume skips them as well.
     again = ExperimentRunner(ClockedPipeline([]), store, timing=TimingPlan(3))  # type: ignore[arg-type]
     assert again.pending(experiment, runs) == []
+
+
+def test_the_dry_run_counts_the_generations_the_timed_runner_makes(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The dry run's --timing cost is what the runner does: counted against the stand-in pipeline's calls."""
+    experiment, runs = steps_runs(tmp_path)
+    pipeline = ClockedPipeline([1.0] * 100)
+    runner = ExperimentRunner(pipeline, ResultsStore(tmp_path / "results"), timing=TimingPlan(repeats=3))  # type: ignore[arg-type]
+    runner.run(experiment, runs, Settings())
+    argv = ["ablate", "--experiment-file", tmp_path / "steps.toml", "--model-path", tiny_checkpoint, "--dry-run"]
+    argv += ["--prompt", "a grey square", "--set", "width=16", "--set", "height=16", "--output-dir", tmp_path / "dry"]
+    rc, out, err = run(capsys, *argv, "--timing", "--timing-repeats", "3")
+    assert rc == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("timing:"))
+    assert f"sampling shape (2): {len(pipeline.calls)} generations for all 4 runs" in line, line
+    assert len(pipeline.calls) == 4 * 3 + 2  # repeats per run, one warm-up per shape
 
 
 def test_timing_redoes_done_runs_that_were_never_timed(tmp_path: Path) -> None:

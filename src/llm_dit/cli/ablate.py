@@ -331,12 +331,13 @@ def _run_prepared(
     for text in prepared.notes:
         note(text)
     if dry_run:
-        _print_plan(prepared, output_dir, batch_size, plan_format)
+        _print_plan(prepared, output_dir, batch_size, plan_format, timing)
         return 0
 
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from llm_dit.experiments.runner import ExperimentRunner, TimingPlan
+    from llm_dit.experiments.preparation import TimingPlan
+    from llm_dit.experiments.runner import ExperimentRunner
     from llm_dit.experiments.store import ResultsStore
 
     exp, runs = prepared.experiment, prepared.runs
@@ -389,9 +390,12 @@ def _run_prepared(
 PLAN_FIELDS = ("run_id", "prompt_id", "seed", "variables", "params", "image_name", "done")
 
 
-def _print_plan(prepared: Any, output_dir: Path, batch_size: int, fmt: str = "table") -> None:
+def _print_plan(
+    prepared: Any, output_dir: Path, batch_size: int, fmt: str = "table", timing: int | None = None
+) -> None:
     """The dry run (stdout): axes, run count, cost, what is already done, the first runs and the image names;
-    with ``fmt`` json or csv, every planned run as a record (its variables and resolved params whole) instead."""
+    with ``fmt`` json or csv, every planned run as a record (its variables and resolved params whole) instead.
+    ``timing``: the timed repeats of ``--timing`` (its cost in generations is shown too)."""
     from llm_dit.experiments.preparation import plan_cost
     from llm_dit.experiments.store import peek_done
 
@@ -433,6 +437,20 @@ def _print_plan(prepared: Any, output_dir: Path, batch_size: int, fmt: str = "ta
     )
     pending = sum(1 for r in runs if r.run_id not in done)
     out.print(f"already done: {len(runs) - pending}; to run: {pending}", highlight=False)
+    if timing is not None:
+        from llm_dit.experiments.preparation import TimingPlan, request_for
+        from llm_dit.generation.request import sampling_group
+
+        # What the runner does (runner._timed): the warm-ups once per sampling shape, then the timed repeats.
+        plan = TimingPlan(repeats=timing)
+        shapes = {sampling_group(request_for(r)) for r in runs}
+        total = len(runs) * plan.repeats + len(shapes) * plan.warmup
+        out.print(
+            f"timing: {plan.repeats} timed generations per run at batch 1, plus {plan.warmup} warm-up per sampling "
+            f"shape ({len(shapes)}): {total} generations for all {len(runs)} runs (done runs never timed are redone)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if times and pending:
         per = sum(times) / len(times)
         out.print(f"estimated time: {pending * per:.0f} s ({per:.2f} s per image so far)", highlight=False)

@@ -71,6 +71,15 @@ class PipelineSource:
         return self._checker
 
 
+@dataclass(frozen=True)
+class TimingPlan:
+    """``ablate --timing``: each run at batch 1, after ``warmup`` untimed generations per sampling shape (size,
+    steps, refiner: what compiles kernels and sizes allocations), ``repeats`` timed ones."""
+
+    repeats: int = 3
+    warmup: int = 1
+
+
 @dataclass
 class PreparedExperiment:
     """An experiment resolved, planned and checked, ready to dry-run or run (no weights loaded, no model library

@@ -36,7 +36,7 @@ from llm_dit.config import Settings
 from llm_dit.experiments.model import Experiment
 from llm_dit.experiments.model import PlannedRun as Run
 from llm_dit.experiments.planner import REPLACES, default_params
-from llm_dit.experiments.preparation import request_for
+from llm_dit.experiments.preparation import TimingPlan, request_for
 from llm_dit.experiments.store import PlanDefaults, ResultsStore, RunTiming, TimedStats
 from llm_dit.experiments.store import PlannedRun as StoreRow
 from llm_dit.generation.batching import batches
@@ -53,15 +53,6 @@ from llm_dit.models import devices
 
 ProgressCallback = Callable[[int, int, int], None]  # (images finished, images to make, failed so far)
 Clock = Callable[[], float]  # seconds, monotonic
-
-
-@dataclass(frozen=True)
-class TimingPlan:
-    """``ablate --timing``: each run at batch 1, after ``warmup`` untimed generations per sampling shape (size,
-    steps, refiner: what compiles kernels and sizes allocations), ``repeats`` timed ones."""
-
-    repeats: int = 3
-    warmup: int = 1
 
 
 @dataclass
