@@ -258,8 +258,9 @@ class MetricsPass:
         report.computed = {spec.name: 0 for spec in specs}
         if report.changed_on_disk:
             listed = ", ".join(f"{rid} ({path})" for rid, path in report.changed_on_disk.items())
+            n = len(report.changed_on_disk)
             report.notes.append(
-                f"{len(report.changed_on_disk)} images changed on disk since they were written, not scored (nor "
+                f"{n} {'image' if n == 1 else 'images'} changed on disk since written, not scored (nor "
                 f"values that compare with them): {listed}; restore the files, or regenerate the runs with "
                 "'llm-dit ablate ... --force'"
             )
