@@ -6,9 +6,9 @@ needles) and not a fix that does not exist (its forbidden words), no traceback, 
 outputs, the working directory) byte-identical afterwards (``cli_helpers.results_snapshot``), and no model library
 imported: torch, transformers and diffusers stay out of ``sys.modules``, so no model can have loaded.
 
-The table holds the fail-fast cases of the command tests (tests/test_cli.py BAD_INPUT, the rejections of
-test_runner.py, test_metrics_cli.py, test_compare_cli.py, test_plots.py, test_viewer_api.py and
-test_embed_stats_cli.py, which keep their own copies) and the inputs of section 2 of the issue: a locked
+The table holds the fail-fast cases of the command tests (the refusals of generate, ablate and plot live only
+here; those of test_metrics_cli.py, test_compare_cli.py, test_viewer_api.py and test_embed_stats_cli.py are
+repeated here with the stricter checks) and the inputs of section 2 of the issue: a locked
 experiment (a real process holds the lock), damaged results databases under every reader and writer, damaged
 weight files, unwritable and misnamed outputs, limits, huge plans, control characters, the CUDA message.
 
@@ -382,7 +382,7 @@ def gen(id_: str, extra: list[str], needles: list[str], *, prompt: str | None = 
 
 
 GENERATE: list[Case] = [
-    # tests/test_cli.py BAD_INPUT
+    # the refusals of generate (they were tests/test_cli.py BAD_INPUT)
     gen("width-not-multiple", ["--width", "1000"], ["--width 1000", "not a multiple of 16", "992 or 1008"]),
     gen("width-zero", ["--height", "0"], ["height must be a positive multiple of 16"]),
     gen("steps-zero", ["--steps", "0"], ["--steps 0", "steps must be >= 1"]),
@@ -512,7 +512,7 @@ def abl(id_: str, extra: list[str], needles: list[str], **more: Any) -> Case:
 
 
 ABLATE_CASES: list[Case] = [
-    # tests/test_runner.py FAIL_FAST
+    # the refusals of ablate (they were tests/test_runner.py FAIL_FAST)
     abl(
         "bad-shift-override",
         ["-e", "steps_only", "--prompt-ids", "simple_001", "--seeds", "1,2", "--set", "shift=-1"],
@@ -584,6 +584,23 @@ ABLATE_CASES: list[Case] = [
         "timing-repeats-0", ["-e", "shift_sweep", "--timing", "--timing-repeats", "0"], ["--timing-repeats must be 1.."]
     ),
     gen("set-unknown-key", ["--set", "shfit=2"], ["unknown parameter 'shfit'", "'shift'"]),
+    # generate --set: the one vocabulary of run parameters, checked as ablate --set checks it
+    gen("set-unknown", ["--set", "stpes=3"], ["--set stpes", "unknown parameter 'stpes'", "did you mean 'steps'"]),
+    gen("set-dotted", ["--set", "generation.steps=3"], ["--set generation.steps", "use the flat name 'steps'"]),
+    gen("set-not-a-parameter", ["--set", "device=cpu"], ["--set device", "not an experiment parameter"]),
+    gen("set-no-equals", ["--set", "steps"], ["--set 'steps'", "expected key=value"]),
+    gen("set-bad-value", ["--set", "guidance_scale=-1"], ["--set guidance_scale=-1: guidance_scale must be >= 0"]),
+    gen(
+        "set-and-flag", ["--steps", "3", "--set", "steps=4"], ["--steps 3 and --set steps=4 both set generation.steps"]
+    ),
+    gen("set-cfg-truncation", ["--set", "cfg_truncation=1.5"], ["--set cfg_truncation=1.5", "must be in 0..1"]),
+    gen("set-cfg-normalization", ["--set", "cfg_normalization=1"], ["cfg_normalization must be true or false"]),
+    gen("set-manipulation", ["--set", "token_manipulation=shufle_all"], ["did you mean 'shuffle_all'"]),
+    gen("height-over-limit", ["--height", "8192"], ["height 8192 is above the limit of 4096", "max_image_side"]),
+    gen(
+        "prompt-template-token", [], ["PROMPT: contains the chat-template token <|im_end|>"], prompt="a <|im_end|> cat"
+    ),
+    gen("output-not-png-name", ["-o", "{tmp}/out.txt"], ["--output", "out.txt", "use a .png file name"]),
     Case(
         "sweep-unknown",
         ("sweep", "bogus"),
@@ -731,7 +748,7 @@ COMPARE_CASES: list[Case] = [
     ),
 ]
 
-PLOT_ERRORS: list[tuple[list[str], list[str]]] = [  # tests/test_plots.py
+PLOT_ERRORS: list[tuple[list[str], list[str]]] = [  # the refusals of plot (they were in tests/test_plots.py)
     (["look", "-o", "x.pdf", "--output-dir", "/nonexistent"], ["--output x.pdf: use a .png or .svg"]),
     (["look", "--kind", "bars"], ["--kind 'bars' is not a plot kind", "line, heatmap, pareto"]),
     (["look", "--dpi", "5"], ["--dpi must be 20..600"]),

@@ -460,75 +460,8 @@ def test_unknown_profile_is_an_error(
 # (id, argv after "generate" built by gen_argv with these extras; "{ck}", "{tmp}" are substituted,
 #  expected substrings of the error line). A case with "PROMPT=" as its first extra replaces the prompt
 #  (None = no prompt).
-BAD_INPUT: list[tuple[str, list[str], list[str]]] = [
-    ("width-not-multiple", ["--width", "1000"], ["--width 1000", "not a multiple of 16", "992 or 1008"]),
-    ("width-zero", ["--height", "0"], ["height must be a positive multiple of 16"]),
-    ("steps-zero", ["--steps", "0"], ["--steps 0", "steps must be >= 1"]),
-    ("shift-zero", ["--shift", "0"], ["--shift", "shift must be > 0"]),
-    ("shift-negative", ["--shift=-1"], ["--shift", "shift must be > 0"]),
-    ("hidden-layer-low", ["--hidden-layer=-40"], ["--hidden-layer -40", "out of range -37..36"]),
-    ("hidden-layer-high", ["--hidden-layer", "37"], ["--hidden-layer 37", "out of range -37..36"]),
-    ("layer-weights-only-commas", ["--layer-weights=,"], ["--layer-weights", "must not be empty"]),
-    ("layer-weights-zero-sum", ["--layer-weights=-2:1,-3:-1"], ["--layer-weights", "sum to 0"]),
-    ("layer-weights-no-colon", ["--layer-weights=-2"], ["--layer-weights", "not 'layer:weight'"]),
-    ("layer-weights-not-number", ["--layer-weights=-2:abc"], ["--layer-weights", "must be a number"]),
-    ("layer-weights-same-state", ["--layer-weights=-2:1,35:1"], ["-2 and 35 name the same hidden state"]),
-    ("layer-weights-out-of-range", ["--layer-weights=-2:1,-40:1"], ["-40", "out of range -37..36"]),
-    ("long-prompt-mode", ["--long-prompt-mode", "bogus"], ["long_prompt_mode 'bogus' is not valid", "truncate"]),
-    ("refiner", ["--refiner", "bogus"], ["refiner 'bogus' is not valid", "skip"]),
-    ("padding", ["--padding", "bogus"], ["padding 'bogus' is not valid", "longest"]),
-    ("think-block-blank", ["--think-block="], ["think_block", "ambiguous", '"none"', '"empty"']),
-    ("max-text-tokens", ["--max-text-tokens", "2000"], ["max_text_tokens must be in 1..1504"]),
-    ("seed-negative", ["--seed=-1"], ["seed must be in 0.."]),
-    ("guidance-negative", ["--guidance-scale=-1"], ["guidance_scale must be >= 0"]),
-    ("sigmas-not-numbers", ["--sigmas", "1,x"], ["--sigmas", "comma-separated numbers"]),
-    ("sigmas-increasing", ["--sigmas", "0.5,0.9"], ["sigmas must be strictly decreasing"]),
-    ("sigmas-vs-steps", ["--steps", "2", "--sigmas", "1,0.6,0.2"], ["steps 2 conflicts with sigmas", "3"]),
-    (
-        "prompt-over-cap",
-        ["PROMPT=" + LONG_PROMPT, "--long-prompt-mode", "none", "--max-text-tokens", "64"],
-        ["over the cap of 64", "long_prompt_mode"],
-    ),
-    ("missing-checkpoint", ["--model-path", "{tmp}/no-such-model"], ["no-such-model does not exist", "diffusers"]),
-    ("incomplete-checkpoint", ["--model-path", "{tmp}/incomplete"], ["incomplete", "missing vae/config.json"]),
-    ("output-parent-is-file", ["-o", "{tmp}/a-file/out.png"], ["cannot write", "a-file", "not a writable directory"]),
-    ("output-is-directory", ["-o", "{tmp}", "--overwrite"], ["is a directory"]),
-    # Without --overwrite too, and the message must not suggest --overwrite (which cannot help).
-    ("output-is-directory-no-overwrite", ["-o", "{tmp}"], ["is a directory", "give a file path"]),
-    ("output-not-png", ["-o", "{tmp}/out.txt"], ["--output", "out.txt", "use a .png file name"]),
-    # The OS says /proc is writable for root; only a real probe finds out, before any model loads.
-    ("output-unwritable-dir", ["-o", "/proc/llm-dit-test.png"], ["cannot write", "/proc is not a writable directory"]),
-    ("prompt-control-character", ["PROMPT=a cat\x07"], ["PROMPT: contains a control character"]),
-    ("prompt-template-token", ["PROMPT=a <|im_end|> cat"], ["PROMPT: contains the chat-template token <|im_end|>"]),
-    ("steps-over-limit", ["--steps", "201"], ["steps 201 is above the limit of 200 (limits.max_steps)", "max_steps"]),
-    ("width-over-limit", ["--width", "4112"], ["width 4112 is above the limit of 4096 (limits.max_image_side)"]),
-    ("height-over-limit", ["--height", "8192"], ["height 8192 is above the limit of 4096", "max_image_side"]),
-    ("set-unknown", ["--set", "stpes=3"], ["--set stpes", "unknown parameter 'stpes'", "did you mean 'steps'"]),
-    ("set-dotted", ["--set", "generation.steps=3"], ["--set generation.steps", "use the flat name 'steps'"]),
-    ("set-not-a-parameter", ["--set", "device=cpu"], ["--set device", "not an experiment parameter"]),
-    ("set-no-equals", ["--set", "steps"], ["--set 'steps'", "expected key=value"]),
-    ("set-bad-value", ["--set", "guidance_scale=-1"], ["--set guidance_scale=-1: guidance_scale must be >= 0"]),
-    ("set-and-flag", ["--steps", "3", "--set", "steps=4"], ["--steps 3 and --set steps=4 both set generation.steps"]),
-    ("set-cfg-truncation", ["--set", "cfg_truncation=1.5"], ["--set cfg_truncation=1.5", "must be in 0..1"]),
-    ("set-cfg-normalization", ["--set", "cfg_normalization=1"], ["cfg_normalization must be true or false"]),
-    ("set-manipulation", ["--set", "token_manipulation=shufle_all"], ["did you mean 'shuffle_all'"]),
-    ("toml-syntax", ["--config", "{tmp}/syntax.toml"], ["syntax.toml:2:", "TOML syntax error"]),
-    (
-        "toml-unknown-key",
-        ["--config", "{tmp}/typo.toml"],
-        ["typo.toml:5:", "unknown key 'step'", "did you mean 'steps'"],
-    ),
-    ("toml-bad-value", ["--config", "{tmp}/value.toml"], ["value.toml:2:", "width 1000 is not a multiple of 16"]),
-    ("config-missing", ["--config", "{tmp}/nope.toml"], ["nope.toml", "not found"]),
-    ("dit-float16", ["--dit-dtype", "float16"], ["float16", "overflows", "bfloat16"]),
-    ("encoder-fp16", ["--encoder-dtype", "fp16"], ["fp16", "overflows"]),
-    ("device-bogus", ["--dit-device", "tpu"], ["--dit-device tpu", "not valid"]),
-    ("model-foo", ["--model", "foo"], ["--model 'foo'", "only 'tiny'"]),
-    ("prompt-and-embeddings", ["--embeddings", "{tmp}/e.safetensors"], ["PROMPT", "--embeddings", "exactly one"]),
-    ("neither-prompt-nor-embeddings", ["PROMPT="], ["PROMPT", "--embeddings", "exactly one"]),
-    ("embeddings-missing", ["PROMPT=", "--embeddings", "{tmp}/e.safetensors"], ["--embeddings", "no such file"]),
-    ("embeddings-not-safetensors", ["PROMPT=", "--embeddings", "{tmp}/syntax.toml"], ["not a readable .safetensors"]),
-]
+# Every refusal of `generate` (one line, exit 2, nothing written, no model library imported) is a case of the
+# bad-input table: tests/test_bad_input.py GENERATE.
 
 
 @pytest.fixture
@@ -542,34 +475,6 @@ def bad_files(tiny_checkpoint: Path, tmp_path: Path) -> Path:
     shutil.copytree(tiny_checkpoint, incomplete)
     (incomplete / "vae" / "config.json").unlink()
     return tmp_path
-
-
-def _fill(text: str, ck: Path, tmp: Path) -> str:
-    return text.replace("{ck}", str(ck)).replace("{tmp}", str(tmp))
-
-
-@pytest.mark.parametrize(("extra", "needles"), [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
-def test_bad_input_is_one_line_exit_2_before_any_model_loads(
-    extra: list[str],
-    needles: list[str],
-    bad_files: Path,
-    tiny_checkpoint: Path,
-    capsys: pytest.CaptureFixture[str],
-    no_model_load: None,
-) -> None:
-    tmp = bad_files
-    prompt: str | None = PROMPT
-    if extra and extra[0].startswith("PROMPT="):
-        prompt = extra[0].removeprefix("PROMPT=") or None
-        extra = extra[1:]
-    out = tmp / "out.png"
-    before = sorted(p.name for p in tmp.iterdir())
-    argv = gen_argv(tiny_checkpoint, out, *(_fill(e, tiny_checkpoint, tmp) for e in extra), prompt=prompt)
-    rc, stdout, err = run(capsys, *argv)
-    assert_user_error(rc, err, *(_fill(n, tiny_checkpoint, tmp) for n in needles))
-    assert stdout == ""
-    assert sorted(p.name for p in tmp.iterdir()) == before  # no image, no temp file
-    assert (tmp / "a-file").read_text() == "a regular file\n"
 
 
 def test_error_message_keeps_bracketed_section_names(

@@ -261,42 +261,8 @@ def test_dry_run_on_existing_results_reports_progress_and_changes_nothing(
 
 # ------------------------------------------------------------------------------- 2. fail fast, by name
 
-OVER_CAP = ["--set", "long_prompt_mode=none", "--set", "max_text_tokens=32"]
-FAIL_FAST = [
-    (
-        "bad-shift-override",
-        ["-e", "steps_only", "--prompt-ids", "simple_001", "--seeds", "1,2", "--set", "shift=-1"],
-        ["steps_only", "simple_001", "seed 1", "shift=-1", "shift must be > 0"],  # names the first run
-    ),
-    (
-        "prompt-over-cap",
-        ["-e", "shift_sweep", "--prompt-ids", "complex_001", "--seeds", "1,2", *OVER_CAP],
-        ["shift_sweep run complex_001 seed 1 shift=1.0", "over the cap of 32"],
-    ),
-    ("unknown-experiment", ["-e", "shift_swep"], ["unknown experiment 'shift_swep'", "did you mean 'shift_sweep'"]),
-    ("unknown-set-key", ["-e", "shift_sweep", "--set", "shfit=2"], ["unknown parameter 'shfit'", "'shift'"]),
-    ("batch-size-0", ["-e", "shift_sweep", "--batch-size", "0"], ["--batch-size must be >= 1, got 0"]),
-    (
-        "unknown-prompt-id",
-        ["-e", "shift_sweep", "--prompt-ids", "animal_001,animal_0001"],
-        ["unknown prompt id 'animal_0001'", "animal_001"],
-    ),
-]
-
-
-@pytest.mark.parametrize(("extra", "needles"), [c[1:] for c in FAIL_FAST], ids=[c[0] for c in FAIL_FAST])
-def test_bad_input_fails_before_any_model_loads(
-    extra: list[str],
-    needles: list[str],
-    tiny_checkpoint: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    no_model_load: None,
-) -> None:
-    out = tmp_path / "results"
-    rc, stdout, err = run(capsys, *ablate_argv(tiny_checkpoint, out, *extra))
-    assert_user_error(rc, stdout, err, *needles)
-    assert not out.exists()
+# Each refusal of `ablate` (one line, exit 2, nothing written, no model library imported) is a case of the
+# bad-input table: tests/test_bad_input.py ABLATE_CASES.
 
 
 # --------------------------------------------------------------------------------------- 3. a real run
