@@ -48,9 +48,7 @@ def load_features(path: str | Path, label: str | None = None) -> tuple[Tensor, d
     from llm_dit.conditioning.embeddings import check_features
 
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            if TENSOR_NAME not in handle.keys():  # noqa: SIM118 - safe_open has no __contains__
-                raise LlmDitError(f"{label}: no tensor named {TENSOR_NAME!r} (found {list(handle.keys())})")
+        with safe_open(str(path), framework="pt") as handle:  # the header check above found TENSOR_NAME
             return check_features(handle.get_tensor(TENSOR_NAME), label), dict(handle.metadata() or {})
     except SafetensorError as exc:
         raise LlmDitError(f"{label}: not a readable .safetensors file ({exc})") from exc

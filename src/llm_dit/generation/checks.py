@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from llm_dit.conditioning.tokenization import PromptTokenizer
 from llm_dit.constants import SHIFT_FROM_CALLER
 from llm_dit.errors import LlmDitError
-from llm_dit.generation.request import GenerationRequest
+from llm_dit.generation.request import GenerationRequest, encoding_texts
 from llm_dit.generation.schedule import check_schedule
 from llm_dit.models import checkpoint, devices
 
@@ -78,27 +78,23 @@ class RequestChecker:
         info = checkpoint.validate_checkpoint(checkpoint.resolve_model_path(settings.model_path))
         return cls.for_checkpoint(info, settings.encoder)
 
-    def check(self, requests: Sequence[GenerationRequest]) -> list[int]:
-        """Validate each request (LlmDitError naming the problem); returns each one's number of DiT forwards."""
-        steps = []
+    def check(self, requests: Sequence[GenerationRequest]) -> None:
+        """Validate each request (LlmDitError naming the problem)."""
         for request in requests:
             gen = request.generation
             for name, value in (("width", gen.width), ("height", gen.height)):
                 if value % self.size_multiple:
                     raise LlmDitError(f"{name} {value} is not a multiple of {self.size_multiple} for this checkpoint")
             shift, _ = request_shift(request, self.info)
-            steps.append(check_schedule(gen.steps, shift, gen.sigmas))
-            if request.prompt is not None:
-                self.prompts.tokenize(request.prompt, **request.encoder)
-            if gen.guidance_scale > 0 and request.negative_embeddings is None:
-                self.prompts.tokenize(gen.negative_prompt, **request.encoder)
+            check_schedule(gen.steps, shift, gen.sigmas)
+            for text in encoding_texts(request):  # what the pipeline encodes
+                self.prompts.tokenize(text, **request.encoder)
             for name, emb in (("embeddings", request.embeddings), ("negative_embeddings", request.negative_embeddings)):
                 if emb is not None:
                     # Caption features are torch tensors, so torch is loaded already whenever this runs.
                     from llm_dit.conditioning.embeddings import check_features
 
                     check_features(emb, name, width=self.cap_feat_dim, max_rows=self.prompts.max_caption_tokens)
-        return steps
 
 
 def resolved_numerics(settings: Settings) -> dict[str, str]:

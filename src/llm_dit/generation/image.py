@@ -49,8 +49,9 @@ def save_png(image: Image.Image, path: str | Path, record: dict[str, Any], param
 
 
 def write_png(image: Image.Image, path: str | Path, record: dict[str, Any], parameters: str) -> str:
-    """:func:`save_png`, returning the sha256 (hex) of the bytes written: the image's identity in a results
-    store, taken from the very bytes that went to disk (hashing the file afterwards could see another one)."""
+    """Write the PNG as :func:`save_png` does and return the sha256 (hex) of the bytes written: the image's
+    identity in a results store, taken from the very bytes that went to disk (hashing the file afterwards could
+    see another one)."""
     info = PngImagePlugin.PngInfo()
     info.add_itxt(RECORD_KEY, json.dumps(record, sort_keys=True))
     info.add_itxt(PARAMETERS_KEY, parameters)

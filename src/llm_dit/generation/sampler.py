@@ -132,13 +132,15 @@ def denoise(
     device = latents.device
     sigmas = sigmas.to(device=device, dtype=torch.float32)
     steps = sigmas.shape[1] - 1
-    # Each sample's DiT times as Python floats, read once (diffusers compares cfg_truncation with these).
-    times = dit_timestep(sigmas[:, :steps]).tolist()
+    # Each sample's DiT times, computed once (elementwise: the same bits as step by step); as Python floats
+    # too, read once (diffusers compares cfg_truncation with these).
+    ts = dit_timestep(sigmas[:, :steps])
+    times = ts.tolist()
 
     with context_refiner_mode(transformer, refiner):
         for i in range(steps):
             sigma, sigma_next = sigmas[:, i], sigmas[:, i + 1]
-            t = dit_timestep(sigma)
+            t = ts[:, i]
             cfg_index = [j for j, g in enumerate(guides) if g.applies(times[j][i])]
             x = latents.to(dit_dtype)
             # The DiT takes one [C, 1, h, w] latent per sample; negatives reuse their positive's latent.

@@ -197,14 +197,18 @@ def _read_json(path: Path, root: Path) -> dict[str, Any]:
     return data
 
 
-def _missing_weights(root: Path, sub: str) -> list[str]:
+def _read_indexes(root: Path, sub: str) -> dict[Path, dict[str, Any]]:
+    """Every ``*.safetensors.index.json`` of ``sub``, parsed, in sorted order (read once per validation)."""
+    return {index: _read_json(index, root) for index in sorted((root / sub).glob("*.safetensors.index.json"))}
+
+
+def _missing_weights(root: Path, sub: str, indexes: Mapping[Path, Mapping[str, Any]]) -> list[str]:
     """What is missing among ``sub``'s weights: nothing, the weights, or shards named by an index."""
     folder = root / sub
-    indexes = sorted(folder.glob("*.safetensors.index.json"))
     if indexes:
         missing: list[str] = []
-        for index in indexes:
-            weight_map = _read_json(index, root).get("weight_map", {})
+        for index, data in indexes.items():
+            weight_map = data.get("weight_map", {})
             for shard in sorted(set(weight_map.values())):
                 if not (folder / shard).is_file():
                     missing.append(f"{sub}/{shard} (listed in {index.name})")
@@ -214,86 +218,32 @@ def _missing_weights(root: Path, sub: str) -> list[str]:
     return [f"{sub}/*.safetensors (weights)"]
 
 
-# A .safetensors file: an 8-byte little-endian header length N, N bytes of JSON (name -> dtype, shape,
-# data_offsets into the data that follows), then the tensor data, exactly as long as the offsets say.
-_SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own limit (MAX_HEADER_SIZE)
-# Bits per element of the dtypes safetensors writes; a dtype not listed only skips its size check.
-_SAFETENSORS_BITS: dict[str, int] = {
-    **dict.fromkeys(("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0"), 8),
-    **dict.fromkeys(("U16", "I16", "F16", "BF16"), 16),
-    **dict.fromkeys(("U32", "I32", "F32"), 32),
-    **dict.fromkeys(("U64", "I64", "F64", "C64"), 64),
-    "F4": 4,
-    "F6_E2M3": 6,
-    "F6_E3M2": 6,
-}
 _WEIGHTS_FIX = "re-download or re-copy it (an interrupted download or copy is the usual cause)"
 
 
 def safetensors_problem(path: Path) -> tuple[str | None, set[str]]:
     """(what is wrong with the file's header or size, or None; the tensor names it holds).
 
-    The checks safetensors makes when it opens a file: header length within the file, a JSON object header,
-    each tensor's dtype, shape and data_offsets consistent, the tensors back to back from offset 0, and the
-    file exactly 8 + header length + the last end offset bytes long. Reads the header only.
+    safetensors' own check, made when it opens a file (header length, a JSON header, each tensor's dtype,
+    shape and data_offsets, and the file's exact size); reads the header only, through numpy, not torch.
+    An unreadable file raises OSError.
     """
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            return f"{size} bytes, shorter than the 8-byte header length", set()
-        length = int.from_bytes(head, "little")
-        if length > _SAFETENSORS_MAX_HEADER or 8 + length > size:
-            return f"header length {length} does not fit in the file's {size} bytes", set()
-        raw = handle.read(length)
+    from safetensors import SafetensorError, safe_open
+
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return "its header is not JSON", set()
-    if not isinstance(header, dict) or not raw.lstrip().startswith(b"{"):
-        return "its header is not a JSON object", set()
-    spans: list[tuple[int, int, str]] = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        dtype = entry.get("dtype") if isinstance(entry, dict) else None
-        ints = [*(offsets or []), *(shape or [])] if isinstance(offsets, list) and isinstance(shape, list) else None
-        if (
-            not isinstance(dtype, str)
-            or ints is None
-            or len(offsets) != 2  # type: ignore[arg-type]
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints)
-        ):
-            return f"tensor {name!r} has no valid dtype, shape and data_offsets", set()
-        begin, end = offsets  # type: ignore[misc]
-        bits = _SAFETENSORS_BITS.get(dtype)
-        if bits is not None:
-            count = 1
-            for dim in shape:  # type: ignore[union-attr]
-                count *= dim
-            if end < begin or count * bits != (end - begin) * 8:
-                return f"tensor {name!r} ({dtype} {shape}) does not match its data_offsets {offsets}", set()
-        spans.append((begin, end, name))
-    spans.sort()
-    position = 0
-    for begin, end, name in spans:
-        if begin != position or end < begin:
-            return f"tensor {name!r} has data_offsets [{begin}, {end}], expected to start at {position}", set()
-        position = end
-    if 8 + length + position != size:
-        return f"{size} bytes, but its header describes {8 + length + position}", set()
-    return None, {name for _, _, name in spans}
+        with safe_open(str(path), framework="numpy") as handle:
+            return None, set(handle.keys())
+    except SafetensorError as exc:
+        return str(exc), set()
 
 
-def _check_weights(root: Path, sub: str) -> None:
+def _check_weights(root: Path, sub: str, indexes: Mapping[Path, Mapping[str, Any]]) -> None:
     """Every weight file of ``sub`` (all ``*.safetensors`` and every shard an index lists) is whole."""
     folder = root / sub
     files = {p.name: p for p in folder.glob("*.safetensors")}
     wanted: dict[str, dict[str, str]] = {}  # shard -> {tensor name: index file}
-    for index in sorted(folder.glob("*.safetensors.index.json")):
-        weight_map = _read_json(index, root).get("weight_map")
+    for index, data in indexes.items():
+        weight_map = data.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(
                 f"checkpoint {root}: {sub}/{index.name} lists no weights (no weight_map); {_WEIGHTS_FIX}"
@@ -350,9 +300,11 @@ def validate_checkpoint(path: str | Path) -> CheckpointInfo:
         (tok / "vocab.json").is_file() and (tok / "merges.txt").is_file()
     ):
         missing.append("tokenizer/tokenizer.json (or tokenizer/vocab.json + merges.txt)")
+    indexes: dict[str, dict[Path, dict[str, Any]]] = {}
     for sub in ("transformer", "text_encoder", "vae"):
         if (root / sub).is_dir():  # a missing folder is already named through its config.json
-            missing.extend(_missing_weights(root, sub))
+            indexes[sub] = _read_indexes(root, sub)
+            missing.extend(_missing_weights(root, sub, indexes[sub]))
     if missing:
         raise _incomplete(root, ", ".join(missing))
 
@@ -385,7 +337,7 @@ def validate_checkpoint(path: str | Path) -> CheckpointInfo:
             f"encoder's hidden_size {info.text_hidden_size}"
         )
     for sub in ("transformer", "text_encoder", "vae"):
-        _check_weights(root, sub)
+        _check_weights(root, sub, indexes[sub])  # each folder exists: a missing one was refused above
     return info
 
 

@@ -246,12 +246,13 @@ def cached_tokenizer(key: Mapping[str, Any], build: Callable[[], tuple[Tokenizer
     if tok is None:
         built, flags = build()
         meta = {"key": full, "flags": flags}
+        serialized = built.to_str()
         try:
-            write_atomic(path, built.to_str().encode("utf-8"))
+            write_atomic(path, serialized.encode("utf-8"))
             write_atomic(meta_path, (json.dumps(meta, sort_keys=True, indent=1) + "\n").encode("utf-8"))
         except OSError:  # no writable cache: this process still has its tokenizer
             pass
-        tok = Tokenizer.from_str(built.to_str())  # a copy: the caller may keep and mutate ``built``
+        tok = Tokenizer.from_str(serialized)  # a copy: the caller may keep and mutate ``built``
     tok.encode_special_tokens = bool(meta.get("flags", {}).get("encode_special_tokens", False))
     tok.no_truncation()
     tok.no_padding()
