@@ -784,3 +784,53 @@ def test_a_second_pass_on_the_same_experiment_is_refused(store: ResultsStore) ->
     with pytest.raises(LlmDitError, match="no experiment 'missing'"):
         MetricsPass(store).run("missing", specs())
     assert not (store.root / "missing").exists()  # refused before any lock file is made
+
+
+def test_a_pass_hashes_each_file_it_adopts_once(store: ResultsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files of runs made before image hashes are hashed when adopted, not checked again in the same pass
+    (read_image still checks the bytes it decodes)."""
+    runs = hidden_layer_runs()
+    populate(store, definition(hidden_layer_axis()), runs)
+    with sqlite3.connect(store.db_path) as conn:
+        conn.execute("UPDATE runs SET image_sha256 = NULL, image_hash_origin = NULL")
+    conn.close()
+    hashed: list[str] = []
+    real = compute.file_sha256
+
+    def counting(path: Path) -> str:
+        hashed.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(compute, "file_sha256", counting)
+    report = MetricsPass(store).run(EXP, specs("mad"))
+    assert report.computed == {"mad": 6} and report.unverified == 6
+    assert sorted(hashed) == sorted(image(store, r).name for r in runs)  # once each
+
+
+def test_a_pass_fingerprints_each_setting_s_weights_once(
+    store: ResultsStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The weights' fingerprint is what model-based values depend on: taken once per pass, not once per plan."""
+    populate(store, definition(hidden_layer_axis()), hidden_layer_runs())
+    weights = tmp_path / "lpips.pth"
+    weights.write_bytes(b"stand-in weights")
+    keys: list[str] = []
+    real = compute.weights_key
+
+    def counting(path: str | Path) -> str:
+        keys.append(str(path))
+        return real(path)
+
+    class Distance:
+        def distance(self, a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> list[float]:
+            return [0.5] * len(a)
+
+        def unload(self) -> None:
+            pass
+
+    monkeypatch.setattr(compute, "weights_key", counting)
+    monkeypatch.setattr(MetricsPass, "_model", lambda self, spec: Distance())
+    settings = compute.MetricsSettings(lpips_backbone=str(weights))
+    report = MetricsPass(store, settings).run(EXP, specs("lpips", "diversity_lpips"))
+    assert sum(report.computed.values()) > 0
+    assert keys == [str(weights)]

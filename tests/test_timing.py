@@ -4,6 +4,7 @@ depends on the machine's speed), and the options are checked before anything loa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from cli_helpers import assert_user_error, results_snapshot, run
 from llm_dit.config import Settings
 from llm_dit.experiments.loader import load_experiment_file
 from llm_dit.experiments.planner import plan
-from llm_dit.experiments.preparation import TimingPlan
+from llm_dit.experiments.preparation import TimingPlan, pending_runs
 from llm_dit.experiments.prompts import Prompt
 from llm_dit.experiments.runner import ExperimentRunner
 from llm_dit.experiments.store import ResultsStore, load_results
@@ -115,6 +116,62 @@ def test_the_dry_run_counts_the_generations_the_timed_runner_makes(
     line = next(line for line in out.splitlines() if line.startswith("timing:"))
     assert f"sampling shape (2): {len(pipeline.calls)} generations for all 4 runs" in line, line
     assert len(pipeline.calls) == 4 * 3 + 2  # repeats per run, one warm-up per shape
+
+
+def test_the_dry_run_counts_what_the_runner_would_make_over_existing_results(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over done runs never timed, --dry-run --timing counts them all as to run (and their generations), as
+    --force does; once timed they are done for both a plain and a --timing dry run (the runner's own rule)."""
+    steps_runs(tmp_path)
+    out_dir = tmp_path / "results"
+    argv = ["ablate", "--experiment-file", tmp_path / "steps.toml", "--model-path", tiny_checkpoint]
+    argv += ["--prompt", "a grey square", "--set", "width=16", "--set", "height=16", "--output-dir", out_dir]
+    rc, _, err = run(capsys, *argv)  # a plain run: all 4 done, none timed
+    assert rc == 0, err
+
+    def dry(*extra: str) -> tuple[str, str]:
+        rc, out, err = run(capsys, *argv, "--dry-run", *extra)
+        assert rc == 0, err
+        progress = next(line for line in out.splitlines() if line.startswith("already done:"))
+        timing = next((line for line in out.splitlines() if line.startswith("timing:")), "")
+        return progress, timing
+
+    before = results_snapshot(out_dir)
+    assert dry()[0] == "already done: 4; to run: 0"
+    assert dry("--force")[0] == "already done: 0; to run: 4"
+    for extra in (["--timing"], ["--timing", "--force"]):
+        progress, timing = dry(*extra, "--timing-repeats", "3")
+        assert progress == "already done: 0; to run: 4"
+        assert "sampling shape (2): 14 generations for all 4 runs" in timing, timing  # 4 x 3 + 2 warm-ups
+    rc, records, err = run(capsys, *argv, "--dry-run", "--force", "--format", "json")
+    assert rc == 0, err
+    assert [record["done"] for record in json.loads(records)] == [False] * 4
+    assert results_snapshot(out_dir) == before  # dry runs write nothing
+
+    rc, _, err = run(capsys, *argv, "--timing", "--timing-repeats", "3")  # the runner redoes all 4, timed
+    assert rc == 0, err
+    assert load_results(out_dir, "steps")["timed_repeats"].tolist() == [3] * 4
+    assert dry()[0] == "already done: 4; to run: 0"
+    progress, timing = dry("--timing", "--timing-repeats", "3")
+    assert progress == "already done: 4; to run: 0"
+    assert "sampling shape (0): 0 generations for the 0 pending runs" in timing, timing
+    rc, records, err = run(capsys, *argv, "--dry-run", "--timing", "--format", "json")
+    assert rc == 0, err
+    assert [record["done"] for record in json.loads(records)] == [True] * 4
+
+
+def test_timing_plan_counts_the_pending_runs_generations(tmp_path: Path) -> None:
+    _, runs = steps_runs(tmp_path)
+    plan_ = TimingPlan(repeats=3, warmup=2)
+    assert plan_.generations(runs) == 4 * 3 + 2 * 2
+    assert plan_.generations(runs[:1]) == 3 + 2
+    assert plan_.generations([]) == 0
+    ids = {run.run_id for run in runs}
+    assert pending_runs(runs, ids, set()) == []
+    assert pending_runs(runs, ids, set(), timing=True) == runs
+    assert pending_runs(runs, ids, {runs[0].run_id}, timing=True) == runs[1:]
+    assert pending_runs(runs, ids, ids, force=True, timing=True) == runs
 
 
 def test_timing_redoes_done_runs_that_were_never_timed(tmp_path: Path) -> None:

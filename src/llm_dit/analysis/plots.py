@@ -41,6 +41,7 @@ from llm_dit.metrics.summary import (
     TIMED_MEDIAN,
     group_stats,
     metric_value,
+    raw_value,
     run_fields,
 )
 
@@ -380,7 +381,7 @@ def _selected(
 
 def _raw(run: Mapping[str, Any], metric: str) -> float | None:
     """The stored value, NaN included (it says "not finite" in notes): metric_value maps NaN to None."""
-    raw = run.get(metric) if metric in RUN_FIELDS else run["metrics"].get(metric)
+    raw = raw_value(run, metric)
     return None if raw is None else float(raw)
 
 

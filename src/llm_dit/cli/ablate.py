@@ -331,7 +331,7 @@ def _run_prepared(
     for text in prepared.notes:
         note(text)
     if dry_run:
-        _print_plan(prepared, output_dir, batch_size, plan_format, timing)
+        _print_plan(prepared, output_dir, batch_size, plan_format, timing, force=force)
         return 0
 
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -391,17 +391,27 @@ PLAN_FIELDS = ("run_id", "prompt_id", "seed", "variables", "params", "image_name
 
 
 def _print_plan(
-    prepared: Any, output_dir: Path, batch_size: int, fmt: str = "table", timing: int | None = None
+    prepared: Any,
+    output_dir: Path,
+    batch_size: int,
+    fmt: str = "table",
+    timing: int | None = None,
+    *,
+    force: bool = False,
 ) -> None:
     """The dry run (stdout): axes, run count, cost, what is already done, the first runs and the image names;
     with ``fmt`` json or csv, every planned run as a record (its variables and resolved params whole) instead.
-    ``timing``: the timed repeats of ``--timing`` (its cost in generations is shown too)."""
-    from llm_dit.experiments.preparation import plan_cost
-    from llm_dit.experiments.store import peek_done
+    ``timing``: the timed repeats of ``--timing`` (its cost in generations is shown too). What counts as done
+    is what the runner would skip (``pending_runs``: nothing with ``force``, untimed runs with ``timing``)."""
+    from llm_dit.experiments.preparation import TimingPlan, pending_runs, plan_cost
+    from llm_dit.experiments.store import peek_runs
 
     exp, runs = prepared.experiment, prepared.runs
     # Read-only (a dry run writes nothing), and before the first line: a damaged database is the only output.
-    done, times = peek_done(output_dir, exp.name)
+    found = peek_runs(output_dir, exp.name)
+    todo = pending_runs(runs, found.done, found.timed, force=force, timing=timing is not None)
+    making = {run.run_id for run in todo}
+    times = found.seconds
     if fmt != "table":
         records = [
             {
@@ -411,7 +421,7 @@ def _print_plan(
                 "variables": dict(run.variables),
                 "params": dict(run.params),
                 "image_name": run.image_name,
-                "done": run.run_id in done,
+                "done": run.run_id not in making,
             }
             for run in runs
         ]
@@ -435,19 +445,19 @@ def _print_plan(
         f"({cost['dit_forwards_unbatched']} one by one)",
         highlight=False,
     )
-    pending = sum(1 for r in runs if r.run_id not in done)
+    pending = len(todo)
     out.print(f"already done: {len(runs) - pending}; to run: {pending}", highlight=False)
     if timing is not None:
-        from llm_dit.experiments.preparation import TimingPlan, request_for
-        from llm_dit.generation.request import sampling_group
+        from llm_dit.experiments.preparation import timing_shapes
 
-        # What the runner does (runner._timed): the warm-ups once per sampling shape, then the timed repeats.
+        # What the runner does (runner._timed) for the runs it makes: warm-ups once per sampling shape, then the
+        # timed repeats.
         plan = TimingPlan(repeats=timing)
-        shapes = {sampling_group(request_for(r)) for r in runs}
-        total = len(runs) * plan.repeats + len(shapes) * plan.warmup
+        which = f"all {len(runs)}" if pending == len(runs) else f"the {pending} pending"
         out.print(
             f"timing: {plan.repeats} timed generations per run at batch 1, plus {plan.warmup} warm-up per sampling "
-            f"shape ({len(shapes)}): {total} generations for all {len(runs)} runs (done runs never timed are redone)",
+            f"shape ({len(timing_shapes(todo))}): {plan.generations(todo)} generations for {which} runs (done "
+            "runs never timed are redone)",
             highlight=False,
             soft_wrap=True,
         )

@@ -24,11 +24,10 @@ def view_cmd(
     port: Annotated[int, typer.Option("--port", help="TCP port (0 = any free port).")] = DEFAULT_PORT,
 ) -> None:
     """Browse results in a web browser: grids, slider, A/B toggle and diff overlays (read-only; Ctrl-C stops)."""
-    from llm_dit.experiments.store import ResultsStore, require_database
+    from llm_dit.experiments.store import ResultsStore
 
     # Here, before fastapi/uvicorn are even imported: no database, a damaged one or one of a newer schema is one
     # line now, not a viewer that starts and then answers every request with a 500.
-    require_database(output_dir)
     ResultsStore(output_dir, read_only=True).close()
     from llm_dit.viewer.server import is_loopback, serve
 

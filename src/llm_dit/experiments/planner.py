@@ -261,7 +261,8 @@ def default_params(shift_default: ShiftDefault | None = None) -> dict[str, Any]:
     """The built-in defaults (the official recipe) resolved as a plan stores a run's params, without the seed.
 
     JSON-normalised (string keys), so it compares directly with params read back from the results store; the
-    metrics use it to find each axis's default value (the natural reference of a sweep). ``shift_default``: the
+    runner stores it with the plan (``PlanDefaults``), and the metrics find each axis's default value (the
+    natural reference of a sweep) in what was stored, not in this function. ``shift_default``: the
     checkpoint's shift, as given to :func:`plan` (default: the built-in one); a checkpoint whose shift llm-dit
     refuses has no default shift (None).
     """

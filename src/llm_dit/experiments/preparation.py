@@ -79,6 +79,27 @@ class TimingPlan:
     repeats: int = 3
     warmup: int = 1
 
+    def generations(self, runs: Sequence[Run]) -> int:
+        """The generations timing ``runs`` takes (the pending ones: see :func:`pending_runs`): what the runner's
+        ``_timed`` does, ``repeats`` per run plus ``warmup`` once per sampling shape."""
+        return len(runs) * self.repeats + len(timing_shapes(runs)) * self.warmup
+
+
+def timing_shapes(runs: Sequence[Run]) -> set[Any]:
+    """The sampling shapes of ``runs`` (:func:`~llm_dit.generation.request.sampling_group`): one warm-up each."""
+    return {sampling_group(request_for(run)) for run in runs}
+
+
+def pending_runs(
+    runs: Sequence[Run], done: set[str], timed: set[str], *, force: bool = False, timing: bool = False
+) -> list[Run]:
+    """The runs still to make, the one rule of the runner and the dry run: all with ``force``, else those not
+    ``done`` (done: status done and the image still on disk); with ``timing``, also done runs never ``timed``."""
+    if force:
+        return list(runs)
+    skip = done & timed if timing else done
+    return [run for run in runs if run.run_id not in skip]
+
 
 @dataclass
 class PreparedExperiment:

@@ -1,6 +1,6 @@
 """Running a planned experiment: resumable, batched, crash-safe, with a results store behind it.
 
-The plan (``experiments.plan``) fixes every run and its id before anything loads. The runner then
+The plan (``experiments.planner``) fixes every run and its id before anything loads. The runner then
 1. takes the experiment's lock (a second runner gets a clear error, never a corrupted store),
 2. records the plan and skips runs already done (resume is the default; ``force`` regenerates),
 3. encodes every distinct prompt once for the whole experiment (all layers from one forward),
@@ -36,7 +36,7 @@ from llm_dit.config import Settings
 from llm_dit.experiments.model import Experiment
 from llm_dit.experiments.model import PlannedRun as Run
 from llm_dit.experiments.planner import REPLACES, default_params
-from llm_dit.experiments.preparation import TimingPlan, request_for
+from llm_dit.experiments.preparation import TimingPlan, pending_runs, request_for
 from llm_dit.experiments.store import PlanDefaults, ResultsStore, RunTiming, TimedStats
 from llm_dit.experiments.store import PlannedRun as StoreRow
 from llm_dit.generation.batching import batches
@@ -87,19 +87,34 @@ def store_rows(runs: Sequence[Run]) -> list[StoreRow]:
     ]
 
 
-def execution_facts(settings: Settings, batch_size: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CodeFacts:
+    """The code that runs: the package versions and the git commit (two subprocesses), looked up once per
+    :meth:`ExperimentRunner.run` and shared by its execution facts and its experiment metadata."""
+
+    versions: dict[str, str]
+    commit: str | None
+
+    @classmethod
+    def now(cls) -> CodeFacts:
+        return cls(package_versions(), git_commit())
+
+
+def execution_facts(settings: Settings, batch_size: int, code: CodeFacts | None = None) -> dict[str, Any]:
     """What makes an image besides its parameters: the run id does not hash these, yet each can move pixels
     (batching by up to 2/255, a code change, a library's kernels, another device or dtype). Resolved from the
     settings as the pipeline resolves them, so a resume can compare before any model loads.
 
     ``batch_size_limit`` is ``--batch-size``: with the plan it fixes each batch's composition (the batch an
-    image was actually made in is stored with it: ``batch_size``, ``batch_position``).
+    image was actually made in is stored with it: ``batch_size``, ``batch_position``). ``code``: the versions
+    and commit already looked up (else looked up now).
     """
-    versions = package_versions()
+    code = code or CodeFacts.now()
+    versions = code.versions
     facts: dict[str, Any] = {
         "batch_size_limit": batch_size,
         "llm_dit": __version__,
-        "git_commit": git_commit(),
+        "git_commit": code.commit,
         **{name: versions.get(name) for name in ("torch", "diffusers", "transformers")},
         # The devices and dtypes are in the run id too (so they never differ between a run and its resume);
         # the GPU model is not.
@@ -179,14 +194,13 @@ class ExperimentRunner:
         self._warm: set[Any] = set()  # sampling shapes warmed up (timing)
 
     def pending(self, experiment: Experiment, runs: Sequence[Run], force: bool = False) -> list[Run]:
-        """Runs still to make: all with ``force``, else those not done (a done run whose image vanished counts);
-        with ``timing``, also done runs that were never timed."""
+        """Runs still to make (:func:`~llm_dit.experiments.preparation.pending_runs`): all with ``force``, else
+        those not done (a done run whose image vanished counts); with ``timing``, also done runs never timed."""
         if force:
             return list(runs)
         done = self.store.done_run_ids(experiment.name)  # empty for an experiment the store has not seen
-        if self.timing is not None and done:
-            done &= {run["run_id"] for run in self.store.runs(experiment.name) if run["timed_repeats"]}
-        return [r for r in runs if r.run_id not in done]
+        timed = self.store.timed_run_ids(experiment.name) if self.timing is not None and done else set()
+        return pending_runs(runs, done, timed, force=force, timing=self.timing is not None)
 
     def run(
         self,
@@ -201,8 +215,9 @@ class ExperimentRunner:
         summary = RunSummary(experiment=name, planned=len(runs), output_dir=str(self.store.experiment_dir(name)))
         with self.store.lock(name):
             self.store.cleanup_temp_files(name)
-            self._facts = execution_facts(settings, self.batch_size)
-            metadata = {**self._metadata(settings), **(extra_metadata or {})}
+            code = CodeFacts.now()
+            self._facts = execution_facts(settings, self.batch_size, code)
+            metadata = {**self._metadata(settings, code), **(extra_metadata or {})}
             # The defaults go with the plan: a later metrics pass finds its default reference by them, whatever
             # the code's defaults are by then.
             from llm_dit.models.checkpoint import default_shift  # the default shift is the checkpoint's
@@ -326,14 +341,14 @@ class ExperimentRunner:
         summary.failed += 1
         summary.failures.append((run.run_id, error))
 
-    def _metadata(self, settings: Settings) -> dict[str, Any]:
+    def _metadata(self, settings: Settings, code: CodeFacts) -> dict[str, Any]:
         return {
             "base_settings": settings.model_dump(mode="json"),
             "model_path": self.pipeline.model_path,
             "model_fingerprint": self.pipeline.fingerprint,
-            "versions": package_versions(),
+            "versions": code.versions,
             "llm_dit_version": __version__,
-            "git_commit": git_commit(),
+            "git_commit": code.commit,
             "host": platform.node(),
             "started": utc_now(),
             "batch_size": self.batch_size,

@@ -478,8 +478,7 @@ class ResultsStore:
         self._held: set[str] = set()
         self._version = SCHEMA_VERSION  # what the open database holds (read-only opens may read an older one)
         if read_only:
-            if not self.db_path.is_file():
-                raise LlmDitError(f"no results database {self.db_path}; pass the --output-dir the experiments ran with")
+            require_database(self.root)  # the one message of every reader
             _check_database_file(self.db_path)
             self._check_schema()
             return
@@ -860,6 +859,16 @@ class ResultsStore:
         """Runs to skip on resume: status ``done`` AND the image file still exists (a deleted image is redone)."""
         return {row[0] for row in _with_image(self.experiment_dir(experiment), self._done_rows(experiment))}
 
+    def timed_run_ids(self, experiment: str) -> set[str]:
+        """Done runs that carry ``--timing`` statistics (a database before version 4 has none)."""
+        if self._version < 4:
+            return set()
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT run_id FROM runs WHERE experiment = ? AND status = 'done' AND timed_repeats > 0", (experiment,)
+            ).fetchall()
+        return {row[0] for row in rows}
+
     def _done_rows(self, experiment: str) -> list[Sequence[Any]]:
         time = "seconds_per_image_batched" if self._version >= 4 else "generation_time_s"
         with self._read() as conn:
@@ -880,10 +889,10 @@ class ResultsStore:
         """Record a finished run. Write (and fsync) the image first: then ``done`` always has its file.
 
         ``image_path`` is relative to the experiment dir (an absolute path inside it is made relative).
-        ``image_sha256``: the sha256 of the bytes written (``save_png`` returns it); None: the file is hashed
-        now, as the caller has just written it. A hash other than the run's previous one retires the metric
-        values of its old image and every value that used it (they count as missing). ``timing``: the batch
-        the image was made in (None: not known). ``execution``: what ran it (versions, devices, batch size).
+        ``image_sha256``: the sha256 of the bytes written (``generation.image.write_png`` returns it); None: the
+        file is hashed now, as the caller has just written it. A hash other than the run's previous one retires
+        the metric values of its old image and every value that used it (they count as missing). ``timing``: the
+        batch the image was made in (None: not known). ``execution``: what ran it (versions, devices, batch size).
         Clears any earlier error.
         """
         rel = self._relative_image_path(experiment, image_path)
@@ -1155,7 +1164,7 @@ def _is_current(image: str | None, params: str, run_image: str | None, images: M
     """Whether a stored metric value is of the run's image now and of the current images of the runs it used."""
     if image is None or image != run_image:
         return False
-    if INPUTS_KEY not in params:  # most values use no other run's image: skip decoding their params
+    if INPUTS_KEY not in params:  # a value of the run's image alone (CLIP/SigLIP, a source image's distance)
         return True
     inputs = (json.loads(params) or {}).get(INPUTS_KEY) or {}
     return all(images.get(run_id) == digest for run_id, digest in inputs.items())
@@ -1217,18 +1226,38 @@ def _with_image(directory: Path, rows: Sequence[Sequence[Any]]) -> list[Sequence
 
 
 def peek_done(root: str | Path, experiment: str) -> tuple[set[str], list[float]]:
-    """Read-only look for dry runs: ids of done runs whose image exists, and their batched seconds per image.
+    """Read-only look for dry runs: ids of done runs whose image exists, and their batched seconds per image
+    (:func:`peek_runs` without the timed ids)."""
+    found = peek_runs(root, experiment)
+    return found.done, found.seconds
+
+
+@dataclass(frozen=True)
+class DoneRuns:
+    """What a dry run needs to know of an experiment's progress: the ids of done runs whose image exists (what
+    :meth:`ResultsStore.done_run_ids` gives the runner), those of them with ``--timing`` statistics, and their
+    batched seconds per image."""
+
+    done: set[str] = field(default_factory=set)
+    timed: set[str] = field(default_factory=set)
+    seconds: list[float] = field(default_factory=list)
+
+
+def peek_runs(root: str | Path, experiment: str) -> DoneRuns:
+    """Read-only look for dry runs: the done runs whose image exists, the timed ones among them, their times.
 
     Opens the database read-only: nothing is created or changed (no schema setup, no WAL switch), and a missing
     database or experiment simply means nothing is done yet. A damaged database raises ``LlmDitError``, as
     every open does.
     """
     if not (Path(root) / DB_NAME).is_file():
-        return set(), []
+        return DoneRuns()
     with ResultsStore(root, read_only=True) as store:
         rows = store._done_rows(experiment)
+        timed = store.timed_run_ids(experiment)
     done = _with_image(Path(root) / experiment, rows)
-    return {row[0] for row in done}, [float(row[2]) for row in done if row[2]]
+    ids = {row[0] for row in done}
+    return DoneRuns(ids, timed & ids, [float(row[2]) for row in done if row[2]])
 
 
 def lock_holder(root: str | Path, experiment: str) -> str | None:
@@ -1255,7 +1284,8 @@ def lock_holder(root: str | Path, experiment: str) -> str | None:
 
 def require_database(root: str | Path) -> Path:
     """The results database of ``root``, or one line naming the fix when there is none (checked before anything
-    loads; the one check of every reader: metrics, the viewer, load_results)."""
+    loads; the one check of every reader: metrics, and every read-only :class:`ResultsStore` open: the viewer,
+    load_results, dry runs)."""
     db = Path(root) / DB_NAME
     if not db.is_file():
         raise LlmDitError(
@@ -1276,8 +1306,7 @@ def load_results(root: str | Path, experiment: str) -> pandas.DataFrame:
     """
     import pandas as pd  # only here: the store itself stays importable without pandas
 
-    require_database(root)
-    with ResultsStore(root, read_only=True) as store:  # a reader: never migrates or writes
+    with ResultsStore(root, read_only=True) as store:  # a reader: never migrates or writes; none there is refused
         columns, sources, rows = store.table(experiment)
     frame = pd.DataFrame(rows, columns=columns)
     for name, (kind, key) in zip(columns, sources, strict=True):

@@ -32,6 +32,7 @@ from PIL import Image
 from llm_dit.config import MetricsSettings
 from llm_dit.errors import CheckpointError, LlmDitError
 from llm_dit.experiments.store import (
+    HASH_FOUND,
     INPUTS_KEY,
     MetricValue,
     PlanDefaults,
@@ -218,9 +219,19 @@ class MetricsPass:
         directory = self.store.experiment_dir(experiment)
         done = _done_with_image(runs, directory)
         definition, defaults = info["definition"] or {}, PlanDefaults.from_metadata(info["metadata"])
-        self._plan(experiment, list(specs), choice, done, definition, defaults, {}, True, skip_unreferenced)
+        planned = list(specs)
+        if any(s.kind == "reference" for s in planned):
+            refs: dict[str, Reference] = {}
+            try:
+                refs = self.references(experiment, choice, done, definition, defaults)[0]
+            except LlmDitError:
+                if not skip_unreferenced:
+                    raise
+                planned = [s for s in planned if s.kind != "reference"]  # the plan says why, with a note
+            self._check_sizes(done, refs)
+        model_params = self._model_params(planned)  # once per pass: it fingerprints the weights
         with self.store.metrics_lock(experiment):
-            return self._run(experiment, list(specs), choice, force, skip_unreferenced, start)
+            return self._run(experiment, list(specs), choice, force, skip_unreferenced, start, model_params)
 
     def _run(
         self,
@@ -230,6 +241,7 @@ class MetricsPass:
         force: bool,
         skip_unreferenced: bool,
         start: float,
+        model_params: dict[str, dict[str, Any]],
     ) -> MetricsReport:
         info, runs = self._experiment(experiment)
         definition = info["definition"] or {}
@@ -237,15 +249,17 @@ class MetricsPass:
         directory = self.store.experiment_dir(experiment)
         report = MetricsReport(experiment, [s.name for s in specs])
         done = _done_with_image(runs, directory)
-        self._adopt_unhashed(experiment, done, directory, report)
+        adopted = self._adopt_unhashed(experiment, done, directory, report)
         stored = {
             (v.run_id, v.name, v.version): (v.params, v.image_sha256) for v in self.store.metric_values(experiment)
         }
         # Plan, check the images the plan reads against their stored hashes, and plan again without the changed
         # ones (leaving runs out only shrinks what a plan reads, so this ends).
-        checked: set[str] = set()
+        checked = set(adopted)  # their files were hashed just now
         while True:
-            plan = self._plan(experiment, specs, choice, done, definition, defaults, stored, force, skip_unreferenced)
+            plan = self._plan(
+                experiment, specs, choice, done, definition, defaults, stored, force, skip_unreferenced, model_params
+            )
             changed = self._changed_on_disk(plan, done, directory, checked)
             if not changed:
                 break
@@ -308,22 +322,24 @@ class MetricsPass:
 
     def _adopt_unhashed(
         self, experiment: str, done: list[dict[str, Any]], directory: Path, report: MetricsReport
-    ) -> None:
+    ) -> set[str]:
         """Runs done before image hashes (schema 4) take their file's hash as found now, stored as unverified: from
-        then on a change of the file shows. Said in one line, with the fix."""
+        then on a change of the file shows. Said in one line, with the fix. Returns the ids of the runs adopted
+        (their files just hashed)."""
         found = {run["run_id"]: file_sha256(directory / run["image_path"]) for run in done if not run["image_sha256"]}
         if found:
             self.store.adopt_image_hashes(experiment, found)
             for run in done:
                 if run["run_id"] in found:
-                    run["image_sha256"], run["image_hash_origin"] = found[run["run_id"]], "found"
-        report.unverified = sum(run["image_hash_origin"] == "found" for run in done)
+                    run["image_sha256"], run["image_hash_origin"] = found[run["run_id"]], HASH_FOUND
+        report.unverified = sum(run["image_hash_origin"] == HASH_FOUND for run in done)
         if report.unverified:
             report.notes.append(
                 f"{report.unverified} done runs of {experiment} were made before llm-dit stored image hashes: they "
                 "are scored as their files are now, unverified (a file may have changed since it was generated); "
                 "'llm-dit ablate ... --force' regenerates them with a hash"
             )
+        return set(found)
 
     def _plan(
         self,
@@ -336,8 +352,12 @@ class MetricsPass:
         stored: Mapping[tuple[str, str, int], tuple[dict[str, Any], str | None]],
         force: bool,
         skip_unreferenced: bool,
+        model_params: dict[str, dict[str, Any]],
     ) -> _Plan:
-        """What the pass would compute over ``done``: references, seed groups and every missing value's params."""
+        """What the pass would compute over ``done``: references, seed groups and every missing value's params.
+
+        ``model_params``: the pass's :meth:`_model_params`, computed once; a setting it lacks (a reference metric
+        the checks before the lock skipped, found comparable now) is added to it."""
         plan = _Plan(list(specs))
         if any(s.kind == "reference" for s in plan.specs):
             try:
@@ -355,7 +375,7 @@ class MetricsPass:
         if any(s.kind == "diversity" for s in plan.specs) and not any(len(g) > 1 for g in plan.groups.values()):
             plan.notes.append("diversity metrics need >= 2 seeds per condition; this experiment has one")
         hashes = {run["run_id"]: run["image_sha256"] for run in done}
-        model_params = self._model_params(plan.specs)
+        model_params.update(self._model_params([s for s in plan.specs if s.setting not in model_params]))
         for spec in plan.specs:
             kept = unavailable = 0
             for run in done:
@@ -375,8 +395,11 @@ class MetricsPass:
     def _changed_on_disk(
         self, plan: _Plan, done: Sequence[Mapping[str, Any]], directory: Path, checked: set[str]
     ) -> dict[str, str]:
-        """Runs whose image the plan reads and whose file no longer has the hash stored when it was written
-        (each file is hashed once per pass: ``checked``)."""
+        """Runs whose image the plan reads and whose file no longer has the hash stored when it was written.
+
+        Each file is hashed here at most once per pass (``checked``, which starts with the files
+        :meth:`_adopt_unhashed` just hashed); :func:`read_image` hashes its bytes once more when it decodes them,
+        so the pixels scored are from bytes with the checked hash."""
         by_id = {run["run_id"]: run for run in done}
         kinds = {spec.name: spec.kind for spec in plan.specs}
         read: set[str] = set()
@@ -510,17 +533,18 @@ class MetricsPass:
 
         hashes = {run["run_id"]: run["image_sha256"] for group in groups.values() for run in group}
 
-        def image(run: Mapping[str, Any] | Path) -> np.ndarray:
-            path = run if isinstance(run, Path) else directory / run["image_path"]
+        def load(path: Path, sha256: str | None) -> np.ndarray:
+            """The pixels of ``path`` (checked against ``sha256``: None for a source image), once per batch."""
             if path not in arrays:
-                arrays[path] = self._images.array(path, None if isinstance(run, Path) else run["image_sha256"])
+                arrays[path] = self._images.array(path, sha256)
             return arrays[path]
+
+        def image(run: Mapping[str, Any]) -> np.ndarray:
+            return load(directory / run["image_path"], run["image_sha256"])
 
         def reference_image(run: Mapping[str, Any]) -> np.ndarray:
             ref = refs[run["run_id"]]
-            if ref.path not in arrays:
-                arrays[ref.path] = self._images.array(ref.path, None if ref.run_id is None else hashes[ref.run_id])
-            return arrays[ref.path]
+            return load(ref.path, None if ref.run_id is None else hashes[ref.run_id])
 
         out: list[MetricValue] = []
         for spec in specs:

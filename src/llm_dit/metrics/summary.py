@@ -44,9 +44,15 @@ def run_fields(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return [name for name in RUN_FIELDS if any(run.get(name) is not None for run in done)]
 
 
+def raw_value(run: Mapping[str, Any], metric: str) -> Any:
+    """A run's stored value of ``metric`` as it is (None when missing, NaN kept): one of RUN_FIELDS is a field of
+    the run, any other name a stored metric."""
+    return run.get(metric) if metric in RUN_FIELDS else run["metrics"].get(metric)
+
+
 def metric_value(run: Mapping[str, Any], metric: str) -> float | None:
     """A run's value of ``metric`` (a stored metric or one of RUN_FIELDS); None when missing or NaN."""
-    raw = run.get(metric) if metric in RUN_FIELDS else run["metrics"].get(metric)
+    raw = raw_value(run, metric)
     if raw is None or (isinstance(raw, float) and math.isnan(raw)):
         return None
     return float(raw)

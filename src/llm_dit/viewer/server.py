@@ -46,7 +46,7 @@ from llm_dit.analysis.results import (
     load_experiment,
 )
 from llm_dit.errors import LlmDitError
-from llm_dit.experiments.store import DB_NAME, ResultsStore, require_database
+from llm_dit.experiments.store import DB_NAME, ResultsStore
 from llm_dit.metrics.pixel import load_rgb
 from llm_dit.metrics.registry import METRICS
 
@@ -219,8 +219,8 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
     to a loopback address; pass False when it listens on a public interface on purpose).
     """
     root = Path(root)
-    require_database(root)
-    ResultsStore(root, read_only=True).close()  # damaged or too new: refused here, before anything listens
+    # None there (require_database), damaged or too new: refused here, before anything listens.
+    ResultsStore(root, read_only=True).close()
     resolved_root = root.resolve()
     # Where the results lie on this machine is not the page's business (a --host viewer shows it to the network):
     # the API names the directory by its name and files relative to it, in errors and records too.
