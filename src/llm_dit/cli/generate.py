@@ -36,7 +36,7 @@ from llm_dit.constants import ENCODER_LOAD_FIELDS, SHIFT_FROM_CONFIG, SHIFT_FROM
 from llm_dit.errors import LlmDitError
 
 if TYPE_CHECKING:  # the pipeline imports torch: only its types here, the commands import it when they run
-    from llm_dit.generation.pipeline import LlmDitPipeline
+    from llm_dit.conditioning.tokenization import PromptTokenizer
     from llm_dit.generation.request import GenerationRequest
 
 
@@ -144,14 +144,15 @@ def generate(
         generation=settings.generation,
         shift_source=_shift_source(resolved.sources["generation.shift"]),
     )
-    # Devices, checkpoint, sizes, schedule and caps with the light checks (no torch yet), then the pipeline's own.
+    # Devices, checkpoint, sizes, schedule and caps with the light checks, before torch and the pipeline load
+    # (generate_batch checks again, with the pipeline's own encoder).
     resolved_numerics(settings)
-    RequestChecker.for_settings(settings).check([request])
+    checker = RequestChecker.for_settings(settings)
+    checker.check([request])
+    _note_long_prompts(checker.prompts, request)
     from llm_dit.generation.pipeline import LlmDitPipeline
 
     pipe = LlmDitPipeline.from_settings(settings)
-    pipe.check([request])  # tokenizer and configs only: caps, sizes and shapes fail here, before weights load
-    _note_long_prompts(pipe, request)
 
     with status("loading models") as shown:
         if prompt is not None or settings.generation.guidance_scale > 0:
@@ -206,15 +207,16 @@ def _manipulated(prompt: str | None, name: Any, seed: int) -> str:
         raise LlmDitError(f"--set token_manipulation={name}: {exc}") from None
 
 
-def _note_long_prompts(pipe: LlmDitPipeline, request: GenerationRequest) -> None:
-    """Say so on the terminal when a prompt is over the caption cap (the long-prompt mode then applies)."""
+def _note_long_prompts(prompts: PromptTokenizer, request: GenerationRequest) -> None:
+    """Say so on the terminal when a prompt is over the caption cap (the long-prompt mode then applies), from the
+    light checks' tokenizer (``prompts``: memoised, so the prompts they tokenized are not tokenized again)."""
     from llm_dit.generation.request import encoding_texts
 
     names = ["prompt", "negative prompt"] if request.embeddings is None else ["negative prompt"]
     for name, text in zip(names, encoding_texts(request), strict=False):
-        tokens = pipe.encoder.tokenize(text, **request.encoder)[0]
+        tokens = prompts.tokenize(text, **request.encoder)[0]
         if tokens.token_count > tokens.cap:
-            mode = pipe.encoder.resolve(**request.encoder).long_prompt_mode
+            mode = prompts.resolve(**request.encoder).long_prompt_mode
             if mode == "truncate":
                 what = f"cuts it to {tokens.cap} tokens (the end of the prompt is dropped)"
             else:
@@ -275,13 +277,14 @@ def encode(
     from llm_dit.conditioning.text_encoder import ZImageTextEncoder
 
     settings = resolved.settings
-    encoder = ZImageTextEncoder.from_pretrained(settings.model_path, **settings.encoder.model_dump())
+    # The checkpoint resolved above (the encoder still validates it: from_pretrained takes no CheckpointInfo).
+    encoder = ZImageTextEncoder.from_pretrained(info.path, **settings.encoder.model_dump())
     encoded = encoder.encode(prompt)[0]
     meta = dict(encoded.metadata())
     meta.update(
         prompt=prompt,
         model_path=str(settings.model_path or "tiny"),
-        model_fingerprint=checkpoint.fingerprint(checkpoint.resolve_model_path(settings.model_path)),
+        model_fingerprint=checkpoint.fingerprint(info.path),
         system_prompt=settings.encoder.system_prompt or "",
         think_block=settings.encoder.think_block,
         padding=settings.encoder.padding,

@@ -75,10 +75,13 @@ def metrics_cmd(
     axes = parse_reference(reference)
     checked = _readable_images(ReferenceChoice(axes, parse_reference_images(reference_image)).images, set())
     require_database(output_dir)
-    with ResultsStore(output_dir) as store:
-        prompt_ids = list(dict.fromkeys(run["prompt_id"] for run in store.runs(experiment)))
-    images = parse_reference_images(reference_image, prompt_ids)
-    _readable_images(images, checked)
+    images: dict[str | None, Path] = {}
+    if reference_image:
+        # Read-only: nothing is migrated or written before every refusal (the pass below opens the writer).
+        with ResultsStore(output_dir, read_only=True) as store:
+            prompt_ids = list(dict.fromkeys(run["prompt_id"] for run in store.runs(experiment)))
+        images = parse_reference_images(reference_image, prompt_ids)
+        _readable_images(images, checked)
     choice = ReferenceChoice(axes, images)
     explicit = bool(names or reference or reference_image)  # asked for by name: no silent skipping
     run_metrics_pass(output_dir, experiment, specs, notes, settings, explicit=explicit, choice=choice, force=force)
@@ -276,11 +279,12 @@ def embed_stats(
     if not selected:
         raise LlmDitError("give prompts: --prompt TEXT (repeatable), --prompt-ids IDS or --prompt-category NAME")
     settings = load_settings(config, profile, settings_overrides(ctx)).settings
-    _check_conditions(settings, [p.text for p in selected], conditions)
+    model_dir = _check_conditions(settings, [p.text for p in selected], conditions)
     from llm_dit.conditioning.embedding_stats import compare_embeddings
     from llm_dit.conditioning.text_encoder import ZImageTextEncoder
 
-    encoder = ZImageTextEncoder.from_pretrained(settings.model_path, **settings.encoder.model_dump())
+    # The checkpoint resolved above (the encoder still validates it: from_pretrained takes no CheckpointInfo).
+    encoder = ZImageTextEncoder.from_pretrained(model_dir, **settings.encoder.model_dump())
     report = compare_embeddings(encoder, [p.text for p in selected], conditions, outlier_threshold=outlier_threshold)
     # The summary (a row per condition; json/csv: every SUMMARY_COLUMNS key, full precision); the table shows
     # the main statistics, a record per line where they cannot fit (-o writes everything, per prompt too).
@@ -303,9 +307,10 @@ def embed_stats(
         wrote(str(output))
 
 
-def _check_conditions(settings: Any, prompts: list[str], conditions: list[Any]) -> None:
+def _check_conditions(settings: Any, prompts: list[str], conditions: list[Any]) -> Path:
     """The checkpoint, its device, and every prompt under every condition (caps, layer range), with the light
-    tokenizer: bad input is refused before torch or transformers is imported."""
+    tokenizer: bad input is refused before torch or transformers is imported. Returns the checkpoint's directory
+    (resolved once, here)."""
     from llm_dit.conditioning.tokenization import PromptTokenizer
     from llm_dit.models import checkpoint, devices
 
@@ -317,6 +322,7 @@ def _check_conditions(settings: Any, prompts: list[str], conditions: list[Any]) 
             light.tokenize(prompts, **condition.overrides)
         except LlmDitError as exc:
             raise LlmDitError(f"condition {condition.label!r}: {exc}") from None
+    return info.path
 
 
 def _stat(value: Any) -> str:
