@@ -30,7 +30,7 @@ from llm_dit.experiments.store import (
     TimedStats,
     file_sha256,
     load_results,
-    peek_done,
+    peek_runs,
 )
 from llm_dit.files import write_atomic
 
@@ -576,7 +576,8 @@ def test_an_old_database_is_read_as_is_and_migrated_to_4_without_hashing(tmp_pat
         # Values from before image hashes are tied to no image: not shown (a metrics pass recomputes them).
         assert [r["metrics"] for r in runs] == [{}] * 3
         assert [v.image_sha256 for v in reader.metric_values(EXP)] == [None, None]
-        assert peek_done(root, EXP) == ({"a", "b"}, [0.25, 0.5])
+        found = peek_runs(root, EXP)
+        assert (found.done, found.timed, found.seconds) == ({"a", "b"}, set(), [0.25, 0.5])
     assert results_snapshot(root) == before  # a reader changes nothing
 
     with ResultsStore(root) as writer:
@@ -675,7 +676,7 @@ def test_a_damaged_database_is_refused_in_one_line_and_left_as_it_is(store: Resu
         "writer": lambda: ResultsStore(store.root),
         "reader": lambda: ResultsStore(store.root, read_only=True),
         "load_results": lambda: load_results(store.root, EXP),
-        "peek_done": lambda: peek_done(store.root, EXP),
+        "peek_runs": lambda: peek_runs(store.root, EXP),
     }
     for name, open_it in openers.items():
         with pytest.raises(LlmDitError) as caught:

@@ -1225,13 +1225,6 @@ def _with_image(directory: Path, rows: Sequence[Sequence[Any]]) -> list[Sequence
     return [row for row in rows if row[1] and (directory / row[1]).is_file()]
 
 
-def peek_done(root: str | Path, experiment: str) -> tuple[set[str], list[float]]:
-    """Read-only look for dry runs: ids of done runs whose image exists, and their batched seconds per image
-    (:func:`peek_runs` without the timed ids)."""
-    found = peek_runs(root, experiment)
-    return found.done, found.seconds
-
-
 @dataclass(frozen=True)
 class DoneRuns:
     """What a dry run needs to know of an experiment's progress: the ids of done runs whose image exists (what
