@@ -15,12 +15,14 @@ from llm_dit import constants
 from llm_dit.config import (
     CLI_FLAGS,
     SETTING_KEYS,
+    ConditioningSettings,
     EncoderSettings,
     GenerationSettings,
     LimitsSettings,
     MetricsSettings,
     PipelineSettings,
     Settings,
+    SourceModelSettings,
     check_limits,
     list_profiles,
     load_settings,
@@ -88,6 +90,9 @@ def test_setting_keys_and_cli_flags_cover_every_field() -> None:
     fields = {"model_path"}
     for section, model in (
         ("encoder", EncoderSettings),
+        ("conditioning", ConditioningSettings),
+        ("vl", SourceModelSettings),
+        ("embedding", SourceModelSettings),
         ("pipeline", PipelineSettings),
         ("generation", GenerationSettings),
         ("metrics", MetricsSettings),
@@ -95,8 +100,10 @@ def test_setting_keys_and_cli_flags_cover_every_field() -> None:
     ):
         fields |= {f"{section}.{name}" for name in model.model_fields}
     assert set(SETTING_KEYS) == fields
-    # Every generation-side setting has a flag; metric weights and limits are config-only.
-    assert set(CLI_FLAGS) == {key for key in SETTING_KEYS if not key.startswith(("metrics.", "limits."))}
+    # Every generation-side setting has a flag; metric weights, limits and the source checkpoints are config-only,
+    # and the conditioning parameters are reached with --set NAME=VALUE (one flag each would be 24 more flags).
+    config_only = ("metrics.", "limits.", "vl.", "embedding.", "conditioning.")
+    assert set(CLI_FLAGS) == {key for key in SETTING_KEYS if not key.startswith(config_only)}
     assert len(set(CLI_FLAGS.values())) == len(CLI_FLAGS)
     assert all(flag.startswith("--") for flag in CLI_FLAGS.values())
     assert CLI_FLAGS["encoder.hidden_layer"] == "--hidden-layer"

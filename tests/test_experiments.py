@@ -97,7 +97,7 @@ def test_builtin_loads_and_plans(name: str) -> None:
     runs = plan(exp, PROMPTS, exp.seeds, Settings(), model_fingerprint=FP)
     assert len(runs) == per * len(PROMPTS) * n_seeds
     assert len({r.image_name for r in runs}) == len(runs)
-    assert all(set(r.params) == {*PARAMETERS, "shift_source"} for r in runs)
+    assert all(set(r.params) == {*PARAMETERS, "shift_source", "input_sha256", "source_model"} for r in runs)
     assert all(list(r.variables) == exp.variables() for r in runs)
     json.dumps(exp.to_dict())  # stored with the results
 

@@ -133,3 +133,43 @@ def probe_directory(directory: str | Path, what: str) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise LlmDitError(f"{what}: {probe} is not a writable directory ({reason})") from None
+
+
+def input_image(path: str | Path, setting: str) -> tuple[Path, str]:
+    """A conditioning image a run reads: (absolute path, sha256 of its bytes), or one line naming the setting.
+
+    The file must exist and PIL must recognise it as an image (only its header is parsed, so this stays fast and
+    needs no model library). Run ids hash the bytes, not the path: a moved file keeps its runs, an edited one
+    does not.
+    """
+    import hashlib
+
+    from PIL import Image, UnidentifiedImageError
+
+    full = Path(path).expanduser().absolute()
+    if not full.is_file():
+        what = "a directory" if full.is_dir() else "no such file"
+        raise LlmDitError(
+            f"{setting} {str(path)!r}: {what}; give an image file (PNG, JPEG, WebP), e.g. {setting}=ref.png"
+        )
+    data = full.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.size  # noqa: B018  (the header parse is the check)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise LlmDitError(
+            f"{setting} {str(path)!r} is not an image PIL can read ({exc}); give a PNG, JPEG or WebP"
+        ) from None
+    return full, hashlib.sha256(data).hexdigest()
+
+
+IMAGE_SETTINGS: tuple[str, ...] = ("vl_image", "style_image", "neutral_image")  # the settings that name input images
+
+
+def check_input_images(values: Any) -> None:
+    """Every input image a set of conditioning values names (a mapping or a ConditioningSettings) exists and is an
+    image (:func:`input_image`)."""
+    for name in IMAGE_SETTINGS:
+        value = values.get(name) if isinstance(values, dict) else getattr(values, name)
+        for path in value if isinstance(value, list) else [value] if value else []:
+            input_image(path, name)

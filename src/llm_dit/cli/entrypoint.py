@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import typer
 
-from llm_dit.cli import ablate, compare, generate, metrics, plot, tiny_model, view
+from llm_dit.cli import ablate, compare, generate, metrics, plot, sources, tiny_model, view
 from llm_dit.cli.config import config_app
 from llm_dit.cli.terminal import error
 from llm_dit.errors import LlmDitError
@@ -31,6 +31,8 @@ COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("ablate", ablate.ablate),
     ("sweep", ablate.sweep),
     ("embed-stats", metrics.embed_stats),
+    ("caption", sources.caption_cmd),
+    ("reference-stats", sources.reference_stats_cmd),
     ("profile", generate.profile_cmd),
     ("tiny-model", tiny_model.tiny_model),
     ("compare", compare.compare_cmd),

@@ -143,7 +143,17 @@ def generate(
         embeddings=features,
         generation=settings.generation,
         shift_source=_shift_source(resolved.sources["generation.shift"]),
+        conditioning=settings.conditioning,
     )
+    if embeddings is not None and settings.conditioning.conditioning != "text":
+        raise LlmDitError(
+            f"--embeddings are caption features already: drop conditioning={settings.conditioning.conditioning}"
+        )
+    source = settings.conditioning.conditioning
+    if source != "text":  # an unset source with a real Z-Image is refused here, naming its setting
+        from llm_dit.models.sources import source_path
+
+        source_path(source, getattr(settings, source).model_path, settings.model_path)
     # Devices, checkpoint, sizes, schedule and caps with the light checks, before torch and the pipeline load
     # (generate_batch checks again, with the pipeline's own encoder).
     resolved_numerics(settings)
@@ -157,6 +167,8 @@ def generate(
     with status("loading models") as shown:
         if prompt is not None or settings.generation.guidance_scale > 0:
             pipe.encoder.model  # noqa: B018 - load now so the progress below measures sampling only
+        if source != "text":
+            pipe.sources.encoder(source).model  # noqa: B018
         pipe.transformer  # noqa: B018
         pipe.vae  # noqa: B018
         shown.update("generating")

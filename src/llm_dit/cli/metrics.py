@@ -226,8 +226,9 @@ def embed_stats(
         typer.Option(
             "--condition",
             "-c",
-            help="Encoder settings to compare, e.g. think_block=empty or hidden_layer=-6 (repeatable; the first "
-            "is the reference; 'default' = the config's settings).",
+            help="Encoder or conditioning settings to compare, e.g. think_block=empty, hidden_layer=-6 or "
+            "conditioning=vl,vl_image=ref.png,vl_token_mode=text_only (repeatable; the first is the reference; "
+            "'default' = the config's settings).",
         ),
     ] = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeatable).")] = None,
@@ -284,8 +285,21 @@ def embed_stats(
     from llm_dit.conditioning.text_encoder import ZImageTextEncoder
 
     # The checkpoint resolved above (the encoder still validates it: from_pretrained takes no CheckpointInfo).
-    encoder = ZImageTextEncoder.from_pretrained(model_dir, **settings.encoder.model_dump())
-    report = compare_embeddings(encoder, [p.text for p in selected], conditions, outlier_threshold=outlier_threshold)
+    features = None
+    if any(c.conditioning for c in conditions):  # other sources: the pipeline composes their features
+        from llm_dit.generation.pipeline import LlmDitPipeline
+        from llm_dit.generation.request import GenerationRequest
+
+        pipe = LlmDitPipeline.from_settings(settings)
+        encoder = pipe.encoder
+
+        def features(prompts: list[str], params: dict[str, Any]) -> list[Any]:
+            return pipe.caption_features([GenerationRequest.build(p, **params) for p in prompts])
+    else:
+        encoder = ZImageTextEncoder.from_pretrained(model_dir, **settings.encoder.model_dump())
+    report = compare_embeddings(
+        encoder, [p.text for p in selected], conditions, outlier_threshold=outlier_threshold, features=features
+    )
     # The summary (a row per condition; json/csv: every SUMMARY_COLUMNS key, full precision); the table shows
     # the main statistics, a record per line where they cannot fit (-o writes everything, per prompt too).
     shown = ("prompts", "tokens", "token_cosine", "pooled_cosine", "content_cosine", "mean_token_norm", "max_abs")
@@ -320,6 +334,13 @@ def _check_conditions(settings: Any, prompts: list[str], conditions: list[Any]) 
     for condition in conditions:
         try:
             light.tokenize(prompts, **condition.overrides)
+            source = condition.conditioning.get("conditioning", "text")
+            if source != "text":  # its checkpoint configured (or the tiny twin with the tiny Z-Image) and its images
+                from llm_dit.files import check_input_images
+                from llm_dit.models.sources import source_path
+
+                source_path(source, getattr(settings, source).model_path, settings.model_path)
+                check_input_images(condition.conditioning)
         except LlmDitError as exc:
             raise LlmDitError(f"condition {condition.label!r}: {exc}") from None
     return info.path

@@ -111,7 +111,7 @@ def run_parameter_sets(items: list[str] | None) -> tuple[dict[str, Any], str | N
     Values are parsed as ``ablate --set`` parses them and checked by the one schema when the settings resolve
     (errors name ``--set NAME=VALUE``); an unknown name is an error with the nearest parameter.
     """
-    from llm_dit.experiments.model import ENCODER_PARAMETERS, SETTABLE_PARAMETERS, TOKEN_MANIPULATION
+    from llm_dit.experiments.model import SETTABLE_PARAMETERS, TOKEN_MANIPULATION, settings_section
     from llm_dit.experiments.planner import unknown_parameter
 
     overrides: dict[str, Any] = {}
@@ -122,7 +122,7 @@ def run_parameter_sets(items: list[str] | None) -> tuple[dict[str, Any], str | N
         if name == TOKEN_MANIPULATION:
             manipulation = value
         elif name == "seed" or name in SETTABLE_PARAMETERS:
-            overrides[f"{'encoder' if name in ENCODER_PARAMETERS else 'generation'}.{name}"] = value
+            overrides[f"{settings_section(name)}.{name}"] = value
         elif flat != name and (flat == "seed" or flat in SETTABLE_PARAMETERS):
             errors.append(f"--set {name}: use the flat name '{flat}' (--set {flat}=...)")
         else:

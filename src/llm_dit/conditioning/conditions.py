@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_dit.config import EncoderSettings, build_section, parse_scalar
+from llm_dit.config import ConditioningSettings, EncoderSettings, build_section, conditioning_problem, parse_scalar
 from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import LlmDitError, closest
 
-__all__ = ["Condition", "check_overrides", "parse_condition"]
+__all__ = ["Condition", "check_conditioning", "check_overrides", "parse_condition"]
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,13 @@ class Condition:
 
     label: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Conditioning parameters (source, images, mixing, normalisation, fill): such a condition's features are
+    # composed by the pipeline (LlmDitPipeline.caption_features), not by the text encoder alone.
+    conditioning: dict[str, Any] = field(default_factory=dict)
 
 
 _ENCODER_KEYS = tuple(EncoderSettings.model_fields)
+_CONDITIONING_KEYS = tuple(ConditioningSettings.model_fields)
 _KEY_START = re.compile(r"\s*(?:encoder\.)?[A-Za-z_]\w*\s*=")
 
 
@@ -63,7 +67,7 @@ def check_overrides(overrides: Mapping[str, Any], where: str) -> None:
                 f"set it on the encoder instead"
             )
         if key not in _ENCODER_KEYS:
-            choices = [k for k in _ENCODER_KEYS if k not in ENCODER_LOAD_FIELDS]
+            choices = [k for k in _ENCODER_KEYS if k not in ENCODER_LOAD_FIELDS] + list(_CONDITIONING_KEYS)
             hint = closest(key, choices)
             extra = f"did you mean '{hint}'? " if hint else ""
             raise LlmDitError(f"{where}: unknown encoder setting '{key}'; {extra}valid: {', '.join(choices)}")
@@ -97,5 +101,19 @@ def parse_condition(text: str) -> Condition:
         if key in overrides:
             raise LlmDitError(f"condition {label!r}: '{key}' is given twice")
         overrides[key] = parse_scalar(raw)
+    conditioning = {k: overrides.pop(k) for k in list(overrides) if k in _CONDITIONING_KEYS}
     check_overrides(overrides, f"condition {label!r}")
-    return Condition(label=label, overrides=overrides)
+    check_conditioning(conditioning, f"condition {label!r}")
+    return Condition(label=label, overrides=overrides, conditioning=conditioning)
+
+
+def check_conditioning(values: Mapping[str, Any], where: str) -> ConditioningSettings:
+    """Conditioning parameters of a condition, validated as a whole (a source needs its inputs, ...)."""
+    try:
+        settings = build_section(ConditioningSettings, dict(values))
+    except LlmDitError as exc:
+        raise LlmDitError(f"{where}: {exc}") from None
+    problem = conditioning_problem(settings)
+    if problem is not None:
+        raise LlmDitError(f"{where}: {problem[0]}: {problem[1]}")
+    return settings

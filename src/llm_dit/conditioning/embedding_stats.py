@@ -19,7 +19,7 @@ content instead; ``content_cosine`` aligns the user's content tokens for that ca
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -331,9 +331,11 @@ class EmbedStatsReport:
 # Comparison
 
 
-def _encode_all(encoder: Any, prompts: list[str], conditions: Sequence[Condition]) -> list[list[Any]]:
+def _encode_all(
+    encoder: Any, prompts: list[str], conditions: Sequence[Condition], features: SourceFeatures | None
+) -> list[list[Any]]:
     """``result[condition][prompt]`` EncodedPrompts, one encoder forward per group of conditions that differ
-    only in the layer choice (``encode_variants``)."""
+    only in the layer choice (``encode_variants``); conditions with conditioning parameters through ``features``."""
     from llm_dit.conditioning.text_encoder import layer_agnostic_key
 
     # Resolve and tokenize everything first: a bad layer or an over-cap prompt then fails before any forward.
@@ -341,14 +343,22 @@ def _encode_all(encoder: Any, prompts: list[str], conditions: Sequence[Condition
     for c in conditions:
         encoder.tokenize(prompts, **c.overrides)  # memoised: encode_variants reuses these tokens
     groups: dict[str, list[int]] = {}
-    for i, s in enumerate(settings):
-        groups.setdefault(layer_agnostic_key(s), []).append(i)
     out: list[list[Any]] = [[] for _ in conditions]
+    for i, s in enumerate(settings):
+        if conditions[i].conditioning:
+            if features is None:
+                raise LlmDitError(f"condition {conditions[i].label!r} needs a pipeline to compose its source features")
+            out[i] = features(prompts, {**conditions[i].overrides, **conditions[i].conditioning})
+        else:
+            groups.setdefault(layer_agnostic_key(s), []).append(i)
     for members in groups.values():
         encoded = encoder.encode_variants(prompts, [settings[i] for i in members])
         for i, per_prompt in zip(members, encoded, strict=True):
             out[i] = per_prompt
     return out
+
+
+SourceFeatures = Callable[[list[str], dict[str, Any]], list[Any]]  # (prompts, params) -> features with .embeddings
 
 
 def _row_stats(
@@ -386,12 +396,16 @@ def compare_embeddings(
     *,
     outlier_threshold: float = 10.0,
     top_outliers: int = 5,
+    features: SourceFeatures | None = None,
 ) -> EmbedStatsReport:
     """Encode ``prompts`` under each condition and compare every embedding with the first condition's.
 
     ``encoder`` is a :class:`llm_dit.conditioning.text_encoder.ZImageTextEncoder`; each condition's overrides apply
     on top of its settings. Conditions that differ only in ``hidden_layer`` / ``layer_weights`` share one forward
     per prompt batch. Everything is validated (keys, values, layer range, prompt lengths) before the model loads.
+    ``features(prompts, params)``: the caption features of conditions with conditioning parameters (other sources,
+    mixing, fill modes), e.g. from :meth:`LlmDitPipeline.caption_features`; their rows have no template
+    prefix/suffix, so content rows are all rows.
     """
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompt_list:
@@ -413,7 +427,7 @@ def compare_embeddings(
     # Validate report options before the (possibly slow) encode.
     outlier_dims(torch.ones(1), 1.0, outlier_threshold, top_outliers)
 
-    encoded = _encode_all(encoder, prompt_list, conds)
+    encoded = _encode_all(encoder, prompt_list, conds, features)
     ref_stats = [dim_stats(e.embeddings) for e in encoded[0]]
     rows: list[dict[str, Any]] = []
     ratios: list[list[Tensor]] = [[] for _ in conds]

@@ -354,6 +354,13 @@ def render_settings(resolved: ResolvedSettings) -> str:
         "metrics.siglip_path": "metric 'siglip' unavailable",
         "metrics.clip_path": "metric 'clip_score' unavailable",
         "metrics.lpips_backbone": "metrics 'lpips', 'diversity_lpips' unavailable",
+        "conditioning.vl_text": "the run's prompt",
+        "conditioning.vl_alpha": "1 with a source",
+        "conditioning.vl_target_std": "Qwen3-4B's std at the same layer",
+        "conditioning.neutral_image": "mid-gray",
+        "conditioning.embedding_instruction": "the default task",
+        "vl.model_path": "the built-in tiny Qwen3-VL",
+        "embedding.model_path": "the built-in tiny Qwen3-Embedding",
     }
     out.append(f"[{DEFAULT_PROFILE}]")
     emit("model_path", s.model_path, unset["model_path"])

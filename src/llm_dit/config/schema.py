@@ -28,22 +28,33 @@ from pydantic import (
 )
 
 from llm_dit.constants import (
+    CONDITIONING_SOURCES,
     DEFAULT_CFG_NORMALIZATION,
     DEFAULT_CFG_TRUNCATION,
+    DEFAULT_EMBEDDING_LAYER,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_HIDDEN_LAYER,
+    DEFAULT_OUTLIER_THRESHOLD,
     DEFAULT_SHIFT,
     DEFAULT_SIZE,
     DEFAULT_STEPS,
     DEFAULT_THINK_BLOCK,
+    DEFAULT_VL_LAYER,
+    EMBEDDING_FORMATS,
+    FILL_MODES,
+    GRADUATED_CURVES,
     HARD_MAX_TEXT_TOKENS,
     LONG_PROMPT_MODES,
     MAX_SEED,
+    OUTLIER_MASKS,
     PADDING_MODES,
     REFINER_MODES,
     SIZE_MULTIPLE,
     THINK_EMPTY,
     THINK_NONE,
+    VL_BLENDS,
+    VL_NORMALIZATIONS,
+    VL_TOKEN_MODES,
 )
 from llm_dit.errors import ConfigError, closest
 
@@ -592,6 +603,304 @@ class GenerationSettings(BaseModel):
         return {**data, "steps": n}
 
 
+def _image_list(name: str, value: Any) -> list[str] | None:
+    """One path or a list of paths as a list; ``None``/``""``/``[]`` = no image."""
+    if value is None or value == "" or value == []:
+        return None
+    items = value if isinstance(value, list | tuple) else [value]
+    out = []
+    for item in items:
+        text = _as_str(name, item).strip()
+        if not text:
+            raise ValueError(f"{name} has an empty path; give image files, e.g. {name}=ref.png")
+        out.append(text)
+    return out
+
+
+def _optional_unit(name: str, value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    number = _as_float(name, value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"{name} must be in 0..1 (got {number})")
+    return number
+
+
+class ConditioningSettings(BaseModel):
+    """[PROFILE.conditioning]: where caption features come from and the operations applied to them (per run).
+
+    ``conditioning`` picks the source (text = Qwen3-4B, the official path; vl = Qwen3-VL with images; embedding =
+    Qwen3-Embedding-4B); the ``vl_*`` mixing and normalisation settings apply to the chosen non-text source
+    (docs/conditioning.md gives every formula). Settings a run's source does not use are inert: the planner records
+    them as None, so they never change a run id.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    conditioning: str = Field("text", description=f"Caption-feature source: {', '.join(CONDITIONING_SOURCES)}.")
+    vl_image: list[str] | None = Field(None, description="Qwen3-VL input image(s): a path or a list of paths.")
+    vl_text: str | None = Field(None, description="Text of the VL turn; unset = the run's prompt.")
+    vl_system_prompt: str | None = Field(None, description="System message of the VL turn; none if empty.")
+    vl_layer: int = Field(DEFAULT_VL_LAYER, description="Qwen3-VL hidden state, -37..36 (same rule as hidden_layer).")
+    vl_token_mode: str = Field("full", description=f"VL rows kept: {', '.join(VL_TOKEN_MODES)}.")
+    vl_image_weights: list[float] | None = Field(
+        None,
+        description="Multi-reference: one weight per vl_image; each image gets its own VL pass, then a weighted sum.",
+    )
+    vl_alpha: float | None = Field(
+        None, description="Source share in the mix, 0..1 (0 = text only, 1 = source only); unset = 1 with a source."
+    )
+    vl_blend: str = Field("linear", description=f"How source and text mix: {', '.join(VL_BLENDS)}.")
+    vl_blend_curve: str = Field(
+        "linear", description=f"Per-token alpha curve of vl_blend=graduated: {', '.join(GRADUATED_CURVES)}."
+    )
+    vl_normalize: str = Field("none", description=f"Source normalisation: {', '.join(VL_NORMALIZATIONS)}.")
+    vl_target_std: float | None = Field(
+        None, description="Target std of global/hybrid normalisation; unset = Qwen3-4B's std at the same layer."
+    )
+    vl_hybrid_weight: float = Field(0.5, description="hybrid normalisation: weight of per_dim (1 - it: global).")
+    outlier_mask: str = Field("none", description=f"Source outlier dimensions: {', '.join(OUTLIER_MASKS)}.")
+    outlier_threshold: float = Field(
+        DEFAULT_OUTLIER_THRESHOLD, description="Outlier: std ratio to Qwen3-4B's above which a dimension is masked."
+    )
+    style_image: str | None = Field(None, description="Style delta: text + alpha * (VL(style) - VL(neutral)).")
+    neutral_image: str | None = Field(None, description="Style delta's neutral image; unset = mid-gray, same size.")
+    intra_vl_ratio: float | None = Field(
+        None, description="Blend of one VL pass's image rows (1) and text rows (0), 0..1; unset = off."
+    )
+    embedding_layer: int = Field(DEFAULT_EMBEDDING_LAYER, description="Qwen3-Embedding hidden state, -37..36.")
+    embedding_format: str = Field("chat", description=f"Embedding prompt format: {', '.join(EMBEDDING_FORMATS)}.")
+    embedding_instruction: str | None = Field(
+        None, description="Task of embedding_format=instruction; unset = default."
+    )
+    embedding_keep_eot: bool = Field(False, description="Keep the <|endoftext|> row the embedding tokenizer appends.")
+    fill_mode: str | None = Field(None, description=f"Bring features to target_length: {', '.join(FILL_MODES)}.")
+    target_length: int | None = Field(None, description="Rows after fill_mode, 1..1504.")
+
+    @field_validator("conditioning", mode="before")
+    @classmethod
+    def _v_conditioning(cls, v: Any) -> str:
+        return _choice("conditioning", v, CONDITIONING_SOURCES)
+
+    @field_validator("vl_image", mode="before")
+    @classmethod
+    def _v_vl_image(cls, v: Any) -> list[str] | None:
+        return _image_list("vl_image", v)
+
+    @field_validator("style_image", "neutral_image", mode="before")
+    @classmethod
+    def _v_one_image(cls, v: Any, info: Any) -> str | None:
+        images = _image_list(info.field_name, v)
+        if images is not None and len(images) != 1:
+            raise ValueError(f"{info.field_name} takes one image, got {len(images)}")
+        return images[0] if images else None
+
+    @field_validator("vl_text", "vl_system_prompt", "embedding_instruction", mode="before")
+    @classmethod
+    def _v_optional_text(cls, v: Any, info: Any) -> str | None:
+        return None if v is None else _as_str(info.field_name, v) or None
+
+    @field_validator("vl_layer", "embedding_layer", mode="before")
+    @classmethod
+    def _v_layer(cls, v: Any, info: Any) -> int:
+        return _check_layer(info.field_name, _as_int(info.field_name, v))
+
+    @field_validator("vl_token_mode", mode="before")
+    @classmethod
+    def _v_token_mode(cls, v: Any) -> str:
+        return _choice("vl_token_mode", v, VL_TOKEN_MODES)
+
+    @field_validator("vl_image_weights", mode="before")
+    @classmethod
+    def _v_weights(cls, v: Any) -> list[float] | None:
+        if v is None or v == "" or v == []:
+            return None
+        items = [p for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+        if not isinstance(items, list | tuple):
+            raise ValueError("vl_image_weights must be a list of numbers like [0.7, 0.3]")
+        weights = [_as_float(f"vl_image_weights[{i}]", w) for i, w in enumerate(items)]
+        if math.isclose(sum(weights), 0.0, abs_tol=1e-12):
+            raise ValueError("vl_image_weights sum to 0; they are normalised by their sum, so it must be non-zero")
+        return weights
+
+    @field_validator("vl_alpha", "intra_vl_ratio", mode="before")
+    @classmethod
+    def _v_unit(cls, v: Any, info: Any) -> float | None:
+        return _optional_unit(info.field_name, v)
+
+    @field_validator("vl_hybrid_weight", mode="before")
+    @classmethod
+    def _v_hybrid(cls, v: Any) -> float:
+        number = _optional_unit("vl_hybrid_weight", v)
+        if number is None:
+            raise ValueError("vl_hybrid_weight must be a number in 0..1")
+        return number
+
+    @field_validator("vl_blend", mode="before")
+    @classmethod
+    def _v_blend(cls, v: Any) -> str:
+        return _choice("vl_blend", v, VL_BLENDS)
+
+    @field_validator("vl_blend_curve", mode="before")
+    @classmethod
+    def _v_curve(cls, v: Any) -> str:
+        return _choice("vl_blend_curve", v, GRADUATED_CURVES)
+
+    @field_validator("vl_normalize", mode="before")
+    @classmethod
+    def _v_normalize(cls, v: Any) -> str:
+        return _choice("vl_normalize", v, VL_NORMALIZATIONS)
+
+    @field_validator("vl_target_std", mode="before")
+    @classmethod
+    def _v_target_std(cls, v: Any) -> float | None:
+        if v is None or v == "":
+            return None
+        number = _as_float("vl_target_std", v)
+        if number <= 0:
+            raise ValueError(f"vl_target_std must be > 0 (got {number}; the seeds used 50, 61, 70)")
+        return number
+
+    @field_validator("outlier_mask", mode="before")
+    @classmethod
+    def _v_outlier_mask(cls, v: Any) -> str:
+        return _choice("outlier_mask", v, OUTLIER_MASKS)
+
+    @field_validator("outlier_threshold", mode="before")
+    @classmethod
+    def _v_threshold(cls, v: Any) -> float:
+        number = _as_float("outlier_threshold", v)
+        if number <= 0:
+            raise ValueError(f"outlier_threshold must be > 0 (got {number}; default {DEFAULT_OUTLIER_THRESHOLD})")
+        return number
+
+    @field_validator("embedding_format", mode="before")
+    @classmethod
+    def _v_format(cls, v: Any) -> str:
+        return _choice("embedding_format", v, EMBEDDING_FORMATS)
+
+    @field_validator("embedding_keep_eot", mode="before")
+    @classmethod
+    def _v_keep_eot(cls, v: Any) -> bool:
+        if not isinstance(v, bool):
+            raise ValueError(f"embedding_keep_eot must be true or false (got {toml_value(v)})")
+        return v
+
+    @field_validator("fill_mode", mode="before")
+    @classmethod
+    def _v_fill_mode(cls, v: Any) -> str | None:
+        return None if v is None or v == "" else _choice("fill_mode", v, FILL_MODES)
+
+    @field_validator("target_length", mode="before")
+    @classmethod
+    def _v_target_length(cls, v: Any) -> int | None:
+        if v is None or v == "":
+            return None
+        return _int_in("target_length", v, 1, HARD_MAX_TEXT_TOKENS, "; the DiT reads at most 1504 caption rows")
+
+    @property
+    def source_alpha(self) -> float:
+        """The mix's source share: vl_alpha, or 1 (the source alone) when unset."""
+        return 1.0 if self.vl_alpha is None else self.vl_alpha
+
+
+def conditioning_problem(c: ConditioningSettings) -> tuple[str, str] | None:
+    """(field to blame, message) for conditioning settings that contradict each other, or None.
+
+    Not a validator of the section: experiment files and ``--set`` check one value at a time; the whole is checked
+    where a run's settings come together (:class:`Settings`, the planner, :class:`GenerationRequest`)."""
+    if (c.fill_mode is None) != (c.target_length is None):
+        given, missing = ("fill_mode", "target_length") if c.fill_mode else ("target_length", "fill_mode")
+        return given, f"{given} needs {missing} too (e.g. fill_mode=pad_end_zero with target_length=300)"
+    if c.conditioning == "vl":
+        if c.vl_image is None and c.style_image is None:
+            return (
+                "conditioning",
+                "conditioning = vl needs vl_image (a path or a list) or style_image; e.g. vl_image=ref.png",
+            )
+        if c.style_image is not None and c.vl_image is not None:
+            return "style_image", "style_image (style delta) and vl_image exclude each other; give one"
+        if c.vl_image_weights is not None and len(c.vl_image_weights) != len(c.vl_image or []):
+            n = len(c.vl_image or [])
+            return "vl_image_weights", f"vl_image_weights has {len(c.vl_image_weights)} weights for {n} vl_image(s)"
+        if c.intra_vl_ratio is not None and (c.vl_token_mode != "full" or c.style_image is not None):
+            return "intra_vl_ratio", "intra_vl_ratio blends one VL pass's image and text rows: needs vl_token_mode=full"
+    elif c.conditioning == "text":
+        used = [k for k in _SOURCE_ONLY if getattr(c, k) not in (None, ConditioningSettings.model_fields[k].default)]
+        if used:
+            return used[0], f"{used[0]} needs a source other than text: set conditioning=vl or conditioning=embedding"
+    else:  # embedding
+        used = [k for k in _VL_ONLY if getattr(c, k) is not None]
+        if used:
+            return used[0], f"{used[0]} is a Qwen3-VL input: set conditioning=vl to use it"
+    return None
+
+
+# Settings only a non-text source reads (given with conditioning = text they would silently do nothing).
+_VL_ONLY = (
+    "vl_image",
+    "vl_text",
+    "vl_system_prompt",
+    "vl_image_weights",
+    "style_image",
+    "neutral_image",
+    "intra_vl_ratio",
+)
+_SOURCE_ONLY = (*_VL_ONLY, "vl_alpha")
+
+
+def conditioning_params(c: ConditioningSettings) -> dict[str, Any]:
+    """The conditioning values a run actually uses, inert ones as None (run ids, records and the store agree).
+
+    Per source: ``text`` uses only fill_mode/target_length; ``embedding`` drops the VL inputs and the VL layer and
+    token mode; ``vl`` drops the embedding settings. Everywhere: vl_alpha is resolved (unset = 1 with a source),
+    vl_blend_curve only with vl_blend=graduated, vl_target_std only with global/hybrid normalisation, the hybrid
+    weight only with hybrid, outlier_threshold only with a mask, neutral_image only with style_image.
+    """
+    out = c.model_dump()
+    if c.conditioning == "text":
+        keep = {"conditioning", "fill_mode", "target_length"}
+        return {k: (v if k in keep else None) for k, v in out.items()}
+    out["vl_alpha"] = c.source_alpha
+    vl_keys = ("vl_image", "vl_text", "vl_system_prompt", "vl_layer", "vl_token_mode", "vl_image_weights")
+    drop = [k for k in out if k.startswith("embedding_")] if c.conditioning == "vl" else [*vl_keys, *_VL_ONLY]
+    if c.vl_blend != "graduated":
+        drop.append("vl_blend_curve")
+    if c.vl_normalize not in ("global", "hybrid"):
+        drop.append("vl_target_std")
+    if c.vl_normalize != "hybrid":
+        drop.append("vl_hybrid_weight")
+    if c.outlier_mask == "none":
+        drop.append("outlier_threshold")
+    if c.style_image is None:
+        drop.append("neutral_image")
+    if c.conditioning == "embedding" and c.embedding_format != "instruction":
+        drop.append("embedding_instruction")
+    for key in drop:
+        out[key] = None
+    return out
+
+
+class SourceModelSettings(BaseModel):
+    """[PROFILE.vl] / [PROFILE.embedding]: a conditioning source's local checkpoint and where it runs."""
+
+    model_config = _MODEL_CONFIG
+
+    model_path: str | None = Field(
+        None, description="Local checkpoint directory; unset = the built-in tiny twin (only with the tiny Z-Image)."
+    )
+    device: DeviceName = Field("auto", description="Device: auto, cpu, cuda or cuda:N.")
+    torch_dtype: DtypeName = Field("auto", description="Dtype: auto, bfloat16 or float32.")
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _v_model_path(cls, v: Any) -> str | None:
+        if v is None:
+            return None
+        text = _as_str("model_path", v)
+        return None if text in ("", "tiny") else text
+
+
 def _optional_path(name: str, value: Any) -> str | None:
     if value is None:
         return None
@@ -694,6 +1003,9 @@ class Settings(BaseModel):
         None, description="Checkpoint directory (diffusers layout); unset or 'tiny' = built-in tiny model."
     )
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    conditioning: ConditioningSettings = Field(default_factory=ConditioningSettings)
+    vl: SourceModelSettings = Field(default_factory=SourceModelSettings)
+    embedding: SourceModelSettings = Field(default_factory=SourceModelSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
@@ -708,6 +1020,13 @@ class Settings(BaseModel):
         # One spelling for the tiny model, so metadata and comparisons see a single value.
         return None if text in ("", "tiny") else text
 
+    @model_validator(mode="after")
+    def _consistent_conditioning(self) -> Settings:
+        problem = conditioning_problem(self.conditioning)
+        if problem is not None:
+            raise _FieldError(f"conditioning.{problem[0]}", problem[1])
+        return self
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
         """A validated copy with dotted-key overrides applied (``None`` values are ignored).
 
@@ -721,6 +1040,9 @@ class Settings(BaseModel):
 
 SECTIONS: dict[str, type[BaseModel]] = {
     "encoder": EncoderSettings,
+    "conditioning": ConditioningSettings,
+    "vl": SourceModelSettings,
+    "embedding": SourceModelSettings,
     "pipeline": PipelineSettings,
     "generation": GenerationSettings,
     "metrics": MetricsSettings,
@@ -822,6 +1144,8 @@ def validation_messages(exc: ValidationError) -> list[tuple[str, str]]:
             key = f"{loc[0]}.{loc[1]}" if len(loc) > 1 else loc[0]
             if isinstance(cause, _FieldError):
                 key = f"{loc[0]}.{cause.key}"
+        elif isinstance(cause, _FieldError) and "." in cause.key:  # a model-level check naming its field
+            key = cause.key
         else:
             key = ".".join(loc[:1]) or "?"
         message = str(cause) if isinstance(cause, ValueError) else f"{key.rpartition('.')[2]}: {err['msg']}"

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llm_dit.config import EncoderSettings, GenerationSettings
+from llm_dit.config import ConditioningSettings, EncoderSettings, GenerationSettings
 from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import ConfigError
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # prompts.py is imported lazily: planning must stay light wha
     from llm_dit.experiments.prompts import Prompt
 
 __all__ = [
+    "CONDITIONING_PARAMETERS",
     "ENCODER_PARAMETERS",
     "GENERATION_PARAMETERS",
     "PARAMETERS",
@@ -37,6 +38,7 @@ __all__ = [
     "PlannedRun",
     "file_label",
     "jsonable",
+    "settings_section",
     "value_label",
 ]
 
@@ -45,9 +47,24 @@ TOKEN_MANIPULATION = "token_manipulation"
 # numerics that can change pixels (dtype, device) are hashed into run ids through plan(numerics=...).
 ENCODER_PARAMETERS: tuple[str, ...] = tuple(n for n in EncoderSettings.model_fields if n not in ENCODER_LOAD_FIELDS)
 GENERATION_PARAMETERS: tuple[str, ...] = tuple(n for n in GenerationSettings.model_fields if n != "output_dir")
-PARAMETERS: tuple[str, ...] = (*ENCODER_PARAMETERS, *GENERATION_PARAMETERS, TOKEN_MANIPULATION)
+# Where caption features come from and what is done to them (sources, mixing, normalisation, fill modes).
+CONDITIONING_PARAMETERS: tuple[str, ...] = tuple(ConditioningSettings.model_fields)
+PARAMETERS: tuple[str, ...] = (
+    *ENCODER_PARAMETERS,
+    *CONDITIONING_PARAMETERS,
+    *GENERATION_PARAMETERS,
+    TOKEN_MANIPULATION,
+)
 # The seed is a parameter of a run but not of an experiment: it always comes from the seeds list.
 SETTABLE_PARAMETERS: tuple[str, ...] = tuple(p for p in PARAMETERS if p != "seed")
+
+
+def settings_section(name: str) -> str:
+    """The :class:`~llm_dit.config.Settings` section that holds run parameter ``name`` (seed included)."""
+    if name in ENCODER_PARAMETERS:
+        return "encoder"
+    return "conditioning" if name in CONDITIONING_PARAMETERS else "generation"
+
 
 _LABEL_LIMIT = 40
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -186,6 +203,10 @@ class PlannedRun:
         if out.get("hidden_layer") is None:
             out.pop("hidden_layer", None)
         return out
+
+    def conditioning_params(self) -> dict[str, Any]:
+        """Keyword values for :class:`ConditioningSettings` (inert ``None`` values left out)."""
+        return {k: self.params[k] for k in CONDITIONING_PARAMETERS if self.params.get(k) is not None}
 
     def generation_params(self) -> dict[str, Any]:
         """Keyword values for :class:`GenerationSettings`, seed included (inert ``None`` values left out)."""

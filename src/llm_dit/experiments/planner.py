@@ -30,11 +30,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llm_dit.config import (
+    ConditioningSettings,
     EncoderSettings,
     GenerationSettings,
     Settings,
     build_section,
     check_limits,
+    conditioning_params,
+    conditioning_problem,
     count_steps,
     parse_sigmas,
     toml_value,
@@ -51,6 +54,7 @@ from llm_dit.constants import (
 )
 from llm_dit.errors import ConfigError, LlmDitError, closest
 from llm_dit.experiments.model import (
+    CONDITIONING_PARAMETERS,
     ENCODER_PARAMETERS,
     GENERATION_PARAMETERS,
     SETTABLE_PARAMETERS,
@@ -61,6 +65,7 @@ from llm_dit.experiments.model import (
     jsonable,
     value_label,
 )
+from llm_dit.files import IMAGE_SETTINGS
 
 if TYPE_CHECKING:  # prompts.py is imported lazily: planning must stay light whatever it grows to import
     from llm_dit.experiments.prompts import Prompt
@@ -141,6 +146,8 @@ def _check_value(key: str, value: Any) -> None:
         _check_manipulation(value)
     elif key in ENCODER_PARAMETERS:
         build_section(EncoderSettings, {key: value})
+    elif key in CONDITIONING_PARAMETERS:
+        build_section(ConditioningSettings, {key: value})
     else:
         build_section(GenerationSettings, {key: value})
 
@@ -198,6 +205,7 @@ def _merge(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _settings_layer(settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {k: getattr(settings.encoder, k) for k in ENCODER_PARAMETERS}
+    out.update({k: getattr(settings.conditioning, k) for k in CONDITIONING_PARAMETERS})
     out.update({k: getattr(settings.generation, k) for k in GENERATION_PARAMETERS if k != "seed"})
     out[TOKEN_MANIPULATION] = None
     return out
@@ -209,10 +217,15 @@ def _resolve(merged: Mapping[str, Any], seed: int) -> dict[str, Any]:
     generation = build_section(
         GenerationSettings, {**{k: merged[k] for k in GENERATION_PARAMETERS if k in merged}, "seed": seed}
     )
+    conditioning = build_section(ConditioningSettings, {k: merged[k] for k in CONDITIONING_PARAMETERS if k in merged})
+    problem = conditioning_problem(conditioning)
+    if problem is not None:
+        raise ConfigError(f"{problem[0]}: {problem[1]}")
     manipulation = merged.get(TOKEN_MANIPULATION)
     if manipulation is not None:
         _check_manipulation(manipulation)
     params: dict[str, Any] = {k: getattr(encoder, k) for k in ENCODER_PARAMETERS}
+    params.update(conditioning_params(conditioning))
     params.update({k: getattr(generation, k) for k in GENERATION_PARAMETERS})
     params[TOKEN_MANIPULATION] = manipulation
     # Inert values become None, so they can neither differentiate run ids nor mislead a reader.
@@ -321,6 +334,10 @@ REPLACES: dict[str, tuple[str, ...]] = {
 _ID_NEUTRAL: dict[str, tuple[Any, ...]] = {
     "cfg_normalization": (None, DEFAULT_CFG_NORMALIZATION),
     "cfg_truncation": (None, DEFAULT_CFG_TRUNCATION),
+    # The conditioning parameters came with the second wave: a text run (all of them inert) keeps its old id.
+    **{name: (None, ConditioningSettings.model_fields[name].default) for name in CONDITIONING_PARAMETERS},
+    "input_sha256": (None,),
+    "source_model": (None,),
 }
 
 
@@ -351,7 +368,9 @@ def compute_run_id(
     dumped with ``sort_keys=True, separators=(",", ":")`` (ASCII escapes), where ``params`` are the
     resolved params without ``seed`` (already at the top), ``output_dir`` and ``token_manipulation`` (its
     whole effect is the prompt text, so a no-op manipulation gives the id of the plain run), and with
-    ``layer_weights`` keys as strings. Experiment name, prompt id, labels and package versions are left out
+    ``layer_weights`` keys as strings; image paths (``vl_image``, ``style_image``, ``neutral_image``) are left out and
+    their bytes' sha256 (``input_sha256``) hashed instead, with the source's weights (``source_model``).
+    Experiment name, prompt id, labels and package versions are left out
     on purpose: the same image in two experiments gets the same id (a store can reuse it), and upgrading a
     package does not invalidate resume; what can change pixels across machines goes in ``numerics``. The
     shift is hashed as resolved (the checkpoint's when no level sets one), ``shift_source`` is not (the same
@@ -361,7 +380,8 @@ def compute_run_id(
     pixel = {
         k: v
         for k, v in params.items()
-        if k not in ("seed", "output_dir", "shift_source", TOKEN_MANIPULATION) and v not in _ID_NEUTRAL.get(k, ())
+        if k not in ("seed", "output_dir", "shift_source", TOKEN_MANIPULATION, *IMAGE_PARAMETERS)
+        and v not in _ID_NEUTRAL.get(k, ())
     }
     payload = {
         "model": model_fingerprint,
@@ -372,6 +392,40 @@ def compute_run_id(
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# Image-valued parameters: the planner makes their paths absolute and hashes their bytes into ``input_sha256``; the
+# run id hashes the bytes, not the path.
+IMAGE_PARAMETERS = IMAGE_SETTINGS
+
+
+def _with_inputs(params: dict[str, Any], settings: Settings, digests: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """``params`` with image paths made absolute, their sha256 in ``input_sha256`` and the source's weights in
+    ``source_model`` (both None for a text run). ``digests`` caches path -> (absolute, sha256) across runs."""
+    from llm_dit.files import input_image
+    from llm_dit.models.sources import source_fingerprint
+
+    source = params.get("conditioning")
+    if source in (None, "text"):
+        return {**params, "input_sha256": None, "source_model": None}
+    out = dict(params)
+    hashes: dict[str, Any] = {}
+    for name in IMAGE_PARAMETERS:
+        value = params.get(name)
+        if value is None:
+            continue
+        paths = value if isinstance(value, list) else [value]
+        for path in paths:
+            if path not in digests:
+                full, sha = input_image(path, name)
+                digests[path] = (str(full), sha)
+        resolved = [digests[p] for p in paths]
+        out[name] = [full for full, _ in resolved] if isinstance(value, list) else resolved[0][0]
+        hashes[name] = [sha for _, sha in resolved] if isinstance(value, list) else resolved[0][1]
+    out["input_sha256"] = hashes or None
+    section = getattr(settings, source)
+    out["source_model"] = source_fingerprint(source, section.model_path, settings.model_path)
+    return out
 
 
 def _run_name(experiment: Experiment, prompt_id: str, seed: int, variables: Mapping[str, str]) -> str:
@@ -446,6 +500,7 @@ def plan(
     runs: list[PlannedRun] = []
     names: dict[str, str] = {}
     ids: set[str] = set()
+    digests: dict[str, tuple[str, str]] = {}
     for prompt in prompts:
         for c, combo in enumerate(combos):
             variables = {axis.name: value.label for axis, value in zip(experiment.axes, combo, strict=True)}
@@ -454,6 +509,7 @@ def plan(
                 if c not in resolved:
                     try:
                         resolved[c] = _with_shift(_resolve(merged[c], seed), _shift_level(levels[c]), shift_of)
+                        resolved[c] = _with_inputs(resolved[c], settings, digests)
                         check_limits(settings.limits, resolved[c])
                     except LlmDitError as exc:
                         raise LlmDitError(f"{where}: {exc}") from None

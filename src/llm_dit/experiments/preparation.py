@@ -34,6 +34,7 @@ def request_for(run: Run) -> GenerationRequest:
         tag=run,
         shift_source=run.params.get("shift_source"),
         **run.encoder_params(),
+        **run.conditioning_params(),
         **run.generation_params(),
     )
 

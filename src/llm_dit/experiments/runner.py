@@ -247,7 +247,7 @@ class ExperimentRunner:
     def _execute(self, name: str, todo: list[Run], summary: RunSummary) -> None:
         requests = [request_for(run) for run in todo]
         self.pipeline.check(requests)
-        self.pipeline.precompute_encodings(requests)
+        self.pipeline.precompute_encodings(requests, offload=self.offload_encoder)
         if self.offload_encoder:
             self.pipeline.offload_encoder()
         self._report(len(todo), summary)

@@ -89,12 +89,27 @@ class RequestChecker:
             check_schedule(gen.steps, shift, gen.sigmas)
             for text in encoding_texts(request):  # what the pipeline encodes
                 self.prompts.tokenize(text, **request.encoder)
+            self._check_conditioning(request)
             for name, emb in (("embeddings", request.embeddings), ("negative_embeddings", request.negative_embeddings)):
                 if emb is not None:
                     # Caption features are torch tensors, so torch is loaded already whenever this runs.
                     from llm_dit.conditioning.embeddings import check_features
 
                     check_features(emb, name, width=self.cap_feat_dim, max_rows=self.prompts.max_caption_tokens)
+
+    def _check_conditioning(self, request: GenerationRequest) -> None:
+        """Image inputs exist and are images; a fill target fits under the caption cap."""
+        from llm_dit.files import check_input_images
+
+        c = request.conditioning
+        check_input_images(c)
+        if c.target_length is not None:
+            cap = self.prompts.resolve(**request.encoder).max_text_tokens
+            if c.target_length > cap:
+                raise LlmDitError(
+                    f"target_length {c.target_length} is above the caption cap of {cap} (max_text_tokens); "
+                    "lower target_length or raise max_text_tokens"
+                )
 
 
 def resolved_numerics(settings: Settings) -> dict[str, str]:

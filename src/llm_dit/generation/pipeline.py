@@ -19,8 +19,9 @@ from PIL import Image
 from torch import nn
 
 from llm_dit import __version__
+from llm_dit.conditioning.compose import ComposedConditioning, compose
 from llm_dit.conditioning.text_encoder import EncodedPrompt, ZImageTextEncoder, layer_agnostic_key
-from llm_dit.config import EncoderSettings, PipelineSettings, Settings, build_section
+from llm_dit.config import EncoderSettings, PipelineSettings, Settings, SourceModelSettings, build_section
 from llm_dit.constants import HARD_MAX_TEXT_TOKENS, SIZE_MULTIPLE
 from llm_dit.errors import LlmDitError
 from llm_dit.files import ensure_writable
@@ -28,13 +29,15 @@ from llm_dit.generation.batching import batches
 from llm_dit.generation.checks import RequestChecker, request_shift
 from llm_dit.generation.image import decode_latents, save_png, to_pil
 from llm_dit.generation.record import package_versions, parameters_line, tensor_fingerprint, utc_now
-from llm_dit.generation.request import GenerationRequest, encoding_texts, sampling_group
+from llm_dit.generation.request import GenerationRequest, encoding_texts, needs_text_features, sampling_group
 from llm_dit.generation.sampler import Guidance, denoise, initial_noise
 from llm_dit.generation.schedule import resolve_sigmas
+from llm_dit.generation.sources import SourceEncoders
 from llm_dit.models import checkpoint, devices
 from llm_dit.models.devices import module_device
 
 ProgressCallback = Callable[[int, int], None]  # (DiT forwards done, total)
+Features = EncodedPrompt | ComposedConditioning | torch.Tensor  # one sample's caption features, as made
 
 _ENCODER_RECORD_KEYS = (
     "system_prompt",
@@ -97,8 +100,11 @@ class LlmDitPipeline:
         fingerprint: str | None = None,
         pipeline_settings: PipelineSettings | None = None,
         max_batch_size: int = 8,
+        sources: SourceEncoders | None = None,
     ) -> None:
         self.encoder = encoder
+        # The other conditioning sources (Qwen3-VL, Qwen3-Embedding), loaded on first use.
+        self.sources = sources or SourceEncoders()
         self._transformer = _Lazy(transformer) if isinstance(transformer, nn.Module) else _Lazy(loader=transformer)
         self._vae = _Lazy(vae) if isinstance(vae, nn.Module) else _Lazy(loader=vae)
         self.info = info
@@ -125,11 +131,14 @@ class LlmDitPipeline:
         encoder: EncoderSettings | dict[str, Any] | None = None,
         pipeline: PipelineSettings | dict[str, Any] | None = None,
         max_batch_size: int = 8,
+        vl: SourceModelSettings | None = None,
+        embedding: SourceModelSettings | None = None,
     ) -> LlmDitPipeline:
         """A pipeline over a local checkpoint in diffusers layout (None or "tiny": the built-in tiny model).
 
         The directory is validated now; weights load on first use. ``encoder`` and ``pipeline`` hold
-        devices, dtypes and default conditioning (see :mod:`llm_dit.config`).
+        devices, dtypes and default conditioning (see :mod:`llm_dit.config`); ``vl`` and ``embedding`` the checkpoints
+        of the other sources (unset: their tiny twins, with the tiny Z-Image only).
         """
         enc = encoder if isinstance(encoder, EncoderSettings) else build_section(EncoderSettings, encoder or {})
         pipe = pipeline if isinstance(pipeline, PipelineSettings) else build_section(PipelineSettings, pipeline or {})
@@ -148,6 +157,11 @@ class LlmDitPipeline:
             model_path=str(model_path) if model_path not in (None, "tiny") else "tiny",
             pipeline_settings=pipe,
             max_batch_size=max_batch_size,
+            sources=SourceEncoders.from_settings(
+                vl or SourceModelSettings(),
+                embedding or SourceModelSettings(),
+                None if model_path in (None, "tiny") else str(model_path),
+            ),
         )
 
     @classmethod
@@ -180,7 +194,12 @@ class LlmDitPipeline:
     @classmethod
     def from_settings(cls, settings: Settings, max_batch_size: int = 8) -> LlmDitPipeline:
         return cls.from_pretrained(
-            settings.model_path, encoder=settings.encoder, pipeline=settings.pipeline, max_batch_size=max_batch_size
+            settings.model_path,
+            encoder=settings.encoder,
+            pipeline=settings.pipeline,
+            max_batch_size=max_batch_size,
+            vl=settings.vl,
+            embedding=settings.embedding,
         )
 
     @property
@@ -288,18 +307,22 @@ class LlmDitPipeline:
         assert all(r is not None for r in results)  # the batches partition the requests
         return cast(list[GenerationResult], results)
 
-    def _encode_all(
-        self, requests: list[GenerationRequest]
-    ) -> tuple[list[EncodedPrompt | torch.Tensor], list[EncodedPrompt | torch.Tensor | None]]:
-        """Caption features of every request: precomputed ones as given, texts through the encoding cache."""
+    def _encode_all(self, requests: list[GenerationRequest]) -> tuple[list[Features], list[Features | None]]:
+        """Caption features of every request: precomputed ones as given, texts through the encoding cache, other
+        sources composed with the text features (:func:`llm_dit.conditioning.compose.compose`)."""
         self.precompute_encodings(requests)
         positives: list[Any] = [None] * len(requests)
         negatives: list[Any] = [None] * len(requests)
         for index, (request, settings) in enumerate(zip(requests, self._encoder_settings(requests), strict=True)):
+            text = (
+                self._cache.get((request.prompt, settings.model_dump_json())) if needs_text_features(request) else None
+            )
             if request.embeddings is not None:
                 positives[index] = request.embeddings
+            elif request.conditioning.conditioning == "text" and request.conditioning.fill_mode is None:
+                positives[index] = text
             else:
-                positives[index] = self._cache[(request.prompt, settings.model_dump_json())]
+                positives[index] = self._compose(request, settings, text)
             if request.generation.guidance_scale > 0:
                 if request.negative_embeddings is not None:
                     negatives[index] = request.negative_embeddings
@@ -307,12 +330,37 @@ class LlmDitPipeline:
                     negatives[index] = self._cache[(request.generation.negative_prompt, settings.model_dump_json())]
         return positives, negatives
 
-    def precompute_encodings(self, requests: Sequence[GenerationRequest]) -> None:
+    def caption_features(self, requests: Sequence[GenerationRequest]) -> list[Features]:
+        """The caption features each request would give the DiT (text, source or composed; no sampling): for
+        statistics and ``encode``. Checks the requests first, as :meth:`generate_batch` does."""
+        requests = list(requests)
+        self._check(requests)
+        return self._encode_all(requests)[0]
+
+    def _compose(
+        self, request: GenerationRequest, settings: EncoderSettings, text: EncodedPrompt | None
+    ) -> ComposedConditioning:
+        c = request.conditioning
+        layer = {"vl": c.vl_layer, "embedding": c.embedding_layer}.get(c.conditioning)
+        composed = compose(
+            c,
+            text=None if text is None else text.embeddings,
+            passes=self.sources.passes(request),
+            source_layer=layer,
+            references=lambda at: self.sources.reference_stats(self, settings, at),
+            max_rows=self.encoder.resolve(**request.encoder).max_text_tokens,
+            long_prompt_mode=settings.long_prompt_mode,
+        )
+        composed.text = text
+        return composed
+
+    def precompute_encodings(self, requests: Sequence[GenerationRequest], offload: bool = False) -> None:
         """Encode every distinct (text, encoder settings) of ``requests`` not yet cached.
 
         Texts whose settings differ only in the layer choice share one encoder forward (all layers at once),
-        so a hidden-layer sweep encodes each prompt once. Results stay cached for later batches; a runner
-        can call this for a whole experiment, then :meth:`offload_encoder` before sampling.
+        so a hidden-layer sweep encodes each prompt once; each distinct VL or embedding input is encoded once too.
+        Results stay cached for later batches; a runner can call this for a whole experiment, then
+        :meth:`offload_encoder` before sampling. ``offload``: free each encoder as soon as its inputs are done.
         """
         groups: dict[str, tuple[dict[str, EncoderSettings], dict[str, None]]] = {}
         for request, settings in zip(requests, self._encoder_settings(requests), strict=True):
@@ -328,16 +376,24 @@ class LlmDitPipeline:
             for key, encoded in zip(variants, results, strict=True):
                 for text, item in zip(texts, encoded, strict=True):
                     self._cache[(text, key)] = item
+        # Each distinct source input once (one VL forward serves every layer and token mode of it). With ``offload``
+        # each encoder is freed before the next loads: the peak is the largest encoder, not their sum.
+        if offload:
+            self.encoder.unload()
+        self.sources.precompute([r for r in requests if r.conditioning.conditioning != "text"], offload=offload)
 
     def _encoder_settings(self, requests: Sequence[GenerationRequest]) -> list[EncoderSettings]:
         return [self.encoder.resolve(**request.encoder) for request in requests]
 
     def clear_encoding_cache(self) -> None:
         self._cache.clear()
+        self.sources.clear()
 
     def offload_encoder(self) -> None:
-        """Free the text encoder's weights (cached encodings stay) to cut peak memory while sampling."""
+        """Free every encoder's weights (text, VL, embedding; cached features stay) to cut peak memory while
+        sampling."""
         self.encoder.unload()
+        self.sources.unload()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -345,8 +401,8 @@ class LlmDitPipeline:
         self,
         requests: list[GenerationRequest],
         sigmas: torch.Tensor,
-        positives: list[EncodedPrompt | torch.Tensor],
-        negatives: list[EncodedPrompt | torch.Tensor | None],
+        positives: list[Features],
+        negatives: list[Features | None],
         width: int,
         height: int,
         refiner: str,
@@ -363,10 +419,10 @@ class LlmDitPipeline:
             [r.generation.seed for r in requests], channels, height // scale, width // scale, device
         )
 
-        def features(item: EncodedPrompt | torch.Tensor | None) -> torch.Tensor | None:
+        def features(item: Features | None) -> torch.Tensor | None:
             if item is None:
                 return None
-            emb = item.embeddings if isinstance(item, EncodedPrompt) else item
+            emb = item if isinstance(item, torch.Tensor) else item.embeddings
             return emb.to(device=device, dtype=dtype)
 
         latents = denoise(
@@ -391,8 +447,8 @@ class LlmDitPipeline:
     def _record(
         self,
         request: GenerationRequest,
-        positive: EncodedPrompt | torch.Tensor,
-        negative: EncodedPrompt | torch.Tensor | None,
+        positive: Features,
+        negative: Features | None,
         sigmas: torch.Tensor,
     ) -> dict[str, Any]:
         gen = request.generation
@@ -429,16 +485,17 @@ class LlmDitPipeline:
             "llm_dit_version": __version__,
             "created": utc_now(),
         }
-        if isinstance(positive, EncodedPrompt):
+        text = positive.text if isinstance(positive, ComposedConditioning) else positive
+        if isinstance(text, EncodedPrompt):
             record.update(
-                formatted_prompt=positive.formatted_prompt,
-                token_count=positive.token_count,
-                embedding_length=positive.length,
-                truncated=positive.truncated,
-                compressed=positive.compressed,
+                formatted_prompt=text.formatted_prompt,
+                token_count=text.token_count,
+                embedding_length=text.length,
+                truncated=text.truncated,
+                compressed=text.compressed,
                 conditioning="prompt",
             )
-        else:
+        elif isinstance(positive, torch.Tensor):
             record.update(
                 formatted_prompt=None,
                 token_count=None,
@@ -446,7 +503,16 @@ class LlmDitPipeline:
                 conditioning="precomputed embeddings",
                 embeddings_fingerprint=tensor_fingerprint(positive),
             )
-        if not isinstance(positive, EncodedPrompt) and not isinstance(negative, EncodedPrompt):
+        else:
+            record.update(formatted_prompt=None, token_count=None)
+        if isinstance(positive, ComposedConditioning):
+            # The source, its layer, token mode, blend, normalisation, masking and lengths: how the features were made.
+            source = request.conditioning.conditioning
+            record.update(positive.record)
+            record["conditioning"] = "prompt" if source == "text" else source
+            record["embedding_length"] = int(positive.embeddings.shape[0])
+            record["source_model"] = self.sources.fingerprint(source) if source != "text" else None
+        if not isinstance(text, EncodedPrompt) and not isinstance(negative, EncodedPrompt):
             # No text was encoded: the encoder's settings did not shape this image; don't claim they did.
             for key in _ENCODER_RECORD_KEYS:
                 record[key] = None
@@ -456,17 +522,17 @@ class LlmDitPipeline:
             record["negative_embeddings_fingerprint"] = tensor_fingerprint(negative)
         return record
 
-    def _devices(
-        self, positive: EncodedPrompt | torch.Tensor, negative: EncodedPrompt | torch.Tensor | None
-    ) -> dict[str, str]:
+    def _devices(self, positive: Features, negative: Features | None) -> dict[str, str]:
         """Where the DiT and VAE ran and, when text was encoded, where the encoder did (as recorded at encode
         time: still true after :meth:`offload_encoder`, or for an encoding cached earlier)."""
         out = {}
         for name, lazy in (("dit", self._transformer), ("vae", self._vae)):
             if lazy._value is not None:
                 out[name] = module_device(lazy._value)
-        for item in (positive, negative):
+        text = positive.text if isinstance(positive, ComposedConditioning) else positive
+        for item in (text, negative):
             if isinstance(item, EncodedPrompt) and item.encoder_device is not None:
                 out["encoder"] = item.encoder_device
                 break
+        out.update(self.sources.devices_used(positive))
         return out

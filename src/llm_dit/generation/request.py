@@ -10,7 +10,13 @@ from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llm_dit.config import EncoderSettings, GenerationSettings, build_section
+from llm_dit.config import (
+    ConditioningSettings,
+    EncoderSettings,
+    GenerationSettings,
+    build_section,
+    conditioning_problem,
+)
 from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import LlmDitError
 
@@ -19,6 +25,7 @@ if TYPE_CHECKING:
 
 _ENCODER_FIELDS = set(EncoderSettings.model_fields) - set(ENCODER_LOAD_FIELDS)
 _GENERATION_FIELDS = set(GenerationSettings.model_fields)
+_CONDITIONING_FIELDS = set(ConditioningSettings.model_fields)
 
 
 @dataclass
@@ -34,6 +41,8 @@ class GenerationRequest:
     # Where generation.shift came from when it is set (constants.SHIFT_FROM_*), for the image's record;
     # an unset shift is the checkpoint's, and the pipeline says so itself.
     shift_source: str | None = None
+    # Where the caption features come from and the operations on them (default: the text encoder alone).
+    conditioning: ConditioningSettings = field(default_factory=ConditioningSettings)
 
     @classmethod
     def build(
@@ -47,9 +56,9 @@ class GenerationRequest:
         **params: Any,
     ) -> GenerationRequest:
         """Split flat keyword parameters into generation settings and encoder overrides, validating both."""
-        unknown = set(params) - _ENCODER_FIELDS - _GENERATION_FIELDS
+        unknown = set(params) - _ENCODER_FIELDS - _GENERATION_FIELDS - _CONDITIONING_FIELDS
         if unknown:
-            valid = ", ".join(sorted(_ENCODER_FIELDS | _GENERATION_FIELDS))
+            valid = ", ".join(sorted(_ENCODER_FIELDS | _GENERATION_FIELDS | _CONDITIONING_FIELDS))
             raise LlmDitError(f"unknown generation parameter(s) {', '.join(sorted(unknown))}; valid: {valid}")
         if (prompt is None) == (embeddings is None):
             raise LlmDitError("give exactly one of prompt or embeddings")
@@ -57,13 +66,30 @@ class GenerationRequest:
         if encoder:
             build_section(EncoderSettings, encoder)  # validate early
         generation = build_section(GenerationSettings, {k: v for k, v in params.items() if k in _GENERATION_FIELDS})
-        return cls(prompt, embeddings, negative_embeddings, generation, encoder, tag, shift_source)
+        conditioning = build_section(
+            ConditioningSettings, {k: v for k, v in params.items() if k in _CONDITIONING_FIELDS}
+        )
+        problem = conditioning_problem(conditioning)
+        if problem is not None:
+            raise LlmDitError(f"{problem[0]}: {problem[1]}")
+        if embeddings is not None and conditioning.conditioning != "text":
+            raise LlmDitError(f"conditioning = {conditioning.conditioning} makes its own features: drop embeddings")
+        return cls(prompt, embeddings, negative_embeddings, generation, encoder, tag, shift_source, conditioning)
+
+
+def needs_text_features(request: GenerationRequest) -> bool:
+    """Whether the prompt goes through the Qwen3-4B text encoder: always for text conditioning, and for a source
+    when text is mixed in (vl_alpha < 1) or a style delta is added to it."""
+    c = request.conditioning
+    if request.embeddings is not None:
+        return False
+    return c.conditioning == "text" or c.source_alpha < 1.0 or c.style_image is not None
 
 
 def encoding_texts(request: GenerationRequest) -> list[str]:
-    """The texts a request needs encoded: its prompt (unless it brings embeddings) and, with CFG, its negative
-    prompt (unless it brings negative embeddings)."""
-    texts = [request.prompt or ""] if request.embeddings is None else []
+    """The texts a request needs encoded by the text encoder: its prompt (unless it brings embeddings or its source
+    alone makes the features) and, with CFG, its negative prompt (unless it brings negative embeddings)."""
+    texts = [request.prompt or ""] if needs_text_features(request) else []
     if request.generation.guidance_scale > 0 and request.negative_embeddings is None:
         texts.append(request.generation.negative_prompt)
     return texts
