@@ -57,3 +57,18 @@ ENCODER_LOAD_FIELDS: tuple[str, ...] = ("device", "torch_dtype")
 THINK_NONE = "none"
 THINK_EMPTY = "empty"
 DEFAULT_THINK_BLOCK = THINK_NONE
+
+# Conditioning sources and their operations (docs/conditioning.md).
+CONDITIONING_SOURCES = ("text", "vl", "embedding")
+VL_TOKEN_MODES = ("full", "text_only", "image_only", "image_no_markers")
+VL_BLENDS = ("linear", "interpolate", "adain", "adain_per_dim", "style_only", "graduated", "attention_weighted")
+GRADUATED_CURVES = ("linear", "ease_in", "ease_out")
+VL_NORMALIZATIONS = ("none", "global", "per_dim", "hybrid")
+OUTLIER_MASKS = ("none", "zero", "clamp", "scale")
+EMBEDDING_FORMATS = ("chat", "raw", "instruction")
+DEFAULT_OUTLIER_THRESHOLD = 10.0
+# One VL layer default everywhere (CLI, config, API, experiments): the seed project had three (-8, -6, -2). -2 is the
+# layer Z-Image reads from Qwen3-4B; the seeds' preference for -8 is a question for a vl_layer sweep, not a default.
+DEFAULT_VL_LAYER = -2
+DEFAULT_EMBEDDING_LAYER = -2
+DEFAULT_EMBEDDING_TASK = "Given a text prompt, retrieve images that match it"
