@@ -253,7 +253,7 @@ def validate_embedding_checkpoint(path: str | Path) -> EmbeddingCheckpointInfo:
     model_type = config.get("model_type")
     if model_type != "qwen3":
         raise CheckpointError(
-            f"embedding checkpoint {root}: config.json has model_type {json.dumps(model_type)}, not \"qwen3\"; "
+            f'embedding checkpoint {root}: config.json has model_type {json.dumps(model_type)}, not "qwen3"; '
             "give a Qwen3-Embedding checkpoint folder"
         )
     hidden = _positive_int(config, "hidden_size", root)
