@@ -63,6 +63,16 @@ def _load_image(key: str) -> Any:
         return image.convert("RGB")
 
 
+def _image_sha256(key: str) -> str | None:
+    """The sha256 of an input image's bytes (None for the generated mid-gray neutral image)."""
+    import hashlib
+    from pathlib import Path
+
+    if key.startswith(_NEUTRAL):
+        return None
+    return hashlib.sha256(Path(key).expanduser().read_bytes()).hexdigest()
+
+
 class SourceEncoders:
     """The VL and embedding encoders of a pipeline (built by their loaders on first use) and their cached rows."""
 
@@ -172,6 +182,7 @@ class SourceEncoders:
         ids = torch.tensor(forward.input_ids)
         facts = {
             "images": [image if not image.startswith(_NEUTRAL) else "mid-gray" for image in images],
+            "image_sha256": [_image_sha256(image) for image in images],
             "text": text,
             "formatted_text": forward.formatted_text,
             "token_count": len(forward.input_ids),
