@@ -71,4 +71,5 @@ DEFAULT_OUTLIER_THRESHOLD = 10.0
 # layer Z-Image reads from Qwen3-4B; the seeds' preference for -8 is a question for a vl_layer sweep, not a default.
 DEFAULT_VL_LAYER = -2
 DEFAULT_EMBEDDING_LAYER = -2
+DEFAULT_CAPTION_PROMPT = "Describe this image in detail."  # llm-dit caption's instruction
 DEFAULT_EMBEDDING_TASK = "Given a text prompt, retrieve images that match it"

@@ -10,10 +10,8 @@ import typer
 
 from llm_dit.cli.options import ConfigOpt, FormatOpt, ModelOpt, ModelPathOpt, ProfileOpt, chosen_model_path
 from llm_dit.cli.terminal import Column, check_format, print_records, status, wrote
+from llm_dit.constants import DEFAULT_CAPTION_PROMPT
 from llm_dit.errors import LlmDitError
-
-# The same text as llm_dit.conditioning.vl_encoder.DEFAULT_CAPTION_PROMPT (a light path: no torch import here).
-DEFAULT_CAPTION_PROMPT = "Describe this image in detail."
 
 
 def caption_cmd(

@@ -27,14 +27,19 @@ import torch
 from torch import Tensor
 
 from llm_dit.conditioning.tokenization import check_layer_indices
-from llm_dit.constants import DEFAULT_VL_LAYER, IMAGE_PAD_ID, VISION_END_ID, VISION_START_ID, VL_TOKEN_MODES
+from llm_dit.constants import (
+    DEFAULT_CAPTION_PROMPT,
+    DEFAULT_VL_LAYER,
+    IMAGE_PAD_ID,
+    VISION_END_ID,
+    VISION_START_ID,
+    VL_TOKEN_MODES,
+)
 from llm_dit.errors import LlmDitError
 
-__all__ = ["DEFAULT_CAPTION_PROMPT", "VLEncoder", "VLForward", "token_mode_rows", "vl_messages"]
+__all__ = ["VLEncoder", "VLForward", "token_mode_rows", "vl_messages"]
 
 ImageInput = Any  # a PIL image, or a path to an image file
-
-DEFAULT_CAPTION_PROMPT = "Describe this image in detail."
 
 
 @dataclass
