@@ -347,7 +347,7 @@ class LlmDitPipeline:
             text=None if text is None else text.embeddings,
             passes=self.sources.passes(request),
             source_layer=layer,
-            references=lambda at: self.sources.reference_stats(self, settings, at),
+            references=lambda at: self.sources.reference_stats(self.encoder, self.fingerprint, settings, at),
             max_rows=self.encoder.resolve(**request.encoder).max_text_tokens,
             long_prompt_mode=settings.long_prompt_mode,
         )

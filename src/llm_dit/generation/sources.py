@@ -22,8 +22,8 @@ from llm_dit.models.sources import source_fingerprint, source_path
 
 if TYPE_CHECKING:
     from llm_dit.conditioning.embedding_encoder import EmbeddingEncoder
+    from llm_dit.conditioning.text_encoder import ZImageTextEncoder
     from llm_dit.conditioning.vl_encoder import VLEncoder
-    from llm_dit.generation.pipeline import LlmDitPipeline
     from llm_dit.generation.request import GenerationRequest
 
 __all__ = ["SourceEncoders"]
@@ -224,22 +224,28 @@ class SourceEncoders:
         """The cached rows of each role of ``request`` (call :meth:`precompute` first)."""
         return {role: [self._rows[key] for key in keys] for role, keys in self._wanted(request).items()}
 
-    def reference_stats(self, pipeline: LlmDitPipeline, settings: EncoderSettings, layer: int) -> Any:
-        """Qwen3-4B's per-dimension statistics at ``layer`` over the prompt library (cached on disk)."""
+    def reference_stats(
+        self, encoder: ZImageTextEncoder, fingerprint: str | None, settings: EncoderSettings, layer: int
+    ) -> Any:
+        """Qwen3-4B's per-dimension statistics at ``layer`` over the prompt library, from ``encoder`` under the run's
+        template (cached on disk by the encoder's ``fingerprint``; None, an in-memory model: per process only)."""
         from llm_dit.conditioning import reference_stats
 
         template = settings.model_copy(update={"hidden_layer": layer, "layer_weights": None})
         template_key = template.model_dump_json(include={"system_prompt", "think_block", "max_text_tokens"})
         cache_key = (template_key, layer)
         if cache_key not in self._reference:
-            fingerprint = pipeline.fingerprint or "<in-memory>"
-            stats = reference_stats.load_or_compute(
-                fingerprint,
-                template_key,
-                reference_stats.reference_texts(),
-                [layer],
-                lambda texts, layers: pipeline.encoder.encode_layers(texts, layers, **_template_overrides(settings)),
-            )
+
+            def encode(texts: Sequence[str], layers: Sequence[int]) -> Any:
+                return encoder.encode_layers(texts, layers, **_template_overrides(settings))
+
+            texts = reference_stats.reference_texts()
+            if fingerprint is None:  # no identity to key a disk cache on: computed for this process only
+                stats = reference_stats.compute_reference_stats(
+                    encode, texts, [layer], encoder_fingerprint="<in-memory>", template_key=template_key
+                )
+            else:
+                stats = reference_stats.load_or_compute(fingerprint, template_key, texts, [layer], encode)
             self._reference[cache_key] = stats[layer]
         return self._reference[cache_key]
 
