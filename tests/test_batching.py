@@ -77,7 +77,7 @@ class RecordingPipeline:
     def check(self, requests: Sequence[GenerationRequest]) -> None:
         pass
 
-    def precompute_encodings(self, requests: Sequence[GenerationRequest]) -> None:
+    def precompute_encodings(self, requests: Sequence[GenerationRequest], offload: bool = False) -> None:
         pass
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:

@@ -42,7 +42,7 @@ class ClockedPipeline:
     def check(self, requests: Sequence[GenerationRequest]) -> None:
         pass
 
-    def precompute_encodings(self, requests: Sequence[GenerationRequest]) -> None:
+    def precompute_encodings(self, requests: Sequence[GenerationRequest], offload: bool = False) -> None:
         pass
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
