@@ -376,6 +376,13 @@ class LlmDitPipeline:
             for key, encoded in zip(variants, results, strict=True):
                 for text, item in zip(texts, encoded, strict=True):
                     self._cache[(text, key)] = item
+        # Qwen3-4B's reference statistics that masking and normalisation need, while the text encoder is loaded
+        # (composition, which reads them, runs after the encoders are freed).
+        for request, settings in zip(requests, self._encoder_settings(requests), strict=True):
+            c = request.conditioning
+            if c.conditioning != "text" and (c.outlier_mask != "none" or c.vl_normalize != "none"):
+                layer = c.vl_layer if c.conditioning == "vl" else c.embedding_layer
+                self.sources.reference_stats(self.encoder, self.fingerprint, settings, layer)
         # Each distinct source input once (one VL forward serves every layer and token mode of it). With ``offload``
         # each encoder is freed before the next loads: the peak is the largest encoder, not their sum.
         if offload:
