@@ -702,3 +702,57 @@ def test_split_assignment_refuses_a_missing_key_or_equals_sign(item: str) -> Non
     with pytest.raises(ConfigError) as info:
         split_assignment(item, "--reference", "AXIS=LABEL, e.g. --reference hidden_layer=-2")
     assert str(info.value) == f"--reference {item!r}: expected AXIS=LABEL, e.g. --reference hidden_layer=-2"
+
+
+@pytest.mark.parametrize(
+    ("values", "blamed", "fix"),
+    [
+        ({"vl_alpha": 0.5}, "vl_alpha", "conditioning=vl or conditioning=embedding"),
+        ({"vl_blend": "adain"}, "vl_blend", "conditioning=vl or conditioning=embedding"),
+        ({"outlier_mask": "zero"}, "outlier_mask", "conditioning=vl or conditioning=embedding"),
+        ({"vl_image": ["a.png"]}, "vl_image", "conditioning=vl"),
+        ({"conditioning": "embedding", "vl_layer": -5}, "vl_layer", "conditioning=vl"),
+        ({"conditioning": "embedding", "style_image": "s.png"}, "style_image", "conditioning=vl"),
+        ({"conditioning": "vl", "vl_image": ["a.png"], "embedding_layer": 3}, "embedding_layer", "=embedding"),
+        ({"conditioning": "vl", "vl_image": ["a.png"], "vl_blend_curve": "ease_in"}, "vl_blend_curve", "graduated"),
+        ({"conditioning": "vl", "vl_image": ["a.png"], "vl_target_std": 50}, "vl_target_std", "global or hybrid"),
+        (
+            {"conditioning": "vl", "vl_image": ["a.png"], "vl_normalize": "global", "vl_hybrid_weight": 0.2},
+            "vl_hybrid_weight",
+            "vl_normalize=hybrid",
+        ),
+        ({"conditioning": "vl", "vl_image": ["a.png"], "outlier_threshold": 5}, "outlier_threshold", "outlier_mask"),
+        ({"conditioning": "vl", "vl_image": ["a.png"], "neutral_image": "n.png"}, "neutral_image", "style_image"),
+        ({"conditioning": "embedding", "embedding_instruction": "x"}, "embedding_instruction", "instruction"),
+        ({"fill_mode": "pad_end_zero"}, "fill_mode", "target_length"),
+        ({"conditioning": "vl"}, "conditioning", "vl_image"),
+        ({"conditioning": "vl", "vl_image": ["a.png"], "vl_image_weights": [1, 2]}, "vl_image_weights", "1 vl_image"),
+    ],
+)
+def test_conditioning_settings_that_would_do_nothing_are_refused(values: dict, blamed: str, fix: str) -> None:
+    """A conditioning value the run would never read is refused naming it and where it is read, never ignored."""
+    from llm_dit.config import ConditioningSettings, conditioning_problem
+
+    problem = conditioning_problem(ConditioningSettings(**values))
+    assert problem is not None and problem[0] == blamed, problem
+    assert fix in problem[1] and "\n" not in problem[1]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"fill_mode": "pad_end_zero", "target_length": 40},
+        {"conditioning": "vl", "vl_image": ["a.png"], "vl_normalize": "global", "vl_target_std": 50},
+        {"conditioning": "vl", "vl_image": ["a.png"], "vl_blend": "graduated", "vl_blend_curve": "ease_in"},
+        {"conditioning": "vl", "style_image": "s.png", "neutral_image": "n.png", "vl_alpha": 0.4},
+        {"conditioning": "embedding", "embedding_format": "instruction", "embedding_instruction": "x"},
+        {"conditioning": "embedding", "outlier_mask": "clamp", "outlier_threshold": 5, "vl_alpha": 0.3},
+        # A value equal to the default is no choice: it passes even where it is not read.
+        {"vl_blend": "linear", "vl_layer": -2, "embedding_format": "chat"},
+    ],
+)
+def test_consistent_conditioning_settings_pass(values: dict) -> None:
+    from llm_dit.config import ConditioningSettings, conditioning_problem
+
+    assert conditioning_problem(ConditioningSettings(**values)) is None

@@ -825,14 +825,39 @@ def conditioning_problem(c: ConditioningSettings) -> tuple[str, str] | None:
             return "vl_image_weights", f"vl_image_weights has {len(c.vl_image_weights)} weights for {n} vl_image(s)"
         if c.intra_vl_ratio is not None and (c.vl_token_mode != "full" or c.style_image is not None):
             return "intra_vl_ratio", "intra_vl_ratio blends one VL pass's image and text rows: needs vl_token_mode=full"
-    elif c.conditioning == "text":
-        used = [k for k in _SOURCE_ONLY if getattr(c, k) not in (None, ConditioningSettings.model_fields[k].default)]
-        if used:
-            return used[0], f"{used[0]} needs a source other than text: set conditioning=vl or conditioning=embedding"
-    else:  # embedding
-        used = [k for k in _VL_ONLY if getattr(c, k) is not None]
-        if used:
-            return used[0], f"{used[0]} is a Qwen3-VL input: set conditioning=vl to use it"
+    return _inert_problem(c)
+
+
+# Where an inert conditioning setting would be read: the error's fix.
+_READ_WITH = {
+    "vl_blend_curve": "vl_blend=graduated",
+    "vl_target_std": "vl_normalize=global or hybrid",
+    "vl_hybrid_weight": "vl_normalize=hybrid",
+    "outlier_threshold": "an outlier_mask other than none",
+    "neutral_image": "style_image",
+    "embedding_instruction": "embedding_format=instruction",
+}
+
+
+def _inert_problem(c: ConditioningSettings) -> tuple[str, str] | None:
+    """A setting given a value that this run would never read (so it would silently do nothing), or None.
+
+    Inert means what :func:`conditioning_params` records as None; a value equal to the field's default is not
+    a choice and passes."""
+    used = conditioning_params(c)
+    for key, value in c.model_dump().items():
+        default = ConditioningSettings.model_fields[key].default
+        if used[key] is not None or value is None or value == default:
+            continue
+        if key in _READ_WITH:
+            where = _READ_WITH[key]
+        elif key.startswith("embedding_"):
+            where = "conditioning=embedding"
+        elif key in _VL_ONLY or key in ("vl_layer", "vl_token_mode"):
+            where = "conditioning=vl"
+        else:
+            where = "conditioning=vl or conditioning=embedding"
+        return key, f"{key} does nothing in this run: it is read only with {where}; set that or drop {key}"
     return None
 
 
@@ -846,7 +871,6 @@ _VL_ONLY = (
     "neutral_image",
     "intra_vl_ratio",
 )
-_SOURCE_ONLY = (*_VL_ONLY, "vl_alpha")
 
 
 def conditioning_params(c: ConditioningSettings) -> dict[str, Any]:
