@@ -35,6 +35,15 @@ def source_path(source: str, model_path: str | None, dit_model_path: str | None)
         raise CheckpointError(
             f"[{section}] model_path {model_path!r} is not a directory; give the local {name} checkpoint folder"
         )
+    # The folder's configs (JSON only): a folder of another kind is refused here, before any model loads.
+    if source == "vl":
+        from llm_dit.models.vl import validate_vl_checkpoint
+
+        validate_vl_checkpoint(path)
+    else:
+        from llm_dit.models.embedding_model import validate_embedding_checkpoint
+
+        validate_embedding_checkpoint(path)
     return path
 
 
