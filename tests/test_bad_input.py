@@ -10,7 +10,8 @@ The table holds the fail-fast cases of the command tests (the refusals of genera
 here; those of test_metrics_cli.py, test_compare_cli.py, test_viewer_api.py and test_embed_stats_cli.py are
 repeated here with the stricter checks) and the inputs of section 2 of the issue: a locked
 experiment (a real process holds the lock), damaged results databases under every reader and writer, damaged
-weight files, unwritable and misnamed outputs, limits, huge plans, control characters, the CUDA message.
+weight files, unwritable and misnamed outputs, limits, huge plans, control characters, the CUDA message; and the
+conditioning sources of issue 12 (their run parameters and input images, caption, reference-stats).
 
 How the import check stays cheap: one child Python (``WORKER``) imports ``llm_dit.cli`` once and runs the cases
 one after another, each with its own stdout/stderr buffers, working directory and environment, and reports per
@@ -22,6 +23,7 @@ case too and counts as output. Each answer has a deadline (a hang guard, not a t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -293,6 +295,17 @@ MINI = (
     'name = "mini"\ndescription = "two shifts"\nseeds = [1, 2]\n\n[prompts]\nids = ["animal_001"]\n\n'
     '[[axes]]\nname = "shift"\nvalues = [2.0, 4.0]\n'
 )
+
+
+TOKEN_MODE_AXIS = (
+    'name = "tokens"\ndescription = "a misspelt token mode"\nseeds = [1]\n\n[prompts]\nids = ["animal_001"]\n\n'
+    '[base]\nconditioning = "vl"\nvl_image = "ref.png"\n\n'
+    '[[axes]]\nname = "vl_token_mode"\nvalues = ["full", "imgonly"]\n'
+)
+
+
+def token_mode_experiment(env: Env) -> None:
+    (env.tmp / "tokens.toml").write_text(TOKEN_MODE_AXIS, encoding="utf-8")
 
 
 def mini_experiment(env: Env) -> None:
@@ -805,6 +818,205 @@ EMBED_STATS_CASES: list[Case] = [  # tests/test_embed_stats_cli.py
     ),
 ]
 
+
+# The conditioning sources (issue 12): their run parameters under generate, ablate and embed-stats, and the caption
+# and reference-stats commands. Cases of a source run on the tiny model (no --model-path: the cached one, whose
+# tiny VL and embedding twins fit it; ``tiny_cached``), as a user without a config runs them; with the session's
+# checkpoint ({ck}), which counts as a real one, an unconfigured source is refused.
+def vl_files(env: Env) -> None:
+    """Reference images in the working directory (ref.png, ref2.png), a text file and a PNG cut in half."""
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(env.cwd / "ref.png")
+    Image.new("RGB", (64, 48), (30, 20, 10)).save(env.cwd / "ref2.png")
+    (env.cwd / "notes.png").write_text("not an image\n")
+    data = (env.cwd / "ref.png").read_bytes()
+    (env.cwd / "cut.png").write_bytes(data[: len(data) // 2])
+
+
+def features_file(env: Env) -> None:
+    """A valid features file ({tmp}/features.safetensors: 'embeddings' [10, 32] float32), written without torch."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"embeddings": np.zeros((10, 32), dtype=np.float32)}, str(env.tmp / "features.safetensors"))
+
+
+def tiny_cached(env: Env) -> None:
+    """The cached tiny model built (on a fresh machine the first use builds it, which imports torch) and its
+    tokenizer in the session's cache: what a machine has after its first run."""
+    from llm_dit.models.tiny import tiny_checkpoint_path
+    from llm_dit.models.tokenizer import checkpoint_tokenizer
+
+    checkpoint_tokenizer(tiny_checkpoint_path())
+
+
+VL = ("--set", "conditioning=vl", "--set", "vl_image=ref.png")
+ONE_WEIGHT = ("--set", "vl_image_weights=[0.7]")
+FILL_40 = ("--set", "fill_mode=pad_end_zero", "--set", "target_length=40")
+TINY_GENERATE = ("generate", PROMPT, *OUT, *SMALL)  # no --model-path: the cached tiny model
+TINY_ABLATE = ("ablate", "--output-dir", "{res}", *SMALL_SETS, "-e", "steps_only", "--prompt-ids", "simple_001")
+
+
+def cond(id_: str, argv: tuple[str, ...], needles: list[str], **more: Any) -> Case:
+    setup = (vl_files, tiny_cached, *more.pop("setup", ()))
+    return Case(id_, argv, tuple(needles), setup=setup, **more)
+
+
+CONDITIONING_CASES: list[Case] = [
+    cond(
+        "generate-vl-image-missing",
+        (*TINY_GENERATE, "--set", "conditioning=vl", "--set", "vl_image=nope.png"),
+        ["vl_image 'nope.png'", "no such file", "e.g. vl_image=ref.png"],
+    ),
+    cond(
+        "generate-vl-image-not-an-image",
+        (*TINY_GENERATE, "--set", "conditioning=vl", "--set", "vl_image=notes.png"),
+        ["vl_image 'notes.png'", "is not an image PIL can read"],
+        forbidden=["BytesIO", "0x"],  # PIL's message names its in-memory buffer, not the file
+    ),
+    cond(
+        "generate-vl-image-truncated",  # the header parses; the pixels do not (it used to fail mid-run)
+        (*TINY_GENERATE, "--set", "conditioning=vl", "--set", "vl_image=cut.png"),
+        ["vl_image 'cut.png'", "truncated"],
+    ),
+    cond(
+        "generate-style-image-missing",
+        (*TINY_GENERATE, "--set", "conditioning=vl", "--set", "style_image=nope.png"),
+        ["style_image 'nope.png'", "no such file"],
+    ),
+    cond(
+        "generate-vl-without-image",
+        (*TINY_GENERATE, "--set", "conditioning=vl"),
+        ["conditioning=vl", "needs vl_image", "style_image"],
+    ),
+    cond(
+        "generate-vl-token-mode-unknown",
+        (*TINY_GENERATE, *VL, "--set", "vl_token_mode=imgonly"),
+        ["vl_token_mode 'imgonly' is not valid", "image_only"],
+    ),
+    cond(
+        "generate-vl-image-weights-count",
+        (*TINY_GENERATE, "--set", "conditioning=vl", "--set", 'vl_image=["ref.png", "ref2.png"]', *ONE_WEIGHT),
+        ["vl_image_weights has 1 weights for 2 vl_image(s)"],
+    ),
+    cond(
+        "generate-vl-image-weights-for-one-image",
+        (*TINY_GENERATE, *VL, "--set", "vl_image_weights=[0.7, 0.3]"),
+        ["vl_image_weights has 2 weights for 1 vl_image(s)"],
+    ),
+    cond(
+        "generate-style-and-vl-image",
+        (*TINY_GENERATE, *VL, "--set", "style_image=ref2.png"),
+        ["style_image", "vl_image", "exclude each other"],
+    ),
+    cond(
+        "generate-vl-alpha-out-of-range",
+        (*TINY_GENERATE, *VL, "--set", "vl_alpha=1.5"),
+        ["vl_alpha must be in 0..1", "1.5"],
+    ),
+    cond(
+        "generate-target-length-over-the-cap",
+        (*TINY_GENERATE, *VL, "--max-text-tokens", "32", *FILL_40),
+        ["target_length 40 is above the caption cap of 32"],
+    ),
+    cond(
+        "generate-vl-image-with-embedding",
+        (*TINY_GENERATE, "--set", "conditioning=embedding", "--set", "vl_image=ref.png"),
+        ["vl_image", "conditioning=vl"],
+        forbidden=["conditioning=vl or"],  # a VL input: only vl reads it
+    ),
+    cond(
+        "generate-vl-and-embeddings-file",  # refused before the file loads (which imports torch)
+        ("generate", *OUT, *SMALL, "--embeddings", "{tmp}/features.safetensors", *VL),
+        ["--embeddings are caption features already", "drop conditioning=vl"],
+        setup=(features_file,),
+    ),
+    # with the session's checkpoint (a real path): the source must be configured
+    gen(
+        "vl-unconfigured-with-a-real-checkpoint",
+        [*VL],
+        ["conditioning = vl needs a local Qwen3-VL-4B-Instruct checkpoint", "[default.vl] model_path"],
+        setup=(vl_files,),
+    ),
+    gen(
+        "embedding-unconfigured-with-a-real-checkpoint",
+        ["--set", "conditioning=embedding"],
+        ["Qwen3-Embedding-4B checkpoint", "[default.embedding] model_path"],
+    ),
+    gen(
+        "fill-mode-without-target-length",
+        ["--set", "fill_mode=pad_end_zero"],
+        ["fill_mode needs target_length", "target_length=300"],
+    ),
+    gen("target-length-without-fill-mode", ["--set", "target_length=40"], ["target_length needs fill_mode"]),
+    gen(
+        "vl-alpha-with-text",
+        ["--set", "vl_alpha=0.5"],
+        ["vl_alpha", "conditioning=vl or conditioning=embedding"],
+    ),
+    gen("conditioning-unknown", ["--set", "conditioning=clip"], ["conditioning 'clip' is not valid", "embedding"]),
+    # ablate: the planner names the run
+    cond(
+        "ablate-vl-image-missing",
+        (*TINY_ABLATE, "--set", "conditioning=vl", "--set", "vl_image=nope.png"),
+        ["steps_only run simple_001", "vl_image 'nope.png'", "no such file"],
+    ),
+    abl(
+        "vl-unconfigured-with-a-real-checkpoint",
+        ["-e", "steps_only", "--prompt-ids", "simple_001", *VL],
+        ["steps_only run simple_001", "Qwen3-VL-4B-Instruct checkpoint", "[default.vl] model_path"],
+        setup=(vl_files,),
+    ),
+    abl(
+        "fill-mode-without-target-length",
+        ["-e", "steps_only", "--prompt-ids", "simple_001", "--set", "fill_mode=pad_end_zero"],
+        ["steps_only run simple_001", "fill_mode needs target_length"],
+    ),
+    cond(
+        "ablate-vl-token-mode-axis",
+        ("ablate", "--output-dir", "{res}", "--experiment-file", "{tmp}/tokens.toml"),
+        ["tokens.toml:", "axis 'vl_token_mode' value \"imgonly\"", "did you mean 'image_only'"],
+        setup=(token_mode_experiment,),
+    ),
+    # embed-stats: a condition's images are checked with the rest, before any model loads
+    cond(
+        "embed-stats-vl-image-missing",
+        (*EMBED_STATS, "-c", "default", "-c", "conditioning=vl,vl_image=nope.png"),
+        ["condition 'conditioning=vl,vl_image=nope.png'", "vl_image 'nope.png'", "no such file"],
+    ),
+    Case(
+        "embed-stats-vl-with-a-real-checkpoint",
+        ("embed-stats", "--model-path", "{ck}", "--prompt", "A cat", "-c", "default", "-c", f"conditioning=vl,{VL[3]}"),
+        ("Qwen3-VL-4B-Instruct checkpoint",),
+        setup=(vl_files,),
+    ),
+    # caption
+    cond("caption-missing-image", ("caption", "nope.png"), ["IMAGE 'nope.png'", "no such file"], forbidden=["IMAGE="]),
+    cond("caption-not-an-image", ("caption", "notes.png"), ["IMAGE 'notes.png'", "is not an image"]),
+    Case(
+        "caption-with-a-real-checkpoint",
+        ("caption", "ref.png", "--model-path", "{ck}"),
+        ("Qwen3-VL-4B-Instruct checkpoint", "[default.vl] model_path"),
+        setup=(vl_files,),
+    ),
+    cond(
+        "caption-max-new-tokens-0", ("caption", "ref.png", "--max-new-tokens", "0"), ["--max-new-tokens must be >= 1"]
+    ),
+    cond("caption-output-txt", ("caption", "ref.png", "-o", "{tmp}/caps.txt"), ["caps.txt", ".json"]),
+    cond("caption-empty-prompt", ("caption", "ref.png", "--prompt", " "), ["--prompt is empty"]),
+    # reference-stats
+    Case(
+        "reference-stats-layer-out-of-range",
+        ("reference-stats", "--layer", "99", "--model-path", "{ck}"),
+        ("--layer 99 is out of range -37..36",),
+    ),
+    Case("reference-stats-top-0", ("reference-stats", "--top", "0", "--model-path", "{ck}"), ("--top must be >= 1",)),
+    Case(
+        "reference-stats-missing-checkpoint",
+        ("reference-stats", "--model-path", "{tmp}/no-such-model"),
+        ("no-such-model does not exist",),
+    ),
+]
+
 # A damaged results database, under every command that reads or writes one: one line naming the file, the
 # database untouched. The view cases pass an impossible port so that a viewer that did start fails instead of
 # serving (the needle tells the two errors apart).
@@ -832,6 +1044,7 @@ CASES: list[Case] = [
     *PLOT_CASES,
     *VIEW_CASES,
     *EMBED_STATS_CASES,
+    *CONDITIONING_CASES,
     *DATABASE_CASES,
 ]
 
@@ -957,3 +1170,55 @@ def test_over_long_prompt_is_a_note_not_an_error(
     assert tokens > 32
     notes = [line for line in err.splitlines() if line.startswith("note: ")]
     assert any(f"{tokens} tokens" in line and "cap of 32" in line for line in notes), err
+
+
+VL_MIX = """
+name = "vl_mix"
+description = "vl_alpha x fill_mode through the VL source"
+seeds = [1]
+
+[prompts]
+ids = ["animal_001"]
+
+[base]
+conditioning = "vl"
+vl_image = "ref.png"
+target_length = 40
+
+[[axes]]
+name = "vl_alpha"
+values = [0, 0.5, 1]
+
+[[axes]]
+name = "fill_mode"
+values = ["pad_end_zero", "pad_end_mean"]
+"""
+
+
+def test_a_dry_run_with_conditioning_parameters_imports_no_model_library(
+    worker: Worker, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``ablate --dry-run`` of runs through the VL source (an input image, vl_alpha and fill_mode as axes) plans
+    every run, with the image's sha256 and the source's identity in its params, imports no model library (the
+    image is hashed, not encoded; the tiny twin's identity is its name) and writes nothing."""
+    env = Env(tmp_path / "case", tmp_path / "inputs", tiny_checkpoint, None, ExitStack())  # type: ignore[arg-type]
+    env.cwd.mkdir(parents=True)
+    vl_files(env)
+    tiny_cached(env)
+    (env.cwd / "vl_mix.toml").write_text(VL_MIX, encoding="utf-8")
+    before = results_snapshot(env.tmp)
+    argv = ["ablate", "--experiment-file", "vl_mix.toml", "--output-dir", str(env.results), *SMALL_SETS]
+    reply = worker.run([*argv, "--dry-run", "--format", "json"], env.cwd, {})
+    assert "failure" not in reply, reply["failure"]
+    assert (reply["rc"], reply["heavy"]) == (0, []), reply["stderr"]
+    plan = json.loads(reply["stdout"])
+    assert sorted((r["variables"]["vl_alpha"], r["variables"]["fill_mode"]) for r in plan) == sorted(
+        (a, f) for a in ("0", "0.5", "1") for f in ("pad_end_zero", "pad_end_mean")
+    )
+    sha = hashlib.sha256((env.cwd / "ref.png").read_bytes()).hexdigest()
+    for run_ in plan:
+        params = run_["params"]
+        assert (params["conditioning"], params["vl_image"]) == ("vl", [str(env.cwd / "ref.png")])
+        assert params["input_sha256"] == {"vl_image": [sha]}
+        assert params["source_model"].startswith("tiny-vl-") and not run_["done"]
+    assert results_snapshot(env.tmp) == before and not env.results.exists()

@@ -138,9 +138,9 @@ def probe_directory(directory: str | Path, what: str) -> None:
 def input_image(path: str | Path, setting: str) -> tuple[Path, str]:
     """A conditioning image a run reads: (absolute path, sha256 of its bytes), or one line naming the setting.
 
-    The file must exist and PIL must recognise it as an image (only its header is parsed, so this stays fast and
-    needs no model library). Run ids hash the bytes, not the path: a moved file keeps its runs, an edited one
-    does not.
+    The file must exist and PIL must decode it whole (a truncated file fails here, in one line, not in the middle of
+    a run once the models have loaded; no model library is needed). Run ids hash the bytes, not the path: a moved
+    file keeps its runs, an edited one does not.
     """
     import hashlib
 
@@ -149,14 +149,19 @@ def input_image(path: str | Path, setting: str) -> tuple[Path, str]:
     full = Path(path).expanduser().absolute()
     if not full.is_file():
         what = "a directory" if full.is_dir() else "no such file"
-        raise LlmDitError(
-            f"{setting} {str(path)!r}: {what}; give an image file (PNG, JPEG, WebP), e.g. {setting}=ref.png"
-        )
+        # The example names the setting only where it is one (caption's IMAGE is an argument, not a NAME=VALUE).
+        example = f", e.g. {setting}=ref.png" if setting in IMAGE_SETTINGS else ""
+        raise LlmDitError(f"{setting} {str(path)!r}: {what}; give an image file (PNG, JPEG, WebP){example}")
     data = full.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.size  # noqa: B018  (the header parse is the check)
-    except (UnidentifiedImageError, OSError) as exc:
+            image.load()  # the pixels too: a file cut short passes the header parse
+    except UnidentifiedImageError:
+        # PIL's message names the in-memory buffer (``<_io.BytesIO object at 0x...>``), not the file: not shown.
+        raise LlmDitError(
+            f"{setting} {str(path)!r} is not an image PIL can read (unknown format); give a PNG, JPEG or WebP"
+        ) from None
+    except OSError as exc:
         raise LlmDitError(
             f"{setting} {str(path)!r} is not an image PIL can read ({exc}); give a PNG, JPEG or WebP"
         ) from None

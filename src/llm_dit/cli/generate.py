@@ -120,6 +120,10 @@ def generate(
     text = prompt
     if manipulation is not None:
         text = _manipulated(prompt, manipulation, settings.generation.seed)
+    if embeddings is not None and settings.conditioning.conditioning != "text":  # before the file loads (torch)
+        raise LlmDitError(
+            f"--embeddings are caption features already: drop conditioning={settings.conditioning.conditioning}"
+        )
     if embeddings is not None:
         from llm_dit.conditioning.features_file import load_features
 
@@ -145,10 +149,6 @@ def generate(
         shift_source=_shift_source(resolved.sources["generation.shift"]),
         conditioning=settings.conditioning,
     )
-    if embeddings is not None and settings.conditioning.conditioning != "text":
-        raise LlmDitError(
-            f"--embeddings are caption features already: drop conditioning={settings.conditioning.conditioning}"
-        )
     source = settings.conditioning.conditioning
     if source != "text":  # an unset source with a real Z-Image is refused here, naming its setting
         from llm_dit.models.sources import source_path

@@ -311,7 +311,15 @@ class EmbedStatsReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "reference": self.reference.label,
-            "conditions": [{"label": c.label, "overrides": c.overrides} for c in self.conditions],
+            # A condition's conditioning parameters (another source, its images, ...) too, where it has any.
+            "conditions": [
+                {
+                    "label": c.label,
+                    "overrides": c.overrides,
+                    **({"conditioning": c.conditioning} if c.conditioning else {}),
+                }
+                for c in self.conditions
+            ],
             "prompts": self.prompts,
             "outlier_threshold": self.outlier_threshold,
             "columns": list(ROW_COLUMNS),
