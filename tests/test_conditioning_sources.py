@@ -223,6 +223,15 @@ def test_embedding_formats_give_different_features_and_fill_mode_pads(pipe: LlmD
     assert (text.record["length_before_cap"], text.record["embedding_length"]) == (text.record["token_count"], 40)
     assert text.record["conditioning_settings"]["fill_mode"] == "pad_end_zero"
 
+    # fill_mode on precomputed features (--embeddings): the given rows, then zero rows up to 40
+    given = plain_f.embeddings.clone()
+    brought_req = GenerationRequest.build(embeddings=given, fill_mode="pad_end_zero", target_length=40, **SMALL)
+    (brought_f,) = pipe.caption_features([brought_req])
+    assert_bit_equal(brought_f.embeddings[:length], given)
+    assert brought_f.embeddings.shape[0] == 40 and torch.count_nonzero(brought_f.embeddings[length:]) == 0
+    brought = one(pipe, brought_req)
+    assert (brought.record["length_before_cap"], brought.record["embedding_length"]) == (length, 40)
+
 
 # ------------------------------------------------------------------------------- 5. style delta, multi-reference
 

@@ -317,8 +317,18 @@ class LlmDitPipeline:
             text = (
                 self._cache.get((request.prompt, settings.model_dump_json())) if needs_text_features(request) else None
             )
-            if request.embeddings is not None:
+            if request.embeddings is not None and request.conditioning.fill_mode is None:
                 positives[index] = request.embeddings
+            elif request.embeddings is not None:  # precomputed features brought to target_length
+                positives[index] = compose(
+                    request.conditioning,
+                    text=request.embeddings,
+                    passes={},
+                    source_layer=None,
+                    references=None,
+                    max_rows=self.encoder.resolve(**request.encoder).max_text_tokens,
+                    long_prompt_mode=settings.long_prompt_mode,
+                )
             elif request.conditioning.conditioning == "text" and request.conditioning.fill_mode is None:
                 positives[index] = text
             else:

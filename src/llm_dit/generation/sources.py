@@ -59,8 +59,11 @@ def _load_image(key: str) -> Any:
 
         with Image.open(key[len(_NEUTRAL) :]) as style:
             return gray_like(*style.size)
-    with Image.open(key) as image:
-        return image.convert("RGB")
+    try:
+        with Image.open(key) as image:
+            return image.convert("RGB")
+    except OSError as exc:  # changed since the check (which decodes every input image whole)
+        raise LlmDitError(f"VL image {key!r} can no longer be read ({exc}); restore it and run again") from None
 
 
 def _image_sha256(key: str) -> str | None:
