@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from llm_dit.constants import ENDOFTEXT_ID
 from llm_dit.errors import CheckpointError, LlmDitError
 from llm_dit.models.cache import cache_root
-from llm_dit.models.tiny import TINY_CONFIGS, _component_seed, _publish_dir, randomize_
+from llm_dit.models.tiny import FULL_SIZE_CONFIGS, TINY_CONFIGS, _component_seed, build_folder, randomize_
 
 if TYPE_CHECKING:
     import torch
@@ -52,32 +50,17 @@ EMBEDDING_MAX_LENGTH = 8192
 # The query task of the released config_sentence_transformers.json ("query" prompt).
 EMBEDDING_QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 
-# Qwen3-Embedding-4B's config.json (Qwen3Model, AutoModel, no LM head).
+# Qwen3-Embedding-4B's config.json (Qwen3Model, AutoModel, no LM head): Qwen3-4B's architecture with its own
+# vocabulary size and end token.
 FULL_EMBEDDING_CONFIG: dict[str, Any] = {
     "architectures": ["Qwen3ForCausalLM"],
     "model_type": "qwen3",
+    **FULL_SIZE_CONFIGS["text_encoder"],
     # vocab_size: 151665 is what third-party copies of the config report (not Qwen3-4B's 151936; the <think> ids
     # 151667/151668 lie outside it). It MUST be read from the real config.json of the checkpoint in use, never
     # assumed: validate_embedding_checkpoint reads it and the encoder refuses token ids at or above it.
     "vocab_size": 151665,
-    "hidden_size": 2560,
-    "intermediate_size": 9728,
-    "num_hidden_layers": 36,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "hidden_act": "silu",
-    "max_position_embeddings": 40960,
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 1_000_000.0,
-    "tie_word_embeddings": True,
-    "attention_bias": False,
-    "attention_dropout": 0.0,
-    "use_sliding_window": False,
-    "sliding_window": None,
-    "max_window_layers": 36,
-    "bos_token_id": 151643,
-    "eos_token_id": 151643,
+    "eos_token_id": ENDOFTEXT_ID,
 }
 
 # The tiny text encoder's shape (width 32 = the tiny DiT's cap_feat_dim, 36 layers), with the embedding model's
@@ -145,7 +128,7 @@ def _write_json(path: Path, data: Any) -> None:
 def build_tiny_embedding(path: str | Path, seed: int = 0, exist_ok: bool = False) -> Path:
     """Write the tiny Qwen3-Embedding twin (official + sentence-transformers layout) to ``path`` and return it.
 
-    Built in a hidden sibling folder and renamed into place (as :func:`llm_dit.models.tiny.build_tiny_checkpoint`),
+    Built in a hidden sibling folder and renamed into place (:func:`llm_dit.models.tiny.build_folder`),
     so a crash never leaves half a model at ``path``. If ``path`` exists: FileExistsError, or with ``exist_ok``
     the existing folder is kept and returned.
     """
@@ -154,15 +137,7 @@ def build_tiny_embedding(path: str | Path, seed: int = 0, exist_ok: bool = False
 
     from llm_dit.models.devices import quiet_hf
 
-    dest = Path(path).expanduser().absolute()
-    if dest.exists():
-        if exist_ok:
-            return dest
-        raise FileExistsError(f"{dest} already exists")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    staging.chmod(0o755)
-    try:
+    def write(staging: Path) -> None:
         settings = copy.deepcopy(TINY_EMBEDDING_CONFIG)
         settings.pop("architectures")
         settings.pop("model_type")
@@ -191,12 +166,8 @@ def build_tiny_embedding(path: str | Path, seed: int = 0, exist_ok: bool = False
             staging / "llm_dit_tiny.json",
             {"preset": "tiny-embedding", "tiny_embedding_version": TINY_EMBEDDING_VERSION, "seed": seed},
         )
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if not _publish_dir(staging, dest) and not exist_ok:
-        raise FileExistsError(f"{dest} was created by someone else while building")
-    return dest
+
+    return build_folder(path, write, exist_ok=exist_ok)
 
 
 def tiny_embedding_path(seed: int = 0) -> Path:

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -278,17 +278,12 @@ def _publish_dir(staging: Path, dest: Path) -> bool:
     return True
 
 
-def build_tiny_checkpoint(path: str | Path, seed: int = 0, *, exist_ok: bool = False) -> Path:
-    """Write a complete tiny Z-Image checkpoint (diffusers layout) to ``path`` and return it.
+def build_folder(path: str | Path, write: Callable[[Path], None], *, exist_ok: bool = False) -> Path:
+    """Run ``write(staging)`` in a hidden sibling folder of ``path``, then rename it into place and return ``path``.
 
-    The checkpoint is built in a hidden sibling folder and renamed into place, so a crash never leaves a
-    half-built checkpoint at ``path``. If ``path`` exists: FileExistsError, or with ``exist_ok`` the existing
-    folder is kept (and returned) and the new copy discarded.
+    A crash never leaves a half-written folder at ``path``. If ``path`` exists: FileExistsError, or with
+    ``exist_ok`` the existing folder is kept (and returned) and the new copy discarded (two processes may race).
     """
-    from diffusers import ZImagePipeline
-
-    from llm_dit.models.devices import quiet_hf
-
     dest = Path(path).expanduser().absolute()
     if dest.exists():
         if exist_ok:
@@ -296,8 +291,25 @@ def build_tiny_checkpoint(path: str | Path, seed: int = 0, *, exist_ok: bool = F
         raise FileExistsError(f"{dest} already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private (0700); the published checkpoint should read like any folder
+    staging.chmod(0o755)  # mkdtemp makes it private (0700); the published folder should read like any folder
     try:
+        write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not _publish_dir(staging, dest) and not exist_ok:
+        raise FileExistsError(f"{dest} was created by someone else while building")
+    return dest
+
+
+def build_tiny_checkpoint(path: str | Path, seed: int = 0, *, exist_ok: bool = False) -> Path:
+    """Write a complete tiny Z-Image checkpoint (diffusers layout) to ``path`` and return it (:func:`build_folder`:
+    never half-built at ``path``; an existing folder is FileExistsError, or kept with ``exist_ok``)."""
+    from diffusers import ZImagePipeline
+
+    from llm_dit.models.devices import quiet_hf
+
+    def write(staging: Path) -> None:
         components = make_components("tiny", seed=seed)
         with quiet_hf():
             ZImagePipeline(**components).save_pretrained(staging, safe_serialization=True)
@@ -305,12 +317,8 @@ def build_tiny_checkpoint(path: str | Path, seed: int = 0, *, exist_ok: bool = F
         (staging / "llm_dit_tiny.json").write_text(
             json.dumps({"preset": "tiny", "tiny_version": TINY_VERSION, "seed": seed}, indent=2) + "\n"
         )
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if not _publish_dir(staging, dest) and not exist_ok:
-        raise FileExistsError(f"{dest} was created by someone else while building")
-    return dest
+
+    return build_folder(path, write, exist_ok=exist_ok)
 
 
 def tiny_checkpoint_path(seed: int = 0) -> Path:

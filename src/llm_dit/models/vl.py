@@ -14,8 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -481,24 +479,16 @@ def make_tiny_vl_model(seed: int = 0, config: dict[str, Any] | None = None) -> A
 def build_tiny_vl(path: str | Path, seed: int = 0, *, exist_ok: bool = False) -> Path:
     """Write a complete tiny Qwen3-VL folder (the official layout) to ``path`` and return it.
 
-    Built in a hidden sibling folder and renamed into place (as :func:`llm_dit.models.tiny.build_tiny_checkpoint`),
+    Built in a hidden sibling folder and renamed into place (:func:`llm_dit.models.tiny.build_folder`),
     so a crash never leaves half a checkpoint. If ``path`` exists: FileExistsError, or with ``exist_ok`` the
     existing folder is kept and returned.
     """
     from transformers import GenerationConfig
 
     from llm_dit.models.devices import quiet_hf
-    from llm_dit.models.tiny import _publish_dir
+    from llm_dit.models.tiny import build_folder
 
-    dest = Path(path).expanduser().absolute()
-    if dest.exists():
-        if exist_ok:
-            return dest
-        raise FileExistsError(f"{dest} already exists")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    staging.chmod(0o755)
-    try:
+    def write(staging: Path) -> None:
         model = make_tiny_vl_model(seed)
         model.generation_config = GenerationConfig(**VL_GENERATION_CONFIG)
         with quiet_hf():
@@ -512,12 +502,8 @@ def build_tiny_vl(path: str | Path, seed: int = 0, *, exist_ok: bool = False) ->
         (staging / "llm_dit_tiny.json").write_text(
             json.dumps({"preset": "tiny-vl", "tiny_vl_version": TINY_VL_VERSION, "seed": seed}, indent=2) + "\n"
         )
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if not _publish_dir(staging, dest) and not exist_ok:
-        raise FileExistsError(f"{dest} was created by someone else while building")
-    return dest
+
+    return build_folder(path, write, exist_ok=exist_ok)
 
 
 def _split_processor_config(folder: Path) -> None:
