@@ -37,6 +37,7 @@ __all__ = [
     "EmbeddingCheckpointInfo",
     "build_tiny_embedding",
     "load_embedding_model",
+    "make_embedding_model",
     "tiny_embedding_path",
     "validate_embedding_checkpoint",
 ]
@@ -125,6 +126,31 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def make_embedding_model(
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> Any:
+    """A randomised ``Qwen3Model`` of ``config`` (default: the tiny twin's; ``FULL_EMBEDDING_CONFIG`` for full-size
+    benchmarks), created and randomised directly on ``device`` in ``dtype`` (None: float32), in eval mode."""
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    from llm_dit.models.tiny import _build_context
+
+    dtype = torch.float32 if dtype is None else dtype
+    settings = copy.deepcopy(TINY_EMBEDDING_CONFIG if config is None else config)
+    settings.pop("architectures")
+    settings.pop("model_type")
+    qwen3 = Qwen3Config(**settings)
+    qwen3.dtype = dtype
+    with _build_context(torch.device(device), dtype):
+        model = Qwen3Model(qwen3)
+    randomize_(model, _component_seed(seed, _SEED_COMPONENT))
+    return model.eval().requires_grad_(False)
+
+
 def build_tiny_embedding(path: str | Path, seed: int = 0, exist_ok: bool = False) -> Path:
     """Write the tiny Qwen3-Embedding twin (official + sentence-transformers layout) to ``path`` and return it.
 
@@ -132,20 +158,11 @@ def build_tiny_embedding(path: str | Path, seed: int = 0, exist_ok: bool = False
     so a crash never leaves half a model at ``path``. If ``path`` exists: FileExistsError, or with ``exist_ok``
     the existing folder is kept and returned.
     """
-    import torch
-    from transformers import Qwen3Config, Qwen3Model
-
     from llm_dit.models.devices import quiet_hf
 
     def write(staging: Path) -> None:
-        settings = copy.deepcopy(TINY_EMBEDDING_CONFIG)
-        settings.pop("architectures")
-        settings.pop("model_type")
-        config = Qwen3Config(**settings)
-        config.dtype = torch.float32
-        model = Qwen3Model(config)
-        randomize_(model, _component_seed(seed, _SEED_COMPONENT))
-        model.eval()
+        model = make_embedding_model(seed)
+        config = model.config
         with quiet_hf():
             model.save_pretrained(staging, safe_serialization=True)
             _embedding_tokenizer().save_pretrained(staging)

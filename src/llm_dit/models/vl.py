@@ -464,14 +464,23 @@ def load_vl_processor(path: str | Path) -> ProcessorMixin:
 # --------------------------------------------------------------------------------------------------
 
 
-def make_tiny_vl_model(seed: int = 0, config: dict[str, Any] | None = None) -> Any:
-    """A randomised ``Qwen3VLForConditionalGeneration`` of ``config`` (default: the tiny one), float32 on CPU."""
+def make_tiny_vl_model(
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> Any:
+    """A randomised ``Qwen3VLForConditionalGeneration`` of ``config`` (default: the tiny one; ``FULL_VL_CONFIG`` for
+    full-size benchmarks), created and randomised directly on ``device`` in ``dtype`` (None: float32)."""
+    import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    from llm_dit.models.tiny import _component_seed, randomize_
+    from llm_dit.models.tiny import _build_context, _component_seed, randomize_
 
+    dtype = torch.float32 if dtype is None else dtype
     cfg = Qwen3VLConfig(**copy.deepcopy(TINY_VL_CONFIG if config is None else config))
-    model = Qwen3VLForConditionalGeneration(cfg)
+    with _build_context(torch.device(device), dtype):
+        model = Qwen3VLForConditionalGeneration(cfg)
     randomize_(model, _component_seed(seed, "vl"))
     return model.eval().requires_grad_(False)
 
