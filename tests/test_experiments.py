@@ -556,3 +556,25 @@ def test_planning_imports_no_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_image_paths_in_an_experiment_file_are_relative_to_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vl_image / style_image written in a file name files beside it, wherever the command runs from."""
+    study = tmp_path / "study"
+    study.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    fixed = tmp_path / "fixed.png"
+    (study / "exp.toml").write_text(
+        'name = "rel"\n[base]\nconditioning = "vl"\nvl_image = ["ref.png", "sub/b.png", "' + str(fixed) + '"]\n'
+        '[[axes]]\nname = "style_image"\nvalues = ["s.png"]\n'
+        '[[axes]]\nname = "v"\nvalues = [{ label = "one", vl_image = "~/x.png" }]\n'
+    )
+    monkeypatch.chdir(elsewhere)
+    exp = load_experiment_file(Path("..") / "study" / "exp.toml")
+    assert exp.base["vl_image"] == [str(study / "ref.png"), str(study / "sub" / "b.png"), str(fixed)]
+    style = exp.axes[0].values[0]
+    assert (style.label, style.params["style_image"]) == ("s.png", str(study / "s.png"))
+    assert exp.axes[1].values[0].params["vl_image"] == "~/x.png"  # the home folder is not the file's folder

@@ -8,6 +8,7 @@ the planner's parameter checks; it must not import torch, the runner or the prom
 from __future__ import annotations
 
 import math
+import os
 import re
 from functools import lru_cache
 from importlib import resources
@@ -19,6 +20,7 @@ from llm_dit.constants import MAX_SEED
 from llm_dit.errors import ConfigError, LlmDitError, closest
 from llm_dit.experiments.model import SETTABLE_PARAMETERS, Axis, AxisValue, Experiment, file_label, value_label
 from llm_dit.experiments.planner import NOT_PARAMETERS, parameter_errors, unknown_parameter
+from llm_dit.files import IMAGE_SETTINGS
 
 __all__ = ["BUILTIN_SOURCE", "builtin_experiments", "get_experiment", "load_experiment_file"]
 
@@ -34,8 +36,9 @@ BUILTIN_SOURCE = "built-in"
 class _Loader:
     """Validates one parsed experiment file, collecting every problem with its file:line."""
 
-    def __init__(self, text: str, label: str, source: str, default_name: str) -> None:
+    def __init__(self, text: str, label: str, source: str, default_name: str, folder: Path | None = None) -> None:
         self.label = label
+        self.folder = folder  # the file's folder: relative image paths in it are relative to it
         self.source = source
         self.text = text
         self.data = parse_toml(text, label)
@@ -120,10 +123,29 @@ class _Loader:
             prompt_ids=ids,
             prompt_category=category,
             max_prompts=max_prompts,
-            base=dict(base),
+            base=self._rebased(base),
             axes=axes,
             source=self.source,
         )
+
+    def _rebased(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with relative input-image paths made relative to the file's folder (where its author put them;
+        a ``--set`` path stays relative to the working directory)."""
+        if self.folder is None:
+            return dict(params)
+
+        def rebase(path: Any) -> Any:
+            if not isinstance(path, str) or not path.strip():
+                return path
+            full = Path(path).expanduser()
+            return path if full.is_absolute() else str(self.folder / full)
+
+        out = dict(params)
+        for name in IMAGE_SETTINGS:
+            value = out.get(name)
+            if value is not None:
+                out[name] = [rebase(v) for v in value] if isinstance(value, list) else rebase(value)
+        return out
 
     def _seeds(self, raw: Any) -> tuple[int, ...]:
         if not isinstance(raw, list) or not raw:
@@ -292,7 +314,7 @@ class _Loader:
                 f'{{ label = "none", {param} = {toml_value(value)} }}',
             )
             return None
-        return None if bad else AxisValue(label, {param: value})
+        return None if bad else AxisValue(label, self._rebased({param: value}))
 
     def _table_value(self, axis: str, vpath: TomlPath, value: dict[str, Any]) -> AxisValue | None:
         params = {k: v for k, v in value.items() if k != "label"}
@@ -312,7 +334,7 @@ class _Loader:
         if not isinstance(raw_label, str) or not raw_label.strip():
             self.error((*vpath, "label"), f"{self.name} axis '{axis}': label must be a non-empty string")
             return None
-        return None if bad else AxisValue(raw_label, params)
+        return None if bad else AxisValue(raw_label, self._rebased(params))
 
     def _check_labels(self, axis: str, path: TomlPath, values: list[AxisValue]) -> None:
         seen: dict[str, str] = {}
@@ -334,8 +356,15 @@ class _Loader:
             files[safe] = value.label
 
 
-def _load_text(text: str, label: str, source: str, default_name: str, max_runs: int | None = None) -> Experiment:
-    loader = _Loader(text, label, source, default_name)
+def _load_text(
+    text: str,
+    label: str,
+    source: str,
+    default_name: str,
+    max_runs: int | None = None,
+    folder: Path | None = None,
+) -> Experiment:
+    loader = _Loader(text, label, source, default_name, folder)
     if max_runs is not None:
         loader.check_size(max_runs)
     return loader.load()
@@ -358,7 +387,7 @@ def load_experiment_file(path: str | Path, *, max_runs: int | None = None) -> Ex
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return _load_text(text, str(path), str(path), p.stem, max_runs)
+    return _load_text(text, str(path), str(path), p.stem, max_runs, Path(os.path.abspath(p)).parent)
 
 
 @lru_cache(maxsize=1)
