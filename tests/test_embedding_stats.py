@@ -291,6 +291,7 @@ def test_reference_rows_are_exactly_one(report):
     for row in _rows(report, "default"):
         assert row["token_cosine"] == row["pooled_cosine"] == row["content_cosine"] == 1.0
         assert row["max_std_ratio"] == 1.0 and row["outlier_dims"] == 0 and row["top_outliers"] == ""
+        assert row["std_ratio"] == row["mean_correlation"] == row["std_correlation"] == 1.0
         assert row["aligned_tokens"] == row["tokens"]
 
 
@@ -365,6 +366,9 @@ def _independent_row(enc, ref, threshold: float, top: int) -> tuple[dict, dict, 
         "value_mean": float(x.mean()),
         "value_std": float(x.std()),
         "max_std_ratio": float(ratios.max()),
+        "std_ratio": float(x.std() / r.std()),
+        "mean_correlation": float(np.corrcoef(x.mean(axis=0), r.mean(axis=0))[0, 1]),
+        "std_correlation": float(np.corrcoef(x.std(axis=0), r.std(axis=0))[0, 1]),
     }
     return exact, floats, ratios, outliers[:top]
 
@@ -382,12 +386,15 @@ def test_rows_equal_an_independent_computation(report, encoder):
         # Bound: every column is a float64 reduction over at most n = L*D exactly converted float32 values (two
         # passes for a std, a ratio of two such for the std ratios), so two summation orders differ by at most
         # 4 n eps64 relative to the magnitude: |value| for the norms, stds and ratios, 1 for a cosine (|cos| <= 1)
-        # and the mean |value| for value_mean (a mean of mixed-sign values may cancel to ~0).
+        # and a correlation (a cosine of centred vectors), and the mean |value| for value_mean (a mean of mixed-sign
+        # values may cancel to ~0).
         n = max(enc.embeddings.numel(), ref.embeddings.numel())
         scale = {
             "token_cosine": 1.0,
             "pooled_cosine": 1.0,
             "content_cosine": 1.0,
+            "mean_correlation": 1.0,  # a cosine of centred vectors
+            "std_correlation": 1.0,
             "value_mean": float(enc.embeddings.double().abs().mean()),
         }
         for key, want in floats.items():

@@ -305,7 +305,7 @@ def embed_stats(
     shown = ("prompts", "tokens", "token_cosine", "pooled_cosine", "content_cosine", "mean_token_norm", "max_abs")
     columns = [
         Column("condition", whole=True),
-        *(Column(key, show=_stat) for key in (*shown, "max_std_ratio")),
+        *(Column(key, show=_stat) for key in (*shown, "std_ratio", "mean_correlation", "max_std_ratio")),
         Column("outlier_dims", f"dims > {outlier_threshold:g}x", show=_stat),
         Column("top_outliers", "top outliers"),
     ]

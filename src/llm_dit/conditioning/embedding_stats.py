@@ -43,6 +43,7 @@ __all__ = [
     "aligned_token_cosine",
     "compare_embeddings",
     "content_rows",
+    "dim_correlation",
     "dim_stats",
     "outlier_dims",
     "parse_condition",
@@ -136,6 +137,18 @@ def dim_stats(x: Tensor) -> DimStats:
         value_std=float(v.std(correction=0)),
         max_abs=float(v.abs().max()),
     )
+
+
+def dim_correlation(a: Tensor, b: Tensor) -> float | None:
+    """Pearson correlation of two per-dimension vectors ``[D]`` (e.g. per-dim means or stds of two conditions);
+    None when either is constant (no correlation is defined). Identical vectors give exactly 1.0."""
+    x, y = _std_vector(a, "a"), _std_vector(b, "b")
+    if x.shape != y.shape:
+        raise LlmDitError(f"widths differ: a has D={x.shape[0]}, b has D={y.shape[0]}")
+    xc, yc = x - x.mean(), y - y.mean()
+    if not bool(xc.any()) or not bool(yc.any()):
+        return None
+    return float(_cosine_rows(xc.unsqueeze(0), yc.unsqueeze(0))[0])
 
 
 @dataclass(frozen=True)
@@ -240,6 +253,9 @@ ROW_COLUMNS: tuple[str, ...] = (
     "max_abs",
     "value_mean",
     "value_std",
+    "std_ratio",  # value_std / the reference's value_std (all L*D values)
+    "mean_correlation",  # Pearson correlation of the per-dim means with the reference's (None: a constant vector)
+    "std_correlation",  # the same of the per-dim stds
     "max_std_ratio",  # max over dims of std / reference std
     "outlier_dims",  # how many dims have std ratio > outlier_threshold
     "top_outliers",  # "dim:ratio dim:ratio ..." of the highest-ratio outlier dims
@@ -258,6 +274,9 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "max_abs",
     "value_mean",
     "value_std",
+    "std_ratio",
+    "mean_correlation",
+    "std_correlation",
     "max_std_ratio",
     "outlier_dims",
     "top_outliers",  # outliers of the std ratios averaged over prompts
@@ -390,6 +409,9 @@ def _row_stats(
         "max_abs": stats.max_abs,
         "value_mean": stats.value_mean,
         "value_std": stats.value_std,
+        "std_ratio": stats.value_std / ref_stats.value_std if ref_stats.value_std > 0 else None,
+        "mean_correlation": dim_correlation(stats.mean, ref_stats.mean),
+        "std_correlation": dim_correlation(stats.std, ref_stats.std),
         "max_std_ratio": outliers.max_ratio,
         "outlier_dims": len(outliers.dims),
         "top_outliers": _format_outliers(outliers.dims[:top]),
@@ -454,7 +476,8 @@ def compare_embeddings(
         own = [row for row in rows if row["condition"] == cond.label]
         entry: dict[str, Any] = {"condition": cond.label, "prompts": len(own)}
         for col in _MEAN_COLUMNS:
-            # content_cosine is None for an empty prompt: average over the prompts that have a value.
+            # content_cosine is None for an empty prompt (a correlation for a constant vector): average over the
+            # prompts that have a value.
             values = [float(row[col]) for row in own if row[col] is not None]
             entry[col] = sum(values) / len(values) if values else None
         mean_ratio = torch.stack(ratios[c]).mean(dim=0)
