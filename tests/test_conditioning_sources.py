@@ -116,6 +116,31 @@ def test_generate_with_a_vl_source_from_the_cli_without_a_config(
     assert record["devices"]["vl"].startswith("cpu/")
 
 
+@pytest.mark.parametrize(("alpha", "loads"), [("1", 0), ("0.5", 1)])
+def test_generate_loads_qwen3_4b_only_where_text_is_mixed_in(
+    images: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    alpha: str,
+    loads: int,
+) -> None:
+    """A source alone (vl_alpha 1) never loads the text encoder's weights; a mix does."""
+    monkeypatch.chdir(images)
+    calls: list[int] = []
+    real = checkpoint.load_text_encoder
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_text_encoder", counted)
+    sets = ["--set", "conditioning=vl", "--set", "vl_image=ref.png", "--set", f"vl_alpha={alpha}"]
+    rc, _, err = run(capsys, "generate", PROMPT, *sets, *SMALL_ARGS, "-o", tmp_path / "a.png")
+    assert rc == 0, err
+    assert len(calls) == loads
+
+
 # ------------------------------------------------------------------------------------------ 2. vl_alpha = 0
 
 

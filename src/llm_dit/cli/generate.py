@@ -161,11 +161,15 @@ def generate(
     checker.check([request])
     _note_long_prompts(checker.prompts, request)
     from llm_dit.generation.pipeline import LlmDitPipeline
+    from llm_dit.generation.request import encoding_texts
 
     pipe = LlmDitPipeline.from_settings(settings)
 
     with status("loading models") as shown:
-        if prompt is not None or settings.generation.guidance_scale > 0:
+        c = request.conditioning
+        # Qwen3-4B only where it runs: texts to encode, or reference statistics of a mask or normalisation.
+        needs_stats = source != "text" and (c.outlier_mask != "none" or c.vl_normalize != "none")
+        if encoding_texts(request) or needs_stats:
             pipe.encoder.model  # noqa: B018 - load now so the progress below measures sampling only
         if source != "text":
             pipe.sources.encoder(source).model  # noqa: B018
