@@ -22,8 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from llm_dit.constants import ENDOFTEXT_ID
 from llm_dit.errors import CheckpointError, LlmDitError
-from llm_dit.models.cache import cache_root
-from llm_dit.models.tiny import FULL_SIZE_CONFIGS, TINY_CONFIGS, _component_seed, build_folder, randomize_
+from llm_dit.models.tiny import (
+    FULL_SIZE_CONFIGS,
+    TINY_CONFIGS,
+    _component_seed,
+    build_folder,
+    cached_tiny_folder,
+    randomize_,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -188,13 +194,9 @@ def build_tiny_embedding(path: str | Path, seed: int = 0, exist_ok: bool = False
 
 
 def tiny_embedding_path(seed: int = 0) -> Path:
-    """The cached tiny embedding twin for ``seed``, built on first use (safe if two processes race)."""
-    path = cache_root() / f"tiny-embedding-v{TINY_EMBEDDING_VERSION}-seed{seed}"
-    if not path.exists():
-        build_tiny_embedding(path, seed=seed, exist_ok=True)
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"cached tiny embedding model {path} is damaged (no config.json); delete it")
-    return path
+    """The cached tiny embedding twin for ``seed``, built on first use."""
+    name = f"tiny-embedding-v{TINY_EMBEDDING_VERSION}-seed{seed}"
+    return cached_tiny_folder(name, build_tiny_embedding, "config.json", "tiny embedding model", seed)
 
 
 def _read_json(path: Path, root: Path) -> dict[str, Any]:

@@ -321,12 +321,19 @@ def build_tiny_checkpoint(path: str | Path, seed: int = 0, *, exist_ok: bool = F
     return build_folder(path, write, exist_ok=exist_ok)
 
 
-def tiny_checkpoint_path(seed: int = 0) -> Path:
-    """The cached tiny checkpoint for ``seed``, built on first use (safe if two processes race)."""
-    path = cache_root() / f"tiny-v{TINY_VERSION}-seed{seed}"
+def cached_tiny_folder(name: str, build: Callable[..., Path], marker: str, what: str, seed: int) -> Path:
+    """``<cache>/<name>``, built by ``build(path, seed=seed, exist_ok=True)`` on first use (safe if two processes
+    race: :func:`build_folder`); refused in one line if it lacks ``marker`` (someone edited the cache)."""
+    path = cache_root() / name
     if not path.exists():
-        build_tiny_checkpoint(path, seed=seed, exist_ok=True)
-    if not (path / "model_index.json").is_file():
-        # Cannot happen through build_tiny_checkpoint (atomic rename); someone edited the cache.
-        raise CheckpointError(f"cached tiny checkpoint {path} is damaged (no model_index.json); delete it")
+        build(path, seed=seed, exist_ok=True)
+    if not (path / marker).is_file():
+        raise CheckpointError(f"cached {what} {path} is damaged (no {marker}); delete it")
     return path
+
+
+def tiny_checkpoint_path(seed: int = 0) -> Path:
+    """The cached tiny checkpoint for ``seed``, built on first use."""
+    return cached_tiny_folder(
+        f"tiny-v{TINY_VERSION}-seed{seed}", build_tiny_checkpoint, "model_index.json", "tiny checkpoint", seed
+    )

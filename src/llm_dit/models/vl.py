@@ -27,7 +27,6 @@ from llm_dit.constants import (
     VISION_START_ID,
 )
 from llm_dit.errors import CheckpointError, LlmDitError
-from llm_dit.models.cache import cache_root
 
 if TYPE_CHECKING:
     import torch
@@ -526,13 +525,11 @@ def _split_processor_config(folder: Path) -> None:
 
 
 def tiny_vl_path(seed: int = 0) -> Path:
-    """The cached tiny Qwen3-VL folder for ``seed``, built on first use (safe if two processes race)."""
-    path = cache_root() / f"tiny-vl-v{TINY_VL_VERSION}-seed{seed}"
-    if not path.exists():
-        build_tiny_vl(path, seed=seed, exist_ok=True)
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"cached tiny VL checkpoint {path} is damaged (no config.json); delete it")
-    return path
+    """The cached tiny Qwen3-VL folder for ``seed``, built on first use."""
+    from llm_dit.models.tiny import cached_tiny_folder
+
+    name = f"tiny-vl-v{TINY_VL_VERSION}-seed{seed}"
+    return cached_tiny_folder(name, build_tiny_vl, "config.json", "tiny VL checkpoint", seed)
 
 
 def load_vl(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> tuple[Any, Any]:
