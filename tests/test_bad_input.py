@@ -1221,4 +1221,5 @@ def test_a_dry_run_with_conditioning_parameters_imports_no_model_library(
         assert (params["conditioning"], params["vl_image"]) == ("vl", [str(env.cwd / "ref.png")])
         assert params["input_sha256"] == {"vl_image": [sha]}
         assert params["source_model"].startswith("tiny-vl-") and not run_["done"]
+        assert params["source_numerics"] == "cpu/torch.float32"  # [vl] device/torch_dtype "auto" on a CPU
     assert results_snapshot(env.tmp) == before and not env.results.exists()

@@ -97,7 +97,8 @@ def test_builtin_loads_and_plans(name: str) -> None:
     runs = plan(exp, PROMPTS, exp.seeds, Settings(), model_fingerprint=FP)
     assert len(runs) == per * len(PROMPTS) * n_seeds
     assert len({r.image_name for r in runs}) == len(runs)
-    assert all(set(r.params) == {*PARAMETERS, "shift_source", "input_sha256", "source_model"} for r in runs)
+    extra = {"shift_source", "input_sha256", "source_model", "source_numerics"}
+    assert all(set(r.params) == {*PARAMETERS, *extra} for r in runs)
     assert all(list(r.variables) == exp.variables() for r in runs)
     json.dumps(exp.to_dict())  # stored with the results
 
@@ -578,3 +579,25 @@ def test_image_paths_in_an_experiment_file_are_relative_to_its_folder(
     style = exp.axes[0].values[0]
     assert (style.label, style.params["style_image"]) == ("s.png", str(study / "s.png"))
     assert exp.axes[1].values[0].params["vl_image"] == "~/x.png"  # the home folder is not the file's folder
+
+
+def test_a_source_runs_id_follows_its_encoders_device_and_dtype(tmp_path: Path) -> None:
+    """The VL encoder's dtype changes its features, so the run id; a text run's id does not depend on it."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "ref.png")
+    (tmp_path / "exp.toml").write_text(
+        'name = "src"\n[[axes]]\nname = "v"\nvalues = [{ label = "text", steps = 2 },'
+        ' { label = "vl", steps = 2, conditioning = "vl", vl_image = "ref.png" }]\n'
+    )
+    exp = load_experiment_file(tmp_path / "exp.toml")
+
+    def ids(dtype: str) -> dict[str, tuple[str, str | None]]:
+        settings = Settings(vl={"device": "cpu", "torch_dtype": dtype})
+        runs = plan(exp, [CAT], [42], settings, model_fingerprint=FP)
+        return {r.variables["v"]: (r.run_id, r.params["source_numerics"]) for r in runs}
+
+    fp32, bf16 = ids("float32"), ids("bfloat16")
+    assert fp32["vl"][1] == "cpu/torch.float32" and bf16["vl"][1] == "cpu/torch.bfloat16"
+    assert fp32["vl"][0] != bf16["vl"][0]
+    assert fp32["text"] == bf16["text"] and fp32["text"][1] is None

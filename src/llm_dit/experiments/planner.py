@@ -338,6 +338,7 @@ _ID_NEUTRAL: dict[str, tuple[Any, ...]] = {
     **{name: (None, ConditioningSettings.model_fields[name].default) for name in CONDITIONING_PARAMETERS},
     "input_sha256": (None,),
     "source_model": (None,),
+    "source_numerics": (None,),
 }
 
 
@@ -400,14 +401,16 @@ IMAGE_PARAMETERS = IMAGE_SETTINGS
 
 
 def _with_inputs(params: dict[str, Any], settings: Settings, digests: dict[str, tuple[str, str]]) -> dict[str, Any]:
-    """``params`` with image paths made absolute, their sha256 in ``input_sha256`` and the source's weights in
-    ``source_model`` (both None for a text run). ``digests`` caches path -> (absolute, sha256) across runs."""
+    """``params`` with image paths made absolute, their sha256 in ``input_sha256``, the source's weights in
+    ``source_model`` and its device/dtype in ``source_numerics`` (all None for a text run). ``digests`` caches
+    path -> (absolute, sha256) across runs."""
     from llm_dit.files import input_image
+    from llm_dit.models.devices import numerics_label
     from llm_dit.models.sources import source_fingerprint
 
     source = params.get("conditioning")
     if source in (None, "text"):
-        return {**params, "input_sha256": None, "source_model": None}
+        return {**params, "input_sha256": None, "source_model": None, "source_numerics": None}
     out = dict(params)
     hashes: dict[str, Any] = {}
     for name in IMAGE_PARAMETERS:
@@ -425,6 +428,8 @@ def _with_inputs(params: dict[str, Any], settings: Settings, digests: dict[str, 
     out["input_sha256"] = hashes or None
     section = getattr(settings, source)
     out["source_model"] = source_fingerprint(source, section.model_path, settings.model_path)
+    # The source encoder's device and dtype change its features, so the pixels (as the text encoder's do).
+    out["source_numerics"] = numerics_label(section.device, section.torch_dtype, f"{source}.device")
     return out
 
 
