@@ -141,6 +141,23 @@ def test_generate_loads_qwen3_4b_only_where_text_is_mixed_in(
     assert len(calls) == loads
 
 
+def test_a_vl_input_over_the_cap_is_refused_before_any_model_loads_without_a_long_prompt_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2048^2 image is 4096 tokens: with long_prompt_mode none that cannot fit 1504 rows, said before loading."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (2048, 2048), (5, 6, 7)).save(tmp_path / "big.png")
+    forbid_model_loading(monkeypatch)
+    monkeypatch.setattr("llm_dit.models.vl.load_vl", lambda *a, **k: pytest.fail("the VL model was loaded"))
+    sets = ["--set", "conditioning=vl", "--set", "vl_image=big.png", "--set", "long_prompt_mode=none"]
+    rc, _, err = run(capsys, "generate", PROMPT, *sets, *SMALL_ARGS, "-o", tmp_path / "a.png")
+    assert rc != 0 and "4096 image tokens" in flat(err) and "over the caption cap of 1504" in flat(err)
+    assert not (tmp_path / "a.png").exists()
+    # the image pads alone are still over the cap
+    rc, _, err = run(capsys, "generate", PROMPT, *sets, "--set", "vl_token_mode=image_no_markers", *SMALL_ARGS)
+    assert rc != 0 and "4096 rows" in flat(err)
+
+
 # ------------------------------------------------------------------------------------------ 2. vl_alpha = 0
 
 

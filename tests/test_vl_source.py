@@ -415,3 +415,41 @@ def test_from_pretrained_reads_json_only(tmp_path):
     encoder = VLEncoder.from_pretrained(folder, device="cpu", torch_dtype="fp32")
     assert (encoder.num_layers, encoder.hidden_size, encoder.path) == (NUM_LAYERS, HIDDEN, folder)
     assert VLEncoder.from_pretrained("tiny", device="cpu", torch_dtype="fp32").path == tiny_vl_path()
+
+
+# ------------------------------------------------------------------- the light prediction (no model) vs the forward
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_light_chat_text_is_the_real_templates(encoder, case):
+    images, text, system = CASES[case]
+    assert vl.vl_chat_text(len(images), text, system) == encoder.format(len(images), text, system)
+    assert vl.vl_chat_text(len(images), "", system) == encoder.format(len(images), "", system)
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+@pytest.mark.parametrize("mode", VL_TOKEN_MODES)
+def test_predicted_rows_equal_the_forwards(forwards, tmp_path, case, mode):
+    """The checks' row count (image headers, processor rule, light tokenizer) is the forward's, per token mode."""
+    from llm_dit.conditioning.tokenization import PromptTokenizer
+    from llm_dit.config import EncoderSettings
+    from llm_dit.generation.checks import predicted_vl_rows
+    from llm_dit.generation.request import GenerationRequest
+    from llm_dit.models import checkpoint
+
+    images, text, system = CASES[case]
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        image.save(paths[-1])
+    request = GenerationRequest.build(
+        "the run's prompt", conditioning="vl", vl_image=paths, vl_text=text, vl_system_prompt=system, vl_token_mode=mode
+    )
+    info = checkpoint.validate_checkpoint(checkpoint.resolve_model_path(None))
+    prompts = PromptTokenizer.for_checkpoint(info, EncoderSettings())
+    forward = forwards[case]
+    rows, image_tokens = predicted_vl_rows(request, prompts)
+    assert rows == int(token_mode_rows(forward, mode).sum())
+    assert image_tokens == sum(forward.image_token_counts)
+    mixed = GenerationRequest.build("p", conditioning="vl", vl_image=paths, vl_alpha=0.5, vl_token_mode=mode)
+    assert predicted_vl_rows(mixed, prompts) is None  # a mix has the text's length

@@ -224,8 +224,9 @@ def _manipulated(prompt: str | None, name: Any, seed: int) -> str:
 
 
 def _note_long_prompts(prompts: PromptTokenizer, request: GenerationRequest) -> None:
-    """Say so on the terminal when a prompt is over the caption cap (the long-prompt mode then applies), from the
-    light checks' tokenizer (``prompts``: memoised, so the prompts they tokenized are not tokenized again)."""
+    """Say so on the terminal when a prompt (or a VL source used alone) is over the caption cap (the long-prompt mode
+    then applies), from the light checks' tokenizer (``prompts``: memoised, so the prompts they tokenized are not
+    tokenized again)."""
     from llm_dit.generation.request import encoding_texts
 
     names = ["prompt", "negative prompt"] if request.embeddings is None else ["negative prompt"]
@@ -241,6 +242,17 @@ def _note_long_prompts(prompts: PromptTokenizer, request: GenerationRequest) -> 
                 f"the {name} is {tokens.token_count} tokens, over the cap of {tokens.cap} (max_text_tokens): "
                 f"long_prompt_mode {mode} {what}"
             )
+    from llm_dit.generation.checks import predicted_vl_rows
+
+    predicted = predicted_vl_rows(request, prompts)
+    settings = prompts.resolve(**request.encoder)
+    if predicted is not None and predicted[0] > settings.max_text_tokens:
+        cap, mode = settings.max_text_tokens, settings.long_prompt_mode
+        what = "keeps its first rows (the VL text at its end is dropped)" if mode == "truncate" else "compresses it"
+        note(
+            f"the VL input is {predicted[0]} rows ({predicted[1]} image tokens), over the cap of {cap} "
+            f"(max_text_tokens): long_prompt_mode {mode} {what}"
+        )
 
 
 def _default_output(output_dir: Path, seed: int) -> Path:

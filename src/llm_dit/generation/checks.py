@@ -24,8 +24,9 @@ from llm_dit.models import checkpoint, devices
 if TYPE_CHECKING:
     from llm_dit.config import EncoderSettings, Settings
     from llm_dit.models.checkpoint import CheckpointInfo
+    from llm_dit.models.vl import VLCheckpointInfo
 
-__all__ = ["RequestChecker", "request_shift", "resolved_numerics"]
+__all__ = ["RequestChecker", "predicted_vl_rows", "request_shift", "resolved_numerics"]
 
 
 def request_shift(request: GenerationRequest, info: CheckpointInfo | None) -> tuple[float | None, str | None]:
@@ -37,6 +38,33 @@ def request_shift(request: GenerationRequest, info: CheckpointInfo | None) -> tu
     if gen.shift is not None:
         return gen.shift, request.shift_source or SHIFT_FROM_CALLER
     return checkpoint.default_shift(info)
+
+
+def predicted_vl_rows(
+    request: GenerationRequest, prompts: PromptTokenizer, info: VLCheckpointInfo | None = None
+) -> tuple[int, int] | None:
+    """``(rows, image tokens)`` of the features a VL source alone gives the DiT (``vl_alpha`` 1, one pass, no style
+    delta), before the caption cap, from the images' headers, the processor's rule (``info`` None: Qwen3-VL's
+    numbers) and the tokenizer: no model. None for other runs (a mix has the text's length, at most the cap)."""
+    from PIL import Image
+
+    from llm_dit.models.vl import vl_chat_text, vl_image_token_count
+
+    c = request.conditioning
+    if c.conditioning != "vl" or c.source_alpha < 1.0 or c.vl_image is None:
+        return None
+    if c.style_image is not None or c.vl_image_weights is not None or c.intra_vl_ratio is not None:
+        return None
+    counts = []
+    for path in c.vl_image:
+        with Image.open(path) as image:
+            counts.append(vl_image_token_count(*image.size, info))
+    text = c.vl_text if c.vl_text is not None else (request.prompt or "")
+    ids, _ = prompts.encode(vl_chat_text(len(counts), text, c.vl_system_prompt))
+    total = len(ids) + sum(n - 1 for n in counts)  # each <|image_pad|> expands to its image's tokens
+    spans = sum(n + 2 for n in counts)  # with <|vision_start|> and <|vision_end|>
+    rows = {"full": total, "image_only": spans, "image_no_markers": sum(counts), "text_only": total - spans}
+    return rows[c.vl_token_mode], sum(counts)
 
 
 class RequestChecker:
@@ -98,18 +126,28 @@ class RequestChecker:
                     check_features(emb, name, width=self.cap_feat_dim, max_rows=self.prompts.max_caption_tokens)
 
     def _check_conditioning(self, request: GenerationRequest) -> None:
-        """Image inputs exist and are images; a fill target fits under the caption cap."""
+        """Image inputs exist and are images; a fill target fits under the caption cap; a VL source alone fits under it
+        when no long-prompt mode may shorten it (the rows predicted from the image headers and the tokens)."""
         from llm_dit.files import check_input_images
 
         c = request.conditioning
         check_input_images(c)
-        if c.target_length is not None:
-            cap = self.prompts.resolve(**request.encoder).max_text_tokens
-            if c.target_length > cap:
+        resolved = self.prompts.resolve(**request.encoder)
+        cap = resolved.max_text_tokens
+        if resolved.long_prompt_mode == "none":
+            predicted = predicted_vl_rows(request, self.prompts)
+            if predicted is not None and predicted[0] > cap:
+                rows, image_tokens = predicted
                 raise LlmDitError(
-                    f"target_length {c.target_length} is above the caption cap of {cap} (max_text_tokens); "
-                    "lower target_length or raise max_text_tokens"
+                    f"the VL input is {rows} rows ({image_tokens} image tokens, vl_token_mode {c.vl_token_mode}), "
+                    f"over the caption cap of {cap}, and long_prompt_mode is none; choose a long_prompt_mode "
+                    "(truncate, interpolate, pool, attention_pool), a smaller vl_image or another vl_token_mode"
                 )
+        if c.target_length is not None and c.target_length > cap:
+            raise LlmDitError(
+                f"target_length {c.target_length} is above the caption cap of {cap} (max_text_tokens); "
+                "lower target_length or raise max_text_tokens"
+            )
 
 
 def resolved_numerics(settings: Settings) -> dict[str, str]:

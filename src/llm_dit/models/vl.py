@@ -48,6 +48,7 @@ __all__ = [
     "make_tiny_vl_model",
     "tiny_vl_path",
     "validate_vl_checkpoint",
+    "vl_chat_text",
     "vl_image_token_count",
     "vl_processor_class",
 ]
@@ -406,6 +407,14 @@ def vl_image_token_count(width: int, height: int, info: VLCheckpointInfo | None 
     patch, merge = int(n["patch_size"]), int(n["merge_size"])
     h, w = _smart_resize(height, width, patch * merge, int(n["min_pixels"]), int(n["max_pixels"]))
     return (h // patch) * (w // patch) // (merge * merge)
+
+
+def vl_chat_text(image_count: int, text: str, system_prompt: str | None = None) -> str:
+    """One VL input as the Instruct template renders it with the generation prompt, before the processor expands
+    each ``<|image_pad|>`` (what ``VLEncoder.format`` gets from the real template: tested equal), without torch."""
+    system = f"<|im_start|>system\n{system_prompt}<|im_end|>\n" if system_prompt else ""
+    images = "<|vision_start|><|image_pad|><|vision_end|>" * image_count
+    return f"{system}<|im_start|>user\n{images}{text}<|im_end|>\n<|im_start|>assistant\n"
 
 
 # --------------------------------------------------------------------------------------------------
