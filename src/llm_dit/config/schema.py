@@ -626,6 +626,18 @@ def _optional_unit(name: str, value: Any) -> float | None:
     return number
 
 
+# The conditioning settings that take one of a fixed set of names.
+_CONDITIONING_CHOICES: dict[str, tuple[str, ...]] = {
+    "conditioning": CONDITIONING_SOURCES,
+    "vl_token_mode": VL_TOKEN_MODES,
+    "vl_blend": VL_BLENDS,
+    "vl_blend_curve": GRADUATED_CURVES,
+    "vl_normalize": VL_NORMALIZATIONS,
+    "outlier_mask": OUTLIER_MASKS,
+    "embedding_format": EMBEDDING_FORMATS,
+}
+
+
 class ConditioningSettings(BaseModel):
     """[PROFILE.conditioning]: where caption features come from and the operations applied to them (per run).
 
@@ -677,11 +689,6 @@ class ConditioningSettings(BaseModel):
     fill_mode: str | None = Field(None, description=f"Bring features to target_length: {', '.join(FILL_MODES)}.")
     target_length: int | None = Field(None, description="Rows after fill_mode, 1..1504.")
 
-    @field_validator("conditioning", mode="before")
-    @classmethod
-    def _v_conditioning(cls, v: Any) -> str:
-        return _choice("conditioning", v, CONDITIONING_SOURCES)
-
     @field_validator("vl_image", mode="before")
     @classmethod
     def _v_vl_image(cls, v: Any) -> list[str] | None:
@@ -700,15 +707,15 @@ class ConditioningSettings(BaseModel):
     def _v_optional_text(cls, v: Any, info: Any) -> str | None:
         return None if v is None else _as_str(info.field_name, v) or None
 
+    @field_validator(*_CONDITIONING_CHOICES, mode="before")
+    @classmethod
+    def _v_choice(cls, v: Any, info: Any) -> str:
+        return _choice(info.field_name, v, _CONDITIONING_CHOICES[info.field_name])
+
     @field_validator("vl_layer", "embedding_layer", mode="before")
     @classmethod
     def _v_layer(cls, v: Any, info: Any) -> int:
         return _check_layer(info.field_name, _as_int(info.field_name, v))
-
-    @field_validator("vl_token_mode", mode="before")
-    @classmethod
-    def _v_token_mode(cls, v: Any) -> str:
-        return _choice("vl_token_mode", v, VL_TOKEN_MODES)
 
     @field_validator("vl_image_weights", mode="before")
     @classmethod
@@ -736,21 +743,6 @@ class ConditioningSettings(BaseModel):
             raise ValueError("vl_hybrid_weight must be a number in 0..1")
         return number
 
-    @field_validator("vl_blend", mode="before")
-    @classmethod
-    def _v_blend(cls, v: Any) -> str:
-        return _choice("vl_blend", v, VL_BLENDS)
-
-    @field_validator("vl_blend_curve", mode="before")
-    @classmethod
-    def _v_curve(cls, v: Any) -> str:
-        return _choice("vl_blend_curve", v, GRADUATED_CURVES)
-
-    @field_validator("vl_normalize", mode="before")
-    @classmethod
-    def _v_normalize(cls, v: Any) -> str:
-        return _choice("vl_normalize", v, VL_NORMALIZATIONS)
-
     @field_validator("vl_target_std", mode="before")
     @classmethod
     def _v_target_std(cls, v: Any) -> float | None:
@@ -761,11 +753,6 @@ class ConditioningSettings(BaseModel):
             raise ValueError(f"vl_target_std must be > 0 (got {number}; the seeds used 50, 61, 70)")
         return number
 
-    @field_validator("outlier_mask", mode="before")
-    @classmethod
-    def _v_outlier_mask(cls, v: Any) -> str:
-        return _choice("outlier_mask", v, OUTLIER_MASKS)
-
     @field_validator("outlier_threshold", mode="before")
     @classmethod
     def _v_threshold(cls, v: Any) -> float:
@@ -773,11 +760,6 @@ class ConditioningSettings(BaseModel):
         if number <= 0:
             raise ValueError(f"outlier_threshold must be > 0 (got {number}; default {DEFAULT_OUTLIER_THRESHOLD})")
         return number
-
-    @field_validator("embedding_format", mode="before")
-    @classmethod
-    def _v_format(cls, v: Any) -> str:
-        return _choice("embedding_format", v, EMBEDDING_FORMATS)
 
     @field_validator("embedding_keep_eot", mode="before")
     @classmethod
