@@ -273,6 +273,7 @@ def test_embedding_formats_give_different_features_and_fill_mode_pads(pipe: LlmD
     assert brought_f.embeddings.shape[0] == 40 and torch.count_nonzero(brought_f.embeddings[length:]) == 0
     brought = one(pipe, brought_req)
     assert (brought.record["length_before_cap"], brought.record["embedding_length"]) == (length, 40)
+    assert brought.record["conditioning"] == "precomputed embeddings" and brought.record["embeddings_fingerprint"]
 
 
 # ------------------------------------------------------------------------------- 5. style delta, multi-reference
@@ -435,7 +436,7 @@ def test_reference_stats_prints_a_table_and_caches_it(
 
     from llm_dit.config import EncoderSettings
 
-    template = EncoderSettings().model_dump_json(include={"system_prompt", "think_block", "max_text_tokens"})
+    template = reference_stats.template_key(EncoderSettings())
     path = reference_stats.reference_stats_path(checkpoint.fingerprint(tiny_checkpoint), -2, template, texts)
     assert path.is_file() and path.is_relative_to(tmp_path / "cache")
     cached = reference_stats.load_reference_stats(path)
@@ -489,3 +490,19 @@ def test_embed_stats_compares_text_with_vl_conditions(
         assert row["max_abs"] == x.abs().max().item()
         assert row["mean_token_norm"] == pytest.approx(x.norm(dim=1).mean().item(), rel=worst_case(x.numel(), EPS64))
     assert by[text_only]["tokens"] < by[vl]["tokens"]  # text_only drops the image span
+
+
+def test_the_reference_statistics_template_is_every_setting_that_shapes_the_rows() -> None:
+    """Settings that change Qwen3-4B's rows of the reference texts key their statistics; the layer choice does not."""
+    from llm_dit.config import EncoderSettings
+
+    base = reference_stats.template_key(EncoderSettings())
+    for change in (
+        {"long_prompt_mode": "pool"},
+        {"padding": "longest"},
+        {"system_prompt": "s"},
+        {"think_block": "empty"},
+        {"max_text_tokens": 64},
+    ):
+        assert reference_stats.template_key(EncoderSettings(**change)) != base, change
+    assert reference_stats.template_key(EncoderSettings(hidden_layer=-6)) == base

@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -142,30 +143,39 @@ def input_image(path: str | Path, setting: str) -> tuple[Path, str]:
     a run once the models have loaded; no model library is needed). Run ids hash the bytes, not the path: a moved
     file keeps its runs, an edited one does not.
     """
-    import hashlib
-
-    from PIL import Image, UnidentifiedImageError
-
     full = Path(path).expanduser().absolute()
     if not full.is_file():
         what = "a directory" if full.is_dir() else "no such file"
         # The example names the setting only where it is one (caption's IMAGE is an argument, not a NAME=VALUE).
         example = f", e.g. {setting}=ref.png" if setting in IMAGE_SETTINGS else ""
         raise LlmDitError(f"{setting} {str(path)!r}: {what}; give an image file (PNG, JPEG, WebP){example}")
-    data = full.read_bytes()
+    stat = full.stat()
+    return full, _checked_image_sha256(str(full), stat.st_size, stat.st_mtime_ns, setting, str(path))
+
+
+@lru_cache(maxsize=256)
+def _checked_image_sha256(full: str, size: int, mtime_ns: int, setting: str, shown: str) -> str:
+    """sha256 of an image file that PIL decodes whole; memoised on (path, size, mtime): a sweep checks every run's
+    inputs, and one reference image must not be read and decoded once per run. ``size``/``mtime_ns`` key the cache
+    only (an edited file is read again)."""
+    import hashlib
+
+    from PIL import Image, UnidentifiedImageError
+
+    data = Path(full).read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # the pixels too: a file cut short passes the header parse
     except UnidentifiedImageError:
         # PIL's message names the in-memory buffer (``<_io.BytesIO object at 0x...>``), not the file: not shown.
         raise LlmDitError(
-            f"{setting} {str(path)!r} is not an image PIL can read (unknown format); give a PNG, JPEG or WebP"
+            f"{setting} {shown!r} is not an image PIL can read (unknown format); give a PNG, JPEG or WebP"
         ) from None
     except OSError as exc:
         raise LlmDitError(
-            f"{setting} {str(path)!r} is not an image PIL can read ({exc}); give a PNG, JPEG or WebP"
+            f"{setting} {shown!r} is not an image PIL can read ({exc}); give a PNG, JPEG or WebP"
         ) from None
-    return full, hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(data).hexdigest()
 
 
 IMAGE_SETTINGS: tuple[str, ...] = ("vl_image", "style_image", "neutral_image")  # the settings that name input images

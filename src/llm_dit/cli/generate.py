@@ -166,10 +166,8 @@ def generate(
     pipe = LlmDitPipeline.from_settings(settings)
 
     with status("loading models") as shown:
-        c = request.conditioning
         # Qwen3-4B only where it runs: texts to encode, or reference statistics of a mask or normalisation.
-        needs_stats = source != "text" and (c.outlier_mask != "none" or c.vl_normalize != "none")
-        if encoding_texts(request) or needs_stats:
+        if encoding_texts(request) or request.conditioning.needs_reference_stats:
             pipe.encoder.model  # noqa: B018 - load now so the progress below measures sampling only
         if source != "text":
             pipe.sources.encoder(source).model  # noqa: B018

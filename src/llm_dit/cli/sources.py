@@ -10,7 +10,7 @@ import typer
 
 from llm_dit.cli.options import ConfigOpt, FormatOpt, ModelOpt, ModelPathOpt, ProfileOpt, chosen_model_path
 from llm_dit.cli.terminal import Column, check_format, print_records, status, wrote
-from llm_dit.constants import DEFAULT_CAPTION_PROMPT
+from llm_dit.constants import DEFAULT_CAPTION_PROMPT, MAX_SEED
 from llm_dit.errors import LlmDitError
 
 
@@ -37,8 +37,8 @@ def caption_cmd(
     check_format(output_format)
     if max_new_tokens < 1:
         raise LlmDitError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if not 0 <= seed < 2**63:
-        raise LlmDitError(f"--seed must be in 0..{2**63 - 1}, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise LlmDitError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
     if not prompt.strip():
         raise LlmDitError('--prompt is empty; give the instruction, e.g. --prompt "Describe this image in detail."')
     if output is not None:
@@ -106,21 +106,18 @@ def reference_stats_cmd(
     from llm_dit.conditioning.text_encoder import ZImageTextEncoder
 
     encoder = ZImageTextEncoder.from_pretrained(info.path, **settings.encoder.model_dump())
-    enc = settings.encoder
-    template_key = enc.model_dump_json(include={"system_prompt", "think_block", "max_text_tokens"})
     with status("reference statistics"):
         stats = reference_stats.load_or_compute(
             checkpoint.fingerprint(info.path),
-            template_key,
+            reference_stats.template_key(settings.encoder),
             reference_stats.reference_texts(),
             layers,
-            encoder.encode_layers,
+            encoder.encode_layers,  # built with settings.encoder: the template the key names
         )
     rows = []
     for value in layers:
         s = stats[value]
         std = s.std.double()
-        order = std.argsort(descending=True)[:top].tolist()
         rows.append(
             {
                 "layer": value,
@@ -128,7 +125,7 @@ def reference_stats_cmd(
                 "tokens": s.token_count,
                 "global_std": float(s.global_std),
                 "median_dim_std": float(std.median()),
-                "top_dims": ", ".join(f"{d}:{std[d].item():.4g}" for d in order),
+                "top_dims": ", ".join(f"{d}:{value:.4g}" for d, value in s.top_outliers(top)),
             }
         )
     keys = ("layer", "prompts", "tokens", "global_std", "median_dim_std", "top_dims")

@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from llm_dit.conditioning.embeddings import (
@@ -93,7 +92,7 @@ def compose(
     else:
         alpha = settings.source_alpha
         stats = None
-        if settings.outlier_mask != "none" or settings.vl_normalize != "none":
+        if settings.needs_reference_stats:
             if references is None or source_layer is None:
                 raise LlmDitError("masking and normalisation need Qwen3-4B's reference statistics")
             stats = references(source_layer)
@@ -134,7 +133,8 @@ def compose(
             if text is None:
                 raise LlmDitError("a style delta is added to the text features: they are missing")
             style, neutral = prepared("style"), prepared("neutral")
-            out = style_delta(text, style.to(text.dtype), neutral.to(text.dtype), alpha)
+            like = {"device": text.device, "dtype": text.dtype}
+            out = style_delta(text, style.to(**like), neutral.to(**like), alpha)
         else:
             source = prepared("main")
             if alpha >= 1.0:
@@ -192,8 +192,3 @@ def gray_like(width: int, height: int) -> Any:
     from PIL import Image
 
     return Image.new("RGB", (width, height), (128, 128, 128))
-
-
-def image_row_mask(input_ids: Sequence[int], image_pad_id: int) -> Tensor:
-    """bool [L]: rows that are image tokens (the pad ids the processor expanded)."""
-    return torch.tensor([i == image_pad_id for i in input_ids], dtype=torch.bool)

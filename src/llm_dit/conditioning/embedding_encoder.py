@@ -119,14 +119,18 @@ class EmbeddingEncoder:
             return instruction_prompt(text, instruction or DEFAULT_EMBEDDING_TASK)
         raise LlmDitError(f"unknown embedding_format {prompt_format!r}; use one of {', '.join(EMBEDDING_FORMATS)}")
 
-    def _ids(self, formatted: str) -> list[int]:
-        ids = list(self.tokenizer(formatted, truncation=True, max_length=self.max_length)["input_ids"])
-        bad = sorted({i for i in ids if i >= self.vocab_size})
+    def _check_vocabulary(self, ids: Any) -> None:
+        """Token ids outside the model's vocabulary (e.g. ``<think>``) refused in one line."""
+        bad = sorted({int(i) for i in ids if i >= self.vocab_size})
         if bad:
             raise LlmDitError(
                 f"the embedding model's vocabulary has {self.vocab_size} ids, and this prompt has token ids {bad} "
                 "outside it (e.g. <think>); remove those tokens from the prompt"
             )
+
+    def _ids(self, formatted: str) -> list[int]:
+        ids = list(self.tokenizer(formatted, truncation=True, max_length=self.max_length)["input_ids"])
+        self._check_vocabulary(ids)
         return ids
 
     # -- conditioning ---------------------------------------------------------------------------------
@@ -189,16 +193,15 @@ class EmbeddingEncoder:
         vectors = []
         try:
             for start in range(0, len(formatted), self.batch_size):
-                for text in formatted[start : start + self.batch_size]:
-                    self._ids(text)  # refuse ids outside the vocabulary in one line
                 batch = tokenizer(
                     formatted[start : start + self.batch_size],
                     padding=True,
                     truncation=True,
                     max_length=self.max_length,
                     return_tensors="pt",
-                ).to(device)
-                last = model(**batch).last_hidden_state[:, -1]
+                )
+                self._check_vocabulary(batch["input_ids"].flatten().tolist())
+                last = model(**batch.to(device)).last_hidden_state[:, -1]
                 vectors.append(torch.nn.functional.normalize(last.float(), p=2, dim=-1))
         finally:
             tokenizer.padding_side = side

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,6 +28,7 @@ from llm_dit.models.cache import cache_root
 from llm_dit.models.checkpoint import safetensors_problem
 
 __all__ = [
+    "TEMPLATE_FIELDS",
     "ReferenceStats",
     "compute_reference_stats",
     "load_or_compute",
@@ -34,6 +36,8 @@ __all__ = [
     "reference_stats_path",
     "reference_texts",
     "save_reference_stats",
+    "template_key",
+    "template_overrides",
 ]
 
 # Bumped when the statistics or the file layout change: old cache files then miss instead of being misread.
@@ -70,6 +74,20 @@ class ReferenceStats:
             raise LlmDitError(f"k must be a non-negative integer, got {k!r}")
         ranked = sorted(enumerate(self.std.double().tolist()), key=lambda item: (-item[1], item[0]))
         return ranked[:k]
+
+
+# The encoder settings that shape the reference texts' rows (not the layer choice): the statistics' template.
+TEMPLATE_FIELDS = ("system_prompt", "think_block", "max_text_tokens", "long_prompt_mode", "padding")
+
+
+def template_overrides(settings: Any) -> dict[str, Any]:
+    """The :data:`TEMPLATE_FIELDS` of encoder settings, as per-call overrides of ``encode_layers``."""
+    return {name: getattr(settings, name) for name in TEMPLATE_FIELDS}
+
+
+def template_key(settings: Any) -> str:
+    """The cache key of the statistics' template under encoder settings (:data:`TEMPLATE_FIELDS`)."""
+    return json.dumps(template_overrides(settings), sort_keys=True)
 
 
 def reference_texts() -> list[str]:

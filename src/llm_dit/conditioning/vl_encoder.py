@@ -173,15 +173,19 @@ class VLEncoder:
         inputs = self.processor(text=[formatted], images=pil or None, return_tensors="pt")
         return formatted, inputs
 
+    def _on_model(self, inputs: Any) -> dict[str, Any]:
+        """The processor's tensors on the model's device, pixels in its dtype."""
+        weight = next(self.model.parameters())
+        batch = {k: (v.to(weight.device) if isinstance(v, Tensor) else v) for k, v in inputs.items()}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(weight.dtype)
+        return batch
+
     @torch.no_grad()
     def forward(self, images: Sequence[ImageInput], text: str, system_prompt: str | None = None) -> VLForward:
         """Every hidden state of one input (images in order, then the text), from one forward."""
         formatted, inputs = self._inputs(images, text, system_prompt)
-        model = self.model
-        device = next(model.parameters()).device
-        batch = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in inputs.items()}
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].to(next(model.parameters()).dtype)
+        model, batch = self.model, self._on_model(inputs)
         # The language model alone: its hidden states are those of the full model, without the vocabulary logits.
         out = model.model(**batch, output_hidden_states=True, use_cache=False, return_dict=True)
         grid = inputs.get("image_grid_thw")
@@ -236,10 +240,8 @@ class VLEncoder:
         if max_new_tokens < 1:
             raise LlmDitError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         _, inputs = self._inputs([image], prompt, None)
-        model = self.model
-        device = next(model.parameters()).device
-        batch = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in inputs.items()}
-        batch["pixel_values"] = batch["pixel_values"].to(next(model.parameters()).dtype)
+        model, batch = self.model, self._on_model(inputs)
+        device = batch["input_ids"].device
         fork = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork):
             torch.manual_seed(seed)

@@ -785,6 +785,16 @@ class ConditioningSettings(BaseModel):
         """The mix's source share: vl_alpha, or 1 (the source alone) when unset."""
         return 1.0 if self.vl_alpha is None else self.vl_alpha
 
+    @property
+    def source_layer(self) -> int | None:
+        """The source's hidden layer (vl_layer or embedding_layer); None for text."""
+        return {"vl": self.vl_layer, "embedding": self.embedding_layer}.get(self.conditioning)
+
+    @property
+    def needs_reference_stats(self) -> bool:
+        """Masking or normalisation of a source: Qwen3-4B's statistics at the source's layer are read."""
+        return self.conditioning != "text" and (self.outlier_mask != "none" or self.vl_normalize != "none")
+
 
 def conditioning_problem(c: ConditioningSettings) -> tuple[str, str] | None:
     """(field to blame, message) for conditioning settings that contradict each other, or None.

@@ -400,10 +400,12 @@ def compute_run_id(
 IMAGE_PARAMETERS = IMAGE_SETTINGS
 
 
-def _with_inputs(params: dict[str, Any], settings: Settings, digests: dict[str, tuple[str, str]]) -> dict[str, Any]:
+def _with_inputs(
+    params: dict[str, Any], settings: Settings, digests: dict[str, tuple[str, str]], models: dict[str, str]
+) -> dict[str, Any]:
     """``params`` with image paths made absolute, their sha256 in ``input_sha256``, the source's weights in
     ``source_model`` and its device/dtype in ``source_numerics`` (all None for a text run). ``digests`` caches
-    path -> (absolute, sha256) across runs."""
+    path -> (absolute, sha256) and ``models`` source -> fingerprint across runs."""
     from llm_dit.files import input_image
     from llm_dit.models.devices import numerics_label
     from llm_dit.models.sources import source_fingerprint
@@ -427,7 +429,9 @@ def _with_inputs(params: dict[str, Any], settings: Settings, digests: dict[str, 
         hashes[name] = [sha for _, sha in resolved] if isinstance(value, list) else resolved[0][1]
     out["input_sha256"] = hashes or None
     section = getattr(settings, source)
-    out["source_model"] = source_fingerprint(source, section.model_path, settings.model_path)
+    if source not in models:  # once per plan: a fingerprint reads up to 2 MiB of each weights file
+        models[source] = source_fingerprint(source, section.model_path, settings.model_path)
+    out["source_model"] = models[source]
     # The source encoder's device and dtype change its features, so the pixels (as the text encoder's do).
     out["source_numerics"] = numerics_label(section.device, section.torch_dtype, f"{source}.device")
     return out
@@ -506,6 +510,7 @@ def plan(
     names: dict[str, str] = {}
     ids: set[str] = set()
     digests: dict[str, tuple[str, str]] = {}
+    models: dict[str, str] = {}
     for prompt in prompts:
         for c, combo in enumerate(combos):
             variables = {axis.name: value.label for axis, value in zip(experiment.axes, combo, strict=True)}
@@ -514,7 +519,7 @@ def plan(
                 if c not in resolved:
                     try:
                         resolved[c] = _with_shift(_resolve(merged[c], seed), _shift_level(levels[c]), shift_of)
-                        resolved[c] = _with_inputs(resolved[c], settings, digests)
+                        resolved[c] = _with_inputs(resolved[c], settings, digests, models)
                         check_limits(settings.limits, resolved[c])
                     except LlmDitError as exc:
                         raise LlmDitError(f"{where}: {exc}") from None

@@ -46,6 +46,8 @@ def predicted_vl_rows(
     """``(rows, image tokens)`` of the features a VL source alone gives the DiT (``vl_alpha`` 1, one pass, no style
     delta), before the caption cap, from the images' headers, the processor's rule (``info`` None: Qwen3-VL's
     numbers) and the tokenizer: no model. None for other runs (a mix has the text's length, at most the cap)."""
+    from pathlib import Path
+
     from PIL import Image
 
     from llm_dit.models.vl import vl_chat_text, vl_image_token_count
@@ -57,7 +59,7 @@ def predicted_vl_rows(
         return None
     counts = []
     for path in c.vl_image:
-        with Image.open(path) as image:
+        with Image.open(Path(path).expanduser()) as image:
             counts.append(vl_image_token_count(*image.size, info))
     text = c.vl_text if c.vl_text is not None else (request.prompt or "")
     ids, _ = prompts.encode(vl_chat_text(len(counts), text, c.vl_system_prompt))

@@ -326,9 +326,11 @@ class LlmDitPipeline:
                     passes={},
                     source_layer=None,
                     references=None,
-                    max_rows=self.encoder.resolve(**request.encoder).max_text_tokens,
+                    # the cap precomputed features are checked against (check_features), so none is shortened
+                    max_rows=self.encoder.max_caption_tokens,
                     long_prompt_mode=settings.long_prompt_mode,
                 )
+                positives[index].text = request.embeddings
             elif request.conditioning.conditioning == "text" and request.conditioning.fill_mode is None:
                 positives[index] = text
             else:
@@ -351,12 +353,11 @@ class LlmDitPipeline:
         self, request: GenerationRequest, settings: EncoderSettings, text: EncodedPrompt | None
     ) -> ComposedConditioning:
         c = request.conditioning
-        layer = {"vl": c.vl_layer, "embedding": c.embedding_layer}.get(c.conditioning)
         composed = compose(
             c,
             text=None if text is None else text.embeddings,
             passes=self.sources.passes(request),
-            source_layer=layer,
+            source_layer=c.source_layer,
             references=lambda at: self.sources.reference_stats(self.encoder, self.fingerprint, settings, at),
             max_rows=self.encoder.resolve(**request.encoder).max_text_tokens,
             long_prompt_mode=settings.long_prompt_mode,
@@ -390,9 +391,9 @@ class LlmDitPipeline:
         # (composition, which reads them, runs after the encoders are freed).
         for request, settings in zip(requests, self._encoder_settings(requests), strict=True):
             c = request.conditioning
-            if c.conditioning != "text" and (c.outlier_mask != "none" or c.vl_normalize != "none"):
-                layer = c.vl_layer if c.conditioning == "vl" else c.embedding_layer
-                self.sources.reference_stats(self.encoder, self.fingerprint, settings, layer)
+            if c.needs_reference_stats:
+                assert c.source_layer is not None
+                self.sources.reference_stats(self.encoder, self.fingerprint, settings, c.source_layer)
         # Each distinct source input once (one VL forward serves every layer and token mode of it). With ``offload``
         # each encoder is freed before the next loads: the peak is the largest encoder, not their sum.
         if offload:
@@ -512,13 +513,13 @@ class LlmDitPipeline:
                 compressed=text.compressed,
                 conditioning="prompt",
             )
-        elif isinstance(positive, torch.Tensor):
+        elif isinstance(text, torch.Tensor):  # precomputed features (as given, or composed to a fill target)
             record.update(
                 formatted_prompt=None,
                 token_count=None,
-                embedding_length=int(positive.shape[0]),
+                embedding_length=int(text.shape[0]),
                 conditioning="precomputed embeddings",
-                embeddings_fingerprint=tensor_fingerprint(positive),
+                embeddings_fingerprint=tensor_fingerprint(text),
             )
         else:
             record.update(formatted_prompt=None, token_count=None)
@@ -526,7 +527,8 @@ class LlmDitPipeline:
             # The source, its layer, token mode, blend, normalisation, masking and lengths: how the features were made.
             source = request.conditioning.conditioning
             record.update(positive.record)
-            record["conditioning"] = "prompt" if source == "text" else source
+            if not isinstance(text, torch.Tensor):
+                record["conditioning"] = "prompt" if source == "text" else source
             record["embedding_length"] = int(positive.embeddings.shape[0])
             record["source_model"] = self.sources.fingerprint(source) if source != "text" else None
         if not isinstance(text, EncodedPrompt) and not isinstance(negative, EncodedPrompt):

@@ -10,6 +10,7 @@ eot rule)``, likewise one forward for all its layers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -60,20 +61,18 @@ def _load_image(key: str) -> Any:
         with Image.open(key[len(_NEUTRAL) :]) as style:
             return gray_like(*style.size)
     try:
-        with Image.open(key) as image:
+        with Image.open(Path(key).expanduser()) as image:  # as the check read it (files.input_image)
             return image.convert("RGB")
     except OSError as exc:  # changed since the check (which decodes every input image whole)
         raise LlmDitError(f"VL image {key!r} can no longer be read ({exc}); restore it and run again") from None
 
 
 def _image_sha256(key: str) -> str | None:
-    """The sha256 of an input image's bytes (None for the generated mid-gray neutral image)."""
-    import hashlib
-    from pathlib import Path
+    """The sha256 of an input image's bytes (None for the generated mid-gray neutral image); the check's own,
+    memoised per file version (:func:`llm_dit.files.input_image`)."""
+    from llm_dit.files import input_image
 
-    if key.startswith(_NEUTRAL):
-        return None
-    return hashlib.sha256(Path(key).expanduser().read_bytes()).hexdigest()
+    return None if key.startswith(_NEUTRAL) else input_image(key, "vl_image")[1]
 
 
 class SourceEncoders:
@@ -234,13 +233,12 @@ class SourceEncoders:
         template (cached on disk by the encoder's ``fingerprint``; None, an in-memory model: per process only)."""
         from llm_dit.conditioning import reference_stats
 
-        template = settings.model_copy(update={"hidden_layer": layer, "layer_weights": None})
-        template_key = template.model_dump_json(include={"system_prompt", "think_block", "max_text_tokens"})
+        template_key = reference_stats.template_key(settings)
         cache_key = (template_key, layer)
         if cache_key not in self._reference:
 
             def encode(texts: Sequence[str], layers: Sequence[int]) -> Any:
-                return encoder.encode_layers(texts, layers, **_template_overrides(settings))
+                return encoder.encode_layers(texts, layers, **reference_stats.template_overrides(settings))
 
             texts = reference_stats.reference_texts()
             if fingerprint is None:  # no identity to key a disk cache on: computed for this process only
@@ -270,14 +268,3 @@ class SourceEncoders:
 
     def clear(self) -> None:
         self._rows.clear()
-
-
-def _template_overrides(settings: EncoderSettings) -> dict[str, Any]:
-    """The per-call encoder settings that shape the reference texts' tokens (not the layer choice)."""
-    return {
-        "system_prompt": settings.system_prompt,
-        "think_block": settings.think_block,
-        "max_text_tokens": settings.max_text_tokens,
-        "long_prompt_mode": settings.long_prompt_mode,
-        "padding": settings.padding,
-    }

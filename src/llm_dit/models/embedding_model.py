@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_dit.constants import ENDOFTEXT_ID
 from llm_dit.errors import CheckpointError, LlmDitError
+from llm_dit.files import write_json
 from llm_dit.models.tiny import (
     FULL_SIZE_CONFIGS,
     TINY_CONFIGS,
@@ -101,7 +102,6 @@ class EmbeddingCheckpointInfo:
     hidden_size: int
     num_layers: int
     vocab_size: int
-    sentence_transformers: bool  # modules.json present: SentenceTransformer(path) loads it
 
 
 def _pooling_config(hidden_size: int) -> dict[str, Any]:
@@ -126,10 +126,6 @@ def _embedding_tokenizer() -> Any:
         single=f"$A:0 {eot}:0", pair=f"$A:0 {eot}:0 $B:1 {eot}:1", special_tokens=[(eot, ENDOFTEXT_ID)]
     )
     return tok
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def make_embedding_model(
@@ -173,8 +169,8 @@ def build_tiny_embedding(path: str | Path, seed: int = 0, exist_ok: bool = False
             model.save_pretrained(staging, safe_serialization=True)
             _embedding_tokenizer().save_pretrained(staging)
         hidden = int(config.hidden_size)
-        _write_json(staging / "modules.json", _MODULES)
-        _write_json(
+        write_json(staging / "modules.json", _MODULES)
+        write_json(
             staging / "config_sentence_transformers.json",
             {
                 "prompts": {"query": f"Instruct: {EMBEDDING_QUERY_TASK}\nQuery:", "document": ""},
@@ -183,9 +179,9 @@ def build_tiny_embedding(path: str | Path, seed: int = 0, exist_ok: bool = False
             },
         )
         (staging / "1_Pooling").mkdir()
-        _write_json(staging / "1_Pooling" / "config.json", _pooling_config(hidden))
+        write_json(staging / "1_Pooling" / "config.json", _pooling_config(hidden))
         (staging / "2_Normalize").mkdir()
-        _write_json(
+        write_json(
             staging / "llm_dit_tiny.json",
             {"preset": "tiny-embedding", "tiny_embedding_version": TINY_EMBEDDING_VERSION, "seed": seed},
         )
@@ -270,7 +266,6 @@ def validate_embedding_checkpoint(path: str | Path) -> EmbeddingCheckpointInfo:
         hidden_size=hidden,
         num_layers=layers,
         vocab_size=vocab,
-        sentence_transformers=(root / "modules.json").is_file(),
     )
 
 
