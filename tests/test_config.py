@@ -726,6 +726,12 @@ def test_split_assignment_refuses_a_missing_key_or_equals_sign(item: str) -> Non
         ({"conditioning": "embedding", "embedding_instruction": "x"}, "embedding_instruction", "instruction"),
         ({"fill_mode": "pad_end_zero"}, "fill_mode", "target_length"),
         ({"conditioning": "vl"}, "conditioning", "vl_image"),
+        (
+            {"conditioning": "vl", "vl_image": ["a.png", "b.png"], "vl_image_weights": [1, 1], "intra_vl_ratio": 0.5},
+            "intra_vl_ratio",
+            "drop vl_image_weights",
+        ),
+        ({"conditioning": "vl", "style_image": "s.png", "intra_vl_ratio": 0.5}, "intra_vl_ratio", "drop style_image"),
         ({"conditioning": "vl", "vl_image": ["a.png"], "vl_image_weights": [1, 2]}, "vl_image_weights", "1 vl_image"),
     ],
 )
@@ -748,6 +754,9 @@ def test_conditioning_settings_that_would_do_nothing_are_refused(values: dict, b
         {"conditioning": "vl", "style_image": "s.png", "neutral_image": "n.png", "vl_alpha": 0.4},
         {"conditioning": "embedding", "embedding_format": "instruction", "embedding_instruction": "x"},
         {"conditioning": "embedding", "outlier_mask": "clamp", "outlier_threshold": 5, "vl_alpha": 0.3},
+        # A blend where no blend runs (alpha 0 or 1, a style delta) is inert but passes: alpha x blend grids run whole.
+        {"conditioning": "vl", "vl_image": ["a.png"], "vl_blend": "graduated", "vl_blend_curve": "ease_in"},
+        {"conditioning": "vl", "vl_image": ["a.png"], "vl_blend": "adain", "vl_alpha": 0},
         # A value equal to the default is no choice: it passes even where it is not read.
         {"vl_blend": "linear", "vl_layer": -2, "embedding_format": "chat"},
     ],
@@ -756,3 +765,16 @@ def test_consistent_conditioning_settings_pass(values: dict) -> None:
     from llm_dit.config import ConditioningSettings, conditioning_problem
 
     assert conditioning_problem(ConditioningSettings(**values)) is None
+
+
+def test_a_blend_where_none_runs_is_recorded_as_null() -> None:
+    """At vl_alpha 0 or 1, or with a style delta, the blend changes nothing: null in the record and the run id."""
+    from llm_dit.config import ConditioningSettings, conditioning_params
+
+    for extra in ({}, {"vl_alpha": 0}, {"vl_alpha": 1}):
+        c = ConditioningSettings(conditioning="vl", vl_image=["a.png"], vl_blend="interpolate", **extra)
+        assert conditioning_params(c)["vl_blend"] is None, extra
+    mixed = ConditioningSettings(conditioning="vl", vl_image=["a.png"], vl_blend="interpolate", vl_alpha=0.5)
+    assert conditioning_params(mixed)["vl_blend"] == "interpolate"
+    style = ConditioningSettings(conditioning="vl", style_image="s.png", vl_blend="adain", vl_alpha=0.5)
+    assert conditioning_params(style)["vl_blend"] is None

@@ -815,8 +815,15 @@ def conditioning_problem(c: ConditioningSettings) -> tuple[str, str] | None:
         if c.vl_image_weights is not None and len(c.vl_image_weights) != len(c.vl_image or []):
             n = len(c.vl_image or [])
             return "vl_image_weights", f"vl_image_weights has {len(c.vl_image_weights)} weights for {n} vl_image(s)"
-        if c.intra_vl_ratio is not None and (c.vl_token_mode != "full" or c.style_image is not None):
-            return "intra_vl_ratio", "intra_vl_ratio blends one VL pass's image and text rows: needs vl_token_mode=full"
+        if c.intra_vl_ratio is not None:
+            if c.vl_token_mode != "full":
+                return (
+                    "intra_vl_ratio",
+                    "intra_vl_ratio blends one VL pass's image and text rows: needs vl_token_mode=full",
+                )
+            if c.style_image is not None or c.vl_image_weights is not None:
+                what = "style_image" if c.style_image is not None else "vl_image_weights"
+                return "intra_vl_ratio", f"intra_vl_ratio blends one VL pass's image and text rows: drop {what}"
     return _inert_problem(c)
 
 
@@ -831,6 +838,11 @@ _READ_WITH = {
 }
 
 
+def _no_blend_runs(c: ConditioningSettings) -> bool:
+    """No mix of text and source runs: the source alone (vl_alpha 1), the text alone (0), or a style delta."""
+    return c.conditioning != "text" and (c.style_image is not None or c.source_alpha in (0.0, 1.0))
+
+
 def _inert_problem(c: ConditioningSettings) -> tuple[str, str] | None:
     """A setting given a value that this run would never read (so it would silently do nothing), or None.
 
@@ -840,6 +852,10 @@ def _inert_problem(c: ConditioningSettings) -> tuple[str, str] | None:
     for key, value in c.model_dump().items():
         default = ConditioningSettings.model_fields[key].default
         if used[key] is not None or value is None or value == default:
+            continue
+        # A blend at the ends of an alpha sweep (or beside a style delta) is inert, recorded as null, not refused:
+        # a vl_alpha x vl_blend grid must run its alpha 0 and 1 cells.
+        if (key == "vl_blend" or (key == "vl_blend_curve" and c.vl_blend == "graduated")) and _no_blend_runs(c):
             continue
         if key in _READ_WITH:
             where = _READ_WITH[key]
@@ -882,6 +898,8 @@ def conditioning_params(c: ConditioningSettings) -> dict[str, Any]:
     drop = [k for k in out if k.startswith("embedding_")] if c.conditioning == "vl" else [*vl_keys, *_VL_ONLY]
     if c.vl_blend != "graduated":
         drop.append("vl_blend_curve")
+    if _no_blend_runs(c):
+        drop += ["vl_blend", "vl_blend_curve"]
     if c.vl_normalize not in ("global", "hybrid"):
         drop.append("vl_target_std")
     if c.vl_normalize != "hybrid":
