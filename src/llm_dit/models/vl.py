@@ -398,7 +398,8 @@ def vl_image_token_count(width: int, height: int, info: VLCheckpointInfo | None 
     """``<|image_pad|>`` tokens for one ``width`` x ``height`` image (markers not counted), without torch.
 
     The processor's rule: sides rounded to multiples of patch*merge (32), area clamped to min/max pixels,
-    then (H/patch)(W/patch)/merge^2: 1024^2 -> 1024, 1024x768 -> 768, 512^2 -> 256, 256^2 and smaller -> 64.
+    then (H/patch)(W/patch)/merge^2: 1024^2 -> 1024, 1024x768 -> 768, 512^2 -> 256, 256^2 and smaller squares -> 64
+    (a smaller non-square image is scaled up to the minimum area: 96x64 -> 70).
     ``info`` None: the real Qwen3-VL processor numbers.
     """
     if width < 1 or height < 1:
