@@ -18,6 +18,8 @@ SEQ_MULTIPLE = 32
 
 # Official Turbo recipe.
 DEFAULT_STEPS = 8
+# diffusers' ZImageImg2ImgPipeline default: the fraction of the schedule run from an init image.
+DEFAULT_STRENGTH = 0.6
 DEFAULT_SHIFT = 3.0
 DEFAULT_GUIDANCE_SCALE = 0.0
 DEFAULT_HIDDEN_LAYER = -2

@@ -178,13 +178,14 @@ def _checked_image_sha256(full: str, size: int, mtime_ns: int, setting: str, sho
     return hashlib.sha256(data).hexdigest()
 
 
-IMAGE_SETTINGS: tuple[str, ...] = ("vl_image", "style_image", "neutral_image")  # the settings that name input images
+# The settings that name input images (init_image is a generation setting, the others conditioning ones).
+IMAGE_SETTINGS: tuple[str, ...] = ("vl_image", "style_image", "neutral_image", "init_image")
 
 
 def check_input_images(values: Any) -> None:
-    """Every input image a set of conditioning values names (a mapping or a ConditioningSettings) exists and is an
-    image (:func:`input_image`)."""
+    """Every input image a set of values names (a mapping, ConditioningSettings or GenerationSettings) exists and is
+    an image (:func:`input_image`)."""
     for name in IMAGE_SETTINGS:
-        value = values.get(name) if isinstance(values, dict) else getattr(values, name)
+        value = values.get(name) if isinstance(values, dict) else getattr(values, name, None)
         for path in value if isinstance(value, list) else [value] if value else []:
             input_image(path, name)

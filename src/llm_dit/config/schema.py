@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from llm_dit.config.step_schedules import AlphaSchedule, parse_alpha_schedule
 from llm_dit.constants import (
     CONDITIONING_SOURCES,
     DEFAULT_CFG_NORMALIZATION,
@@ -38,6 +39,7 @@ from llm_dit.constants import (
     DEFAULT_SHIFT,
     DEFAULT_SIZE,
     DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
     DEFAULT_THINK_BLOCK,
     DEFAULT_VL_LAYER,
     EMBEDDING_FORMATS,
@@ -502,6 +504,41 @@ class GenerationSettings(BaseModel):
         description="CFG only: guidance stops once t = 1 - sigma exceeds this, 0..1 (1 = never; diffusers).",
     )
     refiner: str = Field("default", description=f"Refiner layers: {', '.join(REFINER_MODES)}.")
+    init_image: str | None = Field(
+        None, description="Image-to-image: start from this image (VAE-encoded, noised to the schedule at strength)."
+    )
+    strength: float | None = Field(
+        None,
+        description=f"Image-to-image: fraction of the schedule run, 0 < s <= 1; unset = {DEFAULT_STRENGTH} "
+        "(diffusers' default) with init_image.",
+    )
+
+    @field_validator("init_image", mode="before")
+    @classmethod
+    def _v_init_image(cls, v: Any) -> str | None:
+        images = _image_list("init_image", v)
+        if images is not None and len(images) != 1:
+            raise ValueError(f"init_image takes one image, got {len(images)}")
+        return images[0] if images else None
+
+    @field_validator("strength", mode="before")
+    @classmethod
+    def _v_strength(cls, v: Any) -> float | None:
+        if v is None or v == "":
+            return None
+        value = _as_float("strength", v)
+        if not 0.0 < value <= 1.0:
+            raise ValueError(
+                f"strength must be in (0, 1] (got {value}): the fraction of the schedule run from init_image"
+            )
+        return value
+
+    @property
+    def resolved_strength(self) -> float | None:
+        """The img2img strength a run uses: None without init_image, the default when unset."""
+        if self.init_image is None:
+            return None
+        return DEFAULT_STRENGTH if self.strength is None else self.strength
 
     @field_validator("width", "height", mode="before")
     @classmethod
@@ -603,6 +640,14 @@ class GenerationSettings(BaseModel):
         return {**data, "steps": n}
 
 
+def generation_problem(g: GenerationSettings) -> tuple[str, str] | None:
+    """(field, message) for generation settings that contradict each other, or None (checked where a run's settings
+    come together, as :func:`conditioning_problem`)."""
+    if g.strength is not None and g.init_image is None:
+        return "strength", "strength is read only with init_image (image-to-image): set init_image or drop strength"
+    return None
+
+
 def _image_list(name: str, value: Any) -> list[str] | None:
     """One path or a list of paths as a list; ``None``/``""``/``[]`` = no image."""
     if value is None or value == "" or value == []:
@@ -662,6 +707,11 @@ class ConditioningSettings(BaseModel):
     vl_alpha: float | None = Field(
         None, description="Source share in the mix, 0..1 (0 = text only, 1 = source only); unset = 1 with a source."
     )
+    vl_alpha_schedule: str | None = Field(
+        None,
+        description="vl_alpha per denoising step: linear|ease_in|ease_out:START:END, constant:A, step:START:END@K "
+        "or step:START:END@sigma=S; excludes vl_alpha.",
+    )
     vl_blend: str = Field("linear", description=f"How source and text mix: {', '.join(VL_BLENDS)}.")
     vl_blend_curve: str = Field(
         "linear", description=f"Per-token alpha curve of vl_blend=graduated: {', '.join(GRADUATED_CURVES)}."
@@ -688,6 +738,10 @@ class ConditioningSettings(BaseModel):
     embedding_keep_eot: bool = Field(False, description="Keep the <|endoftext|> row the embedding tokenizer appends.")
     fill_mode: str | None = Field(None, description=f"Bring features to target_length: {', '.join(FILL_MODES)}.")
     target_length: int | None = Field(None, description="Rows after fill_mode, 1..1504.")
+    prompt_switch: str | None = Field(
+        None, description="A second prompt: the run's prompt conditions steps < prompt_switch_step, this one the rest."
+    )
+    prompt_switch_step: int | None = Field(None, description="The first step (0-based) conditioned by prompt_switch.")
 
     @field_validator("vl_image", mode="before")
     @classmethod
@@ -702,7 +756,23 @@ class ConditioningSettings(BaseModel):
             raise ValueError(f"{info.field_name} takes one image, got {len(images)}")
         return images[0] if images else None
 
-    @field_validator("vl_text", "vl_system_prompt", "embedding_instruction", mode="before")
+    @field_validator("vl_alpha_schedule", mode="before")
+    @classmethod
+    def _v_alpha_schedule(cls, v: Any) -> str | None:
+        schedule = parse_alpha_schedule(v)
+        return None if schedule is None else schedule.text()
+
+    @field_validator("prompt_switch_step", mode="before")
+    @classmethod
+    def _v_switch_step(cls, v: Any) -> int | None:
+        if v is None or v == "":
+            return None
+        step = _as_int("prompt_switch_step", v)
+        if step < 1:
+            raise ValueError(f"prompt_switch_step must be >= 1 (got {step}; at 0 prompt_switch alone would condition)")
+        return step
+
+    @field_validator("vl_text", "vl_system_prompt", "embedding_instruction", "prompt_switch", mode="before")
     @classmethod
     def _v_optional_text(cls, v: Any, info: Any) -> str | None:
         return None if v is None else _as_str(info.field_name, v) or None
@@ -782,8 +852,25 @@ class ConditioningSettings(BaseModel):
 
     @property
     def source_alpha(self) -> float:
-        """The mix's source share: vl_alpha, or 1 (the source alone) when unset."""
+        """The mix's source share: vl_alpha, or 1 (the source alone) when unset (a schedule: its first step's)."""
+        if self.alpha_schedule is not None:
+            return self.alpha_schedule.start
         return 1.0 if self.vl_alpha is None else self.vl_alpha
+
+    @property
+    def alpha_schedule(self) -> AlphaSchedule | None:
+        return parse_alpha_schedule(self.vl_alpha_schedule)
+
+    @property
+    def lowest_alpha(self) -> float:
+        """The smallest source share of any step: below 1, the text encoder's features are needed."""
+        schedule = self.alpha_schedule
+        return self.source_alpha if schedule is None else schedule.lowest
+
+    @property
+    def per_step(self) -> bool:
+        """Whether the caption features change over the steps (an alpha schedule or a prompt switch)."""
+        return self.vl_alpha_schedule is not None or self.prompt_switch is not None
 
     @property
     def source_layer(self) -> int | None:
@@ -801,6 +888,13 @@ def conditioning_problem(c: ConditioningSettings) -> tuple[str, str] | None:
 
     Not a validator of the section: experiment files and ``--set`` check one value at a time; the whole is checked
     where a run's settings come together (:class:`Settings`, the planner, :class:`GenerationRequest`)."""
+    if (c.prompt_switch is None) != (c.prompt_switch_step is None):
+        given, missing = (
+            ("prompt_switch", "prompt_switch_step") if c.prompt_switch else ("prompt_switch_step", "prompt_switch")
+        )
+        return given, f"{given} needs {missing} too (e.g. prompt_switch='a watercolour' with prompt_switch_step=3)"
+    if c.vl_alpha_schedule is not None and c.vl_alpha is not None:
+        return "vl_alpha_schedule", "vl_alpha_schedule sets vl_alpha per step: drop vl_alpha (or the schedule)"
     if (c.fill_mode is None) != (c.target_length is None):
         given, missing = ("fill_mode", "target_length") if c.fill_mode else ("target_length", "fill_mode")
         return given, f"{given} needs {missing} too (e.g. fill_mode=pad_end_zero with target_length=300)"
@@ -839,8 +933,13 @@ _READ_WITH = {
 
 
 def _no_blend_runs(c: ConditioningSettings) -> bool:
-    """No mix of text and source runs: the source alone (vl_alpha 1), the text alone (0), or a style delta."""
-    return c.conditioning != "text" and (c.style_image is not None or c.source_alpha in (0.0, 1.0))
+    """No mix of text and source runs at any step: the source alone (vl_alpha 1), the text alone (0), or a style
+    delta."""
+    if c.conditioning == "text":
+        return False
+    schedule = c.alpha_schedule
+    mixes = schedule.mixes if schedule is not None else c.source_alpha not in (0.0, 1.0)
+    return c.style_image is not None or not mixes
 
 
 def _inert_problem(c: ConditioningSettings) -> tuple[str, str] | None:
@@ -884,16 +983,17 @@ _VL_ONLY = (
 def conditioning_params(c: ConditioningSettings) -> dict[str, Any]:
     """The conditioning values a run actually uses, inert ones as None (run ids, records and the store agree).
 
-    Per source: ``text`` uses only fill_mode/target_length; ``embedding`` drops the VL inputs and the VL layer and
-    token mode; ``vl`` drops the embedding settings. Everywhere: vl_alpha is resolved (unset = 1 with a source),
-    vl_blend_curve only with vl_blend=graduated, vl_target_std only with global/hybrid normalisation, the hybrid
-    weight only with hybrid, outlier_threshold only with a mask, neutral_image only with style_image.
+    Per source: ``text`` uses only fill_mode/target_length and the prompt switch; ``embedding`` drops the VL inputs
+    and the VL layer and token mode; ``vl`` drops the embedding settings. Everywhere: vl_alpha is resolved (unset = 1
+    with a source; None when vl_alpha_schedule sets it per step), vl_blend_curve only with vl_blend=graduated,
+    vl_target_std only with global/hybrid normalisation, the hybrid weight only with hybrid, outlier_threshold only
+    with a mask, neutral_image only with style_image.
     """
     out = c.model_dump()
     if c.conditioning == "text":
-        keep = {"conditioning", "fill_mode", "target_length"}
+        keep = {"conditioning", "fill_mode", "target_length", "prompt_switch", "prompt_switch_step"}
         return {k: (v if k in keep else None) for k, v in out.items()}
-    out["vl_alpha"] = c.source_alpha
+    out["vl_alpha"] = None if c.vl_alpha_schedule is not None else c.source_alpha
     vl_keys = ("vl_image", "vl_text", "vl_system_prompt", "vl_layer", "vl_token_mode", "vl_image_weights")
     drop = [k for k in out if k.startswith("embedding_")] if c.conditioning == "vl" else [*vl_keys, *_VL_ONLY]
     if c.vl_blend != "graduated":
@@ -1059,6 +1159,9 @@ class Settings(BaseModel):
         problem = conditioning_problem(self.conditioning)
         if problem is not None:
             raise _FieldError(f"conditioning.{problem[0]}", problem[1])
+        problem = generation_problem(self.generation)
+        if problem is not None:
+            raise _FieldError(f"generation.{problem[0]}", problem[1])
         return self
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:

@@ -39,6 +39,7 @@ from llm_dit.config import (
     conditioning_params,
     conditioning_problem,
     count_steps,
+    generation_problem,
     parse_sigmas,
     toml_value,
 )
@@ -194,6 +195,9 @@ def _merge(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             merged["layer_weights"] = None
         if ("steps" in layer or "shift" in layer) and "sigmas" not in layer:
             merged["sigmas"] = None
+        for name, other in (("vl_alpha", "vl_alpha_schedule"), ("vl_alpha_schedule", "vl_alpha")):
+            if layer.get(name) is not None and other not in layer:  # one alpha per step or one for all, not both
+                merged[other] = None
         if "sigmas" in layer and "steps" not in layer and _sets_sigmas(layer["sigmas"]):
             try:
                 merged["steps"] = count_steps(parse_sigmas(layer["sigmas"]) or [])
@@ -218,7 +222,7 @@ def _resolve(merged: Mapping[str, Any], seed: int) -> dict[str, Any]:
         GenerationSettings, {**{k: merged[k] for k in GENERATION_PARAMETERS if k in merged}, "seed": seed}
     )
     conditioning = build_section(ConditioningSettings, {k: merged[k] for k in CONDITIONING_PARAMETERS if k in merged})
-    problem = conditioning_problem(conditioning)
+    problem = conditioning_problem(conditioning) or generation_problem(generation)
     if problem is not None:
         raise ConfigError(f"{problem[0]}: {problem[1]}")
     manipulation = merged.get(TOKEN_MANIPULATION)
@@ -227,6 +231,7 @@ def _resolve(merged: Mapping[str, Any], seed: int) -> dict[str, Any]:
     params: dict[str, Any] = {k: getattr(encoder, k) for k in ENCODER_PARAMETERS}
     params.update(conditioning_params(conditioning))
     params.update({k: getattr(generation, k) for k in GENERATION_PARAMETERS})
+    params["strength"] = generation.resolved_strength  # the default made explicit with an init image
     params[TOKEN_MANIPULATION] = manipulation
     # Inert values become None, so they can neither differentiate run ids nor mislead a reader.
     if params["layer_weights"] is not None:
@@ -327,6 +332,8 @@ REPLACES: dict[str, tuple[str, ...]] = {
     "sigmas": ("steps", "shift", "shift_source"),
     "steps": ("sigmas",),
     "shift": ("sigmas", "shift_source"),
+    "vl_alpha": ("vl_alpha_schedule",),
+    "vl_alpha_schedule": ("vl_alpha",),
 }
 
 # Parameters added after run ids were first issued, with the values that make the images of before: at those
@@ -336,6 +343,8 @@ _ID_NEUTRAL: dict[str, tuple[Any, ...]] = {
     "cfg_truncation": (None, DEFAULT_CFG_TRUNCATION),
     # The conditioning parameters came with the second wave: a text run (all of them inert) keeps its old id.
     **{name: (None, ConditioningSettings.model_fields[name].default) for name in CONDITIONING_PARAMETERS},
+    "init_image": (None,),
+    "strength": (None,),
     "input_sha256": (None,),
     "source_model": (None,),
     "source_numerics": (None,),
@@ -411,8 +420,6 @@ def _with_inputs(
     from llm_dit.models.sources import source_fingerprint
 
     source = params.get("conditioning")
-    if source in (None, "text"):
-        return {**params, "input_sha256": None, "source_model": None, "source_numerics": None}
     out = dict(params)
     hashes: dict[str, Any] = {}
     for name in IMAGE_PARAMETERS:
@@ -428,6 +435,8 @@ def _with_inputs(
         out[name] = [full for full, _ in resolved] if isinstance(value, list) else resolved[0][0]
         hashes[name] = [sha for _, sha in resolved] if isinstance(value, list) else resolved[0][1]
     out["input_sha256"] = hashes or None
+    if source in (None, "text"):  # only an init image (image-to-image) may be an input
+        return {**out, "source_model": None, "source_numerics": None}
     section = getattr(settings, source)
     if source not in models:  # once per plan: a fingerprint reads up to 2 MiB of each weights file
         models[source] = source_fingerprint(source, section.model_path, settings.model_path)

@@ -18,7 +18,7 @@ from llm_dit.conditioning.tokenization import PromptTokenizer
 from llm_dit.constants import SHIFT_FROM_CALLER
 from llm_dit.errors import LlmDitError
 from llm_dit.generation.request import GenerationRequest, encoding_texts
-from llm_dit.generation.schedule import check_schedule
+from llm_dit.generation.schedule import check_schedule, img2img_start
 from llm_dit.models import checkpoint, devices
 
 if TYPE_CHECKING:
@@ -116,7 +116,8 @@ class RequestChecker:
                 if value % self.size_multiple:
                     raise LlmDitError(f"{name} {value} is not a multiple of {self.size_multiple} for this checkpoint")
             shift, _ = request_shift(request, self.info)
-            check_schedule(gen.steps, shift, gen.sigmas)
+            steps = check_schedule(gen.steps, shift, gen.sigmas)
+            self._check_steps(request, steps - img2img_start(steps, gen.resolved_strength))
             for text in encoding_texts(request):  # what the pipeline encodes
                 self.prompts.tokenize(text, **request.encoder)
             self._check_conditioning(request)
@@ -127,6 +128,22 @@ class RequestChecker:
 
                     check_features(emb, name, width=self.cap_feat_dim, max_rows=self.prompts.max_caption_tokens)
 
+    @staticmethod
+    def _check_steps(request: GenerationRequest, steps: int) -> None:
+        """Per-step conditioning that reaches a step of the ``steps`` the run takes (after img2img's strength)."""
+        c = request.conditioning
+        if c.prompt_switch_step is not None and c.prompt_switch_step >= steps:
+            raise LlmDitError(
+                f"prompt_switch_step {c.prompt_switch_step} is not below the run's {steps} steps: prompt_switch "
+                f"would condition no step; use a step in 1..{steps - 1}"
+            )
+        schedule = c.alpha_schedule
+        if schedule is not None and schedule.at_step is not None and schedule.at_step >= steps:
+            raise LlmDitError(
+                f"vl_alpha_schedule {c.vl_alpha_schedule} switches at step {schedule.at_step}, not below the run's "
+                f"{steps} steps: every step would get {schedule.start}; use a step in 1..{steps - 1} or vl_alpha"
+            )
+
     def _check_conditioning(self, request: GenerationRequest) -> None:
         """Image inputs exist and are images; a fill target fits under the caption cap; a VL source alone fits under it
         when no long-prompt mode may shorten it (the rows predicted from the image headers and the tokens)."""
@@ -134,6 +151,7 @@ class RequestChecker:
 
         c = request.conditioning
         check_input_images(c)
+        check_input_images(request.generation)
         resolved = self.prompts.resolve(**request.encoder)
         cap = resolved.max_text_tokens
         if resolved.long_prompt_mode == "none":

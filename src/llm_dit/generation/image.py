@@ -35,6 +35,35 @@ def decode_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     return (image * 0.5 + 0.5).clamp(0, 1).float()
 
 
+@torch.no_grad()
+def encode_image(vae: nn.Module, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Latents ``[1, 16, h, w]`` (the VAE's dtype and device) of one image ``[1, 3, H, W]`` in [-1, 1], sampled from the
+    VAE's posterior with ``generator`` and normalised as the DiT reads them: ``(z - shift_factor) * scaling_factor``.
+
+    diffusers' img2img arithmetic (``retrieve_latents(vae.encode(x), generator)``): the posterior sample draws
+    ``randn`` of the posterior's shape from ``generator`` before the noise is drawn from it. The draw is made on the
+    generator's device and moved, as diffusers' ``randn_tensor`` does when they differ.
+    """
+    param = next(vae.parameters())
+    posterior = vae.encode(pixels.to(device=param.device, dtype=param.dtype)).latent_dist
+    eps = torch.randn(
+        posterior.mean.shape, generator=generator, device=generator.device, dtype=posterior.parameters.dtype
+    ).to(posterior.mean.device)
+    z = posterior.mean + posterior.std * eps
+    return (z - vae.config.shift_factor) * vae.config.scaling_factor
+
+
+def load_init_image(path: str | Path, width: int, height: int, size_multiple: int) -> torch.Tensor:
+    """An init image as diffusers' ``VaeImageProcessor.preprocess`` gives it: RGB, resized to ``width`` x ``height``
+    (LANCZOS; unchanged at that size) and scaled to [-1, 1], ``[1, 3, H, W]`` fp32."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    with Image.open(Path(path).expanduser()) as opened:
+        rgb = opened.convert("RGB")
+    processor = VaeImageProcessor(vae_scale_factor=size_multiple)
+    return processor.preprocess(rgb, height=height, width=width).to(torch.float32)
+
+
 def to_pil(image: torch.Tensor) -> Image.Image:
     """``[3, H, W]`` in [0, 1] -> RGB PIL image, rounding as diffusers' ``numpy_to_pil`` does."""
     array = image.detach().permute(1, 2, 0).cpu().float().numpy()

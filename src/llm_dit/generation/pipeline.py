@@ -8,9 +8,10 @@ encodes each distinct (prompt, conditioning settings) once, groups samples that 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,23 +22,48 @@ from torch import nn
 from llm_dit import __version__
 from llm_dit.conditioning.compose import ComposedConditioning, compose
 from llm_dit.conditioning.text_encoder import EncodedPrompt, ZImageTextEncoder, layer_agnostic_key
-from llm_dit.config import EncoderSettings, PipelineSettings, Settings, SourceModelSettings, build_section
+from llm_dit.config import (
+    EncoderSettings,
+    PipelineSettings,
+    Settings,
+    SourceModelSettings,
+    build_section,
+    conditioning_params,
+)
 from llm_dit.constants import HARD_MAX_TEXT_TOKENS, SIZE_MULTIPLE
 from llm_dit.errors import LlmDitError
 from llm_dit.files import ensure_writable
 from llm_dit.generation.batching import batches
 from llm_dit.generation.checks import RequestChecker, request_shift
-from llm_dit.generation.image import decode_latents, save_png, to_pil
+from llm_dit.generation.image import decode_latents, encode_image, load_init_image, save_png, to_pil
 from llm_dit.generation.record import package_versions, parameters_line, tensor_fingerprint, utc_now
-from llm_dit.generation.request import GenerationRequest, encoding_texts, needs_text_features, sampling_group
-from llm_dit.generation.sampler import Guidance, denoise, initial_noise
-from llm_dit.generation.schedule import resolve_sigmas
+from llm_dit.generation.request import (
+    GenerationRequest,
+    encoding_texts,
+    needs_text_features,
+    sampling_group,
+    step_variants,
+)
+from llm_dit.generation.sampler import Caption, Guidance, denoise, initial_noise, noised_latents
+from llm_dit.generation.schedule import check_schedule, img2img_start, resolve_sigmas
 from llm_dit.generation.sources import SourceEncoders
 from llm_dit.models import checkpoint, devices
 from llm_dit.models.devices import module_device
 
 ProgressCallback = Callable[[int, int], None]  # (DiT forwards done, total)
 Features = EncodedPrompt | ComposedConditioning | torch.Tensor  # one sample's caption features, as made
+
+
+@dataclass
+class StepFeatures:
+    """The caption features of a run whose conditioning changes over the steps: one per step (equal steps share one
+    object, made once) and what each step used, for the record."""
+
+    steps: list[Features]
+    schedule: list[dict[str, Any]] = field(default_factory=list)
+
+
+RunFeatures = Features | StepFeatures
 
 _ENCODER_RECORD_KEYS = (
     "system_prompt",
@@ -116,6 +142,7 @@ class LlmDitPipeline:
         self.max_batch_size = max_batch_size
         # (text, encoder settings JSON) -> EncodedPrompt: each distinct formatted prompt is encoded once.
         self._cache: dict[tuple[str, str], EncodedPrompt] = {}
+        self._init_pixels: dict[tuple[str, int, int], torch.Tensor] = {}  # (path, width, height) -> [1, 3, H, W]
         # What the DiT and VAE accept: from the checkpoint's configs (from_components reads the modules' own);
         # cap_feat_dim None (no configs known) leaves the width of precomputed embeddings unchecked.
         self.size_multiple = info.size_multiple if info is not None else SIZE_MULTIPLE
@@ -224,9 +251,14 @@ class LlmDitPipeline:
         self._check(requests)
 
     def _check(self, requests: Sequence[GenerationRequest]) -> list[torch.Tensor]:
-        """:meth:`check`, returning each request's resolved sigmas."""
+        """:meth:`check`, returning the sigmas each request runs: its resolved schedule, from the step image-to-image
+        starts at (``strength``) on."""
         self.request_checker().check(requests)
-        return [resolve_sigmas(r.generation.steps, self._shift(r)[0], r.generation.sigmas) for r in requests]
+        out = []
+        for r in requests:
+            sigmas = resolve_sigmas(r.generation.steps, self._shift(r)[0], r.generation.sigmas)
+            out.append(sigmas[img2img_start(len(sigmas) - 1, r.generation.resolved_strength) :])
+        return out
 
     def request_checker(self) -> RequestChecker:
         """This pipeline's checks (:class:`~llm_dit.generation.checks.RequestChecker`, torch-free): its encoder's
@@ -258,7 +290,7 @@ class LlmDitPipeline:
         """Many images; samples that can share a DiT forward are batched (up to ``max_batch_size``)."""
         requests = list(requests)
         schedules = self._check(requests)
-        positives, negatives = self._encode_all(requests)
+        positives, negatives = self._run_features(requests, schedules)
 
         chunks = batches(
             range(len(requests)), lambda index: sampling_group(requests[index], schedules[index]), self.max_batch_size
@@ -307,6 +339,46 @@ class LlmDitPipeline:
         assert all(r is not None for r in results)  # the batches partition the requests
         return cast(list[GenerationResult], results)
 
+    def _run_features(
+        self, requests: list[GenerationRequest], schedules: Sequence[torch.Tensor]
+    ) -> tuple[list[RunFeatures], list[Features | None]]:
+        """Caption features of every request, as :meth:`_encode_all` makes them; a request whose conditioning changes
+        over the steps gets one entry per step (:func:`~llm_dit.generation.request.step_variants`), each distinct
+        step conditioning of the whole batch encoded and composed once."""
+        variants = [step_variants(r, s[:-1].tolist()) for r, s in zip(requests, schedules, strict=True)]
+        distinct: dict[str, GenerationRequest] = {}
+        for steps in variants:
+            for variant in steps or []:
+                distinct.setdefault(_variant_key(variant), variant)
+        plain = [r for r, steps in zip(requests, variants, strict=True) if steps is None]
+        made, made_negatives = self._encode_all(plain + list(distinct.values()))
+        by_key = dict(zip(distinct, made[len(plain) :], strict=True))
+        negative_by_key = dict(zip(distinct, made_negatives[len(plain) :], strict=True))
+        positives: list[RunFeatures] = []
+        negatives: list[Features | None] = []
+        done = 0
+        for request, steps, sigmas in zip(requests, variants, schedules, strict=True):
+            if steps is None:
+                positives.append(made[done])
+                negatives.append(made_negatives[done])
+                done += 1
+                continue
+            keys = [_variant_key(v) for v in steps]
+            features = [by_key[k] for k in keys]
+            schedule = [
+                {
+                    "step": i,
+                    "sigma": round(float(sigma), 8),
+                    "prompt": v.prompt,
+                    "vl_alpha": v.conditioning.vl_alpha if request.conditioning.vl_alpha_schedule else None,
+                    "embedding_length": int(_tensor_of(f).shape[0]),
+                }
+                for i, (v, f, sigma) in enumerate(zip(steps, features, sigmas[:-1].tolist(), strict=True))
+            ]
+            positives.append(StepFeatures(features, schedule))
+            negatives.append(negative_by_key[keys[0]])  # the negative prompt does not change over the steps
+        return positives, negatives
+
     def _encode_all(self, requests: list[GenerationRequest]) -> tuple[list[Features], list[Features | None]]:
         """Caption features of every request: precomputed ones as given, texts through the encoding cache, other
         sources composed with the text features (:func:`llm_dit.conditioning.compose.compose`)."""
@@ -344,7 +416,8 @@ class LlmDitPipeline:
 
     def caption_features(self, requests: Sequence[GenerationRequest]) -> list[Features]:
         """The caption features each request would give the DiT (text, source or composed; no sampling): for
-        statistics and ``encode``. Checks the requests first, as :meth:`generate_batch` does."""
+        statistics and ``encode``. Checks the requests first, as :meth:`generate_batch` does. Conditioning that changes
+        over the steps gives its first step's features."""
         requests = list(requests)
         self._check(requests)
         return self._encode_all(requests)[0]
@@ -419,7 +492,7 @@ class LlmDitPipeline:
         self,
         requests: list[GenerationRequest],
         sigmas: torch.Tensor,
-        positives: list[Features],
+        positives: list[RunFeatures],
         negatives: list[Features | None],
         width: int,
         height: int,
@@ -433,21 +506,29 @@ class LlmDitPipeline:
         device, dtype = param.device, param.dtype
         scale = self.size_multiple // 2  # VAE downsampling factor
         channels = int(transformer.config.in_channels)
-        latents = initial_noise(
-            [r.generation.seed for r in requests], channels, height // scale, width // scale, device
+        shape = (channels, height // scale, width // scale)
+        latents = torch.cat(
+            [self._start_latents(r, sigmas[k], shape, device, dtype) for k, r in enumerate(requests)], dim=0
         )
+        moved: dict[int, torch.Tensor] = {}  # id(features) -> on the DiT: a tensor shared by steps moves once
 
         def features(item: Features | None) -> torch.Tensor | None:
             if item is None:
                 return None
-            emb = item if isinstance(item, torch.Tensor) else item.embeddings
-            return emb.to(device=device, dtype=dtype)
+            if id(item) not in moved:
+                moved[id(item)] = _tensor_of(item).to(device=device, dtype=dtype)
+            return moved[id(item)]
+
+        def caption(item: RunFeatures) -> Caption:
+            if isinstance(item, StepFeatures):
+                return [features(f) for f in item.steps]  # type: ignore[misc]
+            return features(item)  # type: ignore[return-value]
 
         latents = denoise(
             transformer,
             latents,
             sigmas,
-            [features(p) for p in positives],  # type: ignore[misc]
+            [caption(p) for p in positives],
             [features(n) for n in negatives],
             [
                 Guidance(g.guidance_scale, g.cfg_normalization, g.cfg_truncation)
@@ -458,6 +539,34 @@ class LlmDitPipeline:
         )
         return decode_latents(self.vae, latents).cpu()
 
+    def _start_latents(
+        self,
+        request: GenerationRequest,
+        sigmas: torch.Tensor,
+        shape: tuple[int, int, int],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """One sample's fp32 start latents ``[1, C, h, w]``: seeded noise, or for image-to-image the init image's
+        latents noised to the run's first sigma.
+
+        Image-to-image follows diffusers' ``ZImageImg2ImgPipeline`` draw for draw: one generator per sample seeded
+        with the seed; the VAE posterior sample draws from it first, then the noise (in the DiT's dtype, as diffusers
+        draws it in the caption features' dtype); ``scale_noise`` mixes them at the sigma of the first step taken.
+        """
+        gen = request.generation
+        if gen.init_image is None:
+            return initial_noise([gen.seed], *shape, device)
+        generator = torch.Generator(device).manual_seed(int(gen.seed))
+        key = (str(gen.init_image), gen.width, gen.height)
+        if key not in self._init_pixels:
+            self._init_pixels.clear()  # one init image at a time is what sweeps use; don't hold many
+            self._init_pixels[key] = load_init_image(gen.init_image, gen.width, gen.height, self.size_multiple)
+        image_latents = encode_image(self.vae, self._init_pixels[key], generator)
+        noise = torch.randn((1, *shape), generator=generator, device=device, dtype=dtype)
+        start = noised_latents(image_latents, noise.to(image_latents.device), sigmas[:1])
+        return start.to(device=device, dtype=torch.float32)
+
     def _shift(self, request: GenerationRequest) -> tuple[float | None, str | None]:
         """A request's shift and its source under this pipeline's checkpoint (see ``checks.request_shift``)."""
         return request_shift(request, self.info)
@@ -465,10 +574,13 @@ class LlmDitPipeline:
     def _record(
         self,
         request: GenerationRequest,
-        positive: Features,
+        features: RunFeatures,
         negative: Features | None,
         sigmas: torch.Tensor,
     ) -> dict[str, Any]:
+        # Conditioning that changes over the steps: the first step's features describe the source; the schedule
+        # lists every step's.
+        positive = features.steps[0] if isinstance(features, StepFeatures) else features
         gen = request.generation
         enc = self.encoder.resolve(**request.encoder)
         shift, shift_source = self._shift(request)
@@ -539,6 +651,29 @@ class LlmDitPipeline:
             record["negative_formatted_prompt"] = negative.formatted_prompt
         elif isinstance(negative, torch.Tensor):
             record["negative_embeddings_fingerprint"] = tensor_fingerprint(negative)
+        if isinstance(features, StepFeatures):
+            c = request.conditioning
+            if isinstance(positive, ComposedConditioning):  # the settings as asked, not the first step's
+                record["conditioning_settings"] = conditioning_params(c)
+            record.update(
+                vl_alpha_schedule=c.vl_alpha_schedule,
+                prompt_switch=c.prompt_switch,
+                prompt_switch_step=c.prompt_switch_step,
+                conditioning_schedule=features.schedule,
+                distinct_step_features=len({id(f) for f in features.steps}),
+            )
+        if gen.init_image is not None:
+            from llm_dit.files import input_image
+
+            full, sha = input_image(gen.init_image, "init_image")
+            schedule_steps = check_schedule(gen.steps, shift, gen.sigmas)
+            record.update(
+                init_image=str(full),
+                init_image_sha256=sha,
+                strength=gen.resolved_strength,
+                schedule_steps=schedule_steps,
+                img2img_start_step=img2img_start(schedule_steps, gen.resolved_strength),
+            )
         return record
 
     def _devices(self, positive: Features, negative: Features | None) -> dict[str, str]:
@@ -555,3 +690,15 @@ class LlmDitPipeline:
                 break
         out.update(self.sources.devices_used(positive))
         return out
+
+
+def _tensor_of(item: Features) -> torch.Tensor:
+    return item if isinstance(item, torch.Tensor) else item.embeddings
+
+
+def _variant_key(request: GenerationRequest) -> str:
+    """What makes one step's caption features: its prompt, conditioning, encoder overrides and CFG negative."""
+    gen = request.generation
+    negative = gen.negative_prompt if gen.guidance_scale > 0 else None
+    payload = [request.prompt, request.conditioning.model_dump(), request.encoder, negative]
+    return json.dumps(payload, sort_keys=True, default=str)

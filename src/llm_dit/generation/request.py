@@ -6,8 +6,8 @@ loading any model library.
 
 from __future__ import annotations
 
-from collections.abc import Sized
-from dataclasses import dataclass, field
+from collections.abc import Sequence, Sized
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from llm_dit.config import (
@@ -16,6 +16,7 @@ from llm_dit.config import (
     GenerationSettings,
     build_section,
     conditioning_problem,
+    generation_problem,
 )
 from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import LlmDitError
@@ -69,11 +70,13 @@ class GenerationRequest:
         conditioning = build_section(
             ConditioningSettings, {k: v for k, v in params.items() if k in _CONDITIONING_FIELDS}
         )
-        problem = conditioning_problem(conditioning)
+        problem = conditioning_problem(conditioning) or generation_problem(generation)
         if problem is not None:
             raise LlmDitError(f"{problem[0]}: {problem[1]}")
         if embeddings is not None and conditioning.conditioning != "text":
             raise LlmDitError(f"conditioning = {conditioning.conditioning} makes its own features: drop embeddings")
+        if embeddings is not None and conditioning.prompt_switch is not None:
+            raise LlmDitError("prompt_switch switches the prompt a run encodes: give a prompt, not embeddings")
         return cls(prompt, embeddings, negative_embeddings, generation, encoder, tag, shift_source, conditioning)
 
 
@@ -83,13 +86,50 @@ def needs_text_features(request: GenerationRequest) -> bool:
     c = request.conditioning
     if request.embeddings is not None:
         return False
-    return c.conditioning == "text" or c.source_alpha < 1.0 or c.style_image is not None
+    return c.conditioning == "text" or c.lowest_alpha < 1.0 or c.style_image is not None
+
+
+# What a step variant drops: the per-step settings it resolves to one step's values.
+_PER_STEP_RESET = {"vl_alpha_schedule": None, "prompt_switch": None, "prompt_switch_step": None}
+
+
+def step_variants(request: GenerationRequest, sigmas: Sequence[float]) -> list[GenerationRequest] | None:
+    """The request each denoising step is conditioned by, for conditioning that changes over the steps (None
+    otherwise: every step reads the request itself).
+
+    ``sigmas``: the sigma each step starts from (the run's schedule without its final 0). Step ``i`` is the run with
+    ``vl_alpha`` = the schedule's alpha at ``i`` and, from ``prompt_switch_step`` on, ``prompt_switch`` as its prompt
+    (the whole conditioning follows: a VL turn without vl_text reads the switched prompt too). Steps with equal
+    settings are equal requests, so their features are made once.
+    """
+    c = request.conditioning
+    if not c.per_step:
+        return None
+    schedule = c.alpha_schedule
+    alphas = schedule.values(sigmas) if schedule is not None else [None] * len(sigmas)
+    out = []
+    for i, alpha in enumerate(alphas):
+        switched = c.prompt_switch is not None and c.prompt_switch_step is not None and i >= c.prompt_switch_step
+        update: dict[str, Any] = dict(_PER_STEP_RESET)
+        if alpha is not None:
+            update["vl_alpha"] = alpha
+        out.append(
+            replace(
+                request,
+                prompt=c.prompt_switch if switched else request.prompt,
+                conditioning=c.model_copy(update=update),
+            )
+        )
+    return out
 
 
 def encoding_texts(request: GenerationRequest) -> list[str]:
-    """The texts a request needs encoded by the text encoder: its prompt (unless it brings embeddings or its source
-    alone makes the features) and, with CFG, its negative prompt (unless it brings negative embeddings)."""
+    """The texts a request needs encoded by the text encoder: its prompt and prompt_switch (unless it brings
+    embeddings or its source alone makes the features) and, with CFG, its negative prompt (unless it brings negative
+    embeddings)."""
     texts = [request.prompt or ""] if needs_text_features(request) else []
+    if texts and request.conditioning.prompt_switch is not None:
+        texts.append(request.conditioning.prompt_switch)
     if request.generation.guidance_scale > 0 and request.negative_embeddings is None:
         texts.append(request.generation.negative_prompt)
     return texts

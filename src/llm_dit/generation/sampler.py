@@ -21,6 +21,9 @@ from llm_dit.errors import LlmDitError
 from llm_dit.generation.schedule import dit_timestep
 
 StepCallback = Callable[[int, int], None]  # (step index, total steps)
+# One sample's caption features: one tensor for every step, or one per step (conditioning that changes over the
+# steps; equal steps share one tensor object).
+Caption = torch.Tensor | Sequence[torch.Tensor]
 
 
 def initial_noise(
@@ -42,6 +45,21 @@ def initial_noise(
             )
         )
     return torch.cat(noise, dim=0)
+
+
+def noised_latents(image_latents: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Image latents moved to noise level ``sigma`` along the flow-matching path, ``sigma * noise + (1 - sigma) * z``.
+
+    diffusers' ``FlowMatchEulerDiscreteScheduler.scale_noise`` as image-to-image calls it: ``sigma`` in the
+    latents' dtype, shaped ``[B, 1, 1, 1]`` (a dimensioned tensor, so type promotion with the noise is the same).
+    """
+    s = sigma.to(device=image_latents.device, dtype=image_latents.dtype).reshape(-1, 1, 1, 1)
+    return s * noise + (1.0 - s) * image_latents
+
+
+def caption_at(caption: Caption, step: int) -> torch.Tensor:
+    """A sample's caption features at ``step``."""
+    return caption if isinstance(caption, torch.Tensor) else caption[step]
 
 
 @contextmanager
@@ -105,7 +123,7 @@ def denoise(
     transformer: nn.Module,
     latents: torch.Tensor,
     sigmas: torch.Tensor,
-    captions: Sequence[torch.Tensor],
+    captions: Sequence[Caption],
     negative_captions: Sequence[torch.Tensor | None],
     guidance: Sequence[Guidance | float],
     refiner: str = "default",
@@ -115,7 +133,8 @@ def denoise(
 
     - ``latents``: fp32 initial noise ``[B, C, h, w]`` on the DiT's device.
     - ``sigmas``: ``[B, S + 1]`` fp32, one schedule per sample, all with the same number of steps S.
-    - ``captions``: B tensors ``[L_i, D]`` (the DiT's caption features), any lengths.
+    - ``captions``: B tensors ``[L_i, D]`` (the DiT's caption features), any lengths; or, for a sample whose
+      conditioning changes over the steps, a sequence of S tensors (the features of each step).
     - ``negative_captions``/``guidance``: CFG per sample (a :class:`Guidance`, or a bare scale); the negatives
       of the samples guided at a step join that step's forward, after the positives, in sample order.
     """
@@ -125,13 +144,16 @@ def denoise(
     if not (len(captions) == len(negative_captions) == len(guidance) == batch):
         raise LlmDitError("captions, negative captions and guidance need one entry per sample")
     guides = [g if isinstance(g, Guidance) else Guidance(scale=float(g)) for g in guidance]
+    steps = sigmas.shape[1] - 1
+    for j, caption in enumerate(captions):
+        if not isinstance(caption, torch.Tensor) and len(caption) != steps:
+            raise LlmDitError(f"sample {j} has caption features for {len(caption)} steps, the schedule has {steps}")
     for j, g in enumerate(guides):
         if g.scale > 0 and negative_captions[j] is None:
             raise LlmDitError(f"sample {j} has guidance_scale > 0 but no negative caption")
     dit_dtype = next(transformer.parameters()).dtype
     device = latents.device
     sigmas = sigmas.to(device=device, dtype=torch.float32)
-    steps = sigmas.shape[1] - 1
     # Each sample's DiT times, computed once (elementwise: the same bits as step by step); as Python floats
     # too, read once (diffusers compares cfg_truncation with these).
     ts = dit_timestep(sigmas[:, :steps])
@@ -146,7 +168,7 @@ def denoise(
             # The DiT takes one [C, 1, h, w] latent per sample; negatives reuse their positive's latent.
             model_latents = list(x.unsqueeze(2).unbind(0)) + [x[j].unsqueeze(1) for j in cfg_index]
             model_t = torch.cat([t, t[cfg_index]]) if cfg_index else t
-            model_captions = list(captions) + [negative_captions[j] for j in cfg_index]
+            model_captions = [caption_at(c, i) for c in captions] + [negative_captions[j] for j in cfg_index]
             out = transformer(model_latents, model_t, model_captions, return_dict=False)[0]
 
             velocity = [o.float() for o in out[:batch]]

@@ -88,3 +88,22 @@ def dit_timestep(sigma: torch.Tensor) -> torch.Tensor:
 
     timestep = sigma.to(torch.float32) * NUM_TRAIN_TIMESTEPS
     return (NUM_TRAIN_TIMESTEPS - timestep) / NUM_TRAIN_TIMESTEPS
+
+
+def img2img_start(steps: int, strength: float | None) -> int:
+    """The first step an image-to-image run takes of its ``steps``-step schedule (0 without img2img).
+
+    diffusers' ``ZImageImg2ImgPipeline.get_timesteps``, in the same Python float arithmetic:
+    ``t_start = int(max(steps - min(steps * strength, steps), 0))``; the run takes ``steps - t_start`` steps and its
+    start latents are the image's, noised to the sigma of step ``t_start``. Refuses a strength that runs no step.
+    """
+    if strength is None:
+        return 0
+    init_timestep = min(steps * strength, steps)
+    t_start = int(max(steps - init_timestep, 0))
+    if steps - t_start < 1:
+        raise LlmDitError(
+            f"strength {strength} with {steps} steps runs no step (int({steps} * {strength}) = 0); "
+            f"raise strength to at least {1 / steps:.4g} or the steps"
+        )
+    return t_start
