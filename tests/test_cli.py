@@ -848,6 +848,8 @@ SET_NAME_SETTINGS = {
     "cfg_normalization": "generation.cfg_normalization",
     "cfg_truncation": "generation.cfg_truncation",
     "refiner": "generation.refiner",
+    "init_image": "generation.init_image",
+    "strength": "generation.strength",
     "conditioning": "conditioning.conditioning",
     "vl_image": "conditioning.vl_image",
     "vl_text": "conditioning.vl_text",
@@ -872,6 +874,9 @@ SET_NAME_SETTINGS = {
     "embedding_keep_eot": "conditioning.embedding_keep_eot",
     "fill_mode": "conditioning.fill_mode",
     "target_length": "conditioning.target_length",
+    "vl_alpha_schedule": "conditioning.vl_alpha_schedule",
+    "prompt_switch": "conditioning.prompt_switch",
+    "prompt_switch_step": "conditioning.prompt_switch_step",
 }
 
 

@@ -80,6 +80,13 @@ def generate(
         float | None, typer.Option(help="CFG only: no CFG once t = 1 - sigma exceeds this, 0..1 (1 = never).")
     ] = None,
     refiner: Annotated[str | None, typer.Option(help="Context refiner: default | skip | single | double.")] = None,
+    init_image: Annotated[
+        str | None, typer.Option("--init-image", help="Image-to-image: start from this image (sized to the run).")
+    ] = None,
+    strength: Annotated[
+        float | None,
+        typer.Option(help="Image-to-image: fraction of the schedule run, 0 < s <= 1 (default 0.6 with --init-image)."),
+    ] = None,
     encoder_device: EncoderDeviceOpt = None,
     encoder_dtype: EncoderDtypeOpt = None,
     dit_device: Annotated[str | None, typer.Option("--dit-device", help=DEVICE_HELP)] = None,

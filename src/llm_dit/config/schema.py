@@ -1217,6 +1217,8 @@ CLI_FLAGS: dict[str, str] = {
     "generation.cfg_normalization": "--cfg-normalization",
     "generation.cfg_truncation": "--cfg-truncation",
     "generation.refiner": "--refiner",
+    "generation.init_image": "--init-image",
+    "generation.strength": "--strength",
 }
 
 # --------------------------------------------------------------------------------------------------
