@@ -10,7 +10,10 @@ steps, a 1024^2 reference image:
 3. the same VL run the way ``ablate --offload-encoder`` does it: encode (Qwen3-4B, freed, then Qwen3-VL, freed),
    then sample: the peak while encoding and while sampling;
 4. one Qwen3-VL forward (seconds, rows) and one Qwen3-Embedding forward, and that the VL source's hidden states
-   equal ``Qwen3VLForConditionalGeneration``'s own (max |difference|).
+   equal ``Qwen3VLForConditionalGeneration``'s own (max |difference|);
+5. per-step conditioning and image-to-image, encoder outputs cached, side by side with the plain VL run (time per image,
+   peak): ``vl_alpha_schedule = linear:1:0`` (a feature tensor per step), ``step:1:0@sigma=0.7`` (two), a prompt
+   switch, and ``init_image`` at strength 0.6 (5 of 8 steps plus one VAE encode).
 
 Run on the GPU machine (see docs/benchmarks.md):  python benchmarks/source_memory.py --json out.json
 CPU smoke run of the script:                        python benchmarks/source_memory.py --preset tiny --size 64
@@ -169,6 +172,32 @@ def main() -> None:
             "vl_rows": vl_result.record["source_passes"]["main"][0]["rows"],
         }
         gib["vl"] = sum(p.numel() for p in vl.model.parameters()) * dtype.itemsize / 2**30
+
+        # 5. per-step conditioning and img2img against the plain VL run; encodings cached (composition and sampling).
+        variants = {
+            "vl_alpha_0.3": {"vl_alpha": 0.3},
+            "schedule_linear_1_0": {"vl_alpha_schedule": "linear:1:0"},
+            "schedule_step_sigma_0.7": {"vl_alpha_schedule": "step:1:0@sigma=0.7"},
+            "prompt_switch_at_4": {"vl_alpha": 0.3, "prompt_switch": "A watercolour harbour", "prompt_switch_step": 4},
+            "img2img_strength_0.6": {"vl_alpha": 0.3, "init_image": str(reference), "strength": 0.6},
+        }
+        per_step: dict[str, Any] = {}
+        vl_common = {**common, "conditioning": "vl", "vl_image": str(reference), "vl_blend": "interpolate"}
+        for name, extra in variants.items():
+            request = GenerationRequest.build(prompt, **vl_common, **extra)
+            pipe.generate_batch([request])  # encodes (cached from here on) and warms up
+            reset_peak()
+            seconds, (result,) = timed(lambda request=request: pipe.generate_batch([request]))
+            per_step[name] = {
+                "seconds": round(seconds, 3),
+                "peak_gib": peak_gib(),
+                "steps": result.record["steps"],
+                "distinct_step_features": result.record.get("distinct_step_features", 1),
+            }
+        base = per_step["vl_alpha_0.3"]["seconds"]
+        for entry in per_step.values():
+            entry["time_ratio_to_vl_alpha_0.3"] = round(entry["seconds"] / base, 3)
+        results["per_step_and_img2img"] = per_step
 
         # 4. one VL forward, and the source's hidden states vs the full model's own.
         image = Image.open(reference).convert("RGB")
