@@ -58,6 +58,14 @@ def ours(tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
+def builtin_tiny():
+    """The built-in tiny pipeline: the tiny VL twin fits it (the checkpoint fixture is a copy at another path)."""
+    return LlmDitPipeline.from_pretrained(
+        None, encoder={"device": "cpu", "torch_dtype": "float32"}, pipeline={"device": "cpu", "torch_dtype": "float32"}
+    )
+
+
+@pytest.fixture(scope="module")
 def init(tmp_path_factory):
     path = tmp_path_factory.mktemp("img2img") / "init.png"
     return path, _init_image(path)
@@ -122,7 +130,9 @@ def test_img2img_matches_diffusers(reference, ours, init, seeds, strength, steps
 
 
 @pytest.mark.parametrize("strength", [0.3, 0.7, 1.0])
-def test_img2img_with_vl_features_as_embeddings_matches_diffusers(reference, ours, init, tmp_path, strength):
+def test_img2img_with_vl_features_as_embeddings_matches_diffusers(
+    reference, ours, builtin_tiny, init, tmp_path, strength
+):
     """VL conditioning's equivalent: the composed VL features (alpha 0.3 with the text) given to both pipelines."""
     path, image = init
     ref = tmp_path / "ref.png"
@@ -130,11 +140,7 @@ def test_img2img_with_vl_features_as_embeddings_matches_diffusers(reference, our
     vl = GenerationRequest.build(
         PROMPTS[0], conditioning="vl", vl_image=str(ref), vl_alpha=0.3, width=SIZE[0], height=SIZE[1]
     )
-    # The tiny VL twin fits the built-in tiny Z-Image (the fixture's checkpoint is a copy of it at another path).
-    tiny = LlmDitPipeline.from_pretrained(
-        None, encoder={"device": "cpu", "torch_dtype": "float32"}, pipeline={"device": "cpu", "torch_dtype": "float32"}
-    )
-    features = tiny.caption_features([vl])[0].embeddings
+    features = builtin_tiny.caption_features([vl])[0].embeddings
     expected = run_reference(reference, image, seeds=[21], strength=strength, steps=8, shift=3.0, embeds=[features])
     actual = ours.generate(
         embeddings=features, seed=21, width=SIZE[0], height=SIZE[1], steps=8, shift=3.0, init_image=str(path),
