@@ -23,14 +23,14 @@ from PIL import Image
 from cli_helpers import ANSI, assert_user_error, flat, read_csv, run
 from llm_dit.cli import main
 from llm_dit.experiments.store import DB_NAME, ResultsStore
-from llm_dit.metrics import pixel
+from llm_dit.metrics import artifacts, pixel
 from llm_dit.metrics.registry import METRICS
 
 pytestmark = pytest.mark.usefixtures("cached_tokenizer")
 
 EXP = "hl_metrics"
 SMALL_SETS = ["--set", "width=64", "--set", "height=64", "--set", "steps=2"]
-WEIGHT_FREE = ["ssim", "psnr", "mad", "diversity_ssim", "diversity_mad"]
+WEIGHT_FREE = ["ssim", "psnr", "mad", "diversity_ssim", "diversity_mad", "color_shift", "grid_artifact"]
 EXPERIMENT_TOML = f"""name = "{EXP}"
 description = "metrics test: two hidden layers"
 seeds = [1, 2]
@@ -83,8 +83,9 @@ def copy(done: Done, tmp_path: Path) -> Path:
 def test_ablate_compute_metrics_writes_csvs_and_prints_the_table(done: Done) -> None:
     assert done.rc == 0, done.err
     out, err = flat(done.out), flat(done.err)
-    assert f"{EXP} metrics: computed ssim 4, psnr 4, mad 4, diversity_ssim 4, diversity_mad 4; 0 already stored" in out
-    assert "reference for ssim/psnr/mad/lpips: hidden_layer=-2" in out
+    computed = "ssim 4, psnr 4, mad 4, diversity_ssim 4, diversity_mad 4, color_shift 4, grid_artifact 4"
+    assert f"{EXP} metrics: computed {computed}; 0 already stored" in out
+    assert "reference for ssim/psnr/mad/lpips/color_shift: hidden_layer=-2" in out
     assert "hidden_layer: mean ± 95% CI half-width" in out
     directory = done.root / EXP
     assert f"per run: {directory / 'results.csv'}; per value: {directory / 'summary.csv'}" in out
@@ -92,16 +93,20 @@ def test_ablate_compute_metrics_writes_csvs_and_prints_the_table(done: Done) -> 
     assert "not computed, weights not configured" in err and "siglip (siglip_path)" in err
 
     header, rows = read_csv(directory / "results.csv")
-    assert header[-5:] == sorted(WEIGHT_FREE)
+    assert header[-len(WEIGHT_FREE) :] == sorted(WEIGHT_FREE)
     assert len(rows) == 4 and all(row["status"] == "done" for row in rows)
     by_key = {(row["hidden_layer"], row["seed"]): row for row in rows}
     for seed in ("1", "2"):
         ref, other = by_key[("-2", seed)], by_key[("-1", seed)]
-        assert (ref["ssim"], ref["mad"], ref["psnr"]) == ("1.0", "0.0", "inf")
+        assert (ref["ssim"], ref["mad"], ref["psnr"], ref["color_shift"]) == ("1.0", "0.0", "inf", "0.0")
         a, b = directory / other["output_path"], directory / ref["output_path"]
         assert float(other["ssim"]) == pytest.approx(pixel.ssim(a, b), rel=1e-12)
         assert float(other["mad"]) == pytest.approx(pixel.mean_abs_diff(a, b), rel=1e-12)
         assert float(other["mad"]) > 0  # the two layers really give different images
+        assert float(other["color_shift"]) == pytest.approx(artifacts.color_shift(a, b), rel=1e-12)
+        for row in (ref, other):
+            want = artifacts.grid_artifact(directory / row["output_path"])
+            assert float(row["grid_artifact"]) == pytest.approx(want, rel=1e-12)
     for label in ("-1", "-2"):  # two seeds: each one's diversity is its distance to the other
         one, two = (directory / by_key[(label, s)]["output_path"] for s in ("1", "2"))
         want = pixel.mean_abs_diff(one, two)
@@ -122,15 +127,19 @@ def test_ablate_compute_metrics_writes_csvs_and_prints_the_table(done: Done) -> 
 
 def test_metrics_again_computes_nothing_new(done: Done, copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = stored_values(copy)
-    assert len(before) == 20
+    assert len(before) == 4 * len(WEIGHT_FREE)
     rc, out, err = run(capsys, "metrics", EXP, "--output-dir", copy)
     assert rc == 0, err
-    assert "computed ssim 0, psnr 0, mad 0, diversity_ssim 0, diversity_mad 0; 20 already stored" in flat(out)
+    nothing = ", ".join(f"{name} 0" for name in WEIGHT_FREE)  # WEIGHT_FREE is in registry order
+    assert f"computed {nothing}; {len(before)} already stored" in flat(out)
     assert stored_values(copy) == before
     assert (copy / EXP / "results.csv").read_bytes() == (done.root / EXP / "results.csv").read_bytes()
     rc, out, err = run(capsys, "metrics", EXP, "--output-dir", copy, "--metric", "ssim,mad", "--force")
     assert rc == 0, err
     assert "computed ssim 4, mad 4; 0 already stored" in flat(out)
+    rc, out, err = run(capsys, "metrics", EXP, "--output-dir", copy, "--metric", "grid_artifact,color_shift", "--force")
+    assert rc == 0, err
+    assert "computed grid_artifact 4, color_shift 4; 0 already stored" in flat(out)
 
 
 def test_reference_choice_on_the_command_line(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,7 +147,7 @@ def test_reference_choice_on_the_command_line(copy: Path, capsys: pytest.Capture
     rc, out, err = run(capsys, *argv)
     assert rc == 0, err
     assert "computed mad 4; 0 already stored" in flat(out)
-    assert "reference for ssim/psnr/mad/lpips: hidden_layer=-1" in flat(out)
+    assert "reference for ssim/psnr/mad/lpips/color_shift: hidden_layer=-1" in flat(out)
     _, rows = read_csv(copy / EXP / "results.csv")
     assert {row["hidden_layer"] for row in rows if row["mad"] == "0.0"} == {"-1"}
     rc, out, err = run(capsys, "metrics", EXP, "--output-dir", copy, "--reference", "hidden_layer=-7")

@@ -183,11 +183,11 @@ def _print_metrics_report(report: Any) -> None:
         soft_wrap=True,
     )
     if report.reference:
-        out.print(f"reference for ssim/psnr/mad/lpips: {escape(report.reference)}", highlight=False, soft_wrap=True)
+        reference = f"reference for ssim/psnr/mad/lpips/color_shift: {escape(report.reference)}"
+        out.print(reference, highlight=False, soft_wrap=True)
     for metric, count in report.unavailable.items():
         if count:
-            why = "no done reference run" if METRICS[metric].kind == "reference" else "a single seed"
-            out.print(f"{metric}: {count} runs without a value ({why})", highlight=False)
+            out.print(f"{metric}: {count} runs without a value ({_unavailable_why(METRICS[metric])})", highlight=False)
     by_axis: dict[str, dict[str, dict[str, Any]]] = {}
     for row in report.summary:
         by_axis.setdefault(row["axis"], {}).setdefault(row["value"], {})[row["metric"]] = row
@@ -205,6 +205,18 @@ def _print_metrics_report(report: Any) -> None:
         out.print(f"{axis}: mean ± 95% CI half-width", markup=False, highlight=False, soft_wrap=True)
         print_table(out, records, [Column(key, axis, whole=True), Column("n"), *map(Column, metrics)])
     out.print(f"per run: {report.results_csv}; per value: {report.summary_csv}", highlight=False, soft_wrap=True)
+
+
+def _unavailable_why(spec: Any) -> str:
+    """Why a metric of this kind has no value for some done runs (MetricsPass._params returned None)."""
+    if spec.kind == "reference":
+        return "no done reference run"
+    if spec.kind == "image":
+        from llm_dit.metrics.artifacts import PATCH_PERIOD_PX, min_side
+
+        side = min_side(PATCH_PERIOD_PX)
+        return f"images smaller than {side}x{side} px"
+    return "a single seed"
 
 
 def _summary_cell(row: dict[str, Any] | None) -> str:

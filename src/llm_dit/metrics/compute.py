@@ -1,9 +1,10 @@
 """A resumable metrics pass over an experiment's results: compute what is missing, store it, export, summarise.
 
 A value counts as present when the store holds it for the run, the metric's current version and the same params
-(reference, weights, dtype of the SigLIP/CLIP models, group of seeds, prompt text), computed from the run's image as
-it is now (its sha256) and from the current images of the runs it compared with (``input_sha256`` in its params);
-everything else is computed. A regenerated run thereby has its values, and those that used its image, redone.
+(reference, weights, dtype of the SigLIP/CLIP models, group of seeds, prompt text, grid period), computed from the
+run's image as it is now (its sha256) and from the current images of the runs it compared with (``input_sha256`` in
+its params); everything else is computed. A regenerated run thereby has its values, and those that used its image,
+redone.
 
 Before scoring, each image the pass will read is checked against the hash stored when it was written: a file changed
 on disk since then is reported by run and left out (nothing is stored for it, nor for values that would use it), and
@@ -39,7 +40,7 @@ from llm_dit.experiments.store import (
     ResultsStore,
     file_sha256,
 )
-from llm_dit.metrics import pixel
+from llm_dit.metrics import artifacts, pixel
 from llm_dit.metrics.reference import (
     Reference,
     ReferenceChoice,
@@ -57,7 +58,13 @@ from llm_dit.models import checkpoint, devices
 ProgressCallback = Callable[[int, int], None]  # (work items finished, work items in this pass)
 BATCH = 32  # runs per committed batch (at least batch_size when a model metric is computed)
 IMAGE_CACHE = 64  # decoded images kept from one batch to the next (references, seeds of a condition)
-_PIXEL_REFERENCE = {"ssim": pixel.ssim, "psnr": pixel.psnr, "mad": pixel.mean_abs_diff}
+_PIXEL_REFERENCE = {
+    "ssim": pixel.ssim,
+    "psnr": pixel.psnr,
+    "mad": pixel.mean_abs_diff,
+    "color_shift": artifacts.color_shift,
+}
+_PIXEL_IMAGE = {"grid_artifact": artifacts.grid_artifact}  # kind "image": the run's own image alone
 _PIXEL_DIVERSITY = {"diversity_ssim": pixel.ssim_distance, "diversity_mad": pixel.mean_abs_diff}
 _LEGACY_DEFAULTS_NOTE = (
     "this experiment was planned before plans stored their defaults: its default reference is found with the "
@@ -183,7 +190,7 @@ class MetricsPass:
         labels = {**default_labels(runs, definition, defaults.params), **choice.axes}
         if not labels:
             raise LlmDitError(
-                f"{experiment}: no reference for ssim/psnr/mad/lpips: "
+                f"{experiment}: no reference for ssim/psnr/mad/lpips/color_shift: "
                 + (
                     f"no value of {', '.join(axes)} is the default; choose one with --reference AXIS=LABEL"
                     if axes
@@ -475,6 +482,13 @@ class MetricsPass:
             out["group"] = _digest(",".join(sorted(r["run_id"] for r in group)))
             out["n"] = len(group)
             out[INPUTS_KEY] = {r["run_id"]: r["image_sha256"] for r in group if r["run_id"] != run["run_id"]}
+        elif spec.kind == "image":
+            # The grid's period is a constant of the code, stored so that changing it recomputes the values.
+            out["period_px"] = artifacts.PATCH_PERIOD_PX
+            smallest = artifacts.min_side(artifacts.PATCH_PERIOD_PX)
+            sides = [run["params"].get(key) for key in ("width", "height")]
+            if any(isinstance(side, int) and side < smallest for side in sides):
+                return None  # too small to resolve the grid's harmonics: no value, counted as unavailable
         else:
             out["text"] = _digest(run["prompt_text"])
         return out
@@ -556,6 +570,8 @@ class MetricsPass:
                 values = self._distances(spec, _PIXEL_REFERENCE.get(spec.name), pairs)
             elif spec.kind == "diversity":
                 values = self._diversity(spec, runs, groups, image)
+            elif spec.kind == "image":
+                values = [float(_PIXEL_IMAGE[spec.name](image(run))) for run in runs]
             else:
                 texts = [run["prompt_text"] for run in runs]
                 values = self._model(spec).score([Image.fromarray(image(run)) for run in runs], texts)

@@ -10,8 +10,8 @@ from llm_dit.config import MetricsSettings
 from llm_dit.errors import LlmDitError
 
 # reference: the run's image against a reference image; diversity: a run against the other seeds of its condition;
-# text_image: the run's image against its prompt text.
-Kind = Literal["reference", "diversity", "text_image"]
+# text_image: the run's image against its prompt text; image: the run's image alone.
+Kind = Literal["reference", "diversity", "text_image", "image"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,14 @@ METRICS: dict[str, MetricSpec] = {
         ),
         MetricSpec(
             "clip_score", 1, "text_image", True, "CLIPScore: 100 x max(cosine(image, prompt), 0)", "clip_path"
+        ),
+        MetricSpec(
+            "color_shift", 1, "reference", False,
+            "earth mover's distance of the colours to the reference's, mean over CIE L, a, b (Lab units)",
+        ),
+        MetricSpec(
+            "grid_artifact", 1, "image", False,
+            "excess spectral power at the harmonics of the 16 px patch grid over neighbouring frequencies, decades",
         ),
     )
 }  # fmt: skip
