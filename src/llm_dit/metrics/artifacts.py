@@ -43,7 +43,7 @@ import math
 import numpy as np
 
 from llm_dit.errors import LlmDitError
-from llm_dit.metrics.pixel import ImageLike, _pair, load_rgb
+from llm_dit.metrics.pixel import ImageLike, load_rgb, same_size_pair
 
 # The DiT's patch in pixels: the VAE downsamples by 8 and the transformer patchifies 2 x 2 latents.
 PATCH_PERIOD_PX = 16
@@ -121,7 +121,7 @@ def color_shift(a: ImageLike, b: ImageLike) -> float:
     metric."""
     from skimage.color import rgb2lab
 
-    x, y = _pair(a, b)
+    x, y = same_size_pair(a, b)
     lab_x = rgb2lab(x.astype(np.float64) / 255.0).reshape(-1, 3)
     lab_y = rgb2lab(y.astype(np.float64) / 255.0).reshape(-1, 3)
     # Equal sample sizes: the optimal transport matches the i-th smallest to the i-th smallest.

@@ -39,7 +39,7 @@ def load_rgb(image: ImageLike) -> np.ndarray:
     return array[..., :3]
 
 
-def _pair(a: ImageLike, b: ImageLike) -> tuple[np.ndarray, np.ndarray]:
+def same_size_pair(a: ImageLike, b: ImageLike) -> tuple[np.ndarray, np.ndarray]:
     x, y = load_rgb(a), load_rgb(b)
     if x.shape != y.shape:
         raise LlmDitError(
@@ -55,7 +55,7 @@ def ssim(a: ImageLike, b: ImageLike) -> float:
         from skimage.metrics import structural_similarity
     except ImportError as exc:  # never silently fall back to a proxy
         raise LlmDitError("SSIM needs scikit-image: pip install scikit-image") from exc
-    x, y = _pair(a, b)
+    x, y = same_size_pair(a, b)
     if min(x.shape[:2]) < MIN_SSIM_SIDE:
         raise LlmDitError(f"SSIM needs images of at least {MIN_SSIM_SIDE}x{MIN_SSIM_SIDE} pixels, got {x.shape[:2]}")
     return float(
@@ -73,13 +73,13 @@ def ssim(a: ImageLike, b: ImageLike) -> float:
 
 def mean_abs_diff(a: ImageLike, b: ImageLike) -> float:
     """Mean absolute difference in 8-bit levels (0 = identical, 255 = black vs white)."""
-    x, y = _pair(a, b)
+    x, y = same_size_pair(a, b)
     return float(np.abs(x.astype(np.int16) - y.astype(np.int16)).mean())
 
 
 def psnr(a: ImageLike, b: ImageLike) -> float:
     """Peak signal-to-noise ratio in dB, ``10 log10(255^2 / MSE)``; ``inf`` for identical images."""
-    x, y = _pair(a, b)
+    x, y = same_size_pair(a, b)
     mse = float(((x.astype(np.float64) - y.astype(np.float64)) ** 2).mean())
     return math.inf if mse == 0 else 10.0 * math.log10(DATA_RANGE**2 / mse)
 
