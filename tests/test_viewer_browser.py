@@ -543,3 +543,99 @@ def test_path_traversal_is_refused_in_the_browser(watched: Watched, server_url: 
         connection.request("GET", raw)
         assert connection.getresponse().status == 400, raw
         connection.close()
+
+
+# ---- input images -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inputs_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    """The 'vlx' store of test_input_images_display (axis ref: vl_image red.png | blue.png, init_image init.png on
+    every run), with blue.png edited since planning."""
+    from test_input_images_display import YELLOW, build_vl, solid
+
+    root, files = build_vl(tmp_path_factory.mktemp("inputs"))
+    solid(files["blue"], YELLOW)
+    return root, files
+
+
+def test_input_images_beside_the_grid_pairs_and_record(
+    browser: Any, inputs_root: tuple[Path, dict[str, Path]], shots: Path
+) -> None:
+    from test_input_images_display import GREEN, RED, YELLOW, sha256, solid
+
+    root, files = inputs_root
+    red, init = sha256(files["red"]), sha256(files["init"])
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    watched = Watched(context.new_page())
+    with running(root) as url:
+        try:
+            page = watched.open(hash_url(url, exp="vlx", rows="prompt", cols="ref"))
+            page.wait_for_selector('[data-testid="inputs-strip"]')
+            statuses = page.locator('[data-testid="input"]').evaluate_all(
+                "nodes => nodes.map(n => [n.dataset.setting, n.dataset.status])"
+            )
+            assert statuses == [["vl_image", "ok"], ["vl_image", "changed"], ["init_image", "ok"]]
+            captions = texts(page, "input-caption")
+            assert captions[0] == f"vl_imagered.pngsha256 {red[:8]}used by columns: ref=red"
+            assert captions[1].startswith("vl_imageblue.pngsha256 ") and captions[1].endswith("ref=blue")
+            assert captions[2] == f"init_imageinit.pngsha256 {init[:8]}"  # used by every cell shown
+            # The changed input is a placeholder saying so (its file was never requested); the others are the
+            # recorded bytes, pixel for pixel.
+            assert texts(page, "input-missing") == ["changed since the run"]
+            assert run_ids(page, "input-image", "src") == [
+                f"/api/experiments/vlx/inputs/{red}?size=256",
+                f"/api/experiments/vlx/inputs/{init}?size=256",
+            ]
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('[data-testid=input-image]')].every(n => n.naturalWidth)"
+            )
+            pictures = page.locator('[data-testid="input-image"]')
+            for index, colour in enumerate((RED, GREEN)):
+                data = pictures.nth(index).evaluate(
+                    """img => { const c = document.createElement("canvas"); c.width = img.naturalWidth;
+                    c.height = img.naturalHeight; const x = c.getContext("2d"); x.drawImage(img, 0, 0);
+                    return Array.from(x.getImageData(0, 0, c.width, c.height).data); }"""
+                )
+                pixels = np.array(data, dtype=np.uint8).reshape(-1, 4)[:, :3]
+                assert (pixels == np.array(colour, np.uint8)).all(), index
+            shot(page, shots, "inputs_grid")
+            # Filtered to the red column: only its inputs, used by every cell now.
+            page.locator('[data-testid="filter-ref"] input[data-value="blue"]').uncheck()
+            assert texts(page, "input-caption") == [
+                f"vl_imagered.pngsha256 {red[:8]}",
+                f"init_imageinit.pngsha256 {init[:8]}",
+            ]
+            # The record of a run lists its own inputs.
+            page.locator('[data-testid="grid-image"]').first.click()
+            page.locator('[data-testid="record"]').wait_for(state="visible")
+            record = page.locator('[data-testid="record-inputs"] [data-testid="record-input"]')
+            assert record.evaluate_all("nodes => nodes.map(n => n.dataset.sha)") == [red, init]
+            shot(page, shots, "inputs_record")
+            page.keyboard.press("Escape")
+            # A pair: which of A and B uses which input.
+            page.goto(hash_url(url, exp="vlx", view="slider", dim="ref", a="red", b="blue"))
+            page.wait_for_selector('[data-testid="inputs-strip"]')
+            usage = texts(page, "input-caption")
+            assert usage[0].endswith("used by A") and usage[1].endswith("used by B") and "used by" not in usage[2]
+            shot(page, shots, "inputs_slider")
+            # A file changed after the page listed it as unchanged: the server refuses it (409), and the page asks
+            # why and shows the placeholder instead of a broken image.
+            page.goto(hash_url(url, exp="vlx", rows="prompt", cols="ref"))
+            page.wait_for_selector('[data-testid="grid"]')
+            solid(files["red"], YELLOW)
+            set_range(page, "grid-size", 400)  # a new thumbnail size: a new request
+            missing = "[data-testid=inputs-strip] [data-testid=input-missing]"
+            page.wait_for_function(f"() => document.querySelectorAll('{missing}').length === 2")
+            strip = page.locator(missing)
+            assert strip.evaluate_all("nodes => nodes.map(n => n.textContent)") == ["changed since the run"] * 2
+            title = strip.first.get_attribute("title")
+            assert "vl_image 'red.png' has changed since the run" in title
+            assert watched.refused == [f"/api/experiments/vlx/inputs/{red}"] * 2  # the thumbnail, then the reason
+            assert all(error.startswith("Failed to load resource: the server responded with a status of 409")
+                       for error in watched.errors)  # fmt: skip
+            watched.refused.clear()
+            watched.errors.clear()
+            watched.check(url.rstrip("/"))
+        finally:
+            context.close()

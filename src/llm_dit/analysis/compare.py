@@ -5,6 +5,11 @@ and split large tables into pages, so every mistake in a request (an unknown dim
 not two values) fails before any image loads. :meth:`Comparison.page` then loads a page's images (and computes
 its diffs) into a :class:`~llm_dit.analysis.grid.GridPage`, and :meth:`Comparison.render` draws it.
 
+When the runs of a page had input images (``vl_image``, ``style_image``, ``neutral_image``, ``init_image``), the page
+starts with a strip of them, each distinct one once, labelled with its setting, file name, short sha256 and (when
+not every cell used it) the rows or columns that did. An input whose file changed since planning or is gone is a
+placeholder that says so: its bytes are checked against the sha256 recorded at planning (:mod:`.inputs`).
+
 In a notebook::
 
     exp = load_experiment("experiments/results", "shift_sweep")
@@ -20,7 +25,7 @@ import io
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ from PIL import Image
 
 from llm_dit.analysis.diff import DEFAULT_THRESHOLD, check_diff_params, diff_with_stats
 from llm_dit.analysis.grid import GridCell, GridPage, PageLayout, layout_page, load_image, render_page
+from llm_dit.analysis.inputs import InputImage, decode_input, inputs_of_runs, read_input
 from llm_dit.analysis.output import check_output_path
 from llm_dit.analysis.results import PROMPT, SEED, ExperimentResults, dimension_value
 from llm_dit.errors import LlmDitError
@@ -70,6 +76,9 @@ class Comparison:
     diff_mode: str = "highlight"
     threshold: int = DEFAULT_THRESHOLD
     gain: float = 1.0
+    show_inputs: bool = True  # the strip of input images above the table (False: never drawn)
+    # Each input file is read, checked and decoded once per comparison, however many pages show it.
+    _inputs: dict[InputImage, GridCell] = field(default_factory=dict, compare=False, repr=False)
 
     def page(self, index: int) -> GridPage:
         """Page ``index`` with its images (files are read when drawn; diffs are computed here)."""
@@ -80,7 +89,38 @@ class Comparison:
             if self.mode == DIFF:
                 row = self.diff_row(row)
             cells.append(tuple(row))
-        return GridPage(planned.title, planned.col_labels, planned.row_labels, tuple(cells))
+        inputs = self.input_cells(planned) if self.show_inputs else ()
+        return GridPage(planned.title, planned.col_labels, planned.row_labels, tuple(cells), inputs)
+
+    def input_cells(self, planned: PlannedPage) -> tuple[GridCell, ...]:
+        """The distinct input images of the page's runs, each checked against its recorded sha256, captioned with
+        its setting, file name, short sha256 and which rows or columns use it (when not all of them)."""
+        positions = [(r, c) for r, runs in enumerate(planned.runs) for c, run in enumerate(runs) if run is not None]
+        runs = [planned.runs[r][c] for r, c in positions]
+        out = []
+        for image, users in inputs_of_runs(run for run in runs if run is not None).items():
+            used = {positions[i] for i in users}
+            caption = [image.label, image.file_name, f"sha256 {image.short_sha}" if image.sha256 else "no sha256"]
+            names = ("rows", "columns") if self.mode == GRID else ("rows", "")  # a pair's columns are A and B
+            usage = usage_text(used, set(positions), planned.row_labels, planned.col_labels, names)
+            cell = self._input_cell(image)
+            out.append(replace(cell, caption=(*caption, *([usage] if usage else []))))
+        return tuple(out)
+
+    def _input_cell(self, image: InputImage) -> GridCell:
+        """The input's pixels (decoded from the bytes whose sha256 was checked), or a placeholder saying why not."""
+        if image not in self._inputs:
+            checked = read_input(image)
+            if not checked.ok:
+                self._inputs[image] = GridCell(missing=checked.reason)
+            else:
+                try:  # at most twice the cell: a 6000 px photo need not stay in memory at full size
+                    picture = decode_input(checked, 2 * max(self.cell_size))
+                except OSError as exc:
+                    self._inputs[image] = GridCell(missing=f"cannot read image: {exc}")
+                else:
+                    self._inputs[image] = GridCell(picture)
+        return self._inputs[image]
 
     def diff_row(self, row: list[GridCell]) -> list[GridCell]:
         """Cells A and B with their images loaded (each file is decoded once), then their diff picture with its
@@ -126,6 +166,7 @@ def plan_grid(
     max_rows: int = DEFAULT_MAX_ROWS,
     max_cols: int = DEFAULT_MAX_COLS,
     cell_size: int | None = None,
+    show_inputs: bool = True,
 ) -> Comparison:
     """A grid of ``rows`` x ``cols`` (any two dimensions; default prompts x the first swept axis).
 
@@ -133,6 +174,7 @@ def plan_grid(
     the others their planned order. Every other dimension with more than one value left is a facet: one page per
     combination of its values (titled with them). Rows and columns beyond ``max_rows`` / ``max_cols`` continue
     on further pages. ``metrics``: values shown under each image (None = every metric the experiment has).
+    ``show_inputs``: the strip of the runs' input images above each table (pages of runs without inputs have none).
     """
     rows = exp.check_dimension(rows or PROMPT)
     cols = exp.check_dimension(cols or default_axis(exp))
@@ -166,7 +208,9 @@ def plan_grid(
                 )
     if not pages:  # only runs planned without a value along rows or cols (older plans of the experiment)
         raise LlmDitError(f"no runs of {exp.name!r} have both a {rows} and a {cols} value; choose --rows/--cols")
-    return Comparison(exp, GRID, tuple(pages), _metrics(exp, metrics), _cell_size(exp, cell_size))
+    return Comparison(
+        exp, GRID, tuple(pages), _metrics(exp, metrics), _cell_size(exp, cell_size), show_inputs=show_inputs
+    )
 
 
 def plan_pairs(
@@ -180,10 +224,12 @@ def plan_pairs(
     diff_mode: str = "highlight",
     threshold: int = DEFAULT_THRESHOLD,
     gain: float = 1.0,
+    show_inputs: bool = True,
 ) -> Comparison:
     """Two values A and B of ``axis`` (default: the first swept axis) side by side, one row per combination of
     the other dimensions (prompt x other axes x seed, after ``filters``); in ``diff`` mode a third column shows
     their pixel difference (``diff_mode``, ``threshold``, ``gain`` as in :func:`llm_dit.analysis.diff.diff_image`).
+    ``show_inputs`` as in :func:`plan_grid`.
 
     ``filters[axis]`` are A and B, in that order; without it the axis must have exactly two values.
     """
@@ -226,7 +272,9 @@ def plan_pairs(
             PlannedPage(title, col_labels, tuple(label for label, _ in chunk), tuple(runs for _, runs in chunk))
         )
     metric_names = _metrics(exp, metrics)
-    return Comparison(exp, mode, tuple(pages), metric_names, _cell_size(exp, cell_size), diff_mode, threshold, gain)
+    return Comparison(
+        exp, mode, tuple(pages), metric_names, _cell_size(exp, cell_size), diff_mode, threshold, gain, show_inputs
+    )
 
 
 def default_axis(exp: ExperimentResults) -> str:
@@ -330,6 +378,30 @@ def run_cell(exp: ExperimentResults, run: Mapping[str, Any] | None, metrics: Seq
     if run["status"] == "done":
         return GridCell(missing="image file missing")
     return GridCell(missing="not generated yet")
+
+
+def usage_text(
+    used: set[tuple[int, int]],
+    present: set[tuple[int, int]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    names: tuple[str, str] = ("rows", "columns"),
+) -> str:
+    """Which cells of a page an input image is used by: '' when by all of them, else 'used by rows: ...' or 'used by
+    columns: ...' (whichever names whole rows or columns, the shorter if both do), else 'used by N of M cells'.
+    Labels are their first paragraph (a prompt's id, not its text); an empty name in ``names`` leaves the word out
+    ('used by A: shift=2.0')."""
+    if used == present:
+        return ""
+    candidates = []
+    for axis, name, labels in ((0, names[0], row_labels), (1, names[1], col_labels)):
+        chosen = sorted({cell[axis] for cell in used})
+        if {cell for cell in present if cell[axis] in chosen} == used:
+            listed = ", ".join(labels[i].split("\n")[0] for i in chosen)
+            candidates.append((len(chosen), f"used by {name}: {listed}" if name else f"used by {listed}"))
+    if candidates:
+        return min(candidates)[1]
+    return f"used by {len(used)} of {len(present)} cells"
 
 
 def format_metric(value: float | None) -> str:

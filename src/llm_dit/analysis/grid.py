@@ -1,7 +1,8 @@
 """Comparison pages as pictures: a pure layout, then PIL drawing.
 
 A page is a table of images: a title, one header per column, one label per row, and under each image a caption
-(metric values, diff statistics). :func:`layout_page` turns a :class:`GridPage` into a :class:`PageLayout`: the
+(metric values, diff statistics); optionally a strip of input images (what the runs were conditioned on) between
+the title and the table. :func:`layout_page` turns a :class:`GridPage` into a :class:`PageLayout`: the
 canvas size, every image box and every text block with its exact (wrapped, truncated) lines. It needs no image
 pixels, so tests check geometry and label text exactly; :func:`render_page` only draws what the layout says.
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,8 @@ from PIL import Image, ImageDraw, ImageFont
 FONT_MIN, FONT_MAX = 12, 18  # px; the font scales with the cell width; below 12 px its spaces collapse
 MAX_HEADER_LINES = 4  # a column header (a prompt column: id + 3 lines of its text)
 MAX_TITLE_LINES = 2
+MIN_INPUTS_PER_ROW = 4  # the input strip wraps after max(columns, this) thumbnails
+MAX_INPUT_LINES = 3  # each caption line of an input thumbnail (a long file name, the rows using it) wraps to this
 ELLIPSIS = "…"
 CAPTION_SEP = "\t"  # in a caption line, "name\tvalue": name left-aligned, value right-aligned
 
@@ -82,6 +85,10 @@ class GridPage:
     col_labels: tuple[str, ...]
     row_labels: tuple[str, ...]
     cells: tuple[tuple[GridCell, ...], ...]
+    # Input images drawn in a strip above the table, each with its caption (wrapped, not cut); () = no strip, and
+    # then the page is laid out exactly as without one.
+    inputs: tuple[GridCell, ...] = ()
+    inputs_label: str = "inputs"
 
     def __post_init__(self) -> None:
         if len(self.cells) != len(self.row_labels) or any(len(row) != len(self.col_labels) for row in self.cells):
@@ -95,7 +102,8 @@ class GridPage:
 class PageLayout:
     """Where everything of a page goes. ``cells[r][c]`` is the image area of a cell (an image is fitted into it,
     keeping its aspect ratio, centred); ``captions[r][c]`` the text under it; ``placeholders[r][c]`` the text of a
-    missing image (None where there is an image)."""
+    missing image (None where there is an image). ``inputs[i]``, ``input_captions[i]``, ``input_placeholders[i]``
+    are the same for the page's input strip, ``separator`` the rule under it (all empty/None without inputs)."""
 
     width: int
     height: int
@@ -109,10 +117,19 @@ class PageLayout:
     cells: tuple[tuple[Box, ...], ...]
     captions: tuple[tuple[Label | None, ...], ...]
     placeholders: tuple[tuple[Label | None, ...], ...]
+    inputs_label: Label | None = None
+    inputs: tuple[Box, ...] = ()
+    input_captions: tuple[Label | None, ...] = ()
+    input_placeholders: tuple[Label | None, ...] = ()
+    separator: Box | None = None
 
     def labels(self) -> list[Label]:
-        """The page's text blocks outside the cells: title, headers, row labels, captions."""
+        """The page's text blocks outside the cells: title, the input strip's label and captions, headers, row
+        labels, captions."""
         out = [self.title] if self.title else []
+        if self.inputs_label is not None:
+            out.append(self.inputs_label)
+        out += [label for label in self.input_captions if label is not None]
         out += [*self.col_headers, *self.row_labels]
         for row in self.captions:
             out += [label for label in row if label is not None]
@@ -216,10 +233,12 @@ _SPLITTERS: tuple[Callable[[str], list[str]], ...] = (_pieces, list)
 def layout_page(page: GridPage, cell_width: int, cell_height: int, font_size: int | None = None) -> PageLayout:
     """The geometry and text of ``page`` with image areas of ``cell_width`` x ``cell_height`` px.
 
-    From the top: margin, title (up to 2 lines, a larger font), column headers (centred, bottom-aligned, up to 4
-    lines), then the rows: the row label left of the images, each image with its caption below. The row label
-    column is as wide as its longest paragraph, capped at ``max(cell_width, 12 em)``. Every caption band is as
-    high as the page's longest caption, so rows line up.
+    From the top: margin, title (up to 2 lines, a larger font), the input strip if the page has inputs (its label
+    in the row-label column, thumbnails of the cell size in the columns' place, at least 4 to a row, captions
+    wrapped, then a rule), column headers (centred, bottom-aligned, up to 4 lines), then the rows: the row label
+    left of the images, each image with its caption below. The row label column is as wide as its longest
+    paragraph, capped at ``max(cell_width, 12 em)``. Every caption band is as high as the page's longest caption,
+    so rows line up.
     """
     if cell_width < 1 or cell_height < 1:
         raise ValueError(f"cell size must be positive, got {cell_width}x{cell_height}")
@@ -234,10 +253,15 @@ def layout_page(page: GridPage, cell_width: int, cell_height: int, font_size: in
     caption_band = pad + caption_lines * line if caption_lines else 0
     row_height = cell_height + caption_band
 
-    widest = max((text_width(p, size) for label in page.row_labels for p in label.split("\n")), default=0.0)
+    side_labels = (*page.row_labels, *((page.inputs_label,) if page.inputs else ()))
+    widest = max((text_width(p, size) for label in side_labels for p in label.split("\n")), default=0.0)
     label_width = min(math.ceil(widest), max(cell_width, 12 * size)) if widest else 0
     cells_x = margin + (label_width + gap if label_width else 0)
     width = cells_x + n_cols * cell_width + max(n_cols - 1, 0) * gap + margin
+    per_row = max(n_cols, MIN_INPUTS_PER_ROW)
+    if page.inputs:  # a strip wider than the table widens the page
+        strip_cols = min(len(page.inputs), per_row)
+        width = max(width, cells_x + strip_cols * cell_width + (strip_cols - 1) * gap + margin)
 
     y = margin
     title = None
@@ -246,6 +270,11 @@ def layout_page(page: GridPage, cell_width: int, cell_height: int, font_size: in
         lines = wrap(page.title, width - 2 * margin, title_size, MAX_TITLE_LINES)
         title = Label(Box(margin, y, width - 2 * margin, len(lines) * line_height(title_size)), lines, title_size)
         y = title.box.bottom + gap
+
+    strip = _layout_inputs(page, cells_x, y, label_width, per_row, cell_width, cell_height, size, gap, pad)
+    separator = None if strip is None else Box(margin, strip[-1] + gap, width - 2 * margin, 1)
+    if separator is not None:  # the table starts under the strip's rule
+        y = separator.bottom + gap
 
     header_lines = [wrap(label, cell_width, size, MAX_HEADER_LINES) for label in page.col_labels]
     header_band = max((len(lines) for lines in header_lines), default=0) * line
@@ -276,10 +305,59 @@ def layout_page(page: GridPage, cell_width: int, cell_height: int, font_size: in
         captions.append(tuple(row_captions))
         placeholders.append(tuple(row_placeholders))
     height = y + n_rows * row_height + max(n_rows - 1, 0) * gap + margin
-    return PageLayout(
+    layout = PageLayout(
         width, height, size, line, margin, gap, title, tuple(headers), tuple(row_labels), tuple(cells),
         tuple(captions), tuple(placeholders),
     )  # fmt: skip
+    if strip is None:
+        return layout
+    inputs_label, boxes, input_captions, input_placeholders, _ = strip
+    return replace(
+        layout,
+        inputs_label=inputs_label,
+        inputs=boxes,
+        input_captions=input_captions,
+        input_placeholders=input_placeholders,
+        separator=separator,
+    )
+
+
+def _layout_inputs(
+    page: GridPage,
+    x: int,
+    y: int,
+    label_width: int,
+    per_row: int,
+    cell_width: int,
+    cell_height: int,
+    size: int,
+    gap: int,
+    pad: int,
+) -> tuple[Label, tuple[Box, ...], tuple[Label | None, ...], tuple[Label | None, ...], int] | None:
+    """The input strip from ``y``: (its label, thumbnail boxes, captions, placeholders, its bottom); None without
+    inputs. Thumbnails take the cells' size and columns (wrapping after ``per_row``), captions wrap."""
+    if not page.inputs:
+        return None
+    line = line_height(size)
+    texts = [tuple(out for text in cell.caption for out in wrap(text, cell_width, size, MAX_INPUT_LINES))
+             for cell in page.inputs]  # fmt: skip
+    band_lines = max(len(lines) for lines in texts)
+    row_height = cell_height + (pad + band_lines * line if band_lines else 0)
+    lines = wrap(page.inputs_label, label_width, size, max(1, row_height // line)) if label_width else ()
+    emphasis = _first_paragraph_lines(page.inputs_label, lines, label_width, size)
+    left = x - label_width - gap if label_width else x  # the row labels' column (the page margin)
+    label = Label(Box(left, y, label_width, len(lines) * line), lines, size, emphasis=emphasis)
+    boxes, captions, placeholders = [], [], []
+    for i, (cell, caption) in enumerate(zip(page.inputs, texts, strict=True)):
+        row, col = divmod(i, per_row)
+        box = Box(x + col * (cell_width + gap), y + row * (row_height + gap), cell_width, cell_height)
+        boxes.append(box)
+        captions.append(Label(Box(box.x, box.bottom + pad, cell_width, len(caption) * line), caption, size)
+                        if caption else None)  # fmt: skip
+        placeholders.append(None if cell.image is not None else placeholder_label(cell.missing, box, size))
+    rows = math.ceil(len(page.inputs) / per_row)
+    bottom = y + rows * row_height + (rows - 1) * gap
+    return label, tuple(boxes), tuple(captions), tuple(placeholders), bottom
 
 
 def _first_paragraph_lines(text: str, lines: Sequence[str], width: float, size: int) -> int:
@@ -344,24 +422,34 @@ def render_page(page: GridPage, layout: PageLayout) -> Image.Image:
     """Draw ``page`` as ``layout`` places it: an RGB image of ``layout.width`` x ``layout.height``."""
     canvas = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
+    for cell, box, placeholder in zip(page.inputs, layout.inputs, layout.input_placeholders, strict=True):
+        _draw_cell(canvas, draw, cell, box, placeholder, layout.font_size)
+    if layout.separator is not None:
+        sep = layout.separator
+        draw.rectangle((sep.x, sep.y, sep.right - 1, sep.bottom - 1), PLACEHOLDER_EDGE)
     for row, cells in enumerate(page.cells):
         for col, cell in enumerate(cells):
-            box = layout.cells[row][col]
-            placeholder = layout.placeholders[row][col]
-            if cell.image is not None:
-                try:
-                    image = load_image(cell.image)
-                except OSError as exc:  # a damaged file: say so in its cell, draw everything else
-                    placeholder = placeholder_label(f"cannot read image: {exc}", box, layout.font_size)
-                else:
-                    resized, target = fit(image, box)
-                    canvas.paste(resized, (target.x, target.y))
-            if placeholder is not None:
-                draw.rectangle((box.x, box.y, box.right - 1, box.bottom - 1), PLACEHOLDER_FILL, PLACEHOLDER_EDGE)
-                draw_label(draw, placeholder, PLACEHOLDER_TEXT)
+            _draw_cell(canvas, draw, cell, layout.cells[row][col], layout.placeholders[row][col], layout.font_size)
     for label in layout.labels():
         draw_label(draw, label)
     return canvas
+
+
+def _draw_cell(
+    canvas: Image.Image, draw: ImageDraw.ImageDraw, cell: GridCell, box: Box, placeholder: Label | None, size: int
+) -> None:
+    """A cell's image fitted into ``box``, or its grey placeholder with the reason."""
+    if cell.image is not None:
+        try:
+            image = load_image(cell.image)
+        except OSError as exc:  # a damaged file: say so in its cell, draw everything else
+            placeholder = placeholder_label(f"cannot read image: {exc}", box, size)
+        else:
+            resized, target = fit(image, box)
+            canvas.paste(resized, (target.x, target.y))
+    if placeholder is not None:
+        draw.rectangle((box.x, box.y, box.right - 1, box.bottom - 1), PLACEHOLDER_FILL, PLACEHOLDER_EDGE)
+        draw_label(draw, placeholder, PLACEHOLDER_TEXT)
 
 
 def draw_label(draw: ImageDraw.ImageDraw, label: Label, colour: tuple[int, int, int] = TEXT) -> None:

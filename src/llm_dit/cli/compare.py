@@ -49,6 +49,10 @@ def compare_cmd(
         list[str] | None, typer.Option("--metric", help="Metric shown under images (repeatable; default: all).")
     ] = None,
     no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Show no metric values.")] = False,
+    no_inputs: Annotated[
+        bool,
+        typer.Option("--no-inputs", help="Leave out the strip of the runs' input images (vl_image, init_image, ...)."),
+    ] = False,
     diff_mode: Annotated[
         str | None, typer.Option("--diff-mode", help="diff: highlight (default) | absolute | heatmap.")
     ] = None,
@@ -116,6 +120,7 @@ def compare_cmd(
             max_rows=max_rows,
             max_cols=compare.DEFAULT_MAX_COLS if max_cols is None else max_cols,
             cell_size=cell_size,
+            show_inputs=not no_inputs,
         )
     else:
         comparison = compare.plan_pairs(
@@ -129,6 +134,7 @@ def compare_cmd(
             diff_mode=diff_mode or "highlight",
             threshold=compare.DEFAULT_THRESHOLD if threshold is None else threshold,
             gain=1.0 if gain is None else gain,
+            show_inputs=not no_inputs,
         )
     output = output or Path(f"{exp.name}_{mode}.png")
     paths = compare.page_paths(output, len(comparison.pages))

@@ -12,6 +12,11 @@ Security model (the server has no authentication, so it relies on where it liste
   inside the resolved results root, is a regular file and has no dot-named component: ``results.db``, ``.lock``,
   exports, temp files and anything outside the root are 404; malformed paths (``..``, absolute, NUL,
   backslashes) are 400. ``/thumbs/<path>?size=N`` (grid thumbnails, WebP made in memory) follows the same rules.
+- ``/api/experiments/<name>/inputs/<sha256>`` serves a run's input image (``vl_image``, ``init_image``, ...), which
+  usually lies outside the results root. It takes no path at all: only a sha256 that the store records as an input
+  of a run of that experiment (anything else is 404), read from a path recorded with it, and the bytes are sent
+  only if their sha256 is that one (a file changed since planning is 409, a missing one 410). So it can only ever
+  send bytes whose hash the experiment recorded, whatever lies at those paths now.
 - Responses carry ``X-Content-Type-Options: nosniff`` and a Content-Security-Policy that allows this origin only,
   so the page can load nothing from elsewhere.
 """
@@ -38,6 +43,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from llm_dit.analysis.diff import DEFAULT_THRESHOLD, DIFF_MODES, DiffStats, check_diff_params, diff_with_stats
+from llm_dit.analysis.inputs import (
+    MISSING,
+    CheckedInput,
+    InputImage,
+    decode_input,
+    input_status,
+    inputs_of_runs,
+    read_input,
+    run_inputs,
+)
 from llm_dit.analysis.results import (
     ExperimentResults,
     ExperimentSummary,
@@ -208,6 +223,20 @@ class NotFound(Exception):
     """An experiment or run that does not exist (404)."""
 
 
+class InputRefused(Exception):
+    """A recorded input image that cannot be served as recorded: 409 (changed since the run, or unreadable) or 410
+    (missing)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+# What the browser may be sent as is; another format PIL reads (BMP, TIFF, ...) is re-encoded as PNG in memory.
+WEB_FORMATS: dict[str, str] = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+
 class BadRequest(Exception):
     """A request the server understands but refuses (400), e.g. images of two sizes to diff."""
 
@@ -272,6 +301,10 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
     async def refused(request: Request, exc: FileRefused) -> JSONResponse:
         return JSONResponse({"detail": exc.reason}, status_code=exc.status)
 
+    @app.exception_handler(InputRefused)
+    async def input_refused(request: Request, exc: InputRefused) -> JSONResponse:
+        return JSONResponse({"detail": relative(exc.reason)}, status_code=exc.status)
+
     def experiment_or_404(name: str) -> tuple[ExperimentResults, dict[str, dict[str, Any]]]:
         try:
             return cache.experiment(name)
@@ -294,6 +327,25 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
         except FileRefused:
             return None
         return "/files/" + quote(relative, safe="/")
+
+    def input_entry(name: str, image: InputImage) -> dict[str, Any]:
+        """One input image as the page sees it: setting, label, file name (never its directory), recorded sha256,
+        whether the file still holds those bytes (memoised on its stat; the image route itself always re-hashes),
+        and the URL that serves it (None without a recorded sha256)."""
+        checked = input_status(image)
+        url = f"/api/experiments/{quote(name, safe='')}/inputs/{image.sha256}" if image.sha256 else None
+        return {
+            "setting": image.setting,
+            "index": image.index,
+            "count": image.count,
+            "label": image.label,
+            "file": image.file_name,
+            "sha256": image.sha256,
+            "status": checked.status,
+            "reason": checked.reason,
+            "detail": checked.detail,
+            "url": url,
+        }
 
     decoded: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()  # the page asks for a diff and its stats
     decoded_lock = threading.Lock()
@@ -366,6 +418,13 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
     @app.get("/api/experiments/{name}")
     def experiment(name: str) -> JSONResponse:
         results, _ = experiment_or_404(name)
+        # The experiment's distinct input images once; each run lists the ids of those it used.
+        uses = inputs_of_runs(results.runs)
+        inputs = [{"id": i, **input_entry(results.name, image)} for i, image in enumerate(uses)]
+        ids_of_run: dict[int, list[int]] = {}
+        for i, positions in enumerate(uses.values()):
+            for position in positions:
+                ids_of_run.setdefault(position, []).append(i)
         runs = [
             {
                 "run_id": run["run_id"],
@@ -378,8 +437,9 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
                 "image_url": image_url(results, run),
                 "seconds_per_image_batched": run.get("seconds_per_image_batched"),
                 "metrics": run["metrics"],
+                "inputs": ids_of_run.get(position, []),
             }
-            for run in results.runs
+            for position, run in enumerate(results.runs)
         ]
         metrics = [
             {
@@ -398,6 +458,7 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
             "prompt_texts": results.prompt_texts,
             "categories": results.categories,
             "counts": results.counts,
+            "inputs": inputs,
             "runs": runs,
         }
         return JSONResponse(jsonable(relative(body)))
@@ -415,8 +476,56 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
             category=results.category(run["prompt_id"]),
             dims={dim: dimension_value(run, dim) for dim in results.dimensions},
             image_url=image_url(results, run),
+            inputs=[input_entry(results.name, image) for image in run_inputs(run.get("params"))],
         )
         return JSONResponse(jsonable(relative(body)))
+
+    @app.get("/api/experiments/{name}/inputs/{sha256}")
+    def input_file(name: str, sha256: str, size: int | None = Query(None)) -> Response:
+        """An input image recorded for runs of ``name``, by its recorded sha256; ``size``: at most that many px on
+        its longer side (WebP, for strips; a smaller image is sent as it is)."""
+        if size is not None and size not in THUMB_SIZES:
+            raise BadRequest(f"size must be one of {', '.join(map(str, THUMB_SIZES))}, got {size}")
+        results, _ = experiment_or_404(name)
+        candidates = list({i.path: i for i in inputs_of_runs(results.runs) if i.sha256 == sha256}.values())
+        if not candidates:  # also every malformed value: only recorded hashes name anything
+            raise NotFound(f"no run of experiment {results.name!r} recorded an input image with sha256 {sha256!r}")
+        checked = serve_checked(candidates)
+        return input_response(checked, size)
+
+    def serve_checked(candidates: list[InputImage]) -> CheckedInput:
+        """The first recorded path whose bytes still hash to the record (the same image may be recorded at several
+        paths), or InputRefused naming what each path holds now: 410 when every one is gone, else 409."""
+        problems: list[CheckedInput] = []
+        for image in candidates:
+            checked = read_input(image)
+            if checked.ok:
+                return checked
+            problems.append(checked)
+        gone = all(problem.status == MISSING for problem in problems)
+        raise InputRefused(410 if gone else 409, "; ".join(problem.detail for problem in problems))
+
+    def input_response(checked: CheckedInput, size: int | None) -> Response:
+        from PIL import Image
+
+        assert checked.data is not None  # an OK check carries its bytes
+        headers = {"Cache-Control": "no-cache"}  # revalidated on reload: a file changed later shows as changed
+        try:
+            with Image.open(io.BytesIO(checked.data)) as image:
+                kind, width, height = image.format, image.width, image.height
+            small = size is not None and max(width, height) > size
+            if kind in WEB_FORMATS and not small:  # the very bytes that were hashed
+                return Response(checked.data, media_type=WEB_FORMATS[kind], headers=headers)
+            picture = decode_input(checked, size)
+        except OSError as exc:
+            what = f"{checked.image.label} {checked.image.file_name!r}"
+            raise InputRefused(409, f"{what} cannot be decoded: {exc}") from None
+        buffer = io.BytesIO()
+        if small:
+            picture.save(buffer, format="WEBP", quality=THUMB_QUALITY)
+            return Response(buffer.getvalue(), media_type="image/webp", headers=headers)
+        picture.save(buffer, format="PNG")
+        return Response(buffer.getvalue(), media_type="image/png", headers=headers)
 
     @app.get("/api/experiments/{name}/diff")
     def diff_png(

@@ -398,7 +398,7 @@
         state.thumb = Number(e.target.value);
         $("view").style.setProperty("--thumb", `${state.thumb}px`);
         // Same bucket, same URL: the browser only fetches when the thumbnail size actually changes.
-        document.querySelectorAll('[data-testid="grid-image"]').forEach((img) => {
+        $("view").querySelectorAll('[data-testid="grid-image"], [data-testid="input-image"]').forEach((img) => {
           img.src = thumbUrl(img.dataset.full);
         });
       },
@@ -417,7 +417,7 @@
       names.map(filterBox),
     );
     $("view").style.setProperty("--thumb", `${state.thumb}px`);
-    $("view").replaceChildren(gridTable());
+    fill($("view"), gridInputs(), gridTable());
   }
 
   function filterBox(dim) {
@@ -499,6 +499,23 @@
     return el("table", { class: "grid", testid: "grid" }, el("thead", {}, head), el("tbody", {}, body));
   }
 
+  /** The input strip over the grid: the inputs of the runs the grid shows, with the rows/columns using each. */
+  function gridInputs() {
+    const rowValues = visibleValues(state.rows);
+    const colValues = state.cols === NONE ? [null] : visibleValues(state.cols);
+    const placed = [];
+    rowValues.forEach((r, row) => {
+      colValues.forEach((c, col) => {
+        const values = { ...state.fixed, [state.rows]: r };
+        if (c !== null) values[state.cols] = c;
+        const run = findRun(values);
+        if (run) placed.push({ run, row, col });
+      });
+    });
+    const label = (dim, v) => (v === null ? "" : dim === "prompt" ? v : dimValue(dim, v));
+    return inputsStrip(placed, rowValues.map((r) => label(state.rows, r)), colValues.map((c) => label(state.cols, c)));
+  }
+
   // Grid cells show server-made thumbnails (the next size up from what is displayed, times the pixel ratio): a page
   // of full-size 1024x1024 PNGs would be ~1.5 MB a cell. Every other view shows the full image.
   const THUMB_SIZES = [64, 128, 256, 512, 1024];
@@ -534,6 +551,92 @@
       { class: "cell" },
       img,
       el("figcaption", { testid: "grid-caption" }, metricsLine(run)),
+    );
+  }
+
+  // Input images (vl_image, style_image, neutral_image, init_image) ---------------------------------------------
+
+  /** "" when every shown run uses the input, else which rows or columns do (the shorter, when both name whole
+   * rows or columns), else how many cells. ``names``: what rows and columns are called ("" = just the labels). */
+  function usageText(used, present, rowLabels, colLabels, names = ["rows", "columns"]) {
+    if (used.size === present.size) return "";
+    const options = [];
+    [[0, rowLabels], [1, colLabels]].forEach(([axis, labels]) => {
+      const chosen = [...new Set([...used].map((key) => Number(key.split(",")[axis])))].sort((a, b) => a - b);
+      const whole = [...present].every((key) => !chosen.includes(Number(key.split(",")[axis])) || used.has(key));
+      const name = names[axis];
+      const text = chosen.map((i) => labels[i]).join(", ");
+      if (whole) options.push([chosen.length, name ? `used by ${name}: ${text}` : `used by ${text}`]);
+    });
+    if (options.length) return options.sort((a, b) => a[0] - b[0])[0][1];
+    return `used by ${used.size} of ${present.size} cells`;
+  }
+
+  /** A strip of the distinct inputs of ``placed`` ({run, row, col}), or null when they have none. */
+  function inputsStrip(placed, rowLabels, colLabels, names) {
+    const present = new Set(placed.map((p) => `${p.row},${p.col}`));
+    const uses = new Map(); // input id -> Set of "row,col"
+    for (const p of placed) {
+      for (const id of p.run.inputs || []) {
+        if (!uses.has(id)) uses.set(id, new Set());
+        uses.get(id).add(`${p.row},${p.col}`);
+      }
+    }
+    if (!uses.size) return null;
+    const ids = [...uses.keys()].sort((a, b) => a - b); // the server's order: setting, place in its list, first use
+    return el(
+      "section",
+      { class: "inputs", testid: "inputs-strip", "aria-label": "input images of the runs shown" },
+      el("h3", { text: "Inputs (checked against the sha256 recorded when planned)" }),
+      el(
+        "div",
+        { class: "input-list" },
+        ids.map((id) => inputFigure(state.exp.inputs[id], usageText(uses.get(id), present, rowLabels, colLabels, names))),
+      ),
+    );
+  }
+
+  /** One input: its picture (a thumbnail from the server, which re-checks the bytes) or a placeholder saying why
+   * not, then setting, file name, short sha256 and usage. */
+  function inputFigure(entry, usage, testid = "input", size = null) {
+    const placeholder = (text, title) =>
+      el("div", { class: "missing", testid: "input-missing", title: title || entry.detail || null, text });
+    let picture;
+    if (entry.status === "ok" && entry.url) {
+      const img = el("img", {
+        src: size ? `${entry.url}?size=${size}` : thumbUrl(entry.url),
+        alt: `${entry.label}: ${entry.file}`,
+        title: `${entry.label}: ${entry.file}\nsha256 ${entry.sha256}`,
+        testid: "input-image",
+        dataset: { full: entry.url, sha: entry.sha256 },
+        draggable: "false",
+      });
+      // Changed between the listing and this request: ask the server why (409/410 with a reason) and say so.
+      img.addEventListener("error", async () => {
+        let why = "cannot be loaded";
+        try {
+          await getJSON(entry.url);
+        } catch (error) {
+          why = error.message;
+        }
+        picture.replaceWith(placeholder(/changed/.test(why) ? "changed since the run" : why, why));
+      }, { once: true });
+      picture = el("a", { href: entry.url, target: "_blank", rel: "noopener", class: "input-link" }, img);
+    } else {
+      picture = placeholder(entry.reason || entry.status);
+    }
+    return el(
+      "figure",
+      { class: "input", testid, dataset: { setting: entry.setting, sha: entry.sha256 || "", status: entry.status } },
+      picture,
+      el(
+        "figcaption",
+        { testid: "input-caption" },
+        el("div", { class: "input-label", text: entry.label }),
+        el("div", { class: "input-file", title: entry.file, text: entry.file }),
+        el("div", { class: "mono", text: entry.sha256 ? `sha256 ${entry.sha256.slice(0, 8)}` : "no sha256 recorded" }),
+        usage ? el("div", { class: "input-usage", text: usage }) : null,
+      ),
     );
   }
 
@@ -611,7 +714,8 @@
       return;
     }
     const stage = { slider: sliderStage, ab: abStage, diff: diffStage }[state.view](runA, runB);
-    $("view").replaceChildren(
+    const placed = [{ run: runA, row: 0, col: 0 }, { run: runB, row: 0, col: 1 }];
+    fill($("view"),
       stage,
       el(
         "div",
@@ -619,6 +723,7 @@
         el("div", { testid: "metrics-a" }, el("b", { text: `A · ${dimValue(state.dim, state.a)}` }), " ", metricsLine(runA)),
         el("div", { testid: "metrics-b" }, el("b", { text: `B · ${dimValue(state.dim, state.b)}` }), " ", metricsLine(runB)),
       ),
+      inputsStrip(placed, [""], ["A", "B"], ["", ""]),
     );
   }
 
@@ -881,8 +986,15 @@
         el("img", { class: "rec-image", src: data.image_url, testid: "record-image", alt: data.run_id }))
       : el("div", { class: "missing", text: "no image" });
     $("record-title").textContent = `${data.experiment} · ${data.run_id}`;
+    const inputs = data.inputs || [];
     $("record-body").replaceChildren(
       el("div", { class: "rec-top" }, image, summary),
+      inputs.length
+        ? section(
+          "Input images (checked against the sha256 recorded when planned)",
+          el("div", { class: "input-list", testid: "record-inputs" }, inputs.map((e) => inputFigure(e, "", "record-input", 256))),
+        )
+        : "",
       section("Prompt", el("p", { class: "prompt", testid: "record-prompt", text: data.prompt_text })),
       section(
         "Formatted prompt (what the encoder saw)",
