@@ -17,6 +17,7 @@ from llm_dit.cli.options import (
     EncoderDeviceOpt,
     EncoderDtypeOpt,
     FormatOpt,
+    ImageOpt,
     MaxPromptsOpt,
     MetricOpt,
     ModelOpt,
@@ -243,6 +244,19 @@ def embed_stats(
             "'default' = the config's settings).",
         ),
     ] = None,
+    experiment: Annotated[
+        str | None,
+        typer.Option(
+            "--experiment",
+            "-e",
+            help="Compare the conditions of this built-in experiment (one per combination of its axes; the first, "
+            "e.g. a VL study's qwen3_4b baseline, is the reference) on its prompts, instead of -c.",
+        ),
+    ] = None,
+    experiment_file: Annotated[
+        Path | None, typer.Option("--experiment-file", help="The same for your own experiment TOML.")
+    ] = None,
+    image: ImageOpt = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeatable).")] = None,
     prompt_ids: Annotated[str | None, typer.Option("--prompt-ids", help="Comma-separated library ids.")] = None,
     prompt_category: PromptCategoryOpt = None,
@@ -270,28 +284,52 @@ def embed_stats(
     from llm_dit.files import ensure_writable
 
     check_format(output_format)
-    if not condition:
+    from_experiment = experiment is not None or experiment_file is not None
+    if from_experiment and condition:
+        raise LlmDitError("give conditions (-c) or an experiment (--experiment/--experiment-file), not both")
+    if image and not from_experiment:
+        raise LlmDitError(
+            "--image replaces an experiment's input images: give --experiment NAME (or use -c vl_image=...)"
+        )
+    if not condition and not from_experiment:
         raise LlmDitError(
             "give the conditions to compare, the first being the reference, e.g. "
-            "--condition think_block=none --condition think_block=empty"
+            "--condition think_block=none --condition think_block=empty (or --experiment NAME)"
         )
-    conditions = [parse_condition(text) for text in condition]
+    conditions = [parse_condition(text) for text in condition or []]
     if output is not None:
         if output.suffix not in (".csv", ".json"):
             raise LlmDitError(f"--output {output}: use a .csv or .json file name")
         ensure_writable(output, overwrite)
     if not outlier_threshold > 0 or outlier_threshold == float("inf"):  # NaN fails the first test
         raise LlmDitError(f"--outlier-threshold must be > 0, got {outlier_threshold}")
-    selected = select_prompts(
-        load_library(),
-        ids=parse_csv(prompt_ids, "--prompt-ids"),
-        category=prompt_category,
-        texts=prompt,
-        max_prompts=max_prompts,
-    )
+    selection = {
+        "ids": parse_csv(prompt_ids, "--prompt-ids"),
+        "category": prompt_category,
+        "texts": prompt,
+        "max_prompts": max_prompts,
+    }
+    settings = load_settings(config, profile, settings_overrides(ctx)).settings
+    if from_experiment:
+        from llm_dit.experiments.conditions import experiment_conditions
+        from llm_dit.experiments.preparation import prepare_experiment
+
+        prepared = prepare_experiment(
+            experiment,
+            settings=settings,
+            experiment_file=experiment_file,
+            prompt_ids=selection["ids"],
+            prompt_category=prompt_category,
+            prompt_texts=prompt,
+            max_prompts=max_prompts,
+            images=image,
+        )
+        conditions = experiment_conditions(prepared.runs)
+        selected = list({run.prompt.id: run.prompt for run in prepared.runs}.values())
+    else:
+        selected = select_prompts(load_library(), **selection)
     if not selected:
         raise LlmDitError("give prompts: --prompt TEXT (repeatable), --prompt-ids IDS or --prompt-category NAME")
-    settings = load_settings(config, profile, settings_overrides(ctx)).settings
     model_dir = _check_conditions(settings, [p.text for p in selected], conditions)
     from llm_dit.conditioning.embedding_stats import compare_embeddings
     from llm_dit.conditioning.text_encoder import ZImageTextEncoder
