@@ -304,6 +304,20 @@ TOKEN_MODE_AXIS = (
 )
 
 
+TYPO_PLACEHOLDER = (
+    'name = "typo"\nimages = ["ref.png"]\n\n[prompts]\nids = ["animal_001"]\n\n'
+    '[base]\nconditioning = "vl"\nvl_image = "{imag}"\n\n[[axes]]\nname = "vl_alpha"\nvalues = [0.5]\n'
+)
+NO_IMAGES = TYPO_PLACEHOLDER.replace('"typo"', '"bare"').replace('images = ["ref.png"]\n', "")
+NO_IMAGES = NO_IMAGES.replace("{imag}", "{image}")
+
+
+def placeholder_experiments(env: Env) -> None:
+    """typo.toml: a misspelt placeholder ({imag}); bare.toml: {image} with no images listed."""
+    (env.tmp / "typo.toml").write_text(TYPO_PLACEHOLDER, encoding="utf-8")
+    (env.tmp / "bare.toml").write_text(NO_IMAGES, encoding="utf-8")
+
+
 def token_mode_experiment(env: Env) -> None:
     (env.tmp / "tokens.toml").write_text(TOKEN_MODE_AXIS, encoding="utf-8")
 
@@ -976,6 +990,60 @@ CONDITIONING_CASES: list[Case] = [
         ("ablate", "--output-dir", "{res}", "--experiment-file", "{tmp}/tokens.toml"),
         ["tokens.toml:", "axis 'vl_token_mode' value \"imgonly\"", "did you mean 'image_only'"],
         setup=(token_mode_experiment,),
+    ),
+    # --image (the built-in VL experiments' input images) and the placeholders that take them
+    cond(
+        "ablate-image-missing",
+        ("ablate", "--output-dir", "{res}", "-e", "vl_alpha", "--image", "nope.png"),
+        ["--image 'nope.png'", "no such file"],
+        forbidden=["--image="],
+    ),
+    cond(
+        "ablate-image-not-an-image",
+        ("ablate", "--output-dir", "{res}", "-e", "vl_alpha", "--image", "notes.png"),
+        ["--image 'notes.png'", "is not an image PIL can read"],
+    ),
+    cond(
+        "ablate-image-truncated",
+        ("ablate", "--output-dir", "{res}", "-e", "vl_alpha", "--dry-run", "--image", "cut.png"),
+        ["--image 'cut.png'", "truncated"],
+    ),
+    cond(
+        "ablate-image-for-an-experiment-without-images",
+        ("ablate", "--output-dir", "{res}", "-e", "steps_only", "--image", "ref.png"),
+        ["experiment steps_only takes no input image", "drop --image"],
+    ),
+    cond(
+        "ablate-multi-reference-one-image",
+        ("ablate", "--output-dir", "{res}", "-e", "vl_multi_reference", "--image", "ref.png"),
+        ["vl_multi_reference needs 2 images", "{image2}", "got 1: pass --image twice"],
+    ),
+    cond(
+        "ablate-one-image-given-twice",
+        ("ablate", "--output-dir", "{res}", "-e", "vl_alpha", "--image", "ref.png", "--image", "ref2.png"),
+        ["vl_alpha takes 1 input image, got 2", "pass --image once"],
+    ),
+    cond(
+        "ablate-placeholder-misspelt",
+        ("ablate", "--output-dir", "{res}", "--experiment-file", "{tmp}/typo.toml"),
+        ["typo.toml:9:", 'vl_image = "{imag}" is not a placeholder', "{image2}"],
+        setup=(placeholder_experiments,),
+    ),
+    cond(
+        "ablate-placeholder-without-an-image",
+        ("ablate", "--output-dir", "{res}", "--experiment-file", "{tmp}/bare.toml"),
+        ["bare needs an input image ({image} in [base] vl_image), got 0", "pass --image once", "images = [...]"],
+        setup=(placeholder_experiments,),
+    ),
+    cond(
+        "sweep-vl-image-missing",
+        ("sweep", "vl", "--quick", "--output-dir", "{res}", "--image", "nope.png"),
+        ["--image 'nope.png'", "no such file"],
+    ),
+    cond(
+        "sweep-all-with-an-image",  # --all: text-encoder sweeps, which take no image
+        ("sweep", "--all", "--quick", "--output-dir", "{res}", "--image", "ref.png"),
+        ["experiment hidden_layer takes no input image"],
     ),
     # embed-stats: a condition's images are checked with the rest, before any model loads
     cond(

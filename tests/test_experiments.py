@@ -57,6 +57,24 @@ EXPECTED = {
     "system_prompt": (5, 2),
     "think_block": (6, 2),
     "token_importance": (8, 2),
+    # Qwen3-VL (seed 004), each with the pure Qwen3-4B run (a baseline or an axis value): tests/test_vl_builtins.py
+    "vl_adain": (13, 2),
+    "vl_alpha": (6, 2),
+    "vl_blend_comparison": (8, 2),
+    "vl_cross_normalization": (7, 2),
+    "vl_full_grid": (19, 2),
+    "vl_intra_blend": (7, 2),
+    "vl_layer": (8, 2),
+    "vl_layer_by_token": (11, 2),
+    "vl_multi_reference": (7, 2),
+    "vl_normalization": (5, 2),
+    "vl_only_vs_qwen3": (4, 2),
+    "vl_outlier_masking": (5, 2),
+    "vl_style_delta": (6, 2),
+    "vl_style_transfer": (15, 2),
+    "vl_think_comparison": (4, 2),
+    "vl_timestep_alpha": (5, 2),
+    "vl_token_mode": (5, 2),
 }
 
 
@@ -91,7 +109,7 @@ def test_builtin_loads_and_plans(name: str) -> None:
     exp = get_experiment(name)
     per, n_seeds = EXPECTED[name]
     assert exp.name == name and exp.source == "built-in"
-    assert exp.description and exp.prompt_category and exp.max_prompts
+    assert exp.description and ((exp.prompt_category and exp.max_prompts) or exp.prompt_ids)
     assert len(exp.seeds) == n_seeds and exp.seeds[0] == 42
     assert exp.runs_per_prompt_seed() == per
     runs = plan(exp, PROMPTS, exp.seeds, Settings(), model_fingerprint=FP)
@@ -170,6 +188,7 @@ def test_long_prompt_mode_sweeps_modes_at_the_profile_cap() -> None:
 def test_package_data_ships_experiment_files() -> None:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "data/experiments/*.toml" in data["tool"]["setuptools"]["package-data"]["llm_dit"]
+    assert "data/inputs/*.png" in data["tool"]["setuptools"]["package-data"]["llm_dit"]  # the VL built-ins' images
 
 
 # ------------------------------------------------------------------------------------- grid, zip, order

@@ -19,6 +19,7 @@ from llm_dit.cli.options import (
     ConfigOpt,
     DryRunOpt,
     FormatOpt,
+    ImageOpt,
     MaxPromptsOpt,
     MetricOpt,
     ModelOpt,
@@ -37,7 +38,7 @@ from llm_dit.cli.options import (
 from llm_dit.cli.terminal import Column, check_format, console, note, print_records, print_rows, progress_bar
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.store import DB_NAME, DEFAULT_ROOT
-from llm_dit.experiments.sweeps import SWEEPS
+from llm_dit.experiments.sweeps import SWEEPS, sweep_names
 
 DEFAULT_TIMING_REPEATS = 3
 MAX_TIMING_REPEATS = 100
@@ -66,6 +67,7 @@ def ablate(
     prompts_file: Annotated[Path | None, typer.Option("--prompts-file", help="JSON library or one per line.")] = None,
     max_prompts: MaxPromptsOpt = None,
     seeds: SeedsOpt = None,
+    image: ImageOpt = None,
     output_dir: ResultsDirOpt = DEFAULT_ROOT,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
@@ -98,6 +100,7 @@ def ablate(
         raise LlmDitError("name an experiment (--experiment NAME or --experiment-file FILE); see --list-experiments")
     failed = _ablate(
         [experiment],
+        images=_checked_images(image),
         experiment_file=experiment_file,
         prompt_ids=parse_csv(prompt_ids, "--prompt-ids"),
         prompt_category=prompt_category,
@@ -123,11 +126,14 @@ def ablate(
 
 
 def sweep(
-    name: Annotated[str | None, typer.Argument(help=" | ".join(p.name for p in SWEEPS))] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Run every sweep in priority order.")] = False,
+    name: Annotated[str | None, typer.Argument(help=" | ".join(sweep_names()))] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help=f"Run {', '.join(p.name for p in SWEEPS)} in priority order (not vl).")
+    ] = False,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer prompts and seeds.")] = False,
     dry_run: DryRunOpt = False,
     seeds: SeedsOpt = None,
+    image: ImageOpt = None,
     category: Annotated[
         str | None, typer.Option("--prompt-category", "--category", help="Prompt category (as in ablate).")
     ] = None,
@@ -144,17 +150,19 @@ def sweep(
     timing: TimingOpt = False,
     timing_repeats: TimingRepeatsOpt = None,
 ) -> None:
-    """The seeds' priority sweeps as presets over the built-in experiments."""
+    """The seeds' priority sweeps as presets over the built-in experiments; `vl` runs seed 004's P0 set in order."""
     from llm_dit.experiments.sweeps import QUICK_MAX_PROMPTS, QUICK_SEEDS, get_sweep
 
     timing_plan = _timing_plan(timing, timing_repeats)
     if all_ == (name is not None):
-        raise LlmDitError("name one sweep or pass --all; sweeps: " + ", ".join(p.name for p in SWEEPS))
-    presets = list(SWEEPS) if all_ else [get_sweep(name or "")]
+        raise LlmDitError("name one sweep or pass --all; sweeps: " + ", ".join(sweep_names()))
+    presets = list(SWEEPS) if all_ else list(get_sweep(name or ""))
+    group = "" if all_ or len(presets) == 1 else f"{name}: "  # a group's heading names the group and the preset
     seed_list = parse_csv(seeds, "--seeds", int) or (list(QUICK_SEEDS) if quick else None)
     failed = _ablate(
         [preset.experiment for preset in presets],
-        headings=[f"[bold]sweep {preset.name}[/bold]: {escape(preset.question)}" for preset in presets],
+        images=_checked_images(image),
+        headings=[f"[bold]sweep {group}{preset.name}[/bold]: {escape(preset.question)}" for preset in presets],
         config=config,
         profile=profile,
         model_path=chosen_model_path(model_path, model),
@@ -172,6 +180,16 @@ def sweep(
     )
     if failed:
         raise typer.Exit(code=1)
+
+
+def _checked_images(paths: list[Path] | None) -> list[str] | None:
+    """``--image`` files, each checked (exists, decodes whole) before anything loads: their absolute paths, or None
+    when none was given (the experiment's own images)."""
+    if not paths:
+        return None
+    from llm_dit.files import input_image
+
+    return [str(input_image(path, "--image")[0]) for path in paths]
 
 
 def _timing_plan(timing: bool, repeats: int | None) -> int | None:
@@ -431,7 +449,11 @@ def _print_plan(
     out = Console()
     out.print(f"[bold]{exp.name}[/bold]: {escape(exp.description)}", highlight=False)
     axes = "; ".join(f"{a.name} = {', '.join(v.label for v in a.values)}" for a in exp.axes)
+    if exp.baseline is not None:
+        axes += f"; plus the baseline {exp.baseline.label} (its label on every axis)"
     out.print(f"axes: {escape(axes)}", highlight=False, soft_wrap=True)
+    if exp.images:
+        out.print(f"input images: {escape(', '.join(exp.images))}", highlight=False, soft_wrap=True)
     prompts = sorted({r.prompt.id for r in runs})
     seeds = sorted({r.seed for r in runs})
     out.print(

@@ -67,6 +67,13 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a parameter for every run: key=value (repeatable).")
 ]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Runs per batched DiT forward.")]
+ImageOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--image",
+        help="An input image of the experiment, replacing its own (repeatable: {image}, {image2}, ... in order).",
+    ),
+]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")]
 RegenerateOpt = Annotated[bool, typer.Option("--force", help="Regenerate runs already done.")]
 ComputeMetricsOpt = Annotated[

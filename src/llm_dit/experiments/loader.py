@@ -18,16 +18,27 @@ from typing import Any
 from llm_dit.config import TomlLines, TomlPath, parse_toml, toml_value
 from llm_dit.constants import MAX_SEED
 from llm_dit.errors import ConfigError, LlmDitError, closest
-from llm_dit.experiments.model import SETTABLE_PARAMETERS, Axis, AxisValue, Experiment, file_label, value_label
+from llm_dit.experiments.model import (
+    SETTABLE_PARAMETERS,
+    Axis,
+    AxisValue,
+    Experiment,
+    file_label,
+    image_placeholder,
+    value_label,
+)
 from llm_dit.experiments.planner import NOT_PARAMETERS, parameter_errors, unknown_parameter
 from llm_dit.files import IMAGE_SETTINGS
 
 __all__ = ["BUILTIN_SOURCE", "builtin_experiments", "get_experiment", "load_experiment_file"]
 
-_TOP_KEYS = ("name", "description", "seeds", "prompts", "base", "axes")
+_TOP_KEYS = ("name", "description", "seeds", "prompts", "images", "base", "baseline", "axes")
 _PROMPT_KEYS = ("ids", "category", "max")
 _AXIS_KEYS = ("name", "parameter", "values", "zip")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_BRACED_RE = re.compile(r"^\{[^{}]*\}$")  # looks like a placeholder: checked as one
+# Image parameters that take one image: {images} (a list) is for vl_image only.
+_ONE_IMAGE = ("style_image", "neutral_image", "init_image")
 # Axis names become results.csv columns next to these, and parts of image names.
 _RESERVED_AXIS_NAMES = ("experiment", "prompt", "prompt_id", "prompt_text", "seed", "run_id", "image", "image_name")
 BUILTIN_SOURCE = "built-in"
@@ -72,7 +83,7 @@ class _Loader:
             group = table.get("zip")
             key = f"zip:{group}" if isinstance(group, str) and group else f"axis:{i}"
             groups[key] = max(groups.get(key, 0), len(values))
-        combinations = math.prod(groups.values())
+        combinations = math.prod(groups.values()) + ("baseline" in self.data)
         total = len(seeds) * combinations
         if total > max_runs:
             raise ConfigError(
@@ -112,11 +123,14 @@ class _Loader:
             base = {}
         for key, message in parameter_errors(base):
             self.error(("base", key), f"{self.name} [base] {key} = {toml_value(base[key])}: {message}")
+        self._check_placeholders(("base",), base)
+        images = self._images(data.get("images", []))
         axes = self._axes(data.get("axes", []))
+        baseline = self._baseline(data["baseline"], axes) if "baseline" in data else None
         if self.errors:
             self.errors.sort(key=lambda e: e[0])
             raise ConfigError("\n".join(dict.fromkeys(msg for _, msg in self.errors)))
-        return Experiment(
+        experiment = Experiment(
             name=self.name,
             description=description.strip(),
             seeds=seeds,
@@ -126,7 +140,13 @@ class _Loader:
             base=self._rebased(base),
             axes=axes,
             source=self.source,
+            images=images,
+            baseline=baseline,
         )
+        self._check_images_used(experiment)
+        if self.errors:
+            raise ConfigError("\n".join(msg for _, msg in self.errors))
+        return experiment
 
     def _rebased(self, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` with relative input-image paths made relative to the file's folder (where its author put them;
@@ -135,10 +155,10 @@ class _Loader:
             return dict(params)
 
         def rebase(path: Any) -> Any:
-            if not isinstance(path, str) or not path.strip():
+            if not isinstance(path, str) or not path.strip() or image_placeholder(path) is not None:
                 return path
             full = Path(path).expanduser()
-            return path if full.is_absolute() else str(self.folder / full)
+            return path if full.is_absolute() else os.path.normpath(self.folder / full)
 
         out = dict(params)
         for name in IMAGE_SETTINGS:
@@ -146,6 +166,84 @@ class _Loader:
             if value is not None:
                 out[name] = [rebase(v) for v in value] if isinstance(value, list) else rebase(value)
         return out
+
+    def _images(self, raw: Any) -> tuple[str, ...]:
+        """``images = [...]``: paths, relative ones to the file's folder (checked, like every input image, when the
+        runs are planned)."""
+        if not isinstance(raw, list) or not all(isinstance(p, str) and p.strip() for p in raw):
+            self.error(("images",), 'images must be a list of image paths, e.g. images = ["ref.png"]')
+            return ()
+        return tuple(self._rebased({"vl_image": list(raw)})["vl_image"])
+
+    def _check_placeholders(self, path: TomlPath, params: dict[str, Any]) -> None:
+        """Every braced value of an image parameter is a known placeholder, and ``{images}`` only in vl_image."""
+        for name in IMAGE_SETTINGS:
+            value = params.get(name)
+            for item in value if isinstance(value, list) else [value]:
+                if not isinstance(item, str) or not _BRACED_RE.match(item):
+                    continue
+                index = image_placeholder(item)
+                if index is None:
+                    self.error(
+                        (*path, name),
+                        f"{self.name}: {name} = {toml_value(item)} is not a placeholder: use {{image}} (the first "
+                        "image), {image2}, {image3}, ... or {images} (all of them, for vl_image)",
+                    )
+                elif name in _ONE_IMAGE and index < 0:
+                    self.error(
+                        (*path, name),
+                        f"{self.name}: {name} takes one image; {{images}} is the whole list (for vl_image): use "
+                        "{image}, {image2}, ...",
+                    )
+
+    def _check_images_used(self, experiment: Experiment) -> None:
+        """``images`` that no placeholder reads would do nothing: refused, as is a placeholder-free experiment that
+        lists images."""
+        if not experiment.images:
+            return
+        needed, open_ended = experiment.images_needed()
+        if needed == 0:
+            self.error(
+                ("images",),
+                f"{self.name}: images = [...] is read by no placeholder: write {{image}} (or {{image2}}, ..., "
+                "{images}) where an image parameter takes it, or drop images",
+            )
+        elif len(experiment.images) > needed and not open_ended:
+            self.error(
+                ("images",),
+                f"{self.name}: images lists {len(experiment.images)} images but its placeholders read {needed}; "
+                "drop the others",
+            )
+
+    def _baseline(self, raw: Any, axes: tuple[Axis, ...]) -> AxisValue | None:
+        """``[baseline]``: a label and parameters, like a table value of an axis; its label on no axis."""
+        path: TomlPath = ("baseline",)
+        if not isinstance(raw, dict):
+            self.error(path, 'baseline must be a table: [baseline] with label = "..." and its parameters')
+            return None
+        if not axes:
+            self.error(path, f"{self.name}: a baseline needs an axis (its runs carry its label on every axis)")
+            return None
+        label = raw.get("label")
+        if not isinstance(label, str) or not label.strip():
+            self.error((*path, "label"), f'{self.name} baseline needs a label, e.g. label = "qwen3_4b"')
+            return None
+        params = {k: v for k, v in raw.items() if k != "label"}
+        if not params:
+            self.error(path, f"{self.name} baseline '{label}' sets no parameter (e.g. conditioning = \"text\")")
+            return None
+        bad = parameter_errors(params)
+        for key, message in bad:
+            self.error((*path, key), f"{self.name} baseline '{label}': {message}")
+        self._check_placeholders(path, params)
+        for axis in axes:
+            if file_label(label) in {file_label(v.label) for v in axis.values}:
+                self.error(
+                    (*path, "label"),
+                    f"{self.name}: baseline label '{label}' is also a value of axis '{axis.name}' (in file names at "
+                    "least); choose another",
+                )
+        return None if bad else AxisValue(label, self._rebased(params))
 
     def _seeds(self, raw: Any) -> tuple[int, ...]:
         if not isinstance(raw, list) or not raw:
@@ -314,6 +412,7 @@ class _Loader:
                 f'{{ label = "none", {param} = {toml_value(value)} }}',
             )
             return None
+        self._check_placeholders(vpath, {param: value})
         return None if bad else AxisValue(label, self._rebased({param: value}))
 
     def _table_value(self, axis: str, vpath: TomlPath, value: dict[str, Any]) -> AxisValue | None:
@@ -334,6 +433,7 @@ class _Loader:
         if not isinstance(raw_label, str) or not raw_label.strip():
             self.error((*vpath, "label"), f"{self.name} axis '{axis}': label must be a non-empty string")
             return None
+        self._check_placeholders(vpath, params)
         return None if bad else AxisValue(raw_label, self._rebased(params))
 
     def _check_labels(self, axis: str, path: TomlPath, values: list[AxisValue]) -> None:
@@ -393,12 +493,15 @@ def load_experiment_file(path: str | Path, *, max_runs: int | None = None) -> Ex
 @lru_cache(maxsize=1)
 def _builtins() -> tuple[Experiment, ...]:
     folder = resources.files("llm_dit").joinpath("data", "experiments")
+    # The package data is a real folder (a regular or editable install): the built-ins' image paths are relative to
+    # it (their default images ship in llm_dit/data/inputs).
+    where = Path(os.path.abspath(str(folder))) if isinstance(folder, Path) else None
     out = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
             stem = entry.name.removesuffix(".toml")
             label = f"llm_dit/data/experiments/{entry.name}"
-            out.append(_load_text(entry.read_text("utf-8"), label, BUILTIN_SOURCE, stem))
+            out.append(_load_text(entry.read_text("utf-8"), label, BUILTIN_SOURCE, stem, folder=where))
     return tuple(out)
 
 

@@ -4,28 +4,34 @@ Parameters are flat names: every :class:`~llm_dit.config.EncoderSettings` field 
 ``torch_dtype`` (hardware, recorded through ``numerics``), every :class:`~llm_dit.config.GenerationSettings`
 field except ``output_dir`` (and ``seed``, which comes from ``seeds``), plus ``token_manipulation``
 (a name from ``llm_dit.experiments.prompts.MANIPULATIONS``, applied to the prompt text with the run's seed).
-Also the small pure helpers the data needs (JSON form, value labels, file-safe labels). Plain data: it must not
-import torch, the loader, the planner or the prompt library (only its type).
+Also the small pure helpers the data needs (JSON form, value labels, file-safe labels) and the input-image
+placeholders (``{image}``, ``{image2}``, ..., ``{images}``) with their substitution (:meth:`Experiment.with_images`).
+Plain data: it must not import torch, the loader, the planner or the prompt library (only its type).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import math
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_dit.config import ConditioningSettings, EncoderSettings, GenerationSettings
 from llm_dit.constants import ENCODER_LOAD_FIELDS
 from llm_dit.errors import ConfigError
+from llm_dit.files import IMAGE_SETTINGS
 
 if TYPE_CHECKING:  # prompts.py is imported lazily: planning must stay light whatever it grows to import
     from llm_dit.experiments.prompts import Prompt
 
 __all__ = [
+    "ALL_IMAGES",
     "CONDITIONING_PARAMETERS",
     "ENCODER_PARAMETERS",
     "GENERATION_PARAMETERS",
@@ -37,6 +43,7 @@ __all__ = [
     "Experiment",
     "PlannedRun",
     "file_label",
+    "image_placeholder",
     "jsonable",
     "settings_section",
     "value_label",
@@ -98,7 +105,14 @@ class Axis:
 
 @dataclass(frozen=True)
 class Experiment:
-    """A validated experiment definition (from a TOML file or the built-ins)."""
+    """A validated experiment definition (from a TOML file or the built-ins).
+
+    ``images``: the input images its placeholders name (``{image}`` = the first, ``{imageN}`` = the N-th, ``{images}``
+    = all), replaced by ``--image``; :meth:`with_images` substitutes them. ``baseline``: one more combination outside
+    the grid, planned first, whose runs carry its label on every axis; its conditioning is the built-in default plus
+    its own parameters (the planner leaves out the conditioning of the profile, ``[base]`` and overrides), so a grid
+    of VL settings can hold the pure Qwen3-4B run of each prompt and seed, the metrics' default reference.
+    """
 
     name: str
     description: str
@@ -109,19 +123,28 @@ class Experiment:
     base: dict[str, Any]
     axes: tuple[Axis, ...]
     source: str
+    images: tuple[str, ...] = ()
+    baseline: AxisValue | None = None
 
     def variables(self) -> list[str]:
         """Axis names, in order (the variable columns of results.csv)."""
         return [axis.name for axis in self.axes]
 
+    def is_baseline(self, combination: Sequence[AxisValue]) -> bool:
+        """Whether ``combination`` (one of :meth:`combinations`) is the baseline's."""
+        return self.baseline is not None and bool(combination) and combination[0] is self.baseline
+
     def combinations(self) -> list[tuple[AxisValue, ...]]:
         """Every combination of axis values, one AxisValue per axis in axis order.
 
-        A grid over zip groups (an axis without ``zip`` is a group of its own), ordered by each group's
-        first axis, the first group varying slowest; the axes of a zip group advance together.
+        The baseline's first, if there is one (its AxisValue on every axis); then a grid over zip groups (an axis
+        without ``zip`` is a group of its own), ordered by each group's first axis, the first group varying slowest;
+        the axes of a zip group advance together.
         """
         groups, lengths = self._zip_groups()
         out: list[tuple[AxisValue, ...]] = []
+        if self.baseline is not None:
+            out.append(tuple(self.baseline for _ in self.axes))
         for picks in itertools.product(*(range(n) for n in lengths)):
             chosen: list[AxisValue | None] = [None] * len(self.axes)
             for group, k in zip(groups, picks, strict=True):
@@ -132,7 +155,7 @@ class Experiment:
 
     def combination_count(self) -> int:
         """``len(self.combinations())``, counted without building them (a plan's size is checked first)."""
-        return math.prod(self._zip_groups()[1])
+        return math.prod(self._zip_groups()[1]) + (self.baseline is not None)
 
     def _zip_groups(self) -> tuple[list[list[int]], list[int]]:
         """(axis indices of each zip group in grid order, each group's length); unequal lengths: ConfigError."""
@@ -160,23 +183,101 @@ class Experiment:
         return self.combination_count()
 
     def to_dict(self) -> dict[str, Any]:
-        """The definition as JSON-serialisable data (stored with the results)."""
-        return {
+        """The definition as JSON-serialisable data (stored with the results), with the images it was given.
+
+        A baseline is stored as it was written (``baseline``) and also as the first value of every axis, the value
+        each axis takes on its runs, with its source made explicit (the default, text, unless it sets one): readers
+        of the stored axes (the metrics' default reference; what an axis decides, conditioning deciding every
+        source parameter) then need to know nothing of baselines.
+        """
+        axes = []
+        for axis in self.axes:
+            values = [{"label": v.label, "params": jsonable(v.params)} for v in axis.values]
+            if self.baseline is not None:
+                values.insert(0, {"label": self.baseline.label, "params": jsonable(self.baseline_params())})
+            axes.append({"name": axis.name, "zip": axis.zip, "values": values})
+        out = {
             "name": self.name,
             "description": self.description,
             "seeds": list(self.seeds),
             "prompts": {"ids": list(self.prompt_ids), "category": self.prompt_category, "max": self.max_prompts},
+            "images": list(self.images),
             "base": jsonable(self.base),
-            "axes": [
-                {
-                    "name": axis.name,
-                    "zip": axis.zip,
-                    "values": [{"label": v.label, "params": jsonable(v.params)} for v in axis.values],
-                }
-                for axis in self.axes
-            ],
+            "axes": axes,
             "source": self.source,
         }
+        if self.baseline is not None:
+            out["baseline"] = {"label": self.baseline.label, "params": jsonable(self.baseline.params)}
+        return out
+
+    def baseline_params(self) -> dict[str, Any]:
+        """The baseline's parameters with its source explicit (see to_dict); {} without a baseline."""
+        if self.baseline is None:
+            return {}
+        return {"conditioning": ConditioningSettings.model_fields["conditioning"].default, **self.baseline.params}
+
+    # ---------------------------------------------------------------------------------------- input images
+
+    def image_uses(self) -> list[tuple[str, str]]:
+        """(placeholder, where) for every placeholder in the definition, in order: ``where`` names the parameter
+        and its level, for messages (``[base] vl_image``, ``axis 'reference' value 'both' vl_image``)."""
+        levels: list[tuple[str, Mapping[str, Any]]] = [("[base]", self.base)]
+        if self.baseline is not None:
+            levels.append((f"baseline '{self.baseline.label}'", self.baseline.params))
+        levels += [(f"axis '{a.name}' value '{v.label}'", v.params) for a in self.axes for v in a.values]
+        out = []
+        for level, params in levels:
+            for name in IMAGE_SETTINGS:
+                value = params.get(name)
+                for item in value if isinstance(value, list) else [value]:
+                    if image_placeholder(item) is not None:
+                        out.append((item, f"{level} {name}"))
+        return out
+
+    def images_needed(self) -> tuple[int, bool]:
+        """(how many images the placeholders need, whether ``{images}`` takes any number from there on)."""
+        uses = [placeholder for placeholder, _ in self.image_uses()]
+        needed = max((_images_required(p) for p in uses), default=0)
+        return needed, "{images}" in uses
+
+    def with_images(self, paths: Sequence[str | Path] | None = None) -> Experiment:
+        """A copy with its placeholders replaced by ``paths`` (``--image``; None: its own ``images``), recorded as
+        absolute paths in ``images``; ``self`` when it has no placeholders and no paths are given.
+
+        One-line errors naming the experiment and the fix: a placeholder past the images given, images the
+        placeholders do not use (they would do nothing), ``--image`` for an experiment with no placeholder.
+        """
+        uses = self.image_uses()
+        if not uses:
+            if paths:
+                raise ConfigError(f"experiment {self.name} takes no input image; drop --image")
+            return self
+        images = tuple(os.path.abspath(Path(p).expanduser()) for p in (self.images if paths is None else paths))
+        needed, open_ended = self.images_needed()
+        if len(images) < needed:
+            placeholder, where = next((p, w) for p, w in uses if _images_required(p) == needed)
+            what = "an input image" if needed == 1 else f"{needed} images"
+            times = {1: "once", 2: "twice"}.get(needed, f"{needed} times")
+            own = "" if paths is not None or self.source == "built-in" else " (or list them in images = [...])"
+            raise ConfigError(
+                f"{self.name} needs {what} ({placeholder} in {where}), got {len(images)}: pass --image {times}{own}"
+            )
+        if len(images) > needed and not open_ended:
+            times = {1: "once", 2: "twice"}.get(needed, f"{needed} times")
+            raise ConfigError(
+                f"{self.name} takes {needed} input image{'s' if needed > 1 else ''}, got {len(images)}: "
+                f"pass --image {times}"
+            )
+
+        def resolve(params: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: _substitute(v, images) if k in IMAGE_SETTINGS else v for k, v in params.items()}
+
+        axes = tuple(
+            dataclasses.replace(a, values=tuple(AxisValue(v.label, resolve(v.params)) for v in a.values))
+            for a in self.axes
+        )
+        baseline = None if self.baseline is None else AxisValue(self.baseline.label, resolve(self.baseline.params))
+        return dataclasses.replace(self, images=images, base=resolve(self.base), axes=axes, baseline=baseline)
 
 
 @dataclass(frozen=True)
@@ -220,6 +321,42 @@ class PlannedRun:
 # --------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------
+
+ALL_IMAGES = -1  # image_placeholder's index of {images}
+_PLACEHOLDER_RE = re.compile(r"\{image([1-9][0-9]*)?\}")
+
+
+def image_placeholder(value: Any) -> int | None:
+    """The image index a placeholder stands for (``{image}`` 0, ``{image2}`` 1, ...; ``{images}``
+    :data:`ALL_IMAGES`), or None if ``value`` is not one. ``{image1}`` is not one (the first is ``{image}``)."""
+    if not isinstance(value, str):
+        return None
+    if value == "{images}":
+        return ALL_IMAGES
+    match = _PLACEHOLDER_RE.fullmatch(value)
+    if match is None or match.group(1) == "1":
+        return None
+    return int(match.group(1) or 1) - 1
+
+
+def _images_required(placeholder: str) -> int:
+    """How many images a placeholder needs (``{images}``: at least one)."""
+    index = image_placeholder(placeholder)
+    return 1 if index == ALL_IMAGES or index is None else index + 1
+
+
+def _substitute(value: Any, images: Sequence[str]) -> Any:
+    """An image parameter's value with its placeholders replaced (``{images}`` spliced into a list)."""
+    if isinstance(value, list):
+        out: list[Any] = []
+        for item in value:
+            index = image_placeholder(item)
+            out.extend(images if index == ALL_IMAGES else [_substitute(item, images)])
+        return out
+    index = image_placeholder(value)
+    if index is None:
+        return value
+    return list(images) if index == ALL_IMAGES else images[index]
 
 
 def jsonable(value: Any) -> Any:

@@ -11,7 +11,10 @@ profile) > built-in defaults. Two pairs of parameters replace each other, as in 
 a level that sets ``hidden_layer`` (without ``layer_weights``) clears a blend from a lower level, and a level
 that sets ``steps`` or ``shift`` (without ``sigmas``) clears explicit sigmas from a lower level; a level that
 sets ``sigmas`` without ``steps`` derives ``steps`` from them. An override of a swept parameter is therefore
-ignored on that axis's runs, with no error: :func:`swept_overrides` names them so the CLI can say so.
+ignored on that axis's runs, with no error: :func:`swept_overrides` names them so the CLI can say so. A baseline
+(``Experiment.baseline``) takes the same levels but the conditioning of the built-in defaults and its own table only
+(:func:`baseline_overrides` names the overrides it does not take). Placeholders of input images are replaced first
+(``Experiment.with_images``).
 
 Resolved params record an inert value as ``None`` (the value "does not apply"), so the same image gets the
 same parameters and id whatever an unused setting held: ``hidden_layer`` when ``layer_weights`` is set,
@@ -74,6 +77,7 @@ if TYPE_CHECKING:  # prompts.py is imported lazily: planning must stay light wha
 __all__ = [
     "NOT_PARAMETERS",
     "REPLACES",
+    "baseline_overrides",
     "compute_run_id",
     "default_params",
     "image_name",
@@ -326,7 +330,7 @@ def _check_overrides(overrides: Mapping[str, Any] | None, where: str) -> dict[st
 
 # Parameters an axis value makes irrelevant below it, besides the one it sets (see _merge). shift_source goes
 # with the shift: an axis that sets shift or sigmas decides it too (the metrics then do not hold it fixed).
-REPLACES: dict[str, tuple[str, ...]] = {
+_MERGE_REPLACES: dict[str, tuple[str, ...]] = {
     "hidden_layer": ("layer_weights",),
     "layer_weights": ("hidden_layer",),
     "sigmas": ("steps", "shift", "shift_source"),
@@ -334,6 +338,20 @@ REPLACES: dict[str, tuple[str, ...]] = {
     "shift": ("sigmas", "shift_source"),
     "vl_alpha": ("vl_alpha_schedule",),
     "vl_alpha_schedule": ("vl_alpha",),
+}
+# What an axis that sets a parameter decides besides it (stored with the plan: the metrics do not hold these fixed
+# when they pair a run with its reference): the above, every other conditioning parameter for the source (a text
+# run has them all None, a VL run its resolved values) and the values the planner derives from the source and the
+# input images (_with_inputs), so that a VL run pairs with the pure Qwen3-4B run of an axis.
+REPLACES: dict[str, tuple[str, ...]] = {
+    **_MERGE_REPLACES,
+    "conditioning": (
+        *(name for name in CONDITIONING_PARAMETERS if name != "conditioning"),
+        "input_sha256",
+        "source_model",
+        "source_numerics",
+    ),
+    **{name: ("input_sha256",) for name in IMAGE_SETTINGS},
 }
 
 # Parameters added after run ids were first issued, with the values that make the images of before: at those
@@ -361,7 +379,8 @@ def swept_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None)
     for axis in experiment.axes:
         for param in axis.parameters():
             touched.add(param)
-            touched.update(REPLACES.get(param, ()))
+            # Only what a value really replaces: an axis that sets conditioning leaves an override of vl_layer alone.
+            touched.update(_MERGE_REPLACES.get(param, ()))
     return [k for k, v in (overrides or {}).items() if v is not None and k in touched]
 
 
@@ -446,6 +465,33 @@ def _with_inputs(
     return out
 
 
+# A baseline's conditioning is the built-in default plus its own: the profile's, [base]'s and the overrides' would set
+# the grid's source settings on it (and a VL setting on a text run is refused as inert).
+_DEFAULT_CONDITIONING: dict[str, Any] = {
+    k: ConditioningSettings.model_fields[k].default for k in CONDITIONING_PARAMETERS
+}
+
+
+def _baseline_levels(
+    settings_layer: Mapping[str, Any], base: Mapping[str, Any], overrides: Mapping[str, Any], own: Mapping[str, Any]
+) -> list[Mapping[str, Any]]:
+    """The parameter levels of a baseline run: those of every run (same encoder and generation settings, so the
+    same size, steps and shift), with the conditioning of the profile, ``[base]`` and the overrides left out."""
+
+    def without(level: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in level.items() if k not in CONDITIONING_PARAMETERS}
+
+    return [{**settings_layer, **_DEFAULT_CONDITIONING}, without(base), without(overrides), own]
+
+
+def baseline_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None) -> list[str]:
+    """Names of the given overrides that a baseline does not take (conditioning parameters: see
+    :func:`_baseline_levels`), so the CLI can say so."""
+    if experiment.baseline is None:
+        return []
+    return [k for k, v in (overrides or {}).items() if v is not None and k in CONDITIONING_PARAMETERS]
+
+
 def _run_name(experiment: Experiment, prompt_id: str, seed: int, variables: Mapping[str, str]) -> str:
     parts = " ".join(f"{k}={v}" for k, v in variables.items())
     return f"{experiment.name} run {prompt_id} seed {seed}" + (f" {parts}" if parts else "")
@@ -506,12 +552,18 @@ def plan(
             f"combinations x {len(seed_list)} seeds, above the limit of {settings.limits.max_runs} runs "
             f"(limits.max_runs); if you mean it, raise it in the config file: [default.limits] max_runs = {total}"
         )
+    experiment = experiment.with_images()  # its placeholders replaced by its images (already done: itself)
     override_layer = _check_overrides(
         overrides, _run_name(experiment, prompts[0].id, seed_list[0], {}) + " (and every other run)"
     )
     settings_layer = _settings_layer(settings)
     combos = experiment.combinations()
-    levels = [[settings_layer, experiment.base, override_layer, *(v.params for v in combo)] for combo in combos]
+    levels = [
+        _baseline_levels(settings_layer, experiment.base, override_layer, combo[0].params)
+        if experiment.is_baseline(combo)
+        else [settings_layer, experiment.base, override_layer, *(v.params for v in combo)]
+        for combo in combos
+    ]
     merged = [_merge(combo_levels) for combo_levels in levels]
     shift_of = functools.cache(shift_default or _builtin_shift)
     resolved: dict[int, dict[str, Any]] = {}  # per combination: params without the seed's value

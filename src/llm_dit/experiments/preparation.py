@@ -133,10 +133,14 @@ def prepare_experiment(
     max_prompts: int | None = None,
     seeds: Sequence[int] | None = None,
     overrides: dict[str, Any] | None = None,
+    images: Sequence[str | Path] | None = None,
     batch_size: int = 8,
     pipeline: LlmDitPipeline | PipelineSource | None = None,
 ) -> PreparedExperiment:
     """Resolve the experiment, its prompts and seeds, plan every run and check them all before any model loads.
+
+    ``images`` (``--image``) replace the experiment's own input images; its placeholders are resolved here, so the
+    prepared experiment (and the definition the store keeps) names the images used, as absolute paths.
 
     A bad value fails here, naming the run; so does a prompt that cannot fit the token cap (tokenizer only), and
     a plan above ``settings.limits.max_runs``, counted before it is expanded. ``pipeline``: one already built from
@@ -144,12 +148,13 @@ def prepare_experiment(
     load once). Imports no model library unless ``pipeline`` is a built one.
     """
     from llm_dit.experiments.loader import get_experiment
-    from llm_dit.experiments.planner import plan, swept_overrides
+    from llm_dit.experiments.planner import baseline_overrides, plan, swept_overrides
     from llm_dit.experiments.prompts import load_library, select_prompts
     from llm_dit.models import checkpoint
 
     # With its own seeds, a file is refused for its size before its values are even validated.
     experiment = get_experiment(name, experiment_file, max_runs=None if seeds else settings.limits.max_runs)
+    experiment = experiment.with_images(images)
     library = load_library()
     prompts = select_prompts(
         library,
@@ -183,6 +188,11 @@ def prepare_experiment(
     notes = [
         f"--set {key} is swept by the experiment; the axis values win" for key in swept_overrides(experiment, overrides)
     ]
+    if experiment.baseline is not None:
+        notes += [
+            f"--set {key} does not apply to the baseline '{experiment.baseline.label}' (it keeps its own conditioning)"
+            for key in baseline_overrides(experiment, overrides)
+        ]
     source = pipeline if isinstance(pipeline, PipelineSource) else PipelineSource(settings, batch_size, pipeline)
     checker = source.checker(info)
     for run in runs:
@@ -196,6 +206,7 @@ def prepare_experiment(
         "seeds": list(seeds) if seeds else list(experiment.seeds),
         "prompt_ids": [p.id for p in prompts],
         "experiment_file": str(experiment_file) if experiment_file else None,
+        "images": list(experiment.images),
         "numerics": numerics,
     }
     return PreparedExperiment(experiment, runs, settings, checker, source, notes, choices)

@@ -1,4 +1,4 @@
-"""The seeds' priority sweeps, as presets over built-in experiments."""
+"""The seeds' priority sweeps, as presets over built-in experiments, and named groups of them (``sweep vl``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ class SweepPreset:
     question: str
 
 
-# Priority order, as in the seeds' sweep scripts (sweep_*.sh): run first what is cheap and most informative.
+# Priority order, as in the seeds' sweep scripts (sweep_*.sh): run first what is cheap and most informative. These
+# are what `sweep --all` runs: text-encoder studies, which need only the Z-Image checkpoint.
 SWEEPS: tuple[SweepPreset, ...] = (
     SweepPreset("hidden_layer", "hidden_layer", "Which text-encoder layer conditions best?"),
     SweepPreset("shift_steps", "shift_steps_grid", "Which shift / step count gives the best quality per second?"),
@@ -22,13 +23,32 @@ SWEEPS: tuple[SweepPreset, ...] = (
     SweepPreset("long_prompt", "long_prompt_mode", "How should prompts past the token cap be compressed?"),
     SweepPreset("hidden_layer_blend", "hidden_layer_blend", "Do blends of layers beat a single layer?"),
 )
+# Named groups, each run in its own order. vl: seed 004's P0 set ("run now"), in its priority order; it needs a
+# Qwen3-VL checkpoint ([default.vl] model_path) and reference images (the built-ins' own, or --image), so --all
+# leaves it out.
+GROUPS: dict[str, tuple[SweepPreset, ...]] = {
+    "vl": (
+        SweepPreset(
+            "vl_outlier_masking", "vl_outlier_masking", "Is the 617x outlier dimension the cause of image artifacts?"
+        ),
+        SweepPreset("vl_only_vs_qwen3", "vl_only_vs_qwen3", "Can Qwen3-VL alone replace Qwen3-4B?"),
+        SweepPreset("vl_layer_by_token", "vl_layer_by_token", "Do image and text tokens want different layers?"),
+    ),
+}
 QUICK_MAX_PROMPTS = 2
 QUICK_SEEDS = (42,)
 
 
-def get_sweep(name: str) -> SweepPreset:
+def sweep_names() -> list[str]:
+    """Every name `sweep` takes: the presets, then the groups."""
+    return [p.name for p in SWEEPS] + list(GROUPS)
+
+
+def get_sweep(name: str) -> tuple[SweepPreset, ...]:
+    """The presets a sweep name runs, in order: one preset, or a group's."""
+    if name in GROUPS:
+        return GROUPS[name]
     for preset in SWEEPS:
         if preset.name == name:
-            return preset
-    valid = ", ".join(p.name for p in SWEEPS)
-    raise LlmDitError(f"unknown sweep {name!r}; valid: {valid} (or --all)")
+            return (preset,)
+    raise LlmDitError(f"unknown sweep {name!r}; valid: {', '.join(sweep_names())} (or --all)")
