@@ -11,11 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from llm_dit.conditioning.conditions import Condition
-from llm_dit.config import ConditioningSettings
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.model import TOKEN_MANIPULATION, PlannedRun
-
-_DEFAULT_CONDITIONING = {name: field.default for name, field in ConditioningSettings.model_fields.items()}
+from llm_dit.experiments.planner import DEFAULT_CONDITIONING
 
 
 def experiment_conditions(runs: Sequence[PlannedRun]) -> list[Condition]:
@@ -41,7 +39,7 @@ def experiment_conditions(runs: Sequence[PlannedRun]) -> list[Condition]:
         if run.prompt.id != first.prompt.id or run.seed != first.seed:
             continue
         encoder = run.encoder_params()
-        conditioning = {k: v for k, v in run.conditioning_params().items() if v != _DEFAULT_CONDITIONING.get(k)}
+        conditioning = {k: v for k, v in run.conditioning_params().items() if v != DEFAULT_CONDITIONING.get(k)}
         key = json.dumps([encoder, conditioning], sort_keys=True, default=str)
         label = ",".join(f"{axis}={value}" for axis, value in run.variables.items()) or "default"
         labels.setdefault(key, []).append(label)

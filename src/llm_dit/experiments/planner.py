@@ -467,7 +467,7 @@ def _with_inputs(
 
 # A baseline's conditioning is the built-in default plus its own: the profile's, [base]'s and the overrides' would set
 # the grid's source settings on it (and a VL setting on a text run is refused as inert).
-_DEFAULT_CONDITIONING: dict[str, Any] = {
+DEFAULT_CONDITIONING: dict[str, Any] = {
     k: ConditioningSettings.model_fields[k].default for k in CONDITIONING_PARAMETERS
 }
 
@@ -481,7 +481,7 @@ def _baseline_levels(
     def without(level: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in level.items() if k not in CONDITIONING_PARAMETERS}
 
-    return [{**settings_layer, **_DEFAULT_CONDITIONING}, without(base), without(overrides), own]
+    return [{**settings_layer, **DEFAULT_CONDITIONING}, without(base), without(overrides), own]
 
 
 def baseline_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None) -> list[str]:
