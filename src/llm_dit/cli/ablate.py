@@ -76,7 +76,11 @@ def ablate(
     set_: SetOpt = None,
     batch_size: BatchSizeOpt = 8,
     offload_encoder: Annotated[
-        bool, typer.Option("--offload-encoder", help="Free the encoder before sampling.")
+        bool,
+        typer.Option(
+            "--offload-encoder",
+            help="Encode everything first, each encoder (text, VL, embedding) freed after its inputs, then sample.",
+        ),
     ] = False,
     dry_run: DryRunOpt = False,
     force: RegenerateOpt = False,
