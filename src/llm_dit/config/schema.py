@@ -516,10 +516,7 @@ class GenerationSettings(BaseModel):
     @field_validator("init_image", mode="before")
     @classmethod
     def _v_init_image(cls, v: Any) -> str | None:
-        images = _image_list("init_image", v)
-        if images is not None and len(images) != 1:
-            raise ValueError(f"init_image takes one image, got {len(images)}")
-        return images[0] if images else None
+        return _one_image("init_image", v)
 
     @field_validator("strength", mode="before")
     @classmethod
@@ -662,6 +659,14 @@ def _image_list(name: str, value: Any) -> list[str] | None:
     return out
 
 
+def _one_image(name: str, value: Any) -> str | None:
+    """One image path (a one-item list too); ``None``/``""`` = no image."""
+    images = _image_list(name, value)
+    if images is not None and len(images) != 1:
+        raise ValueError(f"{name} takes one image, got {len(images)}")
+    return images[0] if images else None
+
+
 def _optional_unit(name: str, value: Any) -> float | None:
     if value is None or value == "":
         return None
@@ -751,10 +756,7 @@ class ConditioningSettings(BaseModel):
     @field_validator("style_image", "neutral_image", mode="before")
     @classmethod
     def _v_one_image(cls, v: Any, info: Any) -> str | None:
-        images = _image_list(info.field_name, v)
-        if images is not None and len(images) != 1:
-            raise ValueError(f"{info.field_name} takes one image, got {len(images)}")
-        return images[0] if images else None
+        return _one_image(info.field_name, v)
 
     @field_validator("vl_alpha_schedule", mode="before")
     @classmethod

@@ -257,16 +257,15 @@ class Experiment:
         if len(images) < needed:
             placeholder, where = next((p, w) for p, w in uses if _images_required(p) == needed)
             what = "an input image" if needed == 1 else f"{needed} images"
-            times = {1: "once", 2: "twice"}.get(needed, f"{needed} times")
             own = "" if paths is not None or self.source == "built-in" else " (or list them in images = [...])"
             raise ConfigError(
-                f"{self.name} needs {what} ({placeholder} in {where}), got {len(images)}: pass --image {times}{own}"
+                f"{self.name} needs {what} ({placeholder} in {where}), got {len(images)}: "
+                f"pass --image {_times(needed)}{own}"
             )
         if len(images) > needed and not open_ended:
-            times = {1: "once", 2: "twice"}.get(needed, f"{needed} times")
             raise ConfigError(
                 f"{self.name} takes {needed} input image{'s' if needed > 1 else ''}, got {len(images)}: "
-                f"pass --image {times}"
+                f"pass --image {_times(needed)}"
             )
 
         def resolve(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,6 +319,12 @@ class PlannedRun:
 
 # --------------------------------------------------------------------------------------------------
 # Small helpers
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
 # --------------------------------------------------------------------------------------------------
 
 ALL_IMAGES = -1  # image_placeholder's index of {images}
