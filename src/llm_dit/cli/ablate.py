@@ -252,7 +252,7 @@ def _ablate(
         prepared_all.append(
             prepare_experiment(name, settings=settings, batch_size=batch_size, pipeline=shared, **selection)
         )
-    _refuse_before_running(prepared_all, output_dir, dry_run)
+    refuse_before_running(prepared_all, output_dir, dry_run)
     failed = 0
     for i, prepared in enumerate(prepared_all):
         if headings:
@@ -269,7 +269,7 @@ def _ablate(
     return failed
 
 
-def _refuse_before_running(prepared_all: list[Any], output_dir: Path, dry_run: bool) -> None:
+def refuse_before_running(prepared_all: list[Any], output_dir: Path, dry_run: bool) -> None:
     """Another process running one of these experiments in ``output_dir``, or a damaged results database: one line
     and exit 2, before any pipeline is built or model loaded (the runner takes the lock for real later); a dry run
     only notes a running experiment (its read-only look at the database refuses damage itself)."""

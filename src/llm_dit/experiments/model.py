@@ -112,6 +112,8 @@ class Experiment:
     the grid, planned first, whose runs carry its label on every axis; its conditioning is the built-in default plus
     its own parameters (the planner leaves out the conditioning of the profile, ``[base]`` and overrides), so a grid
     of VL settings can hold the pure Qwen3-4B run of each prompt and seed, the metrics' default reference.
+    ``baseline_is_reference``: the stored definition names the baseline as the reference of every run (``reference``:
+    axis -> the baseline's label), whatever the axes' default values (a caption study's source images).
     """
 
     name: str
@@ -125,6 +127,7 @@ class Experiment:
     source: str
     images: tuple[str, ...] = ()
     baseline: AxisValue | None = None
+    baseline_is_reference: bool = False
 
     def variables(self) -> list[str]:
         """Axis names, in order (the variable columns of results.csv)."""
@@ -208,6 +211,8 @@ class Experiment:
         }
         if self.baseline is not None:
             out["baseline"] = {"label": self.baseline.label, "params": jsonable(self.baseline.params)}
+            if self.baseline_is_reference:  # the reference metrics' default: the baseline run of each prompt and seed
+                out["reference"] = {axis.name: self.baseline.label for axis in self.axes}
         return out
 
     def baseline_params(self) -> dict[str, Any]:

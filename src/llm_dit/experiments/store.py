@@ -63,11 +63,13 @@ if TYPE_CHECKING:
     import pandas
 
 # 2: metrics are keyed by version and carry params; 3: runs.in_plan; 4: image hashes (runs and metric values),
-# execution facts, batch timing (generation_time_s renamed seconds_per_image_batched), timed medians, peak memory.
-SCHEMA_VERSION = 4
+# execution facts, batch timing (generation_time_s renamed seconds_per_image_batched), timed medians, peak memory;
+# 5: the captions table (caption studies).
+SCHEMA_VERSION = 5
 # A read-only open needs no migration for these: version 2 lacks runs.in_plan (read as "in the plan"), versions 2
-# and 3 the columns of 4 (read as NULL: their metric values, tied to no image hash, are not current).
-READABLE_VERSIONS = (2, 3, 4)
+# and 3 the columns of 4 (read as NULL: their metric values, tied to no image hash, are not current), versions
+# before 5 the captions table (read as no captions).
+READABLE_VERSIONS = (2, 3, 4, 5)
 DB_NAME = "results.db"
 LOCK_NAME = ".lock"
 METRICS_LOCK_NAME = ".metrics.lock"
@@ -125,6 +127,20 @@ _METRICS_TABLE = """CREATE TABLE IF NOT EXISTS metrics (
     FOREIGN KEY (experiment, run_id) REFERENCES runs (experiment, run_id) ON DELETE CASCADE
 )"""
 
+# A caption study's captions, one per source run: made by Qwen3-VL or given in a file (``origin``). ``params`` is what
+# the caption depends on (the VL model, instruction, seed and token budget, the source image's hash; or the file):
+# a caption whose params differ from the current ones is made again.
+_CAPTIONS_TABLE = """CREATE TABLE IF NOT EXISTS captions (
+    experiment    TEXT NOT NULL REFERENCES experiments(name) ON DELETE CASCADE,
+    source_run_id TEXT NOT NULL,
+    caption       TEXT NOT NULL,
+    origin        TEXT NOT NULL CHECK (origin IN ('generated', 'given')),
+    params        TEXT NOT NULL DEFAULT '{}',  -- JSON: what the caption depends on besides the image
+    token_count   INTEGER,                    -- Qwen3 tokens of the caption text alone
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (experiment, source_run_id)
+)"""
+
 # One statement per string: splitting a script on ';' would break on comments, and executescript() COMMITs.
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS schema_version (
@@ -173,6 +189,7 @@ _SCHEMA = (
 )""",
     "CREATE INDEX IF NOT EXISTS runs_by_seq ON runs (experiment, seq)",
     _METRICS_TABLE,
+    _CAPTIONS_TABLE,
 )
 
 
@@ -361,6 +378,8 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
                 conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
         if "image_sha256" not in {row[1] for row in conn.execute("PRAGMA table_info(metrics)")}:
             conn.execute("ALTER TABLE metrics ADD COLUMN image_sha256 TEXT")
+    if version < 5:
+        conn.execute(_CAPTIONS_TABLE)
     conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 
@@ -406,7 +425,7 @@ def _validate_tables(conn: sqlite3.Connection, path: Path) -> int:
     version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
     if version is None:
         raise _damaged(path, "its schema_version table is empty")
-    missing = sorted({"experiments", "runs", "metrics"} - names)
+    missing = sorted({"experiments", "runs", "metrics", *(("captions",) if version >= 5 else ())} - names)
     if missing:
         raise _damaged(path, f"table {', '.join(missing)} missing")
     return int(version)
@@ -1015,6 +1034,48 @@ class ResultsStore:
                     (experiment,),
                 )
             ]
+
+    # -- captions (caption studies) -------------------------------------------------------------------------
+
+    def put_caption(
+        self,
+        experiment: str,
+        source_run_id: str,
+        caption: str,
+        *,
+        origin: str,
+        params: Mapping[str, Any],
+        token_count: int | None,
+    ) -> None:
+        """Store (or replace) the caption of a source run: one transaction, so a killed study keeps every caption
+        committed before it."""
+        if origin not in ("generated", "given"):
+            raise LlmDitError(f"caption origin must be 'generated' or 'given', got {origin!r}")
+        with self._write() as conn:
+            self._experiment_row(conn, experiment)
+            conn.execute(
+                """INSERT INTO captions (experiment, source_run_id, caption, origin, params, token_count, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (experiment, source_run_id) DO UPDATE SET caption = excluded.caption,
+                       origin = excluded.origin, params = excluded.params, token_count = excluded.token_count,
+                       created_at = excluded.created_at""",
+                (experiment, source_run_id, caption, origin, _dumps(dict(params)), token_count, _now()),
+            )
+
+    def captions(self, experiment: str) -> dict[str, dict[str, Any]]:
+        """source run id -> its caption row (``caption``, ``origin``, ``params`` decoded, ``token_count``,
+        ``created_at``); empty for a database from before captions (schema < 5, read-only)."""
+        if self._version < 5:
+            return {}
+        with self._read() as conn:
+            out = {}
+            for row in conn.execute(
+                "SELECT * FROM captions WHERE experiment = ? ORDER BY rowid", (_validate_name(experiment),)
+            ):
+                item = dict(row)
+                item["params"] = _loads(item["params"]) or {}
+                out[item.pop("source_run_id")] = item
+            return out
 
     @property
     def _metric_image_column(self) -> str:

@@ -142,8 +142,11 @@ class SourceEncoders:
     # -- encoding ------------------------------------------------------------------------------------
 
     def _wanted(self, request: GenerationRequest) -> dict[str, list[tuple[Any, ...]]]:
-        """Per role, the row keys a request needs: ``(source, pass key, layer, token mode)``."""
+        """Per role, the row keys a request needs: ``(source, pass key, layer, token mode)``; none for a text run (one
+        composed only for its fill mode)."""
         c = request.conditioning
+        if c.conditioning == "text":
+            return {}
         if c.conditioning == "vl":
             mode = c.vl_token_mode
             return {

@@ -187,7 +187,10 @@ class MetricsPass:
             described = ", ".join(f"{k or 'every prompt'}: {v}" for k, v in choice.images.items())
             return refs, f"source image ({described})"
         check_choice(choice, runs, axes)
-        labels = {**default_labels(runs, definition, defaults.params), **choice.axes}
+        # An experiment may name its own reference (a caption study: every run's own source); else each axis's
+        # default value.
+        own = definition.get("reference") or default_labels(runs, definition, defaults.params)
+        labels = {**own, **choice.axes}
         if not labels:
             raise LlmDitError(
                 f"{experiment}: no reference for ssim/psnr/mad/lpips/color_shift: "
