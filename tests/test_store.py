@@ -565,7 +565,7 @@ def old_database(root: Path, version: int) -> None:
 
 
 @pytest.mark.parametrize("version", [2, 3])
-def test_an_old_database_is_read_as_is_and_migrated_to_4_without_hashing(tmp_path: Path, version: int) -> None:
+def test_an_old_database_is_read_as_is_and_migrated_without_hashing(tmp_path: Path, version: int) -> None:
     root = tmp_path / "results"
     old_database(root, version)
     before = results_snapshot(root)
@@ -578,6 +578,7 @@ def test_an_old_database_is_read_as_is_and_migrated_to_4_without_hashing(tmp_pat
         assert [v.image_sha256 for v in reader.metric_values(EXP)] == [None, None]
         found = peek_runs(root, EXP)
         assert (found.done, found.timed, found.seconds) == ({"a", "b"}, set(), [0.25, 0.5])
+        assert reader.captions(EXP) == {}  # no captions table before 5: none
     assert results_snapshot(root) == before  # a reader changes nothing
 
     with ResultsStore(root) as writer:
@@ -589,7 +590,8 @@ def test_an_old_database_is_read_as_is_and_migrated_to_4_without_hashing(tmp_pat
         assert [r["metrics"] for r in runs] == [{}] * 3
         _, results_path = writer.export(EXP)
     conn = sqlite3.connect(root / DB_NAME)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(4,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(5,)]
+    assert {row[1] for row in conn.execute("PRAGMA table_info(captions)")} >= {"source_run_id", "caption", "params"}
     columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
     assert "generation_time_s" not in columns and {"seconds_per_image_batched", "image_sha256", "execution"} <= columns
     assert "image_sha256" in {row[1] for row in conn.execute("PRAGMA table_info(metrics)")}
@@ -690,9 +692,11 @@ def test_a_damaged_database_is_refused_in_one_line_and_left_as_it_is(store: Resu
 def test_a_damaged_page_is_refused_by_the_call_that_reads_it(store: ResultsStore) -> None:
     store.plan_runs(EXP, make_runs())
     store.close()
-    size = store.db_path.stat().st_size
     page = int.from_bytes(store.db_path.read_bytes()[16:18], "big")
-    scribble(store.db_path, size - page, b"\xff" * page)  # the last page (run rows), header intact
+    conn = sqlite3.connect(store.db_path)
+    (root_page,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'runs'").fetchone()
+    conn.close()
+    scribble(store.db_path, (root_page - 1) * page, b"\xff" * page)  # the run rows' page, header intact
     reopened = ResultsStore(store.root)  # the header and the table list are fine
     with pytest.raises(LlmDitError, match=rf"results database {re.escape(str(store.db_path))} is damaged"):
         reopened.runs(EXP)
@@ -720,3 +724,21 @@ def test_timed_stats_are_the_median_and_the_extremes_of_the_repeats() -> None:
     with pytest.raises(LlmDitError, match="at least one repeat"):
         TimedStats.from_samples([])
     assert RunTiming(3.0, 4).seconds_per_image_batched == 0.75
+
+
+def test_captions_are_kept_per_source_run_and_replaced_whole(tmp_path: Path) -> None:
+    with ResultsStore(tmp_path) as store:
+        store.start_experiment(EXP, "", {}, {})
+        store.put_caption(EXP, "r1", "A cat.", origin="generated", params={"seed": 1}, token_count=3)
+        store.put_caption(EXP, "r2", "A dog.", origin="generated", params={"seed": 2}, token_count=3)
+        store.put_caption(EXP, "r1", "A grey cat.", origin="given", params={"file": "c.json"}, token_count=4)
+        with pytest.raises(LlmDitError, match="caption origin must be"):
+            store.put_caption(EXP, "r3", "x", origin="made", params={}, token_count=1)
+        with pytest.raises(LlmDitError, match="no experiment 'other'"):
+            store.put_caption("other", "r3", "x", origin="given", params={}, token_count=1)
+    with ResultsStore(tmp_path, read_only=True) as reader:
+        captions = reader.captions(EXP)
+    assert list(captions) == ["r1", "r2"]
+    assert {k: v for k, v in captions["r1"].items() if k != "created_at"} == {
+        "caption": "A grey cat.", "origin": "given", "params": {"file": "c.json"}, "token_count": 4,
+    }  # fmt: skip

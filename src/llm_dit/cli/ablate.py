@@ -35,7 +35,16 @@ from llm_dit.cli.options import (
     parse_metric_names,
     parse_sets,
 )
-from llm_dit.cli.terminal import Column, check_format, console, note, print_records, print_rows, progress_bar
+from llm_dit.cli.terminal import (
+    Column,
+    check_format,
+    console,
+    count_noun,
+    note,
+    print_records,
+    print_rows,
+    progress_bar,
+)
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.store import DB_NAME, DEFAULT_ROOT
 from llm_dit.experiments.sweeps import SWEEPS, sweep_names
@@ -135,6 +144,12 @@ def sweep(
         bool, typer.Option("--all", help=f"Run {', '.join(p.name for p in SWEEPS)} in priority order (not vl).")
     ] = False,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer prompts and seeds.")] = False,
+    skip_vl: Annotated[
+        bool, typer.Option("--skip-vl", help="Leave out the sweeps that regenerate through Qwen3-VL (caption_vl).")
+    ] = False,
+    caption_max_tokens: Annotated[
+        int | None, typer.Option("--caption-max-tokens", help="Caption studies: longest caption (default 1024).")
+    ] = None,
     dry_run: DryRunOpt = False,
     seeds: SeedsOpt = None,
     image: ImageOpt = None,
@@ -154,19 +169,53 @@ def sweep(
     timing: TimingOpt = False,
     timing_repeats: TimingRepeatsOpt = None,
 ) -> None:
-    """The seeds' priority sweeps as presets over the built-in experiments; `vl` runs seed 004's P0 set in order."""
-    from llm_dit.experiments.sweeps import QUICK_MAX_PROMPTS, QUICK_SEEDS, get_sweep
+    """The seeds' priority sweeps as presets over the built-in experiments; `vl` runs seed 004's P0 set in order,
+    `caption` seed 002's caption-length study sweeps (`sweep caption --all` is the same: the seed's run_all)."""
+    from llm_dit.experiments.sweeps import CAPTION_STUDY, GROUPS, QUICK_MAX_PROMPTS, QUICK_SEEDS, get_sweep
 
     timing_plan = _timing_plan(timing, timing_repeats)
-    if all_ == (name is not None):
+    if name is None and not all_:
         raise LlmDitError("name one sweep or pass --all; sweeps: " + ", ".join(sweep_names()))
-    presets = list(SWEEPS) if all_ else list(get_sweep(name or ""))
-    group = "" if all_ or len(presets) == 1 else f"{name}: "  # a group's heading names the group and the preset
+    if all_ and name is not None and name not in GROUPS:
+        raise LlmDitError(f"--all runs every sweep or a whole group ({', '.join(GROUPS)}); drop it to run {name}")
+    presets = list(SWEEPS) if name is None else list(get_sweep(name))
+    if skip_vl:
+        if not any(p.needs_vl for p in presets):
+            raise LlmDitError(f"--skip-vl: no sweep of {name or '--all'} regenerates through Qwen3-VL; drop it")
+        presets = [p for p in presets if not p.needs_vl]
+    group = "" if name is None or len(presets) == 1 else f"{name}: "  # a group's heading names the group and preset
+    headings = [f"[bold]sweep {group}{preset.name}[/bold]: {escape(preset.question)}" for preset in presets]
     seed_list = parse_csv(seeds, "--seeds", int) or (list(QUICK_SEEDS) if quick else None)
+    if presets[0].kind == CAPTION_STUDY:  # a group is all of one kind
+        from llm_dit.cli.study import run_studies
+        from llm_dit.experiments.caption_study import CAPTION_PRESETS
+
+        for flag, given in (("--image", image), ("--prompt-category", category), ("--timing", timing)):
+            if given:
+                raise LlmDitError(f"{flag} does not apply to the caption studies (sources come from their prompts)")
+        budget = {} if caption_max_tokens is None else {"caption_max_tokens": caption_max_tokens}
+        failed = run_studies(
+            [CAPTION_PRESETS[p.experiment].study(quick, seed_list, **budget) for p in presets],
+            headings=headings,
+            config=config,
+            profile=profile,
+            model_path=chosen_model_path(model_path, model),
+            output_dir=output_dir,
+            overrides=parse_sets(set_),
+            batch_size=batch_size,
+            metric_names=parse_metric_names(metric) if metric else None,
+            dry_run=dry_run,
+            force=force,
+        )
+        if failed:
+            raise typer.Exit(code=1)
+        return
+    if caption_max_tokens is not None:
+        raise LlmDitError("--caption-max-tokens applies to the caption studies (sweep caption ...); drop it")
     failed = _ablate(
         [preset.experiment for preset in presets],
         images=_checked_images(image),
-        headings=[f"[bold]sweep {group}{preset.name}[/bold]: {escape(preset.question)}" for preset in presets],
+        headings=headings,
         config=config,
         profile=profile,
         model_path=chosen_model_path(model_path, model),
@@ -252,6 +301,8 @@ def _ablate(
         prepared_all.append(
             prepare_experiment(name, settings=settings, batch_size=batch_size, pipeline=shared, **selection)
         )
+    from llm_dit.cli.checks import refuse_before_running
+
     refuse_before_running(prepared_all, output_dir, dry_run)
     failed = 0
     for i, prepared in enumerate(prepared_all):
@@ -267,25 +318,6 @@ def _ablate(
                 output_dir, prepared.experiment.name, specs, notes, settings.metrics, explicit=bool(metric_names)
             )
     return failed
-
-
-def refuse_before_running(prepared_all: list[Any], output_dir: Path, dry_run: bool) -> None:
-    """Another process running one of these experiments in ``output_dir``, or a damaged results database: one line
-    and exit 2, before any pipeline is built or model loaded (the runner takes the lock for real later); a dry run
-    only notes a running experiment (its read-only look at the database refuses damage itself)."""
-    from llm_dit.experiments.store import ResultsStore, lock_holder
-
-    if not dry_run and (output_dir / DB_NAME).is_file():
-        with ResultsStore(output_dir, read_only=True):  # opening checks it, and writes nothing
-            pass
-    for prepared in prepared_all:
-        holder = lock_holder(output_dir, prepared.experiment.name)
-        if holder is None:
-            continue
-        busy = f"experiment {prepared.experiment.name!r} in {output_dir} is already being run by another process"
-        if not dry_run:
-            raise LlmDitError(f"{busy} ({holder}); wait for it or use another --output-dir")
-        note(f"{busy} ({holder}); a real run would be refused until it ends")
 
 
 # --list-experiments and --list-prompts: the keys of --format json/csv, in order (documented in docs/experiments.md).
@@ -330,11 +362,6 @@ def _list(experiments: bool, prompts: bool, output_format: str) -> None:
             Column("text", show=lambda text: text if len(text) <= 90 else text[:87] + "..."),  # json/csv: whole
         ]
         print_records(output_format, PROMPT_FIELDS, records, columns)
-
-
-def _n(count: int, noun: str) -> str:
-    """'1 prompt', '2 prompts'."""
-    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _run_prepared(
@@ -461,8 +488,8 @@ def _print_plan(
     prompts = sorted({r.prompt.id for r in runs})
     seeds = sorted({r.seed for r in runs})
     out.print(
-        f"{len(runs)} runs = {_n(len(prompts), 'prompt')} x {_n(len(exp.combinations()), 'combination')} x "
-        f"{_n(len(seeds), 'seed')}",
+        f"{len(runs)} runs = {count_noun(len(prompts), 'prompt')} x "
+        f"{count_noun(len(exp.combinations()), 'combination')} x {count_noun(len(seeds), 'seed')}",
         highlight=False,
     )
     out.print(

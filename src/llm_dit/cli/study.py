@@ -27,7 +27,7 @@ from llm_dit.cli.options import (
     parse_metric_names,
     parse_sets,
 )
-from llm_dit.cli.terminal import console, note, print_rows, progress_bar, wrote
+from llm_dit.cli.terminal import console, count_noun, note, print_rows, progress_bar, wrote
 from llm_dit.constants import DEFAULT_CAPTION_PROMPT, FILL_MODES
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.store import DEFAULT_ROOT
@@ -173,7 +173,7 @@ def run_studies(
 ) -> int:
     """Check and plan every study (before any model loads), then run each: its phases, metrics, export and findings.
     The studies share one pipeline. Returns the number of failed runs and captions."""
-    from llm_dit.cli.ablate import refuse_before_running
+    from llm_dit.cli.checks import refuse_before_running
     from llm_dit.config import load_settings
     from llm_dit.experiments.caption_study import prepare_study
     from llm_dit.metrics.registry import select_metrics
@@ -224,7 +224,6 @@ def _run_one(
     from llm_dit.metrics.registry import select_metrics
 
     study = prepared.study
-    metadata = {"caption_study": study.to_dict(), "overrides": prepared.overrides, "numerics": prepared.numerics}
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("failed {task.fields[failed]}"),
         TimeElapsedColumn(), TimeRemainingColumn(),
@@ -232,7 +231,7 @@ def _run_one(
     phase = iter(("sources", "regenerations"))
     with ResultsStore(output_dir) as store:
 
-        def run_experiment(experiment: Any, runs: list[Any]) -> Any:
+        def run_experiment(experiment: Any, runs: list[Any], metadata: dict[str, Any]) -> Any:
             with progress_bar(f"{study.name} {next(phase)}", *columns, failed=0) as report:
                 runner = ExperimentRunner(
                     prepared.pipeline_source.get(), store, batch_size=batch_size,
@@ -291,8 +290,8 @@ def _print_plan(prepared: Any, output_dir: Path) -> None:
     sources = study.sources()
     per = study.regenerations_per_source()
     out.print(
-        f"{study.images()} images = {len(sources)} sources ({len(study.prompts)} prompts x {len(study.seeds)} seeds) "
-        f"+ {len(sources)} x {per} regenerations",
+        f"{study.images()} images = {count_noun(len(sources), 'source')} ({count_noun(len(study.prompts), 'prompt')} x "
+        f"{count_noun(len(study.seeds), 'seed')}) + {len(sources)} x {count_noun(per, 'regeneration')}",
         highlight=False,
     )
     if study.captions is not None:

@@ -41,6 +41,11 @@ def say(markup: str, text: str) -> None:
     console.print(f"{markup} {escape(text)}", highlight=False, soft_wrap=True)
 
 
+def count_noun(count: int, noun: str) -> str:
+    """'1 prompt', '2 prompts'."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def wrote(text: str) -> None:
     """'wrote <what>': the line every command prints for each file it writes."""
     say("[green]wrote[/green]", text)

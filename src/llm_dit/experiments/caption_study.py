@@ -72,6 +72,10 @@ MIN_LAYER, MAX_LAYER = -37, 36  # Qwen3-4B / Qwen3-VL-4B hidden states (checked 
 # Axis names (results.csv columns, summaries); the seed's file-name tags in the export.
 TARGET_LENGTH, FILL_MODE, COMPRESSION, HIDDEN_LAYER = "target_length", "fill_mode", "compression", "hidden_layer"
 VL_LAYER, TOKEN_MODE = "vl_layer", "token_mode"
+_DESCRIPTION = (
+    "Caption-length study (seed 002): each source image (short prompt, seed) is captioned by Qwen3-VL and regenerated "
+    "from the caption under each configuration; SSIM against its own source says which keeps the content."
+)
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPECIAL_TOKEN_RE = re.compile(r"<\|[A-Za-z0-9_]+\|>")
@@ -159,11 +163,8 @@ class CaptionStudy:
             axes.append(axis(TOKEN_MODE, "vl_token_mode", self.token_modes))
         else:
             axes.append(axis(HIDDEN_LAYER, "hidden_layer", self.hidden_layers or (settings.encoder.hidden_layer,)))
-        what = "Qwen3-VL (source image + caption)" if self.vl_mode else "Qwen3-4B (caption)"
-        description = self.description or (
-            "Caption-length study: does the DiT care about the embedding's length, or only its content? Each source "
-            f"image (short prompt, seed) is captioned by Qwen3-VL and regenerated through {what} at each target "
-            "length and fill mode; SSIM against its own source says which configuration keeps the content."
+        description = (
+            self.description or f"Does the DiT care about the embedding's length, or only its content? {_DESCRIPTION}"
         )
         return Experiment(
             name=self.name,
@@ -409,9 +410,14 @@ def prepare_study(
         numerics=resolved_numerics(settings),
         shift_default=lambda: checkpoint.default_shift(info),
     )
+    # plan() checks every combination of the grid: a VL grid needs an image there, any (the sources are the baseline,
+    # whose conditioning is the default: it does not depend on it).
+    planned = experiment
+    if study.vl_mode:
+        planned = dataclasses.replace(experiment, base={**experiment.base, "vl_image": _stand_in_image()})
     for item in study.sources():
         runs = plan(
-            experiment,
+            planned,
             [Prompt(item.id, item.prompt)],
             [item.seed],
             settings,
@@ -462,7 +468,8 @@ class StudyProgress:
 
 
 Captioner = Callable[[str, Source], str]  # (source image path, source) -> raw caption text
-RunExperiment = Callable[[Experiment, list[PlannedRun]], "RunSummary"]
+# (experiment, runs, metadata) -> summary: runs planned runs into the store with the metadata the study stores
+RunExperiment = Callable[[Experiment, list[PlannedRun], dict[str, Any]], "RunSummary"]
 
 
 def caption_params(prepared: PreparedStudy, source: Source, image_sha256: str) -> dict[str, Any]:
@@ -532,15 +539,17 @@ def run_study(
     on_caption: Callable[[int, int], None] | None = None,
 ) -> StudyProgress:
     """Phases 1-3: the sources, their captions, the regenerations; each resumable (a killed study re-run redoes
-    nothing finished). ``run_experiment(experiment, runs)`` runs planned runs into ``store`` (an ExperimentRunner's
-    ``run`` with its settings); ``captioner(image, source)`` makes a raw caption (default: the pipeline's Qwen3-VL,
+    nothing finished). ``run_experiment(experiment, runs, metadata)`` runs planned runs into ``store`` (an
+    ExperimentRunner's ``run`` with the study's settings, ``metadata`` as its ``extra_metadata``: the study, which
+    the export reads); ``captioner(image, source)`` makes a raw caption (default: the pipeline's Qwen3-VL,
     seeded with the source's seed). A caption that cannot be made or used is recorded in the progress, and its
     source's regenerations are left out (the rest goes on)."""
     study, experiment = prepared.study, prepared.experiment
     progress = StudyProgress()
     sources = study.sources()
     source_runs = [prepared.source_runs[s.id] for s in sources]
-    progress.sources = run_experiment(experiment, source_runs)
+    metadata = {"caption_study": study.to_dict(), "overrides": prepared.overrides, "numerics": prepared.numerics}
+    progress.sources = run_experiment(experiment, source_runs, metadata)
 
     # Phase 2: a caption per done source, each committed when made.
     state = study_state(prepared, store)
@@ -573,7 +582,7 @@ def run_study(
 
     # Phase 3: the whole plan (sources first, done), so the store's latest plan is the study.
     regenerations = prepared.regeneration_runs(captions, images)
-    progress.regenerations = run_experiment(experiment, source_runs + regenerations)
+    progress.regenerations = run_experiment(experiment, source_runs + regenerations, metadata)
     return progress
 
 
@@ -609,11 +618,13 @@ class CaptionPreset:
         """Regenerates through Qwen3-VL (``--skip-vl`` leaves it out)."""
         return bool(self.full.get("vl_layers"))
 
-    def study(self, quick: bool = False, seeds: Sequence[int] | None = None) -> CaptionStudy:
-        values = dict(self.quick if quick else self.full)
+    def study(self, quick: bool = False, seeds: Sequence[int] | None = None, **options: Any) -> CaptionStudy:
+        """The full or quick study (``seeds`` replace its own; ``options``: other CaptionStudy fields, e.g. the
+        caption budget)."""
+        values = {**(self.quick if quick else self.full), **options}
         if seeds:
             values["seeds"] = tuple(seeds)
-        return CaptionStudy(name=self.name, **values)
+        return CaptionStudy(name=self.name, description=f"{self.question} {_DESCRIPTION}", **values)
 
 
 _QUICK = {"prompts": ("a cat",), "seeds": (42,), "target_lengths": (600,)}

@@ -1073,6 +1073,7 @@ class ResultsStore:
                 "SELECT * FROM captions WHERE experiment = ? ORDER BY rowid", (_validate_name(experiment),)
             ):
                 item = dict(row)
+                del item["experiment"]
                 item["params"] = _loads(item["params"]) or {}
                 out[item.pop("source_run_id")] = item
             return out
