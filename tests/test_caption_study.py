@@ -344,6 +344,35 @@ def test_sweep_caption_fill_modes_quick_makes_four_images_and_the_seeds_layout(
     assert source.read_bytes() == store_image.read_bytes()
 
 
+def test_sweep_caption_all_captions_each_source_once(
+    shared: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The three text sweeps share their source (same prompt, seed and settings: the same run id): Qwen3-VL
+    captions it once, the other two studies take that caption."""
+    from llm_dit.conditioning.vl_encoder import VLEncoder
+
+    calls: list[str] = []
+    real = VLEncoder.caption
+
+    def counted(self: Any, image: Any, **kwargs: Any) -> str:
+        calls.append(str(image))
+        return real(self, image, **kwargs)
+
+    monkeypatch.setattr(VLEncoder, "caption", counted)
+    root = tmp_path / "results"
+    argv = ("sweep", "caption", "--all", "--quick", "--skip-vl", *TINY, *SMALL, *SHORT, "--output-dir", root)
+    rc, _, err = run(capsys, *argv, "--metric", "ssim")
+    assert rc == 0, err
+    assert len(calls) == 1
+    assert flat(err).count("captions 1 made (1 from another study)") == 2
+    with ResultsStore(root, read_only=True) as store:
+        texts = {name: [c["caption"] for c in store.captions(name).values()] for name in store.experiments()}
+        counts = {name: len([r for r in store.runs(name) if r["status"] == "done"]) for name in store.experiments()}
+    assert sorted(texts) == ["caption_fill_modes", "caption_hidden_layer", "caption_lengths"]
+    assert len({text for values in texts.values() for text in values}) == 1
+    assert counts == {"caption_fill_modes": 4, "caption_hidden_layer": 4, "caption_lengths": 7}
+
+
 class Interrupted(Exception):
     """Stands for Ctrl-C inside a phase."""
 
@@ -466,7 +495,7 @@ def test_captions_from_a_file_replace_the_captioner_and_a_changed_caption_makes_
         captions.write_text(json.dumps({"a_cat_seed42": "A black cat on a blue sofa."}), encoding="utf-8")
         rc, _, err = run(capsys, *common)
         assert rc == 0, err
-    assert "sources 0 made, 1 kept; captions 1 made, 0 kept; regenerations 2 made" in flat(err)
+    assert "sources 0 made, 1 kept; captions 1 made (0 from another study), 0 kept; regenerations 2 made" in flat(err)
     with ResultsStore(root, read_only=True) as store:
         (second,) = store.captions("caption_study").values()
         runs = store.runs("caption_study")

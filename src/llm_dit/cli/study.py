@@ -253,7 +253,8 @@ def _run_one(
     sources, regens = progress.sources, progress.regenerations
     console.print(
         f"[bold]{study.name}[/bold]: sources {sources.done} made, {sources.skipped} kept; captions "
-        f"{progress.captions_made} made, {progress.captions_kept} kept; regenerations {regens.done} made, "
+        f"{progress.captions_made} made ({progress.captions_reused} from another study), {progress.captions_kept} "
+        f"kept; regenerations {regens.done} made, "
         f"{regens.skipped} kept (sources included); failed {sources.failed + regens.failed} runs, "
         f"{len(progress.captions_failed)} captions",
         highlight=False,

@@ -461,8 +461,9 @@ class StudyProgress:
     """What a study run did, phase by phase (the CLI prints it; tests check it)."""
 
     sources: RunSummary | None = None
-    captions_made: int = 0
-    captions_kept: int = 0
+    captions_made: int = 0  # made (or taken from the file, or from another study) in this run
+    captions_kept: int = 0  # already stored for this study
+    captions_reused: int = 0  # of those made: another study's caption of the same image and settings
     captions_failed: list[tuple[str, str]] = field(default_factory=list)
     regenerations: RunSummary | None = None
 
@@ -559,8 +560,16 @@ def run_study(
         captioner = _pipeline_captioner(prepared)
     for i, source in enumerate(state.to_caption):
         image, run_id = state.images[source.id], prepared.source_runs[source.id].run_id
+        params = state.params[source.id]
+        # Another study's caption of the same source under the same settings (sweep caption --all: one per source).
+        # The run id stands for the pixels (it hashes all that makes them); the files' hashes differ (each holds its
+        # own record).
+        reused = next((c for c in store.captions_of_run(run_id) if _same_caption_settings(c["params"], params)), None)
         try:
-            if study.captions is not None:
+            if reused is not None:
+                text = reused["caption"]
+                progress.captions_reused += 1
+            elif study.captions is not None:
                 text = study.captions[source.id]
             else:
                 assert captioner is not None
@@ -572,7 +581,6 @@ def run_study(
             continue
         count = len(tokenizer.encode(text)[0])
         origin = "given" if study.captions is not None else "generated"
-        params = state.params[source.id]
         store.put_caption(experiment.name, run_id, text, origin=origin, params=params, token_count=count)
         state.captions[source.id] = text
         progress.captions_made += 1
@@ -584,6 +592,10 @@ def run_study(
     regenerations = prepared.regeneration_runs(captions, images)
     progress.regenerations = run_experiment(experiment, source_runs + regenerations, metadata)
     return progress
+
+
+def _same_caption_settings(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return {k: v for k, v in a.items() if k != "image_sha256"} == {k: v for k, v in b.items() if k != "image_sha256"}
 
 
 def _pipeline_captioner(prepared: PreparedStudy) -> Captioner:

@@ -1062,6 +1062,17 @@ class ResultsStore:
                 (experiment, source_run_id, caption, origin, _dumps(dict(params)), token_count, _now()),
             )
 
+    def captions_of_run(self, source_run_id: str) -> list[dict[str, Any]]:
+        """Every experiment's caption of a source run (the same run id is the same image: another study's caption of
+        it can be reused), newest first, each with its ``experiment``."""
+        if self._version < 5:
+            return []
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM captions WHERE source_run_id = ? ORDER BY created_at DESC, rowid DESC", (source_run_id,)
+            ).fetchall()
+        return [{**dict(row), "params": _loads(row["params"]) or {}} for row in rows]
+
     def captions(self, experiment: str) -> dict[str, dict[str, Any]]:
         """source run id -> its caption row (``caption``, ``origin``, ``params`` decoded, ``token_count``,
         ``created_at``); empty for a database from before captions (schema < 5, read-only)."""
