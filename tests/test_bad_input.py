@@ -1085,6 +1085,60 @@ CONDITIONING_CASES: list[Case] = [
     ),
 ]
 
+# compare-embedding-models (issue 14): refused before either model loads (tests/test_embedding_comparison.py)
+COMPARE_EMBEDDINGS = ("compare-embedding-models", "--model", "tiny", "--prompt", "A cat")
+EMBEDDING_COMPARISON_CASES: list[Case] = [
+    Case("compare-embedding-models-output-txt", (*COMPARE_EMBEDDINGS, "-o", "{tmp}/x.txt"), (".json",)),
+    Case(
+        "compare-embedding-models-layer-out-of-range",
+        (*COMPARE_EMBEDDINGS, "--embedding-layers", "-2,99", "-o", "{tmp}/x.json"),
+        ("--embedding-layers", "99", "-37..36"),
+        setup=(tiny_cached,),
+    ),
+    Case(
+        "compare-embedding-models-think-outside-the-vocabulary",
+        ("compare-embedding-models", "--model", "tiny", "--prompt", "a <think> cat", "-o", "{tmp}/x.json"),
+        ("token ids [151667]", "outside the embedding model's vocabulary"),
+        setup=(tiny_cached,),
+    ),
+    Case(
+        "compare-embedding-models-with-a-real-checkpoint",
+        ("compare-embedding-models", "--model-path", "{ck}", "--prompt", "A cat", "-o", "{tmp}/x.json"),
+        ("--embedding-path DIR", "[default.embedding] model_path"),
+    ),
+]
+
+# caption-study (issue 14): refused before any model loads (tests/test_caption_study.py has the rest of its checks)
+CAPTION_STUDY = ("caption-study", "--model", "tiny", "--output-dir", "{res}")
+CAPTION_STUDY_CASES: list[Case] = [
+    Case(
+        "caption-study-unknown-fill-mode",
+        (*CAPTION_STUDY, "--fill-modes", "content_only,pad_end_one"),
+        ("--fill-modes: unknown value 'pad_end_one'", "content_only, pad_end_zero"),
+    ),
+    Case(
+        "caption-study-length-above-the-cap",
+        (*CAPTION_STUDY, "--target-lengths", "300,2000"),
+        ("--target-lengths: 2000", "1..1504"),
+    ),
+    Case(
+        "caption-study-hidden-layers-in-vl-mode",
+        (*CAPTION_STUDY, "--vl-hidden-layers", "-6", "--hidden-layers", "-2"),
+        ("VL mode sweeps --vl-hidden-layers",),
+    ),
+    Case(
+        "caption-study-captions-file-missing-a-source",
+        (*CAPTION_STUDY, "--prompts", "a cat,a dog", "--captions", "{tmp}/captions.json"),
+        ("no caption for a_dog_seed42", "source names"),
+        setup=(lambda env: (env.tmp / "captions.json").write_text('{"a_cat_seed42": "A cat."}'),),
+    ),
+    Case(
+        "caption-study-with-a-real-checkpoint-and-no-vl",
+        ("caption-study", "--model-path", "{ck}", "--output-dir", "{res}"),
+        ("[default.vl] model_path",),
+    ),
+]
+
 # A damaged results database, under every command that reads or writes one: one line naming the file, the
 # database untouched. The view cases pass an impossible port so that a viewer that did start fails instead of
 # serving (the needle tells the two errors apart).
@@ -1113,6 +1167,8 @@ CASES: list[Case] = [
     *VIEW_CASES,
     *EMBED_STATS_CASES,
     *CONDITIONING_CASES,
+    *EMBEDDING_COMPARISON_CASES,
+    *CAPTION_STUDY_CASES,
     *DATABASE_CASES,
 ]
 

@@ -46,6 +46,10 @@ PROMPTS = [CAT, CASTLE]
 # Runs per prompt per seed, and default seeds, of every built-in.
 EXPECTED = {
     "context_refiner": (4, 2),
+    # Qwen3-Embedding-4B (seed 000), each with the pure Qwen3-4B baseline: tests/test_embedding_builtins.py
+    "embedding_generation": (2, 2),
+    "embedding_instructions": (5, 2),
+    "embedding_layers": (6, 2),
     "guidance_grid": (12, 2),
     "hidden_layer": (6, 2),
     "hidden_layer_blend": (9, 2),

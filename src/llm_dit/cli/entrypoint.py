@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import typer
 
-from llm_dit.cli import ablate, compare, generate, metrics, plot, sources, tiny_model, view
+from llm_dit.cli import ablate, compare, embedding, generate, metrics, plot, sources, study, tiny_model, view
 from llm_dit.cli.config import config_app
 from llm_dit.cli.terminal import error
 from llm_dit.errors import LlmDitError
@@ -30,7 +30,9 @@ COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("metrics", metrics.metrics_cmd),
     ("ablate", ablate.ablate),
     ("sweep", ablate.sweep),
+    ("caption-study", study.caption_study_cmd),
     ("embed-stats", metrics.embed_stats),
+    ("compare-embedding-models", embedding.compare_embedding_models_cmd),
     ("caption", sources.caption_cmd),
     ("reference-stats", sources.reference_stats_cmd),
     ("profile", generate.profile_cmd),
