@@ -456,4 +456,4 @@ def test_sweep_all_keeps_its_meaning_and_vl_is_a_group() -> None:
         "hidden_layer", "shift_steps_grid", "think_block", "long_prompt_mode", "hidden_layer_blend",
     ]  # fmt: skip
     assert [p.experiment for p in get_sweep("vl")] == ["vl_outlier_masking", "vl_only_vs_qwen3", "vl_layer_by_token"]
-    assert sweep_names()[-2:] == ["vl", "caption"] and [p.name for p in get_sweep("think_block")] == ["think_block"]
+    assert sweep_names()[-3:] == ["vl", "embedding", "caption"] and [p.name for p in get_sweep("think_block")] == ["think_block"]

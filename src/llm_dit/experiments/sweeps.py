@@ -44,6 +44,21 @@ GROUPS: dict[str, tuple[SweepPreset, ...]] = {
         SweepPreset("vl_only_vs_qwen3", "vl_only_vs_qwen3", "Can Qwen3-VL alone replace Qwen3-4B?"),
         SweepPreset("vl_layer_by_token", "vl_layer_by_token", "Do image and text tokens want different layers?"),
     ),
+    # Seed 000's Qwen3-Embedding-4B comparison sweeps (sweep_embedding_*.sh), in run_all_embedding_sweeps.sh's order;
+    # they need a Qwen3-Embedding checkpoint ([default.embedding] model_path), so --all leaves them out.
+    "embedding": (
+        SweepPreset("embedding_layers", "embedding_layers", "Which Qwen3-Embedding-4B layer conditions Z-Image best?"),
+        SweepPreset(
+            "embedding_instructions",
+            "embedding_instructions",
+            "Does an instruction prefix make Qwen3-Embedding-4B a better conditioner?",
+        ),
+        SweepPreset(
+            "embedding_generation",
+            "embedding_generation",
+            "Do Qwen3-Embedding-4B's hidden states make better images than Qwen3-4B's?",
+        ),
+    ),
     # Seed 002's caption-length study sweeps, in run_all_caption_sweeps.sh's order; caption_vl needs Qwen3-VL for
     # the regenerations too (the others only to caption), so --skip-vl leaves it out.
     "caption": tuple(
@@ -55,7 +70,7 @@ QUICK_SEEDS = (42,)
 
 
 # Presets that run only by name or in their group (not in --all).
-_GROUP_ONLY: tuple[SweepPreset, ...] = tuple(p for p in GROUPS["caption"])
+_GROUP_ONLY: tuple[SweepPreset, ...] = (*GROUPS["embedding"], *GROUPS["caption"])
 
 
 def sweep_names() -> list[str]:
