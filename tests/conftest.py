@@ -67,6 +67,21 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer_cache: P
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_cached() -> Path:
+    """The cached built-in tiny model (``--model tiny``) and its Qwen3-VL twin built, with the tokenizer in the
+    session's cache: what a machine has after its first run (a fresh one builds them on first use, importing torch).
+    Returns the tiny checkpoint's folder."""
+    from llm_dit.models.tiny import tiny_checkpoint_path
+    from llm_dit.models.tokenizer import checkpoint_tokenizer
+    from llm_dit.models.vl import tiny_vl_path
+
+    tiny_vl_path()
+    path = tiny_checkpoint_path()
+    checkpoint_tokenizer(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def cached_tokenizer() -> Iterator[None]:
     """Load each checkpoint's tokenizer once per module (~2 s each otherwise); everything else loads for real.

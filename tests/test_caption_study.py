@@ -257,19 +257,6 @@ def test_skip_vl_leaves_out_caption_vl(tiny_cached: Path, tmp_path: Path, capsys
 
 
 @pytest.fixture(scope="module")
-def tiny_cached() -> Path:
-    """The cached tiny model and its VL twin built (a fresh machine builds them on first use)."""
-    from llm_dit.models.tiny import tiny_checkpoint_path
-    from llm_dit.models.tokenizer import checkpoint_tokenizer
-    from llm_dit.models.vl import tiny_vl_path
-
-    tiny_vl_path()
-    path = tiny_checkpoint_path()
-    checkpoint_tokenizer(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def pipe(tiny_cached: Path) -> Iterator[Any]:
     from llm_dit.generation.pipeline import LlmDitPipeline
 

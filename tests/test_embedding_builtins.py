@@ -100,17 +100,6 @@ def test_plan_has_the_qwen3_4b_run_as_default_reference(name: str) -> None:
     assert {"conditioning", "embedding_layer", "source_model"} <= swept_parameters(definition, REPLACES)
 
 
-@pytest.fixture(scope="module")
-def tiny_cached() -> Path:
-    """The cached tiny model (a fresh machine builds it on first use, importing torch)."""
-    from llm_dit.models.tiny import tiny_checkpoint_path
-    from llm_dit.models.tokenizer import checkpoint_tokenizer
-
-    path = tiny_checkpoint_path()
-    checkpoint_tokenizer(path)
-    return path
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_each_dry_runs_on_the_tiny_models(name: str, tiny_cached: Path, tmp_path: Path, capsys: Any) -> None:
     rc, out, err = run(capsys, "ablate", "-e", name, "--dry-run", *TINY, "--output-dir", tmp_path / "results")
@@ -180,3 +169,20 @@ def test_each_runs_end_to_end_on_the_tiny_models(
         assert (reference["seed"], reference["prompt_id"]) == (r["seed"], r["prompt_id"])
         if reference is r:
             assert value.value == 0.0
+
+
+def test_sweep_embedding_all_quick_runs_the_three_in_order(
+    pipe: Any, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_dit.generation.pipeline import LlmDitPipeline
+
+    monkeypatch.setattr(LlmDitPipeline, "from_settings", classmethod(lambda cls, settings, **kw: pipe))
+    small = ("--set", "steps=2", "--set", "width=16", "--set", "height=16")
+    rc, _, err = run(capsys, "sweep", "embedding", "--all", "--quick", *TINY, *small, "--output-dir", tmp_path / "r")
+    assert rc == 0, err
+    text = flat(err)
+    order = ["embedding_layers", "embedding_instructions", "embedding_generation"]  # seed 000's run_all order
+    assert [m.group(1) for m in re.finditer(r"sweep embedding: (\w+)", text)] == order
+    # --quick: the built-ins' first 2 prompts and seed 42, every combination (the baseline included)
+    done = [tuple(map(int, m.groups())) for m in SUMMARY_RE.finditer(text)]
+    assert done == [(get_experiment(name).combination_count() * 2, 0, 0) for name in order]

@@ -127,19 +127,6 @@ def test_each_builtin_has_the_pure_qwen3_4b_run_as_its_default_reference(name: s
 # ---------------------------------------------------------------------------------------------- dry runs
 
 
-@pytest.fixture(scope="module")
-def tiny_cached() -> Path:
-    """The cached tiny model and its VL twin built (a fresh machine builds them on first use, importing torch)."""
-    from llm_dit.models.tiny import tiny_checkpoint_path
-    from llm_dit.models.tokenizer import checkpoint_tokenizer
-    from llm_dit.models.vl import tiny_vl_path
-
-    tiny_vl_path()
-    path = tiny_checkpoint_path()
-    checkpoint_tokenizer(path)
-    return path
-
-
 @pytest.mark.parametrize("name", VL_BUILTINS)
 def test_each_builtin_dry_runs_on_the_tiny_models(
     name: str, tiny_cached: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -456,4 +443,5 @@ def test_sweep_all_keeps_its_meaning_and_vl_is_a_group() -> None:
         "hidden_layer", "shift_steps_grid", "think_block", "long_prompt_mode", "hidden_layer_blend",
     ]  # fmt: skip
     assert [p.experiment for p in get_sweep("vl")] == ["vl_outlier_masking", "vl_only_vs_qwen3", "vl_layer_by_token"]
-    assert sweep_names()[-3:] == ["vl", "embedding", "caption"] and [p.name for p in get_sweep("think_block")] == ["think_block"]
+    assert sweep_names()[-3:] == ["vl", "embedding", "caption"]
+    assert [p.name for p in get_sweep("think_block")] == ["think_block"]
