@@ -360,6 +360,26 @@ def test_sweep_caption_all_captions_each_source_once(
     assert counts == {"caption_fill_modes": 4, "caption_hidden_layer": 4, "caption_lengths": 7}
 
 
+def test_force_remakes_the_images_and_keeps_a_caption_of_the_same_pixels(
+    shared: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "results"
+    argv = ("caption-study", *TINY, *SMALL, *SHORT, "--target-lengths", "20", "--fill-modes", "pad_end_zero")
+    argv += ("--output-dir", str(root), "--metric", "ssim")
+    rc, _, err = run(capsys, *argv)
+    assert rc == 0, err
+    assert "captions 1 made (0 from another study), 0 kept" in flat(err)
+    with ResultsStore(root, read_only=True) as store:
+        before = {r["run_id"]: r["updated_at"] for r in store.runs("caption_study")}
+        (caption,) = store.captions("caption_study").values()
+    rc, _, err = run(capsys, *argv, "--force")
+    assert rc == 0, err
+    assert "sources 1 made, 0 kept; captions 0 made (0 from another study), 1 kept" in flat(err)
+    with ResultsStore(root, read_only=True) as store:
+        assert list(store.captions("caption_study").values()) == [caption]
+        assert {r["run_id"] for r in store.runs("caption_study")} == set(before)
+
+
 class Interrupted(Exception):
     """Stands for Ctrl-C inside a phase."""
 

@@ -57,6 +57,7 @@ __all__ = [
     "StudyProgress",
     "StudyState",
     "clean_caption",
+    "pixels_sha256",
     "prepare_study",
     "read_captions_file",
     "run_study",
@@ -473,10 +474,22 @@ Captioner = Callable[[str, Source], str]  # (source image path, source) -> raw c
 RunExperiment = Callable[[Experiment, list[PlannedRun], dict[str, Any]], "RunSummary"]
 
 
+def pixels_sha256(path: str | Path) -> str:
+    """sha256 of an image's decoded RGB pixels and size: what a caption describes. The file's own hash would change
+    with its embedded record (times, execution facts) when the same pixels are made again (``--force``, or another
+    study's run of the same source)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+        return hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
+
+
 def caption_params(prepared: PreparedStudy, source: Source, image_sha256: str) -> dict[str, Any]:
     """What a source's caption depends on: a stored caption with other params is made (or taken) again. A given
     caption: its text's hash (a changed captions file replaces it); a made one: the VL model, its device and dtype,
-    the instruction, the token budget and the source image (the sampling seed is the source's, in its id)."""
+    the instruction, the token budget and the source image's pixels (``image_sha256``: :func:`pixels_sha256`; the
+    sampling seed is the source's, in its id)."""
     study = prepared.study
     if study.captions is not None:
         digest = hashlib.sha256(study.captions[source.id].encode("utf-8")).hexdigest()
@@ -522,7 +535,7 @@ def study_state(prepared: PreparedStudy, store: ResultsStore) -> StudyState:
             continue
         state.sources_done += 1
         state.images[source.id] = str(directory / run["image_path"])
-        state.params[source.id] = caption_params(prepared, source, run["image_sha256"])
+        state.params[source.id] = caption_params(prepared, source, pixels_sha256(state.images[source.id]))
         kept = stored.get(run["run_id"])
         if kept is not None and kept["params"] == state.params[source.id]:
             state.captions[source.id] = kept["caption"]
@@ -561,10 +574,8 @@ def run_study(
     for i, source in enumerate(state.to_caption):
         image, run_id = state.images[source.id], prepared.source_runs[source.id].run_id
         params = state.params[source.id]
-        # Another study's caption of the same source under the same settings (sweep caption --all: one per source).
-        # The run id stands for the pixels (it hashes all that makes them); the files' hashes differ (each holds its
-        # own record).
-        reused = next((c for c in store.captions_of_run(run_id) if _same_caption_settings(c["params"], params)), None)
+        # Another study's caption of the same source, pixels and settings (sweep caption --all: one per source).
+        reused = next((c for c in store.captions_of_run(run_id) if c["params"] == params), None)
         try:
             if reused is not None:
                 text = reused["caption"]
@@ -592,10 +603,6 @@ def run_study(
     regenerations = prepared.regeneration_runs(captions, images)
     progress.regenerations = run_experiment(experiment, source_runs + regenerations, metadata)
     return progress
-
-
-def _same_caption_settings(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return {k: v for k, v in a.items() if k != "image_sha256"} == {k: v for k, v in b.items() if k != "image_sha256"}
 
 
 def _pipeline_captioner(prepared: PreparedStudy) -> Captioner:
