@@ -171,7 +171,7 @@ def test_read_only_store_refuses_an_old_schema(root: Path) -> None:
     conn.execute("UPDATE schema_version SET version = 1")
     conn.commit()
     conn.close()
-    with pytest.raises(LlmDitError, match=r"schema version 1, this llm-dit reads versions 2 to 4.*llm-dit metrics"):
+    with pytest.raises(LlmDitError, match=r"schema version 1, this llm-dit reads versions 2 to 5.*llm-dit metrics"):
         ResultsStore(root, read_only=True)
 
 

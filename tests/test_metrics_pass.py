@@ -676,7 +676,7 @@ def test_v1_database_is_migrated(tmp_path: Path) -> None:
         )
     with sqlite3.connect(root / DB_NAME) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 4
+        assert SCHEMA_VERSION == 5
         columns = [row[1] for row in conn.execute("PRAGMA table_info(metrics)")]
         assert {"version", "params", "computed_at"} <= set(columns)
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'metrics_v1'").fetchone() == (0,)
