@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -90,6 +91,17 @@ def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[
     writer.writerow(columns)
     writer.writerows([[csv_cell(value) for value in row] for row in rows])
     write_atomic(path, buffer.getvalue().encode())
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities (e.g. an overflowed bf16 statistic) as None, keys as strings: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def write_json(path: str | Path, data: Any, default: Callable[[Any], Any] | None = None) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_dit.errors import LlmDitError
+from llm_dit.experiments.caption_study import SOURCE_LABEL
 from llm_dit.files import write_atomic, write_csv, write_json
 from llm_dit.metrics.summary import SECONDS_PER_IMAGE_BATCHED, metric_value, t_interval
 
@@ -46,7 +47,6 @@ __all__ = [
 ]
 
 EXPORT_NAME = "export"
-SOURCE_LABEL = "source"
 PRIMARY_METRIC = "ssim"
 # The seed's file-name tags of each variable.
 _TAGS: dict[str, Any] = {

@@ -22,7 +22,6 @@ loads; the functions that compute import it inside.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from llm_dit.conditioning.prompt import format_prompt
 from llm_dit.conditioning.tokenization import check_layer_indices
 from llm_dit.constants import DEFAULT_EMBEDDING_TASK, EMBEDDING_FORMATS, ENDOFTEXT_ID
 from llm_dit.errors import LlmDitError
-from llm_dit.files import write_json
+from llm_dit.files import json_safe, write_json
 from llm_dit.models.embedding_model import EMBEDDING_QUERY_TASK
 
 if TYPE_CHECKING:
@@ -307,16 +306,6 @@ _MEANS = ("tokens", "reference_tokens", "global_cosine", "mean_correlation", "st
 _SUMS = ("aligned_tokens", "content_tokens", "reference_content_tokens")
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 @dataclass
 class EmbeddingComparisonReport:
     """Per prompt x condition statistics against Qwen3-4B (``rows``), their per-condition summary, and what made
@@ -348,7 +337,7 @@ class EmbeddingComparisonReport:
     def to_json(self, path: str | Path) -> Path:
         """The whole report as strict JSON (NaN/inf as null), written atomically; returns the path."""
         path = Path(path)
-        write_json(path, _json_safe(self.to_dict()), default=str)
+        write_json(path, json_safe(self.to_dict()), default=str)
         return path
 
 

@@ -31,7 +31,7 @@ from llm_dit.conditioning.conditions import Condition, parse_condition
 from llm_dit.conditioning.conditions import check_overrides as _check_overrides
 from llm_dit.conditioning.embeddings import check_features
 from llm_dit.errors import LlmDitError
-from llm_dit.files import write_csv, write_json
+from llm_dit.files import json_safe, write_csv, write_json
 
 __all__ = [
     "ROW_COLUMNS",
@@ -290,17 +290,6 @@ def _format_outliers(pairs: Sequence[tuple[int, float]]) -> str:
     return " ".join(f"{d}:{r:.1f}" for d, r in pairs)
 
 
-def _json_safe(value: Any) -> Any:
-    # NaN/inf (e.g. an overflowed bf16 embedding) are not JSON: write null.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 @dataclass
 class EmbedStatsReport:
     """Per prompt x condition statistics (``rows``) and per-condition means (``summary``).
@@ -350,7 +339,7 @@ class EmbedStatsReport:
     def to_json(self, path: str | Path) -> Path:
         """Write the whole report (conditions, rows, summary) as JSON, atomically; returns the path."""
         path = Path(path)
-        write_json(path, _json_safe(self.to_dict()), default=str)  # NaN/inf already null: strict JSON
+        write_json(path, json_safe(self.to_dict()), default=str)  # NaN/inf already null: strict JSON
         return path
 
 
