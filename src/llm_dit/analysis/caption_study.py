@@ -303,12 +303,14 @@ def _interval(values: Sequence[float]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in stats.items()}
 
 
-def _fmt(stats: Mapping[str, Any]) -> str:
+def _fmt(stats: Mapping[str, Any], sign: str = "+") -> str:
+    """``mean [low, high] (n=N)``; ``sign`` "+" for differences, "" for values."""
     if stats["n"] == 0:
         return "no values"
     if stats["ci95_low"] is None:
-        return f"{stats['mean']:+.4f} (n={stats['n']}: too few for an interval)"
-    return f"{stats['mean']:+.4f} [{stats['ci95_low']:+.4f}, {stats['ci95_high']:+.4f}] (n={stats['n']})"
+        return f"{stats['mean']:{sign}.4f} (n={stats['n']}: too few for an interval)"
+    low, high = stats["ci95_low"], stats["ci95_high"]
+    return f"{stats['mean']:{sign}.4f} [{low:{sign}.4f}, {high:{sign}.4f}] (n={stats['n']})"
 
 
 def _verdict(stats: Mapping[str, Any], a: str, b: str, metric: str) -> str:
@@ -338,7 +340,7 @@ def findings(
             for value in values[variable]
         }
         best = max(per, key=lambda v: per[v]["mean"])
-        text = "; ".join(f"{v}: {_fmt(s).lstrip('+')}" for v, s in per.items())
+        text = "; ".join(f"{v}: {_fmt(s, '')}" for v, s in per.items())
         out.append(Finding(f"{metric} by {variable}", f"{text}; highest mean: {best}", {"values": per}))
     fills = values.get("fill_mode", [])
     if "content_only" in fills and len(fills) > 1:
