@@ -548,7 +548,7 @@ ABLATE_CASES: list[Case] = [
     abl(
         "prompt-over-cap",
         ["-e", "shift_sweep", "--prompt-ids", "complex_001", "--seeds", "1,2", *OVER_CAP],
-        ["shift_sweep run complex_001 seed 1 shift=1.0", "over the cap of 32"],
+        ["shift_sweep run complex_001 seed 1 shift=converged_50", "over the cap of 32"],
     ),
     abl("unknown-experiment", ["-e", "shift_swep"], ["unknown experiment 'shift_swep'", "did you mean 'shift_sweep'"]),
     abl("unknown-set-key", ["-e", "shift_sweep", "--set", "shfit=2"], ["unknown parameter 'shfit'", "'shift'"]),

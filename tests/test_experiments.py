@@ -55,9 +55,10 @@ EXPECTED = {
     "hidden_layer_blend": (9, 2),
     "hidden_layer_deep": (36, 1),
     "long_prompt_mode": (4, 2),
-    "shift_steps_grid": (30, 1),
-    "shift_sweep": (6, 2),
-    "steps_only": (8, 2),
+    # the speed studies, each with its converged 50-step reference (tests/test_speed_reference.py)
+    "shift_steps_grid": (31, 1),
+    "shift_sweep": (7, 2),
+    "steps_only": (9, 2),
     "system_prompt": (5, 2),
     "think_block": (6, 2),
     "token_importance": (8, 2),
@@ -128,9 +129,9 @@ def test_builtin_loads_and_plans(name: str) -> None:
 def test_shift_sweep_run_count_and_labels() -> None:
     exp = get_experiment("shift_sweep")
     runs = plan(exp, PROMPTS, [42, 123], Settings(), model_fingerprint=FP)
-    assert len(runs) == 24  # 6 values x 2 prompts x 2 seeds
-    assert [r.variables["shift"] for r in runs[:12:2]] == ["1.0", "2.0", "3.0", "4.0", "5.0", "6.0"]
-    assert "__shift=3.0__" in runs[4].image_name
+    assert len(runs) == 28  # (the converged reference + 6 values) x 2 prompts x 2 seeds
+    assert [r.variables["shift"] for r in runs[:14:2]] == ["converged_50", "1.0", "2.0", "3.0", "4.0", "5.0", "6.0"]
+    assert "__shift=3.0__" in runs[6].image_name
     assert "__hidden_layer=-2__" in plan_one(get_experiment("hidden_layer"))[1].image_name
 
 
@@ -138,7 +139,7 @@ def test_listing_facts() -> None:
     exp = get_experiment("shift_steps_grid")
     assert exp.name == "shift_steps_grid"
     assert exp.variables() == ["shift", "steps"]
-    assert exp.runs_per_prompt_seed() == 30
+    assert exp.runs_per_prompt_seed() == 31  # 5 shifts x 6 step counts + the converged reference
     assert exp.description.startswith("Where is the quality")
 
 

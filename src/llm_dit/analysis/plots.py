@@ -322,6 +322,16 @@ def pareto_points(
         )
     times = _grouped(with_value, condition_of, source)
     conditions = [key for key in _planned_conditions(results) if key in values and key in times]
+    reference = tuple(results.reference.get(axis) for axis in results.axes) if results.reference else None
+    if reference is not None and METRICS.get(metric) is not None and METRICS[metric].kind == "reference":
+        # The reference's own value is the metric's maximum by construction: a point for it would only say so.
+        conditions = [key for key in conditions if key != reference]
+        given = ", ".join(f"{k}={v}" for k, v in results.reference_params.items() if k != "conditioning")
+        label = next(iter(results.reference.values()))
+        notes.append(
+            f"{metric} is against each prompt and seed's '{label}' run ({given}), the experiment's reference, which is "
+            "left out of the points"
+        )
     varying = [i for i, _ in enumerate(results.axes) if len({key[i] for key in conditions}) > 1]
     points = []
     for key in conditions:

@@ -66,6 +66,10 @@ class ExperimentResults:
     metrics: list[str]  # metric names with at least one value, sorted
     prompt_texts: dict[str, str] = field(default_factory=dict)
     categories: dict[str, str] = field(default_factory=dict)  # prompt id -> library category ('custom')
+    # The reference the experiment names for the reference metrics (axis -> label: a speed study's converged
+    # baseline, a caption study's sources) and that baseline's own parameters; empty when the axes' defaults are.
+    reference: dict[str, str] = field(default_factory=dict)
+    reference_params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def directory(self) -> Path:
@@ -174,9 +178,12 @@ def load_experiment(root: str | Path, name: str, *, earlier_plans: bool = False)
     dimensions[SEED] = _ordered(str(run["seed"]) for run in runs)
     metrics = sorted({m for run in runs for m, v in run["metrics"].items() if v is not None})
     texts = {run["prompt_id"]: run["prompt_text"] for run in runs}
+    definition = info["definition"] or {}
     return ExperimentResults(
-        root, name, info["description"], runs, axes, dimensions, metrics, texts, prompt_categories(texts)
-    )
+        root, name, info["description"], runs, axes, dimensions, metrics, texts, prompt_categories(texts),
+        reference=dict(definition.get("reference") or {}),
+        reference_params=dict((definition.get("baseline") or {}).get("params") or {}),
+    )  # fmt: skip
 
 
 def prompt_categories(prompt_ids: Sequence[str] | Mapping[str, str]) -> dict[str, str]:

@@ -127,6 +127,7 @@ class _Loader:
         images = self._images(data.get("images", []))
         axes = self._axes(data.get("axes", []))
         baseline = self._baseline(data["baseline"], axes) if "baseline" in data else None
+        baseline_is_reference = self._baseline_is_reference(data.get("baseline"))
         if self.errors:
             self.errors.sort(key=lambda e: e[0])
             raise ConfigError("\n".join(dict.fromkeys(msg for _, msg in self.errors)))
@@ -142,6 +143,7 @@ class _Loader:
             source=self.source,
             images=images,
             baseline=baseline,
+            baseline_is_reference=baseline_is_reference,
         )
         self._check_images_used(experiment)
         if self.errors:
@@ -228,7 +230,7 @@ class _Loader:
         if not isinstance(label, str) or not label.strip():
             self.error((*path, "label"), f'{self.name} baseline needs a label, e.g. label = "qwen3_4b"')
             return None
-        params = {k: v for k, v in raw.items() if k != "label"}
+        params = {k: v for k, v in raw.items() if k not in ("label", "reference")}
         if not params:
             self.error(path, f"{self.name} baseline '{label}' sets no parameter (e.g. conditioning = \"text\")")
             return None
@@ -244,6 +246,19 @@ class _Loader:
                     "least); choose another",
                 )
         return None if bad else AxisValue(label, self._rebased(params))
+
+    def _baseline_is_reference(self, raw: Any) -> bool:
+        """``reference = true`` in ``[baseline]``: the baseline is every run's reference for the reference metrics
+        (a speed study's converged run), whatever the axes' default values."""
+        if not isinstance(raw, dict) or "reference" not in raw:
+            return False
+        if not isinstance(raw["reference"], bool):
+            self.error(
+                ("baseline", "reference"),
+                f"{self.name} baseline: reference = {toml_value(raw['reference'])} must be true or false",
+            )
+            return False
+        return raw["reference"]
 
     def _seeds(self, raw: Any) -> tuple[int, ...]:
         if not isinstance(raw, list) or not raw:
