@@ -665,7 +665,7 @@ METRICS_CASES: list[Case] = [
     met("reference-unknown-value", ["--reference", "shift=9.9"], ["--reference shift=9.9", "values of shift: '2.0'"]),
     met("metric-without-weights", ["--metric", "siglip"], ["metric 'siglip' needs local weights", "siglip_path"]),
     met("image-reward", ["--metric", "image_reward"], ["ImageReward is not available", "siglip or clip_score"]),
-    met("unknown-metric", ["--metric", "ssim,sharpness"], ["unknown metric 'sharpness'; metrics: "]),
+    met("unknown-metric", ["--metric", "ssim,aesthetic"], ["unknown metric 'aesthetic'; metrics: "]),
     met(
         "reference-image-wrong-size",
         ["--reference-image", "{tmp}/small.png"],

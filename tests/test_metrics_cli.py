@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("cached_tokenizer")
 
 EXP = "hl_metrics"
 SMALL_SETS = ["--set", "width=64", "--set", "height=64", "--set", "steps=2"]
-WEIGHT_FREE = ["ssim", "psnr", "mad", "diversity_ssim", "diversity_mad", "color_shift", "grid_artifact"]
+WEIGHT_FREE = ["ssim", "psnr", "mad", "diversity_ssim", "diversity_mad", "color_shift", "grid_artifact", "sharpness"]
 EXPERIMENT_TOML = f"""name = "{EXP}"
 description = "metrics test: two hidden layers"
 seeds = [1, 2]
@@ -83,7 +83,7 @@ def copy(done: Done, tmp_path: Path) -> Path:
 def test_ablate_compute_metrics_writes_csvs_and_prints_the_table(done: Done) -> None:
     assert done.rc == 0, done.err
     out, err = flat(done.out), flat(done.err)
-    computed = "ssim 4, psnr 4, mad 4, diversity_ssim 4, diversity_mad 4, color_shift 4, grid_artifact 4"
+    computed = "ssim 4, psnr 4, mad 4, diversity_ssim 4, diversity_mad 4, color_shift 4, grid_artifact 4, sharpness 4"
     assert f"{EXP} metrics: computed {computed}; 0 already stored" in out
     assert "reference for ssim/psnr/mad/lpips/color_shift: hidden_layer=-2" in out
     assert "hidden_layer: mean ± 95% CI half-width" in out
@@ -178,8 +178,8 @@ def test_image_reward_is_explained(done: Done, capsys: pytest.CaptureFixture[str
 
 
 def test_unknown_metric_lists_metrics(done: Done, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = run(capsys, "metrics", EXP, "--output-dir", done.root, "--metric", "ssim,sharpness")
-    assert_user_error(rc, out, err, f"unknown metric 'sharpness'; metrics: {', '.join(METRICS)}")
+    rc, out, err = run(capsys, "metrics", EXP, "--output-dir", done.root, "--metric", "ssim,aesthetic")
+    assert_user_error(rc, out, err, f"unknown metric 'aesthetic'; metrics: {', '.join(METRICS)}")
 
 
 def test_list_shows_every_metric_and_its_status(
@@ -189,7 +189,7 @@ def test_list_shows_every_metric_and_its_status(
     rc, out, err = run(capsys, "metrics", "--list")
     assert rc == 0, err
     lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
-    assert set(lines) == {*METRICS, "image_reward"}
+    assert set(lines) == {*METRICS, "image_reward", "hpsv2"}
     assert "ready" in lines["ssim"] and "ready" in lines["diversity_mad"]
     assert "set siglip_path" in lines["siglip"]
     assert "set lpips_backbone" in lines["lpips"] and "set clip_path" in lines["clip_score"]

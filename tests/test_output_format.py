@@ -255,7 +255,7 @@ def test_dry_run_as_data_is_every_planned_run(
     runs = prepare_experiment(
         "shift_sweep", settings=settings, prompt_ids=["animal_001", "animal_002"], seeds=[1, 2]
     ).runs
-    assert len(records) == len(runs) == 24  # more than the table's 12
+    assert len(records) == len(runs) == 28  # (6 shifts + the converged reference) x 2 prompts x 2 seeds: > 12
     assert list(records[0]) == ["run_id", "prompt_id", "seed", "variables", "params", "image_name", "done"]
     for record, planned in zip(records, runs, strict=True):
         assert record["run_id"] == planned.run_id and record["image_name"] == planned.image_name

@@ -1,4 +1,4 @@
-"""Text-image scorers (SigLIP/SigLIP2 and CLIPScore) on tiny random models of the real transformers classes."""
+"""Text-image scorers (SigLIP/SigLIP2, CLIPScore, PickScore) on tiny random models of the real transformers classes."""
 
 from __future__ import annotations
 
@@ -16,16 +16,20 @@ import torch
 import transformers
 from PIL import Image
 
-from bounds import scorer_tolerance
+from bounds import scorer_tolerance as clip_siglip_tolerance
 from llm_dit.errors import LlmDitError
 from llm_dit.metrics.compute import weights_key
-from llm_dit.metrics.scorers import ClipScorer, ImageTextScorer, SiglipScorer, text_inputs
+from llm_dit.metrics.scorers import SCORERS, ClipScorer, ImageTextScorer, PickScoreScorer, SiglipScorer, text_inputs
 from llm_dit.models import checkpoint
 from tiny_scorers import build_tiny_clip, build_tiny_siglip
 
 pytestmark = pytest.mark.numerics  # float results within derived bounds: CI runs these again with 2 threads
 
-KINDS = ("siglip", "naflex", "clip")
+KINDS = ("siglip", "naflex", "clip", "pickscore")
+CLIP_KINDS = ("clip", "pickscore")  # CLIPModel checkpoints: the same text handling
+# exp(logit_scale) of the tiny PickScore twin: neither CLIP's initial 1 / 0.07 nor PickScore_v1's ~100, so a scorer
+# that used a constant instead of the model's own scale would be off.
+PICKSCORE_SCALE = 37.0
 SIGLIP_KINDS = ("siglip", "naflex")
 PROMPTS = [
     "A photo of a cat",
@@ -46,11 +50,23 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "siglip": build_tiny_siglip(root / "siglip"),
         "naflex": build_tiny_siglip(root / "naflex", naflex=True),
         "clip": build_tiny_clip(root / "clip"),
+        "pickscore": build_tiny_clip(root / "pickscore", seed=1, logit_scale=PICKSCORE_SCALE),
     }
 
 
 def _scorer_class(kind: str) -> type[ImageTextScorer]:
-    return ClipScorer if kind == "clip" else SiglipScorer
+    return {"clip": ClipScorer, "pickscore": PickScoreScorer}.get(kind, SiglipScorer)
+
+
+def scorer_tolerance(scorer: ImageTextScorer) -> float:
+    """bounds.scorer_tolerance, and for PickScore its CLIPScore bound rescaled: the same CLIP towers give the
+    same bound on the cosine, which a CLIPScore carries x 100 and PickScore x exp(logit_scale)."""
+    if not isinstance(scorer, PickScoreScorer):
+        return clip_siglip_tolerance(scorer)
+    as_clip = ClipScorer(
+        scorer.path, scorer.model, scorer.processor, device=scorer.device, dtype=scorer.dtype, batch_size=1
+    )
+    return clip_siglip_tolerance(as_clip) / 100.0 * float(scorer.model.logit_scale.exp())
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +109,15 @@ def _model_matrix(scorer: ImageTextScorer, images: list[Image.Image], texts: lis
         out = scorer.model(**text, **pixels)
         cos = out.image_embeds @ out.text_embeds.T
         torch.testing.assert_close(cos, out.logits_per_image / scorer.model.logit_scale.exp())
+        if isinstance(scorer, PickScoreScorer):
+            # PickScore's reference code: the towers' features, L2-normalised by hand, times exp(logit_scale).
+            image_embs = scorer.model.get_image_features(**pixels).pooler_output
+            text_embs = scorer.model.get_text_features(**text).pooler_output
+            image_embs = image_embs / image_embs.norm(dim=-1, keepdim=True)
+            text_embs = text_embs / text_embs.norm(dim=-1, keepdim=True)
+            by_hand = scorer.model.logit_scale.exp() * (image_embs @ text_embs.T)
+            torch.testing.assert_close(by_hand, out.logits_per_image)
+            return by_hand
         return 100 * cos.clamp(min=0)
 
 
@@ -108,6 +133,9 @@ def test_loads_and_scores_each_pair(kind: str, scorers: dict[str, ImageTextScore
     if kind == "clip":
         assert scorer.name == "clip_score"
         assert all(0.0 <= s <= 100.0 for s in scores)
+    elif kind == "pickscore":
+        assert scorer.name == "pickscore"
+        assert all(abs(s) <= PICKSCORE_SCALE + scorer_tolerance(scorer) for s in scores)  # a scaled cosine
     else:
         assert scorer.name == "siglip"
         assert all(0.0 < s < 1.0 for s in scores)
@@ -191,8 +219,9 @@ def test_siglip_scores_ignore_case(scorers: dict[str, ImageTextScorer]):
     assert scorer.score(images, ["A RED Dog", "Two Birds"]) == scorer.score(images, ["a red dog", "two birds"])
 
 
-def test_clip_text_is_padded_to_longest_and_truncated_to_77(scorers: dict[str, ImageTextScorer]):
-    scorer = scorers["clip"]
+@pytest.mark.parametrize("kind", CLIP_KINDS)
+def test_clip_text_is_padded_to_longest_and_truncated_to_77(kind: str, scorers: dict[str, ImageTextScorer]):
+    scorer = scorers[kind]
     tokenizer = scorer.processor.tokenizer
     short = tokenizer("two birds")["input_ids"]
     with captured_text_inputs(scorer) as calls:
@@ -237,7 +266,7 @@ def test_scores_match_the_models_own_computation(kind: str, scorers: dict[str, I
     torch.testing.assert_close(torch.tensor(every).view(n, n), matrix, rtol=0, atol=tol)
     # The entries of each row lie further apart than the tolerance, so a pairing mix-up would show.
     for row in matrix:
-        values = row[row > 0].sort().values  # CLIPScores clamped to 0 tie by design
+        values = (row[row > 0] if kind == "clip" else row).sort().values  # CLIPScores clamped to 0 tie by design
         assert ((values[1:] - values[:-1]) > 2 * tol).all(), row
     if kind == "clip":  # the clamp at 0 is exercised, and so are positive similarities
         assert (matrix == 0).any()
@@ -323,6 +352,11 @@ def test_missing_directory(tmp_path: Path):
     assert "does not exist" in message
     assert "set [default.metrics] siglip_path to a local SigLIP2 checkpoint" in message
     assert "clip_path" in _error(ClipScorer, tmp_path / "nowhere")
+    message = _error(PickScoreScorer, tmp_path / "nowhere")
+    assert message == (
+        f"{tmp_path / 'nowhere'}: PickScore (CLIP) model directory does not exist; set [default.metrics] "
+        "pickscore_path to a local PickScore_v1 checkpoint with its CLIP-H processor files"
+    )
 
 
 @pytest.mark.usefixtures("no_loading")
@@ -341,6 +375,10 @@ def test_wrong_model_type(model_dirs: dict[str, Path]):
     )
     assert "(config.json model_type 'siglip2'); set [default.metrics] clip_path" in _error(
         ClipScorer, model_dirs["naflex"]
+    )
+    assert (
+        "not a PickScore (CLIP) model directory (config.json model_type 'siglip'); set [default.metrics] "
+        "pickscore_path" in _error(PickScoreScorer, model_dirs["siglip"])
     )
 
 
@@ -375,3 +413,35 @@ def test_bad_settings_rejected_before_loading(model_dirs: dict[str, Path], no_lo
         SiglipScorer.from_pretrained(model_dirs["siglip"], device="cpu", batch_size=0)
     with pytest.raises(LlmDitError, match="float16"):
         SiglipScorer.from_pretrained(model_dirs["siglip"], device="cpu", dtype="fp16")
+
+
+def test_scorer_table_and_pickscore_registry_entry():
+    from llm_dit.config import MetricsSettings
+    from llm_dit.metrics.registry import METRICS, select_metrics
+
+    assert {"siglip_path": SiglipScorer, "clip_path": ClipScorer, "pickscore_path": PickScoreScorer} == SCORERS
+    spec = METRICS["pickscore"]
+    assert (spec.kind, spec.setting, spec.higher_is_better) == ("text_image", "pickscore_path", True)
+    assert PickScoreScorer.name == spec.name and PickScoreScorer.config_key == spec.setting
+    with pytest.raises(LlmDitError, match=r"metric 'pickscore' needs local weights: set pickscore_path"):
+        select_metrics(["pickscore"], MetricsSettings())
+    _, notes = select_metrics(None, MetricsSettings())
+    assert "pickscore (pickscore_path)" in notes[0]
+
+
+@pytest.mark.usefixtures("no_loading")
+def test_pickscore_directory_is_checked_before_the_pass(tmp_path: Path):
+    from llm_dit.config import MetricsSettings
+    from llm_dit.metrics.registry import select_metrics
+
+    with pytest.raises(LlmDitError, match=r"PickScore \(CLIP\) model directory does not exist; set .* pickscore_path"):
+        select_metrics(["pickscore"], MetricsSettings(pickscore_path=str(tmp_path / "nowhere")))
+
+
+def test_hpsv2_is_refused_with_its_reason():
+    from llm_dit.config import MetricsSettings
+    from llm_dit.metrics.registry import select_metrics
+
+    with pytest.raises(LlmDitError, match=r"HPSv2/HPSv2\.1 is not available: .*libc10_cuda\.so") as excinfo:
+        select_metrics(["hpsv2"], MetricsSettings())
+    assert "\n" not in str(excinfo.value)

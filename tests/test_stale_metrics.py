@@ -89,7 +89,7 @@ def test_regenerated_images_get_fresh_metrics_and_a_changed_file_is_reported(
         rc, out, err = run(capsys, *argv, "--force")
     assert rc == 0, err
     # Every value is recomputed: none of the stored ones is of an image that still exists.
-    computed = "ssim 4, psnr 4, mad 4, diversity_ssim 4, diversity_mad 4, color_shift 4, grid_artifact 4"
+    computed = "ssim 4, psnr 4, mad 4, diversity_ssim 4, diversity_mad 4, color_shift 4, grid_artifact 4, sharpness 4"
     assert f"computed {computed}; 0 already stored" in flat(out)
     after = rows_by_key(directory)
     assert [row["run_id"] for row in after.values()] == [row["run_id"] for row in before.values()]

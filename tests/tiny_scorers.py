@@ -1,4 +1,5 @@
-"""Tiny, random but real SigLIP / SigLIP2 (NaFlex) / CLIP model directories for the scorer tests, built offline.
+"""Tiny, random but real SigLIP / SigLIP2 (NaFlex) / CLIP model directories for the scorer tests, built offline
+(a CLIP one with its own logit scale is the PickScore twin).
 
 Each directory is what ``save_pretrained`` writes for the real transformers classes: config.json,
 model.safetensors, and a processor (real image processor + real tokenizer) that ``AutoProcessor`` loads back.
@@ -152,8 +153,13 @@ def build_tiny_siglip(directory: Path, *, naflex: bool = False, seed: int = 0) -
     return directory
 
 
-def build_tiny_clip(directory: Path, seed: int = 0) -> Path:
-    """Write a tiny CLIP checkpoint (model_type "clip", CLIPModel) to ``directory`` and return it."""
+def build_tiny_clip(directory: Path, seed: int = 0, logit_scale: float | None = None) -> Path:
+    """Write a tiny CLIP checkpoint (model_type "clip", CLIPModel) to ``directory`` and return it.
+
+    ``logit_scale``: the value of exp(logit_scale) to save (None keeps CLIPConfig's initial 1 / 0.07). A PickScore
+    twin sets one that is neither 1 / 0.07 nor 100, so that a scorer using a constant instead of the model's own
+    scale is caught.
+    """
     directory = Path(directory)
     with _seeded_and_quiet(seed):
         from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
@@ -178,6 +184,8 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> Path:
             model.text_projection.weight.copy_(model.visual_projection.weight)
             model.text_model.final_layer_norm.bias.fill_(_CLIP_SHARED_OFFSET)
             model.vision_model.post_layernorm.bias.fill_(_CLIP_SHARED_OFFSET)
+            if logit_scale is not None:
+                model.logit_scale.fill_(math.log(logit_scale))
         image_processor = CLIPImageProcessor(
             size={"shortest_edge": _IMAGE}, crop_size={"height": _IMAGE, "width": _IMAGE}
         )

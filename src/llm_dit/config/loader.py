@@ -353,6 +353,7 @@ def render_settings(resolved: ResolvedSettings) -> str:
         "generation.sigmas": "schedule from steps and shift",
         "metrics.siglip_path": "metric 'siglip' unavailable",
         "metrics.clip_path": "metric 'clip_score' unavailable",
+        "metrics.pickscore_path": "metric 'pickscore' unavailable",
         "metrics.lpips_backbone": "metrics 'lpips', 'diversity_lpips' unavailable",
         "conditioning.vl_text": "the run's prompt",
         "conditioning.vl_alpha": "1 with a source",

@@ -1059,6 +1059,11 @@ class MetricsSettings(BaseModel):
     clip_path: str | None = Field(
         None, description="Local CLIP checkpoint directory (transformers layout) for the 'clip_score' metric."
     )
+    pickscore_path: str | None = Field(
+        None,
+        description="Local PickScore_v1 checkpoint directory (transformers CLIP layout, with the CLIP-H processor "
+        "files) for the 'pickscore' metric.",
+    )
     lpips_backbone: str | None = Field(
         None,
         description="torchvision ImageNet weights file of the LPIPS backbone (e.g. alexnet-owt-7be5be79.pth) "
@@ -1072,7 +1077,7 @@ class MetricsSettings(BaseModel):
     )
     batch_size: int = Field(16, description="Images per batched forward of a metric model.")
 
-    @field_validator("siglip_path", "clip_path", "lpips_backbone", mode="before")
+    @field_validator("siglip_path", "clip_path", "pickscore_path", "lpips_backbone", mode="before")
     @classmethod
     def _v_paths(cls, v: Any, info: Any) -> str | None:
         return _optional_path(info.field_name, v)

@@ -52,7 +52,7 @@ MIN_PERIODS = 4
 # Neighbourhood half-width in bins: wide enough for a stable median (up to 17 x 17 - 9 bins), narrow enough that
 # a natural image's power (falling like 1/f^2) is about constant over it.
 NEIGHBOURHOOD_BINS = 8
-_LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601
+LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601
 _EXPONENTIAL_MEDIAN = math.log(2.0)  # median / mean of an exponential distribution
 
 
@@ -79,13 +79,13 @@ def lattice_scores(image: ImageLike, period: int = PATCH_PERIOD_PX) -> tuple[np.
             f"grid_artifact needs images of at least {smallest}x{smallest} pixels ({MIN_PERIODS} periods of "
             f"{period} px), got {width}x{height}"
         )
-    luma = rgb.astype(np.float64) @ _LUMA
+    luma = rgb.astype(np.float64) @ LUMA
     luma -= luma.mean()
     window_h, window_w = _hann(height), _hann(width)
     power = np.abs(np.fft.fft2(luma * np.outer(window_h, window_w))) ** 2
     # The mean power per bin of 8-bit rounding noise (uniform, variance 1/12 per channel, independent): an 8-bit
     # image holds nothing below it, and a synthetic neighbourhood of exact zeros would make any peak infinite.
-    floor = float(_LUMA @ _LUMA) / 12.0 * float(window_h @ window_h) * float(window_w @ window_w)
+    floor = float(LUMA @ LUMA) / 12.0 * float(window_h @ window_h) * float(window_w @ window_w)
 
     # The lattice's bins, with the spectrum's wrap-around. A neighbourhood reaches at most half the lattice spacing
     # (itself >= 4 bins) from its point, short of the next point's 3 x 3 block (DC's too): only its own is left out.

@@ -40,7 +40,7 @@ from llm_dit.experiments.store import (
     ResultsStore,
     file_sha256,
 )
-from llm_dit.metrics import artifacts, pixel
+from llm_dit.metrics import artifacts, pixel, sharpness
 from llm_dit.metrics.reference import (
     Reference,
     ReferenceChoice,
@@ -64,7 +64,8 @@ _PIXEL_REFERENCE = {
     "mad": pixel.mean_abs_diff,
     "color_shift": artifacts.color_shift,
 }
-_PIXEL_IMAGE = {"grid_artifact": artifacts.grid_artifact}  # kind "image": the run's own image alone
+# kind "image": the run's own image alone
+_PIXEL_IMAGE = {"grid_artifact": artifacts.grid_artifact, "sharpness": sharpness.sharpness}
 _PIXEL_DIVERSITY = {"diversity_ssim": pixel.ssim_distance, "diversity_mad": pixel.mean_abs_diff}
 _LEGACY_DEFAULTS_NOTE = (
     "this experiment was planned before plans stored their defaults: its default reference is found with the "
@@ -72,7 +73,7 @@ _LEGACY_DEFAULTS_NOTE = (
     "experiment again to store its own, or choose the reference with --reference AXIS=LABEL"
 )
 # Settings whose models run in torch_dtype (bf16 moves their scores measurably); LPIPS always runs in float32.
-_DTYPE_SETTINGS = frozenset({"siglip_path", "clip_path"})
+_DTYPE_SETTINGS = frozenset({"siglip_path", "clip_path", "pickscore_path"})
 
 
 @dataclass
@@ -486,12 +487,14 @@ class MetricsPass:
             out["n"] = len(group)
             out[INPUTS_KEY] = {r["run_id"]: r["image_sha256"] for r in group if r["run_id"] != run["run_id"]}
         elif spec.kind == "image":
-            # The grid's period is a constant of the code, stored so that changing it recomputes the values.
-            out["period_px"] = artifacts.PATCH_PERIOD_PX
-            smallest = artifacts.min_side(artifacts.PATCH_PERIOD_PX)
-            sides = [run["params"].get(key) for key in ("width", "height")]
-            if any(isinstance(side, int) and side < smallest for side in sides):
-                return None  # too small to resolve the grid's harmonics: no value, counted as unavailable
+            if spec.name == "grid_artifact":
+                # The grid's period is a constant of the code, stored so that changing it recomputes the values.
+                out["period_px"] = artifacts.PATCH_PERIOD_PX
+                smallest = artifacts.min_side(artifacts.PATCH_PERIOD_PX)
+                sides = [run["params"].get(key) for key in ("width", "height")]
+                if any(isinstance(side, int) and side < smallest for side in sides):
+                    return None  # too small to resolve the grid's harmonics: no value, counted as unavailable
+            # sharpness depends on nothing but the image (generated sides, multiples of 16, exceed its 3 x 3)
         else:
             out["text"] = _digest(run["prompt_text"])
         return out
@@ -528,10 +531,9 @@ class MetricsPass:
                     s.lpips_backbone or "", net=s.lpips_net, device=s.device, batch_size=s.batch_size
                 )
             else:
-                from llm_dit.metrics.scorers import ClipScorer, SiglipScorer
+                from llm_dit.metrics.scorers import SCORERS
 
-                cls = {"siglip_path": SiglipScorer, "clip_path": ClipScorer}[setting]
-                self._models[setting] = cls.from_pretrained(
+                self._models[setting] = SCORERS[setting].from_pretrained(
                     getattr(s, setting) or "", device=s.device, dtype=s.torch_dtype, batch_size=s.batch_size
                 )
         return self._models[setting]

@@ -59,6 +59,15 @@ METRICS: dict[str, MetricSpec] = {
             "grid_artifact", 1, "image", False,
             "excess spectral power at the harmonics of the 16 px patch grid over neighbouring frequencies, decades",
         ),
+        MetricSpec(
+            "sharpness", 1, "image", True,
+            "variance of the 3x3 Laplacian of the luma in [0, 1]: fine detail (noise and grids count too)",
+        ),
+        MetricSpec(
+            "pickscore", 1, "text_image", True,
+            "PickScore: exp(logit_scale) x cosine(image, prompt) of a local PickScore_v1 (CLIP-H) model",
+            "pickscore_path",
+        ),
     )
 }  # fmt: skip
 
@@ -70,6 +79,10 @@ UNAVAILABLE: dict[str, str] = {
     "image_reward": "ImageReward is not available: the image-reward package (1.5) imports BLIP code that needs "
     "transformers < 5 (apply_chunking_to_forward and friends were removed) and pulls torch/torchvision versions "
     "other than llm-dit's pins; see docs/metrics.md. Use siglip or clip_score for text-image alignment",
+    "hpsv2": "HPSv2/HPSv2.1 is not available: it needs open_clip, which needs torchvision, and the only "
+    "torchvision for torch 2.13 (0.28.0) is a CUDA build whose _C.so links libc10_cuda.so, absent from llm-dit's CPU "
+    "torch, so `import torchvision` fails (operator torchvision::nms does not exist); see docs/metrics.md. Use "
+    "pickscore, siglip or clip_score",
 }
 
 
@@ -121,13 +134,12 @@ def check_weights(specs: Sequence[MetricSpec], settings: MetricsSettings) -> Non
     """Cheap checks of configured weights (directory layout, model type, file present), loading nothing: a bad
     path fails here, before generation starts, not after an hour of sampling."""
     settings_used = {spec.setting for spec in specs if spec.setting}
-    if "siglip_path" in settings_used or "clip_path" in settings_used:
-        from llm_dit.metrics.scorers import ClipScorer, SiglipScorer
+    scorer_settings = [s for s in ("siglip_path", "clip_path", "pickscore_path") if s in settings_used]
+    if scorer_settings:
+        from llm_dit.metrics.scorers import SCORERS
 
-        if "siglip_path" in settings_used:
-            SiglipScorer.check_directory(settings.siglip_path or "")
-        if "clip_path" in settings_used:
-            ClipScorer.check_directory(settings.clip_path or "")
+        for setting in scorer_settings:
+            SCORERS[setting].check_directory(getattr(settings, setting) or "")
     if "lpips_backbone" in settings_used:
         from llm_dit.metrics.lpips import LpipsDistance
 

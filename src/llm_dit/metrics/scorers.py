@@ -1,4 +1,4 @@
-"""Text-image alignment scores from local contrastive models: SigLIP/SigLIP2 match probability and CLIPScore.
+"""Text-image scores from local contrastive models: SigLIP/SigLIP2 match probability, CLIPScore and PickScore.
 
 Models load from local directories only (``local_files_only=True``): there is no hub access. A directory is
 checked first (it exists, its config.json names a supported model_type, its weight, tokenizer and image
@@ -26,7 +26,7 @@ from llm_dit.models.devices import quiet_hf, resolve_device, resolve_dtype
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["ClipScorer", "ImageTextScorer", "SiglipScorer", "text_inputs"]
+__all__ = ["SCORERS", "ClipScorer", "ImageTextScorer", "PickScoreScorer", "SiglipScorer", "text_inputs"]
 
 TextKind = Literal["siglip", "clip"]
 
@@ -301,15 +301,42 @@ class SiglipScorer(ImageTextScorer):
         return torch.sigmoid(logits)
 
 
-class ClipScorer(ImageTextScorer):
+class _ClipModelScorer(ImageTextScorer):
+    """A score from a transformers CLIPModel (model_type "clip"): CLIP's text handling (padded to the batch's
+    longest text, truncated to 77 with the end-of-text token kept, with the attention mask) and the cosine of the
+    two towers' projected embeddings. Subclasses say what they make of the cosine."""
+
+    text_kind = "clip"
+    model_types = frozenset({"clip"})
+
+
+class ClipScorer(_ClipModelScorer):
     """CLIPScore as torchmetrics computes it: ``100 * max(cos(image, text), 0)``, in [0, 100]."""
 
     name = "clip_score"
-    text_kind = "clip"
-    model_types = frozenset({"clip"})
     family = "CLIP"
     config_key = "clip_path"
     wanted = "a local CLIP checkpoint (e.g. openai/clip-vit-large-patch14)"
 
     def _score_batch(self, images: list[Image.Image], texts: list[str]) -> torch.Tensor:
         return 100.0 * self._cosines(images, texts).clamp(min=0.0)
+
+
+class PickScoreScorer(_ClipModelScorer):
+    """PickScore (Kirstain et al., 2023): ``exp(logit_scale) * cos(image, text)`` of PickScore_v1, a CLIP-H model
+    fine-tuned on human preferences (Pick-a-Pic), as its reference code computes it: L2-normalised image and text
+    embeddings, the model's own learned ``logit_scale`` (exp ~ 100 for PickScore_v1), no clamp. Text is tokenized
+    as the reference does (``padding=True, truncation=True, max_length=77``, with the attention mask).
+    """
+
+    name = "pickscore"
+    family = "PickScore (CLIP)"
+    config_key = "pickscore_path"
+    wanted = "a local PickScore_v1 checkpoint with its CLIP-H processor files"
+
+    def _score_batch(self, images: list[Image.Image], texts: list[str]) -> torch.Tensor:
+        return self._cosines(images, texts) * self.model.logit_scale.float().exp()
+
+
+# The [PROFILE.metrics] setting of each scorer's directory -> its class (the metrics pass and check_weights).
+SCORERS: dict[str, type[ImageTextScorer]] = {cls.config_key: cls for cls in (SiglipScorer, ClipScorer, PickScoreScorer)}
