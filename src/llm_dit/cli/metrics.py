@@ -122,7 +122,9 @@ def _print_metric_list(settings: Any, output_format: str) -> None:
             "kind": spec.kind,
             "higher_is_better": spec.higher_is_better,
             "setting": spec.setting,  # the [PROFILE.metrics] key of its weights; null = weight-free
-            "status": "ready" if configured(spec, settings) else f"set {spec.setting}",
+            "status": ("ready" if spec.default else "ready, by name")
+            if configured(spec, settings)
+            else f"set {spec.setting}",
             "version": spec.version,
             "description": spec.description,
             "what": spec.description,

@@ -160,6 +160,7 @@ class MetricsPass:
         self.settings = settings or MetricsSettings()
         self.progress = progress
         self._models: dict[str, Any] = {}  # by spec.setting: lpips and diversity_lpips share one model
+        self._info: dict[str, Any] = {}  # the experiment of the pass (refiner_drift reads its checkpoint)
 
     # -- planning --------------------------------------------------------------------------------------------
 
@@ -255,6 +256,7 @@ class MetricsPass:
         model_params: dict[str, dict[str, Any]],
     ) -> MetricsReport:
         info, runs = self._experiment(experiment)
+        self._info = info
         definition = info["definition"] or {}
         defaults = PlanDefaults.from_metadata(info["metadata"])
         directory = self.store.experiment_dir(experiment)
@@ -432,7 +434,8 @@ class MetricsPass:
 
     def unload(self) -> None:
         for model in self._models.values():
-            model.unload()
+            if hasattr(model, "unload"):  # scorers free their weights; a pipeline (refiner_drift) is dropped
+                model.unload()
         self._models.clear()
 
     # -- helpers ---------------------------------------------------------------------------------------------
@@ -486,6 +489,9 @@ class MetricsPass:
             out["group"] = _digest(",".join(sorted(r["run_id"] for r in group)))
             out["n"] = len(group)
             out[INPUTS_KEY] = {r["run_id"]: r["image_sha256"] for r in group if r["run_id"] != run["run_id"]}
+        elif spec.kind == "conditioning":
+            # The run's caption features through the experiment's own checkpoint: its weights are what it depends on.
+            out["model"] = (self._info.get("metadata") or {}).get("model_fingerprint")
         elif spec.kind == "image":
             if spec.name == "grid_artifact":
                 # The grid's period is a constant of the code, stored so that changing it recomputes the values.
@@ -577,6 +583,8 @@ class MetricsPass:
                 values = self._diversity(spec, runs, groups, image)
             elif spec.kind == "image":
                 values = [float(_PIXEL_IMAGE[spec.name](image(run))) for run in runs]
+            elif spec.kind == "conditioning":
+                values = [self._refiner_drift(run) for run in runs]
             else:
                 texts = [run["prompt_text"] for run in runs]
                 values = self._model(spec).score([Image.fromarray(image(run)) for run in runs], texts)
@@ -584,6 +592,34 @@ class MetricsPass:
                 params = work[run["run_id"]][spec.name]
                 out.append(MetricValue(run["run_id"], spec.name, value, spec.version, params, run["image_sha256"]))
         return out
+
+    def _refiner_drift(self, run: Mapping[str, Any]) -> float:
+        """refiner_drift of a run: its caption features (as the run made them: prompt, encoder and conditioning
+        settings) through the context refiner of the experiment's own checkpoint, which loads once per pass."""
+        from llm_dit.experiments.model import PlannedRun
+        from llm_dit.experiments.preparation import request_for
+        from llm_dit.experiments.prompts import Prompt
+        from llm_dit.generation.refiner import refiner_drift
+
+        if "pipeline" not in self._models:
+            from llm_dit.config import Settings
+            from llm_dit.generation.pipeline import LlmDitPipeline
+
+            base = (self._info.get("metadata") or {}).get("base_settings")
+            if not base:
+                raise LlmDitError(
+                    f"{self._info.get('name')}: its metadata has no base_settings, so its checkpoint is unknown; "
+                    "run the experiment again to store them, or leave refiner_drift out"
+                )
+            self._models["pipeline"] = LlmDitPipeline.from_settings(Settings.model_validate(base))
+        pipe = self._models["pipeline"]
+        planned = PlannedRun(
+            run["run_id"], self._info.get("name", ""), Prompt(run["prompt_id"], run["prompt_text"]),
+            run["prompt_text"], run["seed"], run["variables"], run["params"], run["image_name"],
+        )  # fmt: skip
+        features = pipe.caption_features([request_for(planned)])[0]
+        features = getattr(features, "embeddings", features)  # precomputed features are a tensor already
+        return refiner_drift(pipe.transformer, features, run["params"].get("refiner") or "default").whole
 
     def _distances(
         self, spec: MetricSpec, fn: Callable[[np.ndarray, np.ndarray], float] | None, pairs: Sequence[tuple]

@@ -10,8 +10,9 @@ from llm_dit.config import MetricsSettings
 from llm_dit.errors import LlmDitError
 
 # reference: the run's image against a reference image; diversity: a run against the other seeds of its condition;
-# text_image: the run's image against its prompt text; image: the run's image alone.
-Kind = Literal["reference", "diversity", "text_image", "image"]
+# text_image: the run's image against its prompt text; image: the run's image alone; conditioning: the run's caption
+# features through the experiment's own checkpoint (no image).
+Kind = Literal["reference", "diversity", "text_image", "image", "conditioning"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,9 @@ class MetricSpec:
     higher_is_better: bool
     description: str
     setting: str | None = None  # the [PROFILE.metrics] key its weights come from; None = weight-free
+    # In the default set (every configured metric). A metric that loads the experiment's own checkpoint is not: it is
+    # computed when named (--metric).
+    default: bool = True
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -67,6 +71,12 @@ METRICS: dict[str, MetricSpec] = {
             "pickscore", 1, "text_image", True,
             "PickScore: exp(logit_scale) x cosine(image, prompt) of a local PickScore_v1 (CLIP-H) model",
             "pickscore_path",
+        ),
+        MetricSpec(
+            "refiner_drift", 1, "conditioning", True,
+            "mean cosine over caption tokens between the features entering and leaving the DiT's context refiner "
+            "(1 = unchanged); loads the experiment's checkpoint, so computed only when named",
+            default=False,
         ),
     )
 }  # fmt: skip
@@ -122,11 +132,14 @@ def select_metrics(names: Sequence[str] | None, settings: MetricsSettings) -> tu
             raise LlmDitError("; ".join(problems))
         check_weights(chosen, settings)
         return chosen, notes
-    chosen = [spec for spec in METRICS.values() if configured(spec, settings)]
+    chosen = [spec for spec in METRICS.values() if spec.default and configured(spec, settings)]
     check_weights(chosen, settings)
     missing = [f"{spec.name} ({spec.setting})" for spec in METRICS.values() if not configured(spec, settings)]
     if missing:
         notes.append(f"not computed, weights not configured (set in [default.metrics]): {', '.join(missing)}")
+    named = [spec.name for spec in METRICS.values() if not spec.default]
+    if named:
+        notes.append(f"not in the default set (name them with --metric): {', '.join(named)}")
     return chosen, notes
 
 
