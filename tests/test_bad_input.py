@@ -803,6 +803,39 @@ def _plot_case(args: list[str], needles: list[str]) -> Case:
 
 PLOT_CASES = [_plot_case(args, needles) for args, needles in PLOT_ERRORS]
 
+
+def not_a_report_folder(env: Env) -> None:
+    results_copy(env)
+    (env.tmp / "notes").mkdir()
+    (env.tmp / "notes" / "keep.txt").write_text("mine", encoding="utf-8")
+
+
+def no_done_runs(env: Env) -> None:
+    results_copy(env)
+    _edit_db(env, "UPDATE runs SET status = 'failed', error = 'boom' WHERE experiment = 'look_custom'")
+
+
+REPORT_ERRORS: list[tuple[str, list[str], list[str], tuple[Setup, ...]]] = [  # tests/test_report.py
+    ("unknown-experiment", ["lookk"], ["no experiment 'lookk'", "did you mean 'look'?"], ()),
+    ("unknown-metric", ["look", "--metric", "ssimm"], ["unknown metric 'ssimm'", "mad, psnr, ssim"], ()),
+    ("metric-without-values", ["look_custom", "-m", "ssim"], ["no ssim values", "llm-dit metrics look_custom"], ()),
+    ("baseline-unknown-axis", ["look", "--baseline", "shfit=3.0"], ["no axis 'shfit'", "did you mean 'shift'?"], ()),
+    ("baseline-unknown-value", ["look", "--baseline", "shift=2.5"], ["shift has no value '2.5'"], ()),
+    ("out-inside-results", ["look", "-o", "{res}/look/elsewhere"], ["inside the results directory"], ()),
+    ("out-not-a-report", ["look", "-o", "{tmp}/notes"], ["holds no report.md"], (not_a_report_folder,)),
+    ("no-done-runs", ["look_custom"], ["no done runs", "6 failed"], (no_done_runs,)),
+]
+REPORT_CASES: list[Case] = [
+    Case(
+        f"report-{name}",
+        ("report", *args, "--output-dir", "{res}", *([] if "-o" in args else ["-o", "{tmp}/report"])),
+        tuple(needles),
+        setup=setup or (results_copy,),
+    )
+    for name, args, needles, setup in REPORT_ERRORS
+] + [Case("report-no-database", ("report", "look", "--output-dir", "{tmp}/nowhere"), ("no results database in",))]
+
+
 VIEW_CASES: list[Case] = [  # tests/test_viewer_api.py
     Case("view-no-database", ("view", "--output-dir", "{tmp}/nowhere"), ("no results database in", "--output-dir")),
     Case(
@@ -1149,6 +1182,7 @@ READERS: dict[str, tuple[str, ...]] = {
     "compare": ("compare", "-e", "look", "--output-dir", "{res}"),
     "compare-list": ("compare", "--list", "--output-dir", "{res}"),
     "plot": ("plot", "look", "--output-dir", "{res}", "-o", "{tmp}/never.png"),
+    "report": ("report", "look", "--output-dir", "{res}", "-o", "{tmp}/report"),
     "view": ("view", "--output-dir", "{res}", "--port", "70000"),
 }
 DATABASE_CASES: list[Case] = [
@@ -1164,6 +1198,7 @@ CASES: list[Case] = [
     *METRICS_CASES,
     *COMPARE_CASES,
     *PLOT_CASES,
+    *REPORT_CASES,
     *VIEW_CASES,
     *EMBED_STATS_CASES,
     *CONDITIONING_CASES,

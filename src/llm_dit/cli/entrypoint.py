@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import typer
 
-from llm_dit.cli import ablate, compare, embedding, generate, metrics, plot, sources, study, tiny_model, view
+from llm_dit.cli import ablate, compare, embedding, generate, metrics, plot, report, sources, study, tiny_model, view
 from llm_dit.cli.config import config_app
 from llm_dit.cli.terminal import error
 from llm_dit.errors import LlmDitError
@@ -40,6 +40,7 @@ COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("compare", compare.compare_cmd),
     ("view", view.view_cmd),
     ("plot", plot.plot_cmd),
+    ("report", report.report_cmd),
 )
 for _name, _command in COMMANDS:
     app.command(_name)(_command)
