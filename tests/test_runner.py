@@ -147,14 +147,19 @@ def test_prepare_expands_prompts_x_combinations_x_seeds(tiny_checkpoint: Path, n
     )
     runs = prepared.runs
     combos = prepared.experiment.combinations()
-    assert len(combos) == 5 * 6
-    assert len(runs) == 2 * 30 * 2
+    assert len(combos) == 5 * 6 + 1  # the grid and its converged reference, first
+    assert len(runs) == 2 * 31 * 2
     assert len({r.run_id for r in runs}) == len(runs)
     assert len({r.image_name for r in runs}) == len(runs)
     # Order: prompts (slowest), combinations (first axis slowest), seeds (fastest).
-    assert [r.prompt.id for r in runs] == ["simple_001"] * 60 + ["simple_002"] * 60
+    assert [r.prompt.id for r in runs] == ["simple_001"] * 62 + ["simple_002"] * 62
     assert [r.seed for r in runs[:4]] == [1, 2, 1, 2]
-    assert [r.variables for r in runs[:4:2]] == [{"shift": "2.0", "steps": "6"}, {"shift": "2.0", "steps": "8"}]
+    reference = {"shift": "converged_50", "steps": "converged_50"}
+    assert [r.variables for r in runs[:6:2]] == [
+        reference,
+        {"shift": "2.0", "steps": "6"},
+        {"shift": "2.0", "steps": "8"},
+    ]
     assert runs[-1].variables == {"shift": "4.0", "steps": "15"}
     for r in runs:
         request = request_for(r)
@@ -162,7 +167,10 @@ def test_prepare_expands_prompts_x_combinations_x_seeds(tiny_checkpoint: Path, n
         assert request.prompt == r.prompt_text
         gen = request.generation
         assert (gen.seed, gen.width, gen.height) == (r.seed, 64, 64)
-        assert (gen.shift, gen.steps) == (float(r.variables["shift"]), int(r.variables["steps"]))
+        if r.variables == reference:
+            assert (gen.shift, gen.steps) == (3.0, 50)
+        else:
+            assert (gen.shift, gen.steps) == (float(r.variables["shift"]), int(r.variables["steps"]))
     assert prepared.notes == []
     assert not prepared.source.built  # planned and checked without a pipeline (the light checks)
     # Nothing loaded: the transformer and VAE are still lazy, the encoder model too.
@@ -174,13 +182,14 @@ def test_prepare_uses_the_experiment_defaults_and_notes_swept_overrides(
     tiny_checkpoint: Path, no_model_load: None
 ) -> None:
     prepared = prepare(tiny_checkpoint, "shift_sweep", overrides={**SMALL, "shift": 2.5})
-    # shift_sweep: category animals, max 5 prompts; seeds 42, 123; 6 shifts.
-    assert len(prepared.runs) == 5 * 6 * 2
+    # shift_sweep: category animals, max 5 prompts; seeds 42, 123; 6 shifts and the converged reference.
+    assert len(prepared.runs) == 5 * 7 * 2
     assert sorted({r.prompt.id for r in prepared.runs}) == [f"animal_{i:03d}" for i in range(1, 6)]
     assert {r.seed for r in prepared.runs} == {42, 123}
     # The axis wins over --set shift, and the user is told.
     assert sorted({r.params["shift"] for r in prepared.runs}) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert any("shift" in note and "swept" in note for note in prepared.notes), prepared.notes
+    assert "--set shift does not apply to the baseline 'converged_50' (it sets its own shift)" in prepared.notes
 
 
 def test_run_ids_are_stable_across_processes(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -209,7 +218,7 @@ def test_run_ids_are_stable_across_processes(tiny_checkpoint: Path, tmp_path: Pa
         (r.run_id, r.image_name)
         for r in prepare(tiny_checkpoint, "shift_sweep", prompt_ids=["animal_001", "animal_002"], seeds=[1, 2]).runs
     ]
-    assert len(ours) == 2 * 6 * 2
+    assert len(ours) == 2 * 7 * 2
     assert theirs == ours
     assert all(re.fullmatch(r"[0-9a-f]{16}", rid) for rid, _ in ours)
 
@@ -223,17 +232,18 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     rc, stdout, _err = run(capsys, *argv, "--seeds", "1,2", "--dry-run")
     assert rc == 0
     text = flat(stdout)
-    assert "24 runs = 2 prompts x 6 combinations x 2 seeds" in text
-    assert "axes: shift = 1.0, 2.0, 3.0, 4.0, 5.0, 6.0" in text
-    # 24 runs of one (64, 64, 2 steps) group: 3 batches of 8 x 2 steps, or 48 forwards one by one.
-    assert "6 batched DiT forwards at batch 8 (48 one by one)" in text
+    assert "28 runs = 2 prompts x 7 combinations x 2 seeds" in text
+    assert "axes: shift = 1.0, 2.0, 3.0, 4.0, 5.0, 6.0; plus the baseline converged_50" in text
+    # 24 runs of one (64, 64, 2 steps) group: 3 batches of 8 x 2 steps, or 48 forwards one by one; and the 4
+    # converged references (50 steps: --set steps does not apply to them): one batch of 4 x 50, or 200.
+    assert "56 batched DiT forwards at batch 8 (248 one by one)" in text
     assert "2 prompt encodings" in text
     runs = prepare(tiny_checkpoint, "shift_sweep", prompt_ids=["animal_001", "animal_002"], seeds=[1, 2]).runs
     table = [line for line in stdout.splitlines() if re.search(r"\b[0-9a-f]{16}\b", line)]
     assert len(table) == 12  # the first 12 runs
     for line, r in zip(table, runs[:12], strict=True):
         assert r.run_id in line and r.prompt.id in line
-    assert "and 12 more (dry run: nothing written)" in text
+    assert "and 16 more (dry run: nothing written)" in text
     assert not out.exists()
 
 

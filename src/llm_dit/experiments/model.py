@@ -304,22 +304,21 @@ class PlannedRun:
 
     def encoder_params(self) -> dict[str, Any]:
         """Keyword values for :class:`EncoderSettings` (inert ``None`` values left out)."""
-        out = {k: self.params[k] for k in ENCODER_PARAMETERS if k in self.params}
-        if out.get("hidden_layer") is None:
-            out.pop("hidden_layer", None)
-        return out
+        from llm_dit.generation.request import encoder_kwargs
+
+        return encoder_kwargs(self.params)
 
     def conditioning_params(self) -> dict[str, Any]:
         """Keyword values for :class:`ConditioningSettings` (inert ``None`` values left out)."""
-        return {k: self.params[k] for k in CONDITIONING_PARAMETERS if self.params.get(k) is not None}
+        from llm_dit.generation.request import conditioning_kwargs
+
+        return conditioning_kwargs(self.params)
 
     def generation_params(self) -> dict[str, Any]:
         """Keyword values for :class:`GenerationSettings`, seed included (inert ``None`` values left out)."""
-        out = {k: self.params[k] for k in GENERATION_PARAMETERS if k in self.params}
-        for key in ("shift", "negative_prompt", "cfg_normalization", "cfg_truncation"):
-            if out.get(key) is None:
-                out.pop(key, None)
-        return out
+        from llm_dit.generation.request import generation_kwargs
+
+        return generation_kwargs(self.params)
 
 
 # --------------------------------------------------------------------------------------------------

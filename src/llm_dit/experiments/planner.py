@@ -485,11 +485,12 @@ def _baseline_levels(
 
 
 def baseline_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None) -> list[str]:
-    """Names of the given overrides that a baseline does not take (conditioning parameters: see
-    :func:`_baseline_levels`), so the CLI can say so."""
+    """Names of the given overrides that a baseline does not take (conditioning parameters, see
+    :func:`_baseline_levels`, and those it sets itself, e.g. a converged reference's steps), so the CLI can say so."""
     if experiment.baseline is None:
         return []
-    return [k for k, v in (overrides or {}).items() if v is not None and k in CONDITIONING_PARAMETERS]
+    own = experiment.baseline.params
+    return [k for k, v in (overrides or {}).items() if v is not None and (k in CONDITIONING_PARAMETERS or k in own)]
 
 
 def _run_name(experiment: Experiment, prompt_id: str, seed: int, variables: Mapping[str, str]) -> str:

@@ -20,7 +20,7 @@ from llm_dit.experiments.model import Experiment
 from llm_dit.experiments.model import PlannedRun as Run
 from llm_dit.generation.batching import batches
 from llm_dit.generation.checks import RequestChecker, resolved_numerics
-from llm_dit.generation.request import GenerationRequest, encoding_texts, sampling_group
+from llm_dit.generation.request import GenerationRequest, encoding_texts, request_from_params, sampling_group
 
 if TYPE_CHECKING:
     from llm_dit.generation.pipeline import LlmDitPipeline
@@ -29,14 +29,7 @@ if TYPE_CHECKING:
 
 def request_for(run: Run) -> GenerationRequest:
     """The generation request of a planned run (its params are already validated by the plan)."""
-    return GenerationRequest.build(
-        run.prompt_text,
-        tag=run,
-        shift_source=run.params.get("shift_source"),
-        **run.encoder_params(),
-        **run.conditioning_params(),
-        **run.generation_params(),
-    )
+    return request_from_params(run.prompt_text, run.params, tag=run)
 
 
 class PipelineSource:
@@ -189,8 +182,10 @@ def prepare_experiment(
         f"--set {key} is swept by the experiment; the axis values win" for key in swept_overrides(experiment, overrides)
     ]
     if experiment.baseline is not None:
+        own = experiment.baseline.params
         notes += [
-            f"--set {key} does not apply to the baseline '{experiment.baseline.label}' (it keeps its own conditioning)"
+            f"--set {key} does not apply to the baseline '{experiment.baseline.label}' "
+            + (f"(it sets its own {key})" if key in own else "(it keeps its own conditioning)")
             for key in baseline_overrides(experiment, overrides)
         ]
     source = pipeline if isinstance(pipeline, PipelineSource) else PipelineSource(settings, batch_size, pipeline)

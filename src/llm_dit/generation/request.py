@@ -29,6 +29,44 @@ _GENERATION_FIELDS = set(GenerationSettings.model_fields)
 _CONDITIONING_FIELDS = set(ConditioningSettings.model_fields)
 
 
+# A resolved run's params record an inert value as None; these generation settings must then be left unset.
+_UNSET_WHEN_NONE = ("shift", "negative_prompt", "cfg_normalization", "cfg_truncation")
+
+
+def encoder_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """A resolved run's encoder settings (``hidden_layer`` left out when inert: a blend sets ``layer_weights``)."""
+    out = {k: params[k] for k in EncoderSettings.model_fields if k not in ENCODER_LOAD_FIELDS and k in params}
+    if out.get("hidden_layer") is None:
+        out.pop("hidden_layer", None)
+    return out
+
+
+def conditioning_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """A resolved run's conditioning settings (inert None values left out)."""
+    return {k: params[k] for k in ConditioningSettings.model_fields if params.get(k) is not None}
+
+
+def generation_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """A resolved run's generation settings, seed included (inert None values left out)."""
+    out = {k: params[k] for k in GenerationSettings.model_fields if k != "output_dir" and k in params}
+    for key in _UNSET_WHEN_NONE:
+        if out.get(key) is None:
+            out.pop(key, None)
+    return out
+
+
+def request_from_params(prompt: str, params: dict[str, Any], tag: Any = None) -> GenerationRequest:
+    """The request of a run from its prompt text and resolved params (as the planner and the store record them)."""
+    return GenerationRequest.build(
+        prompt,
+        tag=tag,
+        shift_source=params.get("shift_source"),
+        **encoder_kwargs(params),
+        **conditioning_kwargs(params),
+        **generation_kwargs(params),
+    )
+
+
 @dataclass
 class GenerationRequest:
     """One image to make: a prompt or precomputed caption features, plus its settings."""

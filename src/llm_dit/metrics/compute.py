@@ -596,10 +596,8 @@ class MetricsPass:
     def _refiner_drift(self, run: Mapping[str, Any]) -> float:
         """refiner_drift of a run: its caption features (as the run made them: prompt, encoder and conditioning
         settings) through the context refiner of the experiment's own checkpoint, which loads once per pass."""
-        from llm_dit.experiments.model import PlannedRun
-        from llm_dit.experiments.preparation import request_for
-        from llm_dit.experiments.prompts import Prompt
         from llm_dit.generation.refiner import refiner_drift
+        from llm_dit.generation.request import request_from_params
 
         if "pipeline" not in self._models:
             from llm_dit.config import Settings
@@ -613,11 +611,7 @@ class MetricsPass:
                 )
             self._models["pipeline"] = LlmDitPipeline.from_settings(Settings.model_validate(base))
         pipe = self._models["pipeline"]
-        planned = PlannedRun(
-            run["run_id"], self._info.get("name", ""), Prompt(run["prompt_id"], run["prompt_text"]),
-            run["prompt_text"], run["seed"], run["variables"], run["params"], run["image_name"],
-        )  # fmt: skip
-        features = pipe.caption_features([request_for(planned)])[0]
+        features = pipe.caption_features([request_from_params(run["prompt_text"], run["params"])])[0]
         features = getattr(features, "embeddings", features)  # precomputed features are a tensor already
         return refiner_drift(pipe.transformer, features, run["params"].get("refiner") or "default").whole
 
