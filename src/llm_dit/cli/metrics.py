@@ -114,7 +114,7 @@ METRIC_FIELDS = ("name", "kind", "higher_is_better", "setting", "status", "versi
 
 def _print_metric_list(settings: Any, output_format: str) -> None:
     """Every metric (and the unavailable ones), what it needs and whether it is ready, on stdout."""
-    from llm_dit.metrics.registry import METRICS, UNAVAILABLE, configured
+    from llm_dit.metrics.registry import METRICS, SET_METRICS, UNAVAILABLE, configured
 
     records = [
         {
@@ -134,7 +134,7 @@ def _print_metric_list(settings: Any, output_format: str) -> None:
     records += [
         {"name": name, "kind": None, "higher_is_better": None, "setting": None, "status": "unavailable",
          "version": None, "description": why, "what": why.split(":")[0]}
-        for name, why in UNAVAILABLE.items()
+        for name, why in {**UNAVAILABLE, **SET_METRICS}.items()
     ]  # fmt: skip
     columns = [
         Column("name", "metric", whole=True),
