@@ -665,6 +665,7 @@ METRICS_CASES: list[Case] = [
     met("reference-unknown-value", ["--reference", "shift=9.9"], ["--reference shift=9.9", "values of shift: '2.0'"]),
     met("metric-without-weights", ["--metric", "siglip"], ["metric 'siglip' needs local weights", "siglip_path"]),
     met("image-reward", ["--metric", "image_reward"], ["ImageReward is not available", "siglip or clip_score"]),
+    met("fid-unavailable", ["--metric", "fid"], ["fid is a set-level metric", "torchvision"]),
     met("unknown-metric", ["--metric", "ssim,aesthetic"], ["unknown metric 'aesthetic'; metrics: "]),
     met(
         "reference-image-wrong-size",
@@ -849,6 +850,18 @@ VIEW_CASES: list[Case] = [  # tests/test_viewer_api.py
         ("view", "--output-dir", "{res}", "--port", "{port}"),
         ("cannot listen on 127.0.0.1:{port}", "pick another --port"),
         setup=(results_copy, taken_port),
+    ),
+    Case(  # tests/test_viewer_rating.py
+        "view-rater-without-rate",
+        ("view", "--output-dir", "{res}", "--rater", "ann"),
+        ("--rater only applies to rating mode", "--rate"),
+        setup=(results_copy,),
+    ),
+    Case(
+        "view-rate-public-host",
+        ("view", "--output-dir", "{res}", "--rate", "--host", "0.0.0.0"),
+        ("--rate writes judgements and listens on loopback only", "--host 0.0.0.0"),
+        setup=(results_copy,),
     ),
 ]
 

@@ -493,6 +493,7 @@ def render(report: Report, images: Mapping[str, list[tuple[str, str, list[str]]]
     out += [json.dumps(meta.get("base_settings") or {}, indent=2, sort_keys=True), "```", "", "</details>", ""]
     out += _summary_section(report)
     out += _tests_section(report)
+    out += preferences_section(res)
     for section, entries in images.items():
         out += [f"## {section}", ""]
         for path, caption, notes in entries:
@@ -500,6 +501,32 @@ def render(report: Report, images: Mapping[str, list[tuple[str, str, list[str]]]
             out += [f"*{md_text(n)}*" for n in notes] + ([""] if notes else [])
     out += ["## Conclusions", "", CONCLUSIONS_BEGIN, conclusions, CONCLUSIONS_END, ""]
     return "\n".join(out)
+
+
+def preferences_section(res: ExperimentResults) -> list[str]:
+    """'## Human preference': win rates and Bradley-Terry scores of the A/B judgements of ``llm-dit view --rate``
+    (:mod:`.preferences`); nothing at all when the experiment has none."""
+    from llm_dit.analysis.preferences import BT_METRIC, experiment_preferences
+
+    found = experiment_preferences(res)
+    if not found["rows"]:
+        return []
+    out = [
+        "## Human preference",
+        "",
+        f"{found['judgements']} blind A/B judgements by {len(found['raters'])} rater(s) "
+        f"({found['stale']} left out: an image regenerated since). Win rate = (wins + ties/2) / n with a Wilson 95% "
+        "interval; Bradley-Terry log-strength (MM fit, ties half a win each), the axis' first value pinned to 0, "
+        "with a 95% interval from the observed Fisher information.",
+        "",
+    ]
+    rows = [
+        [md_code(r["axis"]), md_code(r["value"]), "Bradley-Terry" if r["metric"] == BT_METRIC else "win rate",
+         fmt(r["mean"]), interval(r), f"{r['wins']}/{r['ties']}/{r['losses']}", str(r["n"])]
+        for r in found["rows"]
+    ]  # fmt: skip
+    out += table(["axis", "value", "score", "estimate", "95% interval", "wins/ties/losses", "n"], rows)
+    return [*out, ""]
 
 
 def _summary_section(report: Report) -> list[str]:

@@ -19,13 +19,22 @@ Security model (the server has no authentication, so it relies on where it liste
   send bytes whose hash the experiment recorded, whatever lies at those paths now.
 - Responses carry ``X-Content-Type-Options: nosniff`` and a Content-Security-Policy that allows this origin only,
   so the page can load nothing from elsewhere.
+- Rating mode (``rate=True``, ``llm-dit view --rate``) adds the only route that writes: POST
+  ``/api/rate/<name>/judgements`` appends one judgement to ``<results>/<name>/preferences.jsonl`` (never the store,
+  an image or an export). It needs the per-session token (random, made when the app is created, embedded in the
+  rating page, sent in the ``X-Rate-Token`` header: anything else is 403) and a same-origin request (an ``Origin``
+  or ``Sec-Fetch-Site`` header naming another site is 403). Without ``rate`` these routes do not exist (404).
 """
 
 from __future__ import annotations
 
+import html
 import io
 import ipaddress
+import json
 import math
+import random
+import secrets
 import socket
 import threading
 import time
@@ -68,13 +77,18 @@ from llm_dit.metrics.registry import METRICS
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7861
 IMAGE_TYPES: dict[str, str] = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
-# The page's own files: a fixed list, so /static/<name> can never name anything else in the package.
+# Every file of static/ with its type: the viewer's page (a fixed list, so /static/<name> can never name anything
+# else in the package) and the rating page's (served only in rating mode, under /rate: RATE_FILES).
 STATIC_TYPES: dict[str, str] = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
+    "rate.html": "text/html; charset=utf-8",
+    "rate.js": "text/javascript; charset=utf-8",
+    "rate.css": "text/css; charset=utf-8",
 }
+VIEWER_FILES: tuple[str, ...] = ("index.html", "app.js", "style.css", "favicon.svg")  # what /static/<name> serves
 MAX_GAIN = 1000.0  # beyond this every non-zero difference is already white
 # Grid thumbnails: a few fixed sizes (the page picks the next one up from what it displays), so the cache is shared
 # across zoom levels; a full-size 1024x1024 PNG is ~1.5 MB, a 256-px WebP ~20 KB.
@@ -241,12 +255,19 @@ class BadRequest(Exception):
     """A request the server understands but refuses (400), e.g. images of two sizes to diff."""
 
 
-def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI:
+def create_app(
+    root: str | Path, *, loopback_hosts_only: bool = True, rate: bool = False, rater: str | None = None
+) -> FastAPI:
     """The viewer app over the results directory ``root`` (which must hold a results database).
 
     ``loopback_hosts_only``: refuse requests whose Host header is not a loopback name (right for a server bound
-    to a loopback address; pass False when it listens on a public interface on purpose).
+    to a loopback address; pass False when it listens on a public interface on purpose). ``rate``: add the blind
+    A/B rating page (``/rate``) and its write route; ``rater``: the name the page starts with.
     """
+    if rater is not None and not rate:
+        raise LlmDitError("a rater name only applies to rating mode; pass rate=True (--rate) too")
+    if rate and not loopback_hosts_only:
+        raise LlmDitError("rating mode writes judgements and binds to loopback only; drop --host (or use 127.0.0.1)")
     root = Path(root)
     # None there (require_database), damaged or too new: refused here, before anything listens.
     ResultsStore(root, read_only=True).close()
@@ -395,7 +416,7 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
 
     @app.get("/static/{name}")
     def static_file(name: str) -> Response:
-        if name not in STATIC_TYPES:
+        if name not in VIEWER_FILES:
             raise FileRefused(404, "not found")
         data = (resources.files("llm_dit.viewer") / "static" / name).read_bytes()
         return Response(data, media_type=STATIC_TYPES[name], headers={"Cache-Control": "no-cache"})
@@ -606,7 +627,169 @@ def create_app(root: str | Path, *, loopback_hosts_only: bool = True) -> FastAPI
         resolved = resolve_image(resolved_root, path)
         return FileResponse(resolved, media_type=IMAGE_TYPES[resolved.suffix.lower()])
 
+    @app.get("/api/experiments/{name}/preferences")
+    def preferences(name: str) -> JSONResponse:
+        """Win rates and Bradley-Terry scores of the experiment's A/B judgements (read-only; empty without any)."""
+        from llm_dit.analysis.preferences import experiment_preferences
+
+        results, _ = experiment_or_404(name)
+        return JSONResponse(jsonable(relative({"experiment": results.name, **experiment_preferences(results)})))
+
+    if rate:
+        add_rating_routes(app, experiment_or_404, resolved_root, rater or "")
     return app
+
+
+RATE_TOKEN_HEADER = "X-Rate-Token"
+MAX_JUDGEMENT_BYTES = 4096
+# The rating page's own files under /rate/static/, served only in rating mode (rate.html is /rate itself).
+RATE_FILES: tuple[str, ...] = ("rate.js", "rate.css")
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a write comes from this server's own page: an ``Origin`` header, when sent (browsers always send it
+    on a POST from a page), must be this very origin, and ``Sec-Fetch-Site`` must not name another site."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    return origin is None or origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+
+def add_rating_routes(
+    app: FastAPI,
+    experiment_or_404: Callable[[str], tuple[ExperimentResults, dict[str, dict[str, Any]]]],
+    resolved_root: Path,
+    rater: str,
+) -> None:
+    """The rating page, its blind pairs, their images and the one write route (see the module docstring).
+
+    Blind: the page gets neither labels nor run ids nor file names, only opaque ids made for this server session
+    (the image route takes one of those), so nothing in the DOM or the URLs tells the conditions apart."""
+    from llm_dit.analysis.preferences import (
+        CHOICES,
+        Judgement,
+        append_judgement,
+        preferences_path,
+        rating_pairs,
+        run_image_sha256,
+        utc_now,
+    )
+
+    token = secrets.token_urlsafe(32)
+    session = secrets.token_hex(8)
+    shuffler = random.SystemRandom()
+    opaque: dict[tuple[str, str], str] = {}  # (experiment, run id) -> opaque id
+    runs_of: dict[str, tuple[str, str]] = {}  # opaque id -> (experiment, run id)
+    lock = threading.Lock()
+
+    def opaque_id(experiment: str, run_id: str) -> str:
+        with lock:
+            if (experiment, run_id) not in opaque:
+                made = secrets.token_hex(8)
+                opaque[(experiment, run_id)] = made
+                runs_of[made] = (experiment, run_id)
+            return opaque[(experiment, run_id)]
+
+    def pairs_of(results: ExperimentResults, axis: str | None) -> dict[frozenset[str], tuple[str, str, str]]:
+        """{the two runs: (axis, A, B)} over the servable pairs."""
+        try:
+            found = rating_pairs(results, None if axis is None else [axis])
+        except LlmDitError as exc:
+            raise BadRequest(str(exc)) from None
+        return {frozenset((a, b)): (ax, a, b) for ax, a, b in found}
+
+    def page_text(name: str) -> bytes:
+        return (resources.files("llm_dit.viewer") / "static" / name).read_bytes()
+
+    @app.get("/rate")
+    def rate_page() -> Response:
+        text = page_text("rate.html").decode("utf-8")
+        text = text.replace("{{TOKEN}}", token).replace("{{RATER}}", html.escape(rater, quote=True))
+        return Response(text, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
+
+    @app.get("/rate/static/{name}")
+    def rate_static(name: str) -> Response:
+        if name not in RATE_FILES:
+            raise FileRefused(404, "not found")
+        return Response(page_text(name), media_type=STATIC_TYPES[name], headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/rate/{name}/pairs")
+    def rate_pairs(name: str, axis: str | None = None) -> JSONResponse:
+        """Every pair to rate, shuffled, each with random sides: opaque ids and image URLs, nothing else."""
+        results, _ = experiment_or_404(name)
+        found = list(pairs_of(results, axis).values())
+        shuffler.shuffle(found)
+        out = []
+        for _, a, b in found:
+            left, right = (a, b) if shuffler.random() < 0.5 else (b, a)
+            ids = opaque_id(results.name, left), opaque_id(results.name, right)
+            out.append({"left": ids[0], "right": ids[1], "left_url": f"/rate/images/{ids[0]}",
+                        "right_url": f"/rate/images/{ids[1]}"})  # fmt: skip
+        return JSONResponse({"experiment": results.name, "axes": results.axes, "pairs": out})
+
+    @app.get("/rate/images/{image_id}")
+    def rate_image(image_id: str) -> Response:
+        from fastapi.responses import FileResponse
+
+        if image_id not in runs_of:
+            raise FileRefused(404, "not found")
+        experiment, run_id = runs_of[image_id]
+        results, by_id = experiment_or_404(experiment)
+        run = by_id.get(run_id)
+        if run is None or run["status"] != "done" or not run.get("image_path"):
+            raise FileRefused(404, "not found")
+        resolved = resolve_image(resolved_root, f"{results.name}/{run['image_path']}")
+        return FileResponse(
+            resolved, media_type=IMAGE_TYPES[resolved.suffix.lower()], headers={"Cache-Control": "no-store"}
+        )
+
+    @app.post("/api/rate/{name}/judgements")
+    async def rate_judgement(name: str, request: Request) -> JSONResponse:
+        """Record one judgement: 403 without this session's token or from another origin, 400 for a bad body."""
+        if not secrets.compare_digest(request.headers.get(RATE_TOKEN_HEADER, "").encode(), token.encode()):
+            return JSONResponse({"detail": f"missing or wrong {RATE_TOKEN_HEADER}"}, status_code=403)
+        if not same_origin(request):
+            return JSONResponse({"detail": "cross-origin writes are refused"}, status_code=403)
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise BadRequest("a judgement is sent as application/json")
+        raw = await request.body()
+        if len(raw) > MAX_JUDGEMENT_BYTES:
+            raise BadRequest(f"a judgement is at most {MAX_JUDGEMENT_BYTES} bytes")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise BadRequest("the body is not JSON") from None
+        if not isinstance(body, dict) or not all(
+            isinstance(body.get(k), str) for k in ("left", "right", "choice", "rater")
+        ):
+            raise BadRequest("a judgement is {left, right, choice, rater}, all strings")
+        if body["choice"] not in ("left", "right", "tie"):
+            raise BadRequest(f"choice must be left, right or tie, got {body['choice']!r}")
+        results, by_id = experiment_or_404(name)
+        left, right = runs_of.get(body["left"]), runs_of.get(body["right"])
+        if left is None or right is None or left[0] != results.name or right[0] != results.name:
+            raise BadRequest("left and right must be image ids this page was given for this experiment")
+        pair = pairs_of(results, None).get(frozenset((left[1], right[1])))
+        if pair is None:
+            raise BadRequest("left and right are not a pair to rate")
+        axis, run_a, run_b = pair
+        shown_left = "a" if left[1] == run_a else "b"
+        side = {"left": shown_left, "right": "b" if shown_left == "a" else "a", "tie": "tie"}[body["choice"]]
+        assert side in CHOICES
+        hashes = [run_image_sha256(results, by_id[run_id]) for run_id in (run_a, run_b)]
+        if None in hashes:
+            raise BadRequest("an image of this pair is gone; reload")
+        try:
+            judgement = Judgement(
+                experiment=results.name, axis=axis, run_a=run_a, run_b=run_b, sha256_a=str(hashes[0]),
+                sha256_b=str(hashes[1]), shown_left=shown_left, choice=side, rater=body["rater"].strip(),
+                time=utc_now(), session=session,
+            )  # fmt: skip
+        except LlmDitError as exc:
+            raise BadRequest(str(exc)) from None
+        append_judgement(preferences_path(results), judgement)
+        return JSONResponse({"stored": True})
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -643,14 +826,17 @@ def serve(
     port: int = DEFAULT_PORT,
     *,
     announce: Callable[[str], None] | None = None,
+    rate: bool = False,
+    rater: str | None = None,
 ) -> None:
-    """Serve the viewer over ``root`` until interrupted (Ctrl-C). ``announce(url)`` is called once it listens.
+    """Serve the viewer over ``root`` until interrupted (Ctrl-C). ``announce(url)`` is called once it listens;
+    ``rate``/``rater``: rating mode (:func:`create_app`).
 
     Everything that can fail on bad input (no database, a taken port, an unknown host) fails before serving.
     """
     import uvicorn
 
-    app = create_app(root, loopback_hosts_only=is_loopback(host))
+    app = create_app(root, loopback_hosts_only=is_loopback(host), rate=rate, rater=rater)
     sock = bind_socket(host, port)
     config = uvicorn.Config(app, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
@@ -666,14 +852,18 @@ def serve(
 
 
 @contextmanager
-def running(root: str | Path, host: str = DEFAULT_HOST, port: int = 0) -> Iterator[str]:
+def running(
+    root: str | Path, host: str = DEFAULT_HOST, port: int = 0, *, rate: bool = False, rater: str | None = None
+) -> Iterator[str]:
     """The viewer over ``root`` in a background thread (port 0: a free one); yields its base URL, stops on exit.
 
     For notebooks, scripts and tests: ``with running(root) as url: ...``.
     """
     import uvicorn
 
-    app = create_app(root, loopback_hosts_only=is_loopback(host))  # before binding: a bad root leaks no socket
+    app = create_app(
+        root, loopback_hosts_only=is_loopback(host), rate=rate, rater=rater
+    )  # before binding: a bad root leaks no socket
     sock = bind_socket(host, port)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
