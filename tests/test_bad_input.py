@@ -666,6 +666,18 @@ METRICS_CASES: list[Case] = [
     met("metric-without-weights", ["--metric", "siglip"], ["metric 'siglip' needs local weights", "siglip_path"]),
     met("image-reward", ["--metric", "image_reward"], ["ImageReward is not available", "siglip or clip_score"]),
     met("fid-unavailable", ["--metric", "fid"], ["fid is a set-level metric", "torchvision"]),
+    Case(
+        "content-preservation-not-a-text-image-metric",
+        ("content-preservation", "look", "--output-dir", "{res}", "--metric", "ssim"),
+        ("needs a text-image metric", "clip_score"),
+        setup=(results_copy,),
+    ),
+    Case(
+        "content-preservation-without-weights",
+        ("content-preservation", "look", "--output-dir", "{res}", "--metric", "pickscore"),
+        ("metric 'pickscore' needs local weights", "pickscore_path"),
+        setup=(results_copy,),
+    ),
     met("unknown-metric", ["--metric", "ssim,aesthetic"], ["unknown metric 'aesthetic'; metrics: "]),
     met(
         "reference-image-wrong-size",

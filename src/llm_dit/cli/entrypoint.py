@@ -28,6 +28,7 @@ COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("generate", generate.generate),
     ("encode", generate.encode),
     ("metrics", metrics.metrics_cmd),
+    ("content-preservation", metrics.content_preservation_cmd),
     ("ablate", ablate.ablate),
     ("sweep", ablate.sweep),
     ("caption-study", study.caption_study_cmd),

@@ -88,6 +88,58 @@ def metrics_cmd(
     run_metrics_pass(output_dir, experiment, specs, notes, settings, explicit=explicit, choice=choice, force=force)
 
 
+def content_preservation_cmd(
+    experiment: Annotated[str, typer.Argument(help=RESULTS_EXPERIMENT_HELP)],
+    metric: Annotated[
+        str,
+        typer.Option("--metric", "-m", help="A text-image metric with local weights: siglip, clip_score, pickscore."),
+    ],
+    axis: Annotated[
+        str | None, typer.Option("--axis", "-a", help="Axis whose values are compared (default: first).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the table: .csv (per element) or .json (all).")
+    ] = None,
+    output_dir: ResultsDirOpt = DEFAULT_ROOT,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    overwrite: OverwriteOpt = False,
+    output_format: FormatOpt = "table",
+) -> None:
+    """Long-prompt content preservation: each annotated element (subject) of the library's long prompts, at its
+    token position, scored against every run's image with a text-image metric, per value of an axis (e.g.
+    long_prompt_mode), inside vs beyond the caption cap. Reads the results read-only."""
+    from llm_dit.analysis.content_preservation import content_preservation
+    from llm_dit.config import load_settings
+    from llm_dit.experiments.store import require_database
+    from llm_dit.files import ensure_writable, write_csv, write_json
+
+    check_format(output_format)
+    if output is not None:
+        if output.suffix not in (".csv", ".json"):
+            raise LlmDitError(f"--output {output}: use a .csv or .json file name")
+        ensure_writable(output, overwrite)
+    settings = load_settings(config, profile).settings.metrics
+    require_database(output_dir)
+    table = content_preservation(output_dir, experiment, metric, settings, axis)
+    for text in table.notes:
+        note(text)
+    keys = ("prompt", "element", "token_position", "fraction", "beyond_cap", *table.values)
+    columns = [Column(k, whole=k in ("prompt", "element"), show=_stat) for k in keys]
+    print_records(output_format, keys, table.rows, columns, title=f"{metric} of each element, by {table.axis}")
+    summary_keys = ("value", "within_cap", "beyond_cap", "gap_n", "gap_mean", "gap_ci95_low", "gap_ci95_high")
+    if output_format == "table":
+        columns = [Column(k, whole=k == "value", show=_stat) for k in summary_keys]
+        print_records("table", summary_keys, table.summary, columns, title="inside vs beyond the cap (per run)")
+    if output is not None:
+        if output.suffix == ".json":
+            write_json(output, {"experiment": table.experiment, "metric": metric, "axis": table.axis,
+                                "rows": table.rows, "summary": table.summary, "notes": table.notes})  # fmt: skip
+        else:
+            write_csv(output, keys, [[row[k] for k in keys] for row in table.rows])
+        wrote(str(output))
+
+
 def _readable_images(images: dict[str | None, Path], checked: set[Path]) -> set[Path]:
     """``checked`` plus every ``--reference-image`` file, each decoded once: a text file or a cut PNG is one line
     here, not a PIL traceback in the middle of the pass."""
