@@ -151,14 +151,14 @@ def test_list_experiments_and_prompts_as_data(fmt: str, capsys: pytest.CaptureFi
 @pytest.mark.parametrize("fmt", ["json", "csv"])
 def test_metrics_list_as_data(fmt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from llm_dit.cli.metrics import METRIC_FIELDS
-    from llm_dit.metrics.registry import METRICS, UNAVAILABLE
+    from llm_dit.metrics.registry import METRICS, SET_METRICS, UNAVAILABLE
 
     config = tmp_path / "config.toml"
     config.write_text(f'[default.metrics]\nsiglip_path = "{tmp_path / "siglip"}"\n', encoding="utf-8")
     rc, out, err = run(capsys, "metrics", "--list", "--config", config, "--format", fmt)
     assert rc == 0, err
     rows = {row["name"]: row for row in parsed(fmt, out)}
-    assert list(rows) == [*METRICS, *UNAVAILABLE]
+    assert list(rows) == [*METRICS, *UNAVAILABLE, *SET_METRICS]
     assert all(list(row) == list(METRIC_FIELDS) for row in rows.values())
     empty = None if fmt == "json" else ""
     yes = True if fmt == "json" else "true"  # csv: JSON's spelling
@@ -168,6 +168,7 @@ def test_metrics_list_as_data(fmt: str, tmp_path: Path, capsys: pytest.CaptureFi
     assert rows["clip_score"]["description"] == METRICS["clip_score"].description  # whole, colon and all
     assert rows["image_reward"]["status"] == "unavailable"
     assert rows["image_reward"]["description"] == UNAVAILABLE["image_reward"]
+    assert rows["fid"]["status"] == "unavailable" and rows["fid"]["description"] == SET_METRICS["fid"]
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
