@@ -14,7 +14,7 @@ queries in the instruction format (what ``SentenceTransformer(path).encode(texts
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,24 +185,30 @@ class EmbeddingEncoder:
         ``instruction`` given: texts are queries in the instruction format, else documents (plain text)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         formatted = [text if instruction is None else instruction_prompt(text, instruction) for text in texts]
+        vectors = [out.last_hidden_state[:, -1] for _, out in self.left_padded_forwards(formatted)]
+        return torch.nn.functional.normalize(torch.cat(vectors).float(), p=2, dim=-1)
+
+    def left_padded_forwards(self, formatted: Sequence[str], hidden_states: bool = False) -> Iterator[tuple[Any, Any]]:
+        """(tokenized batch, model output) per batch of ``formatted`` texts, padded on the left as the released
+        tokenizer pads for retrieval (so the last position is every text's last token); the vocabulary checked first.
+        ``hidden_states``: the output carries every layer's."""
         tokenizer = self.tokenizer
         model = self.model
         device = next(model.parameters()).device
         side = tokenizer.padding_side
         tokenizer.padding_side = "left"
-        vectors = []
         try:
             for start in range(0, len(formatted), self.batch_size):
                 batch = tokenizer(
-                    formatted[start : start + self.batch_size],
+                    list(formatted[start : start + self.batch_size]),
                     padding=True,
                     truncation=True,
                     max_length=self.max_length,
                     return_tensors="pt",
                 )
                 self._check_vocabulary(batch["input_ids"].flatten().tolist())
-                last = model(**batch.to(device)).last_hidden_state[:, -1]
-                vectors.append(torch.nn.functional.normalize(last.float(), p=2, dim=-1))
+                with torch.no_grad():
+                    out = model(**batch.to(device), output_hidden_states=hidden_states)
+                yield batch, out  # outside no_grad: the caller's code between batches keeps its own grad mode
         finally:
             tokenizer.padding_side = side
-        return torch.cat(vectors)

@@ -189,7 +189,7 @@ class EmbeddingExtractor:
         if pooling == "last_token":
             ids, vectors = self._last_token(formatted, hidden_layer)
         else:
-            ids, vectors = self._full_sequence(texts, instruction, hidden_layer)
+            ids, vectors = self._full_sequence(texts, formatted, instruction, hidden_layer)
         dim = width if embedding_dim is None else embedding_dim
         results = [
             ExtractionResult(
@@ -207,7 +207,7 @@ class EmbeddingExtractor:
         return results[0] if isinstance(text, str) else results
 
     def _full_sequence(
-        self, texts: list[str], instruction: str | None, layer: int
+        self, texts: list[str], formatted: list[str], instruction: str | None, layer: int
     ) -> tuple[list[list[int]], list[Tensor]]:
         """Every row of each input, ``<|endoftext|>`` included, from the encoder's exact right-padded forward."""
         prompt_format = "raw" if instruction is None else "instruction"
@@ -215,37 +215,18 @@ class EmbeddingExtractor:
             texts, [layer], prompt_format=prompt_format, instruction=instruction, keep_eot=True
         )
         tokenizer, limit = self.encoder.tokenizer, self.encoder.max_length
-        formatted = [t if instruction is None else instruction_prompt(t, instruction) for t in texts]
         ids = [list(tokenizer(f, truncation=True, max_length=limit)["input_ids"]) for f in formatted]
         return ids, [r[layer] for r in rows]
 
-    @torch.no_grad()
     def _last_token(self, formatted: list[str], layer: int) -> tuple[list[list[int]], list[Tensor]]:
-        """The official computation: left-padded batches (as the released tokenizer pads), the last position."""
-        encoder = self.encoder
-        tokenizer = encoder.tokenizer
-        model = encoder.model
-        device = next(model.parameters()).device
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
+        """The official computation: the encoder's left-padded batches (as the released tokenizer pads), the last
+        position of layer ``layer``."""
         ids: list[list[int]] = []
         vectors: list[Tensor] = []
-        try:
-            for start in range(0, len(formatted), encoder.batch_size):
-                batch = tokenizer(
-                    formatted[start : start + encoder.batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=encoder.max_length,
-                    return_tensors="pt",
-                )
-                encoder._check_vocabulary(batch["input_ids"].flatten().tolist())  # the encoder's own one-line check
-                hidden = model(**batch.to(device), output_hidden_states=True).hidden_states[layer]
-                for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
-                    ids.append([int(i) for i, m in zip(row.tolist(), mask.tolist(), strict=True) if m])
-                vectors.extend(hidden[:, -1])
-        finally:
-            tokenizer.padding_side = side
+        for batch, out in self.encoder.left_padded_forwards(formatted, hidden_states=True):
+            for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+                ids.append([int(i) for i, m in zip(row.tolist(), mask.tolist(), strict=True) if m])
+            vectors.extend(out.hidden_states[layer][:, -1])
         return ids, vectors
 
 
