@@ -339,39 +339,47 @@ class PreparedStudy:
     shift_default: Callable[[], Any]
     notes: list[str] = field(default_factory=list)
 
+    def _plan(self, source: Source, text: str, vl_image: str | None) -> list[PlannedRun]:
+        """The study's combinations for one source, with ``text`` as the prompt (its short prompt: the source, the
+        baseline combination, first; its caption: the regenerations) and, in VL mode, ``vl_image``."""
+        from llm_dit.experiments.planner import plan
+        from llm_dit.experiments.prompts import Prompt
+
+        experiment = self.experiment
+        if self.study.vl_mode:
+            experiment = dataclasses.replace(experiment, base={**experiment.base, "vl_image": vl_image})
+        return plan(
+            experiment,
+            [Prompt(source.id, text)],
+            [source.seed],
+            self.settings,
+            overrides=self.overrides,
+            model_fingerprint=self.model_fingerprint,
+            numerics=self.numerics,
+            shift_default=self.shift_default,
+        )
+
+    def _check(self, run: PlannedRun, what: str) -> PlannedRun:
+        """``run`` checked against the checkpoint (the light checks), an error naming ``what``."""
+        from llm_dit.experiments.preparation import request_for
+
+        try:
+            self.checker.check([request_for(run)])
+        except LlmDitError as exc:
+            raise LlmDitError(f"{self.study.name} {what}: {exc}") from None
+        return run
+
     def regeneration_runs(self, captions: Mapping[str, str], source_images: Mapping[str, str]) -> list[PlannedRun]:
         """The regenerations of the sources with a caption (``captions``: source id -> text), checked; VL mode needs
         each source's image (``source_images``: source id -> path)."""
-        from llm_dit.experiments.planner import plan
-        from llm_dit.experiments.preparation import request_for
-        from llm_dit.experiments.prompts import Prompt
-
         out: list[PlannedRun] = []
         for source in self.study.sources():
             if source.id not in captions:
                 continue
-            experiment = self.experiment
-            if self.study.vl_mode:
-                experiment = dataclasses.replace(
-                    experiment, base={**experiment.base, "vl_image": source_images[source.id]}
-                )
-            runs = plan(
-                experiment,
-                [Prompt(source.id, captions[source.id])],
-                [source.seed],
-                self.settings,
-                overrides=self.overrides,
-                model_fingerprint=self.model_fingerprint,
-                numerics=self.numerics,
-                shift_default=self.shift_default,
-            )
+            runs = self._plan(source, captions[source.id], source_images.get(source.id))
             for run in runs[1:]:  # the first is the baseline combination: the sources are planned from their prompt
-                try:
-                    self.checker.check([request_for(run)])
-                except LlmDitError as exc:
-                    variables = " ".join(f"{k}={v}" for k, v in run.variables.items())
-                    raise LlmDitError(f"{self.study.name} regeneration of {source.id} {variables}: {exc}") from None
-                out.append(run)
+                variables = " ".join(f"{k}={v}" for k, v in run.variables.items())
+                out.append(self._check(run, f"regeneration of {source.id} {variables}"))
         return out
 
 
@@ -385,9 +393,7 @@ def prepare_study(
 ) -> PreparedStudy:
     """Plan and check the sources (and everything checkable before captions exist: the grid's values on a stand-in
     caption), without loading a model. ``pipeline``: a built pipeline or the PipelineSource of a sweep."""
-    from llm_dit.experiments.planner import plan
-    from llm_dit.experiments.preparation import PipelineSource, request_for
-    from llm_dit.experiments.prompts import Prompt
+    from llm_dit.experiments.preparation import PipelineSource
     from llm_dit.generation.checks import resolved_numerics
     from llm_dit.models import checkpoint
 
@@ -413,26 +419,9 @@ def prepare_study(
     )
     # plan() checks every combination of the grid: a VL grid needs an image there, any (the sources are the baseline,
     # whose conditioning is the default: it does not depend on it).
-    planned = experiment
-    if study.vl_mode:
-        planned = dataclasses.replace(experiment, base={**experiment.base, "vl_image": _stand_in_image()})
     for item in study.sources():
-        runs = plan(
-            planned,
-            [Prompt(item.id, item.prompt)],
-            [item.seed],
-            settings,
-            overrides=prepared.overrides,
-            model_fingerprint=prepared.model_fingerprint,
-            numerics=prepared.numerics,
-            shift_default=prepared.shift_default,
-        )
-        run = runs[0]  # the baseline combination: the source
-        try:
-            prepared.checker.check([request_for(run)])
-        except LlmDitError as exc:
-            raise LlmDitError(f"{study.name} source {item.id}: {exc}") from None
-        prepared.source_runs[item.id] = run
+        source_run = prepared._plan(item, item.prompt, _stand_in_image())[0]  # the baseline combination: the source
+        prepared.source_runs[item.id] = prepared._check(source_run, f"source {item.id}")
     # The grid checked now on a stand-in caption (the source's prompt, and the source itself as the VL image), so
     # a bad value fails before hours of sources and captions, not after.
     stand_in = {s.id: s.prompt for s in study.sources()[:1]}
