@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from llm_dit.analysis.preferences import (
+from llm_dit.analysis.preferences import rating_pairs
+from llm_dit.analysis.results import load_experiment
+from llm_dit.errors import LlmDitError
+from llm_dit.experiments.store import PlannedRun, ResultsStore, RunTiming
+from llm_dit.files import write_atomic
+from llm_dit.metrics.preferences import (
     BT_METRIC,
     WIN_METRIC,
     Judgement,
@@ -20,15 +25,10 @@ from llm_dit.analysis.preferences import (
     bt_standard_errors,
     current_judgements,
     preference_rows,
-    rating_pairs,
     read_judgements,
     strongly_connected,
     wilson_interval,
 )
-from llm_dit.analysis.results import load_experiment
-from llm_dit.errors import LlmDitError
-from llm_dit.experiments.store import PlannedRun, ResultsStore, RunTiming
-from llm_dit.files import write_atomic
 
 
 def judgement(run_a: str = "r1", run_b: str = "r2", choice: str = "a", **kw: str) -> Judgement:
@@ -236,3 +236,35 @@ def test_report_section_appears_only_with_judgements(tmp_path: Path) -> None:
     assert "## Human preference" in text and "4 blind A/B judgements by 1 rater(s)" in text
     assert "| `x` | `x0` | win rate | 0.625 |" in text  # (2 + 0.5) / 4
     assert "| `x` | `x1` | Bradley-Terry | -0.5108 |" in text  # log(1.5 / 2.5)
+
+
+def test_metrics_pass_puts_current_preferences_in_summary_csv(tmp_path: Path) -> None:
+    import csv
+
+    from llm_dit.analysis.preferences import image_hashes, preferences_path
+    from llm_dit.metrics.compute import MetricsPass
+    from llm_dit.metrics.reference import ReferenceChoice
+
+    build_two_axes(tmp_path)
+    results = load_experiment(tmp_path, "ab")
+    hashes = image_hashes(results)
+    for choice in ("a", "a", "b", "tie"):
+        append_judgement(
+            preferences_path(results),
+            judgement("r100", "r110", choice, axis="x", sha256_a=hashes["r100"], sha256_b=hashes["r110"]),
+        )
+    # A judgement of an image since regenerated is stale: it must not count.
+    append_judgement(preferences_path(results), judgement("r100", "r110", "b", axis="x", sha256_a="old", sha256_b="o"))
+    with ResultsStore(tmp_path) as store:
+        report = MetricsPass(store).run("ab", [], ReferenceChoice())
+    assert report.summary_csv is not None
+    with open(report.summary_csv, newline="", encoding="utf-8") as handle:
+        rows = {(r["metric"], r["axis"], r["value"]): r for r in csv.DictReader(handle)}
+    # x0 won 2, lost 1, tied 1 of 4: (2 + 0.5) / 4; Bradley-Terry x1 vs x0 = log(1.5 / 2.5) with x0 pinned to 0.
+    assert float(rows[("win_rate", "x", "x0")]["mean"]) == 0.625
+    assert float(rows[("win_rate", "x", "x1")]["mean"]) == 0.375
+    assert int(rows[("win_rate", "x", "x0")]["n"]) == 4
+    assert math.isclose(float(rows[("preference_bt", "x", "x1")]["mean"]), math.log(1.5 / 2.5), rel_tol=1e-9)
+    assert float(rows[("preference_bt", "x", "x0")]["mean"]) == 0.0
+    # No judgement of axis y: no preference rows for it (its time rows are there as always).
+    assert {axis for metric, axis, _ in rows if metric in (WIN_METRIC, BT_METRIC)} == {"x"}

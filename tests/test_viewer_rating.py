@@ -18,10 +18,10 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from cli_helpers import assert_user_error, results_snapshot, run
-from llm_dit.analysis.preferences import PREFERENCES_NAME, read_judgements
 from llm_dit.errors import LlmDitError
 from llm_dit.experiments.store import DB_NAME, PlannedRun, ResultsStore, RunTiming
 from llm_dit.files import write_atomic
+from llm_dit.metrics.preferences import PREFERENCES_NAME, read_judgements
 from llm_dit.viewer.server import RATE_TOKEN_HEADER, create_app, running
 
 LOCAL = "http://127.0.0.1"

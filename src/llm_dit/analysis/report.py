@@ -506,7 +506,8 @@ def render(report: Report, images: Mapping[str, list[tuple[str, str, list[str]]]
 def preferences_section(res: ExperimentResults) -> list[str]:
     """'## Human preference': win rates and Bradley-Terry scores of the A/B judgements of ``llm-dit view --rate``
     (:mod:`.preferences`); nothing at all when the experiment has none."""
-    from llm_dit.analysis.preferences import BT_METRIC, experiment_preferences
+    from llm_dit.analysis.preferences import experiment_preferences
+    from llm_dit.metrics.preferences import BT_METRIC
 
     found = experiment_preferences(res)
     if not found["rows"]:

@@ -41,6 +41,7 @@ from llm_dit.experiments.store import (
     file_sha256,
 )
 from llm_dit.metrics import artifacts, pixel, sharpness
+from llm_dit.metrics.preferences import axis_values, experiment_preferences
 from llm_dit.metrics.reference import (
     Reference,
     ReferenceChoice,
@@ -326,6 +327,8 @@ class MetricsPass:
         names = sorted({name for run in runs for name in run["metrics"]}, key=_metric_order)
         axes = [axis["name"] for axis in definition.get("axes", [])]
         report.summary = summarize(runs, axes, [*names, *run_fields(runs)], per_condition=DIVERSITY_METRICS)
+        # The viewer's A/B judgements (llm-dit view --rate), aggregated per axis value like any metric.
+        report.summary += experiment_preferences(directory, runs, axis_values(runs, axes))["rows"]
         report.summary_csv = write_summary(report.summary, directory / SUMMARY_NAME)
         plans = _plans_note(runs, swept_parameters(definition, defaults.replaces))
         if plans:

@@ -666,15 +666,8 @@ def add_rating_routes(
 
     Blind: the page gets neither labels nor run ids nor file names, only opaque ids made for this server session
     (the image route takes one of those), so nothing in the DOM or the URLs tells the conditions apart."""
-    from llm_dit.analysis.preferences import (
-        CHOICES,
-        Judgement,
-        append_judgement,
-        preferences_path,
-        rating_pairs,
-        run_image_sha256,
-        utc_now,
-    )
+    from llm_dit.analysis.preferences import preferences_path, rating_pairs
+    from llm_dit.metrics.preferences import CHOICES, Judgement, append_judgement, run_image_sha256, utc_now
 
     token = secrets.token_urlsafe(32)
     session = secrets.token_hex(8)
@@ -777,7 +770,7 @@ def add_rating_routes(
         shown_left = "a" if left[1] == run_a else "b"
         side = {"left": shown_left, "right": "b" if shown_left == "a" else "a", "tie": "tie"}[body["choice"]]
         assert side in CHOICES
-        hashes = [run_image_sha256(results, by_id[run_id]) for run_id in (run_a, run_b)]
+        hashes = [run_image_sha256(results.directory, by_id[run_id]) for run_id in (run_a, run_b)]
         if None in hashes:
             raise BadRequest("an image of this pair is gone; reload")
         try:
