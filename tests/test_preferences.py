@@ -268,3 +268,36 @@ def test_metrics_pass_puts_current_preferences_in_summary_csv(tmp_path: Path) ->
     assert float(rows[("preference_bt", "x", "x0")]["mean"]) == 0.0
     # No judgement of axis y: no preference rows for it (its time rows are there as always).
     assert {axis for metric, axis, _ in rows if metric in (WIN_METRIC, BT_METRIC)} == {"x"}
+
+
+def test_plot_draws_preference_scores_per_axis_value(tmp_path: Path) -> None:
+    from llm_dit.analysis import plots
+    from llm_dit.analysis.preferences import image_hashes, preferences_path
+
+    build_two_axes(tmp_path)
+    results = load_experiment(tmp_path, "ab")
+    with pytest.raises(LlmDitError, match=r"no current A/B judgements; rate its images with 'llm-dit view --rate'"):
+        plots.make_plot(results, "line", WIN_METRIC, "x")
+    hashes = image_hashes(results)
+    for choice in ("a", "a", "b", "tie"):
+        append_judgement(
+            preferences_path(results),
+            judgement("r100", "r110", choice, axis="x", sha256_a=hashes["r100"], sha256_b=hashes["r110"]),
+        )
+    plot = plots.make_plot(results, "line", WIN_METRIC, "x")
+    (bars,) = plot.figure.axes[0].containers
+    assert list(bars.lines[0].get_ydata()) == [0.625, 0.375]  # (2 + 0.5) / 4 and (1 + 0.5) / 4
+    low, high = wilson_interval(2.5, 4)
+    (caps,) = [c for c in bars.lines[2]]  # the error bar segments: [x0's, x1's]
+    segment = caps.get_segments()[0]
+    assert segment[0][1] == pytest.approx(low) and segment[1][1] == pytest.approx(high)
+    assert bars.get_label() == "all prompts and seeds (n=4)"
+    assert plot.figure.axes[0].get_ylabel() == "win_rate (higher is better)"
+    bt = plots.make_plot(results, "line", BT_METRIC, "x")
+    assert list(bt.figure.axes[0].containers[0].lines[0].get_ydata()) == pytest.approx([0.0, math.log(1.5 / 2.5)])
+    assert any("x0 pinned at 0" in note for note in bt.notes)
+    with pytest.raises(LlmDitError, match="no A/B judgements of axis 'y'"):
+        plots.make_plot(results, "line", WIN_METRIC, "y")
+    for kind, filters in (("heatmap", None), ("pareto", None), ("line", {"seed": ["1"]})):
+        with pytest.raises(LlmDitError, match="plot it with --kind line and no --where"):
+            plots.make_plot(results, kind, WIN_METRIC, None, filters)

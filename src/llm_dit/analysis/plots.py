@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from llm_dit.analysis.results import CUSTOM_CATEGORY, PROMPT, ExperimentResults
 from llm_dit.errors import LlmDitError, did_you_mean
 from llm_dit.files import write_atomic
+from llm_dit.metrics.preferences import PREFERENCE_METRICS, WIN_METRIC
 from llm_dit.metrics.registry import DIVERSITY_METRICS, METRICS
 from llm_dit.metrics.summary import (
     RUN_FIELDS,
@@ -181,6 +182,8 @@ def higher_is_better(metric: str) -> bool | None:
     """The metric's direction: the registry's, False for the time fields, None for a metric it does not know."""
     if metric in RUN_FIELDS:
         return False
+    if metric in PREFERENCE_METRICS:
+        return True
     spec = METRICS.get(metric)
     return spec.higher_is_better if spec else None
 
@@ -198,6 +201,13 @@ def resolve_metric(results: ExperimentResults, metric: str | None) -> str:
             f"{results.name}' (or plot --metric {SECONDS_PER_IMAGE_BATCHED})"
         )
     if metric in available:
+        return metric
+    if metric in PREFERENCE_METRICS:
+        if not any(row["metric"] == metric for row in preference_rows_of(results)):
+            raise LlmDitError(
+                f"experiment {results.name!r} has no current A/B judgements; rate its images with 'llm-dit view "
+                "--rate' (judgements of images regenerated since do not count)"
+            )
         return metric
     if metric == TIMED_MEDIAN:
         raise LlmDitError(
@@ -260,6 +270,37 @@ def line_series(
     return LineSeries(
         results.name, metric, axis, table.columns, numeric, series, dict(table.filters), list(table.notes)
     )
+
+
+def preference_rows_of(results: ExperimentResults) -> list[dict[str, Any]]:
+    """The experiment's preference summary rows (win rates, Bradley-Terry scores), as in summary.csv."""
+    from llm_dit.analysis.preferences import experiment_preferences
+
+    return experiment_preferences(results)["rows"]
+
+
+def preference_series(results: ExperimentResults, metric: str, axis: str) -> LineSeries:
+    """Win rate or Bradley-Terry score (95% interval) per value of ``axis``, from every current judgement of that
+    axis: one series, since a judgement compares two images of one prompt and seed and is not split by category."""
+    rows = [row for row in preference_rows_of(results) if row["metric"] == metric and row["axis"] == axis]
+    if not rows:
+        raise LlmDitError(
+            f"no A/B judgements of axis {axis!r} in experiment {results.name!r}; rate pairs that differ in {axis} "
+            "with 'llm-dit view --rate' or pick another --axis"
+        )
+    order = results.dimensions.get(axis, [])
+    rows.sort(key=lambda row: order.index(row["value"]) if row["value"] in order else len(order))
+    labels = [row["value"] for row in rows]
+    numeric = is_numeric(labels)
+    stats = [_stat(row["value"], row) for row in rows]
+    if numeric:
+        stats.sort(key=lambda s: float(s.label))
+    note = (
+        "ties count half a win"
+        if metric == WIN_METRIC
+        else f"log-strength, {labels[0]} pinned at 0 (the first value in planned order); ties count half a win"
+    )
+    return LineSeries(results.name, metric, axis, labels, numeric, {"all prompts and seeds": stats}, {}, [note])
 
 
 def heatmap_table(
@@ -494,8 +535,9 @@ def draw_line(data: LineSeries, dpi: int = DEFAULT_DPI) -> Figure:
     ax.set_ylabel(metric_label(data.metric))
     ax.set_title(_title(data.experiment, f"{data.metric} by {data.axis}", data.filters))
     ax.grid(alpha=0.3)
-    ax.legend(title="prompt category (n per point)", fontsize=8, title_fontsize=8)
-    _footnote(fig, [f"{INTERVAL_TEXT}{_n_meaning(data.metric)}", *data.notes])
+    group = "judged pairs" if data.metric in PREFERENCE_METRICS else "prompt category"
+    ax.legend(title=f"{group} (n per point)", fontsize=8, title_fontsize=8)
+    _footnote(fig, [f"{_interval_text(data.metric)}{_n_meaning(data.metric)}", *data.notes])
     return fig
 
 
@@ -597,6 +639,14 @@ def make_plot(
     for dim, values in filters.items():
         results.check_values(dim, values)
     metric = resolve_metric(results, metric)
+    if metric in PREFERENCE_METRICS:
+        if kind != "line" or filters:
+            raise LlmDitError(
+                f"{metric} is one number per axis value over every A/B judgement of that axis (no per-run values "
+                "to filter, group by category or put on a Pareto front); plot it with --kind line and no --where"
+            )
+        line = preference_series(results, metric, resolve_axis(results, axis))
+        return Plot(draw_line(line, dpi), kind, metric, line.axis, line.notes)
     if kind == "pareto":
         if axis is not None:
             raise LlmDitError(
@@ -654,7 +704,17 @@ def _n_text(stats: Sequence[Stat]) -> str:
     return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
 
 
+def _interval_text(metric: str) -> str:
+    if metric == WIN_METRIC:
+        return "win rate with its 95% Wilson interval"
+    if metric in PREFERENCE_METRICS:
+        return "Bradley-Terry score with its 95% Wald interval (observed Fisher information)"
+    return INTERVAL_TEXT
+
+
 def _n_meaning(metric: str, short: bool = False) -> str:
+    if metric in PREFERENCE_METRICS:
+        return " judgements" if short else "; n = A/B judgements the value took part in"
     if metric in DIVERSITY_METRICS:
         return (
             " conditions"

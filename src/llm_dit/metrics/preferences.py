@@ -46,6 +46,8 @@ SIDES = ("a", "b")
 MAX_RATER = 100
 BT_METRIC = "preference_bt"
 WIN_METRIC = "win_rate"
+# Summary rows of these come from the judgements, not from runs: one per axis value, n counting judgements.
+PREFERENCE_METRICS = (WIN_METRIC, BT_METRIC)
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 _append_lock = threading.Lock()
 
