@@ -201,6 +201,12 @@ def results_copy(env: Env) -> None:
     shutil.copytree(source, env.results, ignore=shutil.ignore_patterns("*.db-shm"))
 
 
+def inception_config(env: Env) -> None:
+    """{tmp}/inc.toml naming an Inception weights file that exists (the refusals come before it is read)."""
+    (env.tmp / "w.pth").write_bytes(b"not read")
+    (env.tmp / "inc.toml").write_text(f'[default.metrics]\ninception_weights = "{env.tmp / "w.pth"}"\n')
+
+
 def _edit_db(env: Env, *statements: str) -> None:
     # A normal connection in the database's own (WAL) mode: closing it checkpoints and removes the WAL.
     conn = sqlite3.connect(env.results / DB_NAME, isolation_level=None)
@@ -665,7 +671,40 @@ METRICS_CASES: list[Case] = [
     met("reference-unknown-value", ["--reference", "shift=9.9"], ["--reference shift=9.9", "values of shift: '2.0'"]),
     met("metric-without-weights", ["--metric", "siglip"], ["metric 'siglip' needs local weights", "siglip_path"]),
     met("image-reward", ["--metric", "image_reward"], ["ImageReward is not available", "siglip or clip_score"]),
-    met("fid-unavailable", ["--metric", "fid"], ["fid is a set-level metric", "torchvision"]),
+    met("fid-by-metric", ["--metric", "fid"], ["fid is a set-level metric", "--set-metric fid --against AXIS=LABEL"]),
+    met(
+        "set-metric-without-weights",
+        ["--set-metric", "kid", "--against", "shift=2.0"],
+        ["kid needs local Inception weights", "inception_weights"],
+    ),
+    met(
+        "set-metric-kid-subset-too-large",
+        ["--set-metric", "kid", "--against", "shift=2.0", "--kid-subset-size", "500", "--config", "{tmp}/inc.toml"],
+        ["needs at least 500 images per set", "subset size of at most 6"],
+        setup=(inception_config,),
+    ),
+    met(
+        "set-metric-fid-too-few",
+        ["--set-metric", "fid", "--against", "shift=2.0", "--config", "{tmp}/inc.toml"],
+        ["FID needs at least 2049 images per set", "use kid"],
+        setup=(inception_config,),
+    ),
+    met(
+        "set-metric-empty-folder",
+        ["--set-metric", "kid", "--against-folder", "{cwd}", "--config", "{tmp}/inc.toml"],
+        ["holds no images", "give a folder of images"],
+        setup=(inception_config,),
+    ),
+    met(
+        "set-metric-both-references",
+        ["--set-metric", "kid", "--against", "shift=2.0", "--against-folder", "{cwd}", "--config", "{tmp}/inc.toml"],
+        ["needs one reference set"],
+        setup=(inception_config,),
+    ),
+    met(
+        "set-metric-with-metric", ["--set-metric", "kid", "--metric", "ssim"], ["--metric is an option of the per-run"]
+    ),
+    met("against-without-set-metric", ["--against", "shift=2.0"], ["--against applies to --set-metric fid|kid"]),
     Case(
         "content-preservation-not-a-text-image-metric",
         ("content-preservation", "look", "--output-dir", "{res}", "--metric", "ssim"),

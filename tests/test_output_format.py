@@ -158,7 +158,7 @@ def test_metrics_list_as_data(fmt: str, tmp_path: Path, capsys: pytest.CaptureFi
     rc, out, err = run(capsys, "metrics", "--list", "--config", config, "--format", fmt)
     assert rc == 0, err
     rows = {row["name"]: row for row in parsed(fmt, out)}
-    assert list(rows) == [*METRICS, *UNAVAILABLE, *SET_METRICS]
+    assert list(rows) == [*METRICS, *SET_METRICS, *UNAVAILABLE]
     assert all(list(row) == list(METRIC_FIELDS) for row in rows.values())
     empty = None if fmt == "json" else ""
     yes = True if fmt == "json" else "true"  # csv: JSON's spelling
@@ -168,7 +168,8 @@ def test_metrics_list_as_data(fmt: str, tmp_path: Path, capsys: pytest.CaptureFi
     assert rows["clip_score"]["description"] == METRICS["clip_score"].description  # whole, colon and all
     assert rows["image_reward"]["status"] == "unavailable"
     assert rows["image_reward"]["description"] == UNAVAILABLE["image_reward"]
-    assert rows["fid"]["status"] == "unavailable" and rows["fid"]["description"] == SET_METRICS["fid"]
+    assert rows["fid"]["status"] == "set inception_weights" and rows["fid"]["description"] == SET_METRICS["fid"]
+    assert rows["kid"]["kind"] == "set" and rows["kid"]["setting"] == "inception_weights"
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])

@@ -52,9 +52,26 @@ def metrics_cmd(
     force: Annotated[bool, typer.Option("--force", help="Recompute values already stored.")] = False,
     list_metrics: Annotated[bool, typer.Option("--list", help="List the metrics and what each needs.")] = False,
     output_format: FormatOpt = "table",
+    set_metric: Annotated[
+        str | None,
+        typer.Option("--set-metric", help="fid or kid: each condition's image set against a reference set."),
+    ] = None,
+    against: Annotated[
+        list[str] | None,
+        typer.Option("--against", help="AXIS=LABEL: the reference set of --set-metric is that condition."),
+    ] = None,
+    against_folder: Annotated[
+        Path | None, typer.Option("--against-folder", help="The reference set of --set-metric: a folder of images.")
+    ] = None,
+    kid_subset_size: Annotated[
+        int | None,
+        typer.Option("--kid-subset-size", help="Images per KID subset (default: 1000, or the smallest set)."),
+    ] = None,
+    kid_subsets: Annotated[int, typer.Option("--kid-subsets", help="How many KID subsets are drawn.")] = 100,
 ) -> None:
     """Compute metrics over existing results: only missing values (resumable); per-run values go to the store
-    and results.csv, per-value statistics to summary.csv and the terminal."""
+    and results.csv, per-value statistics to summary.csv and the terminal. With --set-metric: FID or KID of each
+    condition's images against a reference set, to set_metrics.csv."""
     from llm_dit.config import load_settings
     from llm_dit.experiments.store import ResultsStore, require_database
     from llm_dit.metrics.reference import ReferenceChoice, parse_reference, parse_reference_images
@@ -69,6 +86,23 @@ def metrics_cmd(
         raise LlmDitError("--format applies to --list; a metrics pass prints its summary as text (see summary.csv)")
     if experiment is None:
         raise LlmDitError("name an experiment: llm-dit metrics EXPERIMENT (see --list for the metrics)")
+    set_options = {"--against": bool(against), "--against-folder": against_folder is not None,
+                   "--kid-subset-size": kid_subset_size is not None, "--kid-subsets": kid_subsets != 100}  # fmt: skip
+    if set_metric is not None:
+        per_run = {"--metric": bool(metric), "--reference": bool(reference),
+                   "--reference-image": bool(reference_image), "--force": force}  # fmt: skip
+        given = [flag for flag, on in per_run.items() if on]
+        if given:
+            raise LlmDitError(
+                f"{given[0]} is an option of the per-run pass and --set-metric runs the set-level one; run them as "
+                "two commands"
+            )
+        options = (against, against_folder, kid_subset_size, kid_subsets)
+        _set_metrics(output_dir, experiment, set_metric, settings, *options)
+        return
+    given = [flag for flag, on in set_options.items() if on]
+    if given:
+        raise LlmDitError(f"{given[0]} applies to --set-metric fid|kid; add --set-metric or leave {given[0]} out")
     names = parse_metric_names(metric)
     specs, notes = select_metrics(names, settings)
     # The arguments before the database, so each names its own problem whatever --output-dir says. Without the
@@ -140,6 +174,36 @@ def content_preservation_cmd(
         wrote(str(output))
 
 
+def _set_metrics(
+    output_dir: Path,
+    experiment: str,
+    metric: str,
+    settings: Any,
+    against: list[str] | None,
+    folder: Path | None,
+    subset_size: int | None,
+    subsets: int,
+) -> None:
+    """The set-level pass: print its rows and where they went."""
+    from llm_dit.config import split_assignment
+    from llm_dit.experiments.store import require_database
+    from llm_dit.metrics.sets import set_metrics_pass
+
+    example = "AXIS=LABEL, e.g. --against hidden_layer=-2"
+    pairs = dict(split_assignment(item, "--against", example) for item in against or [])
+    require_database(output_dir)
+    report = set_metrics_pass(
+        output_dir, experiment, metric, settings, against=pairs, folder=folder, subset_size=subset_size,
+        subsets=subsets,
+    )  # fmt: skip
+    for text in report.plan.notes:
+        note(text)
+    keys = ("condition", "reference", "n", "n_reference", "value", "std")
+    columns = [Column(k, whole=k in ("condition", "reference")) for k in keys]
+    print_records("table", keys, report.rows, columns, title=f"{metric} of each condition (lower = closer)")
+    wrote(str(report.path))
+
+
 def _readable_images(images: dict[str | None, Path], checked: set[Path]) -> set[Path]:
     """``checked`` plus every ``--reference-image`` file, each decoded once: a text file or a cut PNG is one line
     here, not a PIL traceback in the middle of the pass."""
@@ -166,7 +230,8 @@ METRIC_FIELDS = ("name", "kind", "higher_is_better", "setting", "status", "versi
 
 def _print_metric_list(settings: Any, output_format: str) -> None:
     """Every metric (and the unavailable ones), what it needs and whether it is ready, on stdout."""
-    from llm_dit.metrics.registry import METRICS, SET_METRICS, UNAVAILABLE, configured
+    from llm_dit.metrics.registry import METRICS, SET_METRIC_SETTING, SET_METRICS, UNAVAILABLE, configured
+    from llm_dit.metrics.sets import SET_METRIC_VERSION
 
     records = [
         {
@@ -183,10 +248,24 @@ def _print_metric_list(settings: Any, output_format: str) -> None:
         }
         for spec in METRICS.values()
     ]
+    ready = getattr(settings, SET_METRIC_SETTING) is not None
+    records += [
+        {
+            "name": name,
+            "kind": "set",
+            "higher_is_better": False,
+            "setting": SET_METRIC_SETTING,
+            "status": "ready, --set-metric" if ready else f"set {SET_METRIC_SETTING}",
+            "version": SET_METRIC_VERSION,
+            "description": what,
+            "what": what,
+        }
+        for name, what in SET_METRICS.items()
+    ]
     records += [
         {"name": name, "kind": None, "higher_is_better": None, "setting": None, "status": "unavailable",
          "version": None, "description": why, "what": why.split(":")[0]}
-        for name, why in {**UNAVAILABLE, **SET_METRICS}.items()
+        for name, why in UNAVAILABLE.items()
     ]  # fmt: skip
     columns = [
         Column("name", "metric", whole=True),

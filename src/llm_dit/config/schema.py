@@ -1070,6 +1070,16 @@ class MetricsSettings(BaseModel):
         "for 'lpips' and 'diversity_lpips'.",
     )
     lpips_net: str = Field("alex", description="LPIPS backbone: alex or vgg (must match lpips_backbone).")
+    inception_weights: str | None = Field(
+        None,
+        description="torch-fidelity's FID Inception-v3 weights file (weights-inception-2015-12-05-6726825d.pth) "
+        "for the set-level metrics 'fid' and 'kid'.",
+    )
+    inception_resize: str = Field(
+        "antialias",
+        description="How images reach Inception's 299x299: antialias (torchmetrics' antialiased bilinear) or tf1 "
+        "(TF1's bilinear without antialiasing, torch-fidelity's and the original FID code's).",
+    )
     device: DeviceName = Field("auto", description="Device of the metric models: auto, cpu, cuda or cuda:N.")
     # float32 by default even on GPUs: scoring is cheap next to generation, and bf16 moves CLIP scores by tenths.
     torch_dtype: DtypeName = Field(
@@ -1077,7 +1087,7 @@ class MetricsSettings(BaseModel):
     )
     batch_size: int = Field(16, description="Images per batched forward of a metric model.")
 
-    @field_validator("siglip_path", "clip_path", "pickscore_path", "lpips_backbone", mode="before")
+    @field_validator("siglip_path", "clip_path", "pickscore_path", "lpips_backbone", "inception_weights", mode="before")
     @classmethod
     def _v_paths(cls, v: Any, info: Any) -> str | None:
         return _optional_path(info.field_name, v)
@@ -1086,6 +1096,11 @@ class MetricsSettings(BaseModel):
     @classmethod
     def _v_lpips_net(cls, v: Any) -> str:
         return _choice("lpips_net", v, ("alex", "vgg"))
+
+    @field_validator("inception_resize", mode="before")
+    @classmethod
+    def _v_inception_resize(cls, v: Any) -> str:
+        return _choice("inception_resize", v, ("antialias", "tf1"))
 
     @field_validator("batch_size", mode="before")
     @classmethod

@@ -28,6 +28,7 @@ import torchvision, whose wheel for torch 2.13 cannot be loaded next to the CPU 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,37 @@ KID_MIN_SUBSET_SIZE = 2
 def fid_min_samples(dim: int) -> int:
     """The fewest rows per set for which a ``dim``-dimensional sample covariance can have full rank."""
     return dim + 1
+
+
+def check_fid_sizes(sizes: Mapping[str, int], dim: int = INCEPTION_FEATURE_DIM) -> None:
+    """Refuse sets (name -> image count) too small for a ``dim``-dim FID (see the module docstring); cheap, so
+    it runs before any network loads as well as in :func:`fid`."""
+    need = fid_min_samples(dim)
+    small = [f"{name!r} has {n}" for name, n in sizes.items() if n < need]
+    if small:
+        raise LlmDitError(
+            f"FID needs at least {need} images per set for {dim}-dim features (a sample covariance of n images has "
+            f"rank <= n - 1, so fewer give a singular covariance and a number dominated by bias): set "
+            f"{' and set '.join(small)}; generate more images per set, or use kid, which is unbiased for small sets"
+        )
+
+
+def check_kid_sizes(sizes: Mapping[str, int], subset_size: int, subsets: int) -> None:
+    """Refuse a KID of sets (name -> image count) smaller than ``subset_size``, or a subset size below 2."""
+    if subset_size < KID_MIN_SUBSET_SIZE:
+        raise LlmDitError(
+            f"KID's subset size must be at least {KID_MIN_SUBSET_SIZE} (the unbiased estimator averages over pairs "
+            f"of distinct images), got {subset_size}; pass a subset size of 2 or more"
+        )
+    if subsets < 1:
+        raise LlmDitError(f"KID needs at least 1 subset, got {subsets}; pass subsets of 1 or more")
+    small = [f"{name!r} has {n}" for name, n in sizes.items() if n < subset_size]
+    if small:
+        raise LlmDitError(
+            f"KID with subset size {subset_size} needs at least {subset_size} images per set (subsets are drawn "
+            f"without replacement): set {' and set '.join(small)}; pass a subset size of at most "
+            f"{min(sizes.values())} (and at least {KID_MIN_SUBSET_SIZE}), or generate more images"
+        )
 
 
 def _features(features: object, name: str) -> np.ndarray:
@@ -123,15 +155,7 @@ def fid(features_a: object, features_b: object) -> float:
     """The Fréchet distance between the sample Gaussians of two feature sets (FID when the features are Inception
     pool3's); refuses a set with fewer than ``d + 1`` rows (see the module docstring)."""
     a, b = _pair(features_a, features_b)
-    dim = a.shape[1]
-    need = fid_min_samples(dim)
-    small = [f"{name!r} has {len(array)}" for name, array in (("a", a), ("b", b)) if len(array) < need]
-    if small:
-        raise LlmDitError(
-            f"FID needs at least {need} images per set for {dim}-dim features (a sample covariance of n images has "
-            f"rank <= n - 1, so fewer give a singular covariance and a number dominated by bias): set "
-            f"{' and set '.join(small)}; generate more images per set, or use kid, which is unbiased for small sets"
-        )
+    check_fid_sizes({"a": len(a), "b": len(b)}, a.shape[1])
     first, second = feature_stats(a, "a"), feature_stats(b, "b")
     return frechet_distance(first.mean, first.cov, second.mean, second.cov)
 
@@ -173,20 +197,7 @@ def kid(
     """KID of two feature sets (see the module docstring); refuses sets smaller than ``subset_size`` and a
     ``subset_size`` below 2."""
     a, b = _pair(features_a, features_b)
-    if subset_size < KID_MIN_SUBSET_SIZE:
-        raise LlmDitError(
-            f"KID's subset size must be at least {KID_MIN_SUBSET_SIZE} (the unbiased estimator averages over pairs "
-            f"of distinct images), got {subset_size}; pass a subset size of 2 or more"
-        )
-    if subsets < 1:
-        raise LlmDitError(f"KID needs at least 1 subset, got {subsets}; pass subsets of 1 or more")
-    small = [f"{name!r} has {len(array)}" for name, array in (("a", a), ("b", b)) if len(array) < subset_size]
-    if small:
-        raise LlmDitError(
-            f"KID with subset size {subset_size} needs at least {subset_size} images per set (subsets are drawn "
-            f"without replacement): set {' and set '.join(small)}; pass a subset size of at most "
-            f"{min(len(a), len(b))} (and at least {KID_MIN_SUBSET_SIZE}), or generate more images"
-        )
+    check_kid_sizes({"a": len(a), "b": len(b)}, subset_size, subsets)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(subsets):

@@ -95,21 +95,22 @@ UNAVAILABLE: dict[str, str] = {
     "pickscore, siglip or clip_score",
 }
 
-# Set-level metrics (one number per pair of image sets, not per run): designed (docs/metrics.md, "Set-level metrics:
-# FID and KID") and their formulas implemented over feature arrays (llm_dit.metrics.distribution), but not computable
-# here: naming one with --metric explains why. Kept out of UNAVAILABLE, whose entries are per-run metrics in --list.
-_INCEPTION_BLOCKED = (
-    "needs the TF-ported Inception-v3 (pt_inception-2015-12-05), whose only packaged implementations need "
-    "torchvision: torch-fidelity 0.4.0 requires it and its package __init__ imports it (feature_extractor_clip), "
-    "pytorch-fid 0.3.0 builds on torchvision.models.inception, and torchmetrics' FID/KID use torch-fidelity's; "
-    "PyPI's torchvision for torch 2.13 is a CUDA build that fails to import next to the CPU torch (operator "
-    "torchvision::nms does not exist); see docs/metrics.md. The formulas over feature arrays are in "
-    "llm_dit.metrics.distribution"
-)
+# Set-level metrics: one number per pair of image sets, not per run (llm_dit.metrics.sets), so they are computed
+# with --set-metric, never with --metric; naming one with --metric says how. What each measures, for --list.
 SET_METRICS: dict[str, str] = {
-    "fid": f"fid is a set-level metric (one number per pair of image sets) and not available: it {_INCEPTION_BLOCKED}",
-    "kid": f"kid is a set-level metric (one number per pair of image sets) and not available: it {_INCEPTION_BLOCKED}",
+    "fid": "Fréchet Inception distance of a condition's images to a reference set (lower = closer); needs "
+    "2049+ images per set",
+    "kid": "kernel Inception distance (unbiased MMD^2, cubic kernel) of a condition's images to a reference set "
+    "(lower = closer); suits small sets",
 }
+SET_METRIC_SETTING = "inception_weights"
+
+
+def set_metric_by_name_message(name: str) -> str:
+    return (
+        f"{name} is a set-level metric (one number per pair of image sets, not per run): compute it with "
+        f"'llm-dit metrics EXPERIMENT --set-metric {name} --against AXIS=LABEL' (or --against-folder DIR)"
+    )
 
 
 def configured(spec: MetricSpec, settings: MetricsSettings) -> bool:
@@ -139,7 +140,7 @@ def select_metrics(names: Sequence[str] | None, settings: MetricsSettings) -> tu
             if name in UNAVAILABLE:
                 problems.append(UNAVAILABLE[name])
             elif name in SET_METRICS:
-                problems.append(SET_METRICS[name])
+                problems.append(set_metric_by_name_message(name))
             elif name not in METRICS:
                 problems.append(f"unknown metric {name!r}; metrics: {', '.join(METRICS)}")
             elif not configured(METRICS[name], settings):
