@@ -1,9 +1,9 @@
 """Checks that the environment holds exactly the locked versions of everything llm-dit[dev] needs.
 
 Walks the requirement tree of the installed llm-dit (with its 'dev' extra) plus the packages the Makefile adds
-(lpips), and fails, naming each package, when one is missing from constraints.txt (the lock is stale: run
-'make lock') or installed at another version (run 'make install'). Packages outside that tree are ignored, so a
-machine with other packages installed (a CI image, a user's environment) still passes.
+(lpips, torch-fidelity), and fails, naming each package, when one is missing from constraints.txt (the lock is
+stale: run 'make lock') or installed at another version (run 'make install'). Packages outside that tree are
+ignored, so a machine with other packages installed (a CI image, a user's environment) still passes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 LOCK = Path(__file__).resolve().parent.parent / "constraints.txt"
-EXTRA_ROOTS = ("lpips",)  # installed with --no-deps by 'make test'
+EXTRA_ROOTS = ("lpips", "torch-fidelity")  # installed with --no-deps by 'make install'
 
 
 def read_lock(path: Path) -> dict[str, str]:

@@ -154,9 +154,68 @@ def test_the_pass_refuses_missing_weights_before_opening_anything(tmp_path: Path
     with pytest.raises(LlmDitError, match=r"kid needs local Inception weights: set inception_weights"):
         set_metrics_pass(tmp_path, "sets", "kid", MetricsSettings(), against={"x": "x0"})
     settings = MetricsSettings(inception_weights=str(tmp_path / "none.pth"))
-    with pytest.raises(LlmDitError, match=r"inception weights file .*none\.pth not found; set inception_weights"):
+    with pytest.raises(LlmDitError, match=r"inception: weights file .*none\.pth not found; set inception_weights"):
         set_metrics_pass(tmp_path, "sets", "kid", settings, against={"x": "x0"})
     (tmp_path / "w.pth").write_bytes(b"x")
     settings = MetricsSettings(inception_weights=str(tmp_path / "w.pth"))
     with pytest.raises(LlmDitError, match=r"no experiment 'nope'"):
         set_metrics_pass(tmp_path, "nope", "kid", settings, against={"x": "x0"})
+
+
+def test_the_command_on_the_tiny_model_s_results(
+    tiny_results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """End to end: `metrics look --set-metric kid --against shift=2.0` with the real (ported) Inception network on
+    seeded random weights; each value is distribution.kid of the features the same network gives each image."""
+    import shutil
+
+    import torch
+
+    from cli_helpers import run
+    from llm_dit.metrics.inception import InceptionFeatures
+    from test_inception import random_inception_state
+
+    root = tmp_path / "results"
+    shutil.copytree(tiny_results, root, ignore=shutil.ignore_patterns("*.db-shm"))
+    weights = tmp_path / "inception.pth"
+    torch.save(random_inception_state(0), weights)
+    config = tmp_path / "config.toml"
+    # batch_size 1: every image through the network alone, so the direct computation below is the same one.
+    config.write_text(f'[default.metrics]\ninception_weights = "{weights}"\ndevice = "cpu"\nbatch_size = 1\n')
+    before = (root / "results.db").read_bytes()
+    argv = [
+        "metrics",
+        "look",
+        "--output-dir",
+        root,
+        "--config",
+        config,
+        "--set-metric",
+        "kid",
+        "--against",
+        "shift=2.0",
+    ]
+    rc, out, err = run(capsys, *argv, "--kid-subsets", "5")
+    assert rc == 0, err
+    assert "subset size 6" in err and "wrote" in err and SET_METRICS_NAME in err and "kid of each condition" in out
+    with open(root / "look" / SET_METRICS_NAME, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert (root / "results.db").read_bytes() == before  # the store is only read
+    runs = [r for r in _look_runs(root) if r["status"] == "done"]
+    network = InceptionFeatures.from_weights(weights, device="cpu", batch_size=1)
+    assert len(rows) == 4  # shift 3.0 and 6.0, each at two layers, against shift 2.0 at the same layer
+    for row in rows:
+        shift, layer = (part.split("=", 1)[1] for part in row["condition"].split(",", 1))
+        members = [r for r in runs if r["variables"] == {"shift": shift, "layer": layer}]
+        reference = [r for r in runs if r["variables"] == {"shift": "2.0", "layer": layer}]
+        assert row["reference"] == f"shift=2.0,layer={layer}" and int(row["n"]) == len(members) == 6
+        a = network.features([root / "look" / r["image_path"] for r in members])
+        b = network.features([root / "look" / r["image_path"] for r in reference])
+        expected = kid(a, b, 6, 5, 0)
+        assert float(row["value"]) == expected.mean and float(row["std"]) == expected.std
+        assert (row["resize"], row["subsets"], row["subset_size"]) == ("antialias", "5", "6")
+
+
+def _look_runs(root: Path) -> list[dict]:
+    with ResultsStore(root, read_only=True) as store:
+        return store.runs("look")

@@ -2,10 +2,9 @@
 
 These are the parts of FID and KID that need no network: each takes two ``[n, d]`` arrays of image features (one
 row per image; for FID/KID proper, the 2048-dim pool3 features of the TF-ported Inception-v3,
-``pt_inception-2015-12-05``) and returns one number for the pair of sets. They are not wired to the metrics pass:
-the Inception network cannot be imported here (its only packaged implementations, torch-fidelity and pytorch-fid,
-import torchvision, whose wheel for torch 2.13 cannot be loaded next to the CPU torch; see docs/metrics.md,
-"Set-level metrics: FID and KID"), and features of another network would not be FID.
+``weights-inception-2015-12-05``, computed by :mod:`llm_dit.metrics.inception`) and returns one number for the pair
+of sets. :mod:`llm_dit.metrics.sets` pairs an experiment's sets and runs the size checks here before any network
+loads; the weights-file check lives here too, so that path imports no torch.
 
 - ``frechet_distance(mean1, cov1, mean2, cov2)``: ``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))``, the squared
   2-Wasserstein distance between two Gaussians (Dowson & Landau 1982), in float64. ``Tr (S1 S2)^(1/2)`` is taken as
@@ -30,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +37,11 @@ from llm_dit.errors import LlmDitError
 
 # The features FID and KID are defined on: pool3 of the TF-ported Inception-v3 (2015-12-05 graph).
 INCEPTION_FEATURE_DIM = 2048
+# torch-fidelity's FID Inception weights (its v0.2.0 release asset), which llm_dit.metrics.inception loads.
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_FIX = (
+    f"set inception_weights in [default.metrics] (or [PROFILE.metrics]) to torch-fidelity's {INCEPTION_WEIGHTS_FILE}"
+)
 # The libraries' defaults (torch-fidelity's kid_subset_size / kid_subsets, torchmetrics' subset_size / subsets).
 KID_SUBSET_SIZE = 1000
 KID_SUBSETS = 100
@@ -206,3 +211,13 @@ def kid(
         values.append(mmd2_unbiased(x, y))
     array = np.asarray(values)
     return KidResult(float(array.mean()), float(array.std()), tuple(values), subset_size)
+
+
+def check_inception_weights(weights: str | Path) -> Path:
+    """The expanded path of the Inception weights file, or a one-line refusal (loads nothing, imports no torch)."""
+    target = Path(weights).expanduser()
+    if not target.exists():
+        raise LlmDitError(f"inception: weights file {target} not found; {INCEPTION_FIX}")
+    if not target.is_file():
+        raise LlmDitError(f"inception: weights file {target} is not a file; {INCEPTION_FIX}")
+    return target

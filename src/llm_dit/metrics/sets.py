@@ -30,9 +30,11 @@ from llm_dit.errors import LlmDitError, did_you_mean
 from llm_dit.files import write_csv
 from llm_dit.metrics.distribution import (
     INCEPTION_FEATURE_DIM,
+    INCEPTION_FIX,
     KID_SUBSET_SIZE,
     KID_SUBSETS,
     check_fid_sizes,
+    check_inception_weights,
     check_kid_sizes,
 )
 
@@ -288,10 +290,7 @@ def set_metrics_pass(
 
     weights = settings.inception_weights
     if weights is None:
-        raise LlmDitError(
-            f"{metric} needs local Inception weights: set inception_weights in [default.metrics] (or a profile's "
-            "[PROFILE.metrics]) to torch-fidelity's weights-inception-2015-12-05-6726825d.pth and pass --config FILE"
-        )
+        raise LlmDitError(f"{metric} needs local Inception weights: {INCEPTION_FIX}, and pass --config FILE")
     path = check_inception_weights(weights)
     with ResultsStore(root, read_only=True) as store:
         if experiment not in store.experiments():
@@ -319,14 +318,3 @@ def set_metrics_pass(
     finally:
         network.unload()
     return SetReport(plan, rows, directory / SET_METRICS_NAME)
-
-
-def check_inception_weights(weights: str | Path) -> Path:
-    """The expanded path of the Inception weights file, or a one-line refusal (loads nothing, imports no torch)."""
-    target = Path(weights).expanduser()
-    fix = "set inception_weights in [default.metrics] to torch-fidelity's weights-inception-2015-12-05-6726825d.pth"
-    if not target.exists():
-        raise LlmDitError(f"inception weights file {target} not found; {fix}")
-    if not target.is_file():
-        raise LlmDitError(f"inception weights file {target} is not a file; {fix}")
-    return target
