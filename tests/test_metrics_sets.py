@@ -219,3 +219,20 @@ def test_the_command_on_the_tiny_model_s_results(
 def _look_runs(root: Path) -> list[dict]:
     with ResultsStore(root, read_only=True) as store:
         return store.runs("look")
+
+
+def test_the_report_shows_the_stored_rows(tmp_path: Path) -> None:
+    from llm_dit.analysis.report import set_metrics_section
+    from llm_dit.analysis.results import load_experiment
+
+    build(tmp_path)
+    results = load_experiment(tmp_path, "sets")
+    assert set_metrics_section(results) == []
+    plan = plan_sets("sets", _runs(tmp_path), ["x", "y"], tmp_path / "sets", "kid", against={"x": "x0"}, subsets=7)
+    output = tmp_path / "sets" / SET_METRICS_NAME
+    rows = compute_sets(plan, _mean_colour, resize="tf1", weights="w1", output=output)
+    text = "\n".join(set_metrics_section(results))
+    assert "## Set-level metrics" in text
+    first = rows[0]
+    assert "| `kid` | `x=x1,y=y0` | `x=x0,y=y0` | 3/3 |" in text
+    assert f"{first['value']:.4g}" in text and "`subset 3 x 7`" in text and "`tf1`" in text

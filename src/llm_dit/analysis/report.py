@@ -494,6 +494,7 @@ def render(report: Report, images: Mapping[str, list[tuple[str, str, list[str]]]
     out += _summary_section(report)
     out += _tests_section(report)
     out += preferences_section(res)
+    out += set_metrics_section(res)
     for section, entries in images.items():
         out += [f"## {section}", ""]
         for path, caption, notes in entries:
@@ -527,6 +528,33 @@ def preferences_section(res: ExperimentResults) -> list[str]:
         for r in found["rows"]
     ]  # fmt: skip
     out += table(["axis", "value", "score", "estimate", "95% interval", "wins/ties/losses", "n"], rows)
+    return [*out, ""]
+
+
+def set_metrics_section(res: ExperimentResults) -> list[str]:
+    """'## Set-level metrics': the rows of ``set_metrics.csv`` (``llm-dit metrics --set-metric``), as computed,
+    with what defines each number; nothing when the experiment has none."""
+    from llm_dit.metrics.sets import SET_METRICS_NAME, read_set_rows
+
+    rows = read_set_rows(res.directory / SET_METRICS_NAME)
+    if not rows:
+        return []
+    out = [
+        "## Set-level metrics",
+        "",
+        f"From `{SET_METRICS_NAME}` (`llm-dit metrics {res.name} --set-metric fid|kid`): each condition's image set "
+        "against its reference set, lower = closer. KID: the mean over subsets ± their population std; FID: one "
+        "number, biased upwards at small n (compare equal set sizes only). Each row is of the images whose hashes "
+        "its `images_sha256` digests, as they were when it was computed.",
+        "",
+    ]
+    body = [
+        [md_code(r["metric"]), md_code(r["condition"]), md_code(r["reference"]), f"{r['n']}/{r['n_reference']}",
+         fmt(float(r["value"])) + (f" ± {fmt(float(r['std']))}" if r["std"] else ""),
+         md_code(f"subset {r['subset_size']} x {r['subsets']}" if r["subset_size"] else "-"), md_code(r["resize"])]
+        for r in rows
+    ]  # fmt: skip
+    out += table(["metric", "condition", "reference", "n/n ref", "value", "KID subsets", "resize"], body)
     return [*out, ""]
 
 
