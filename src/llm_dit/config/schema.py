@@ -453,6 +453,10 @@ class EncoderSettings(BaseModel):
         return self.think_block
 
 
+# diffusers' torch-native attention backends (and flex) that run without extra packages; 'auto' picks by device.
+ATTENTION_BACKENDS = ("auto", "native", "_native_cudnn", "_native_efficient", "_native_flash", "_native_math", "flex")
+
+
 class PipelineSettings(BaseModel):
     """[PROFILE.pipeline]: where and in which precision the DiT and the VAE run."""
 
@@ -462,6 +466,53 @@ class PipelineSettings(BaseModel):
     torch_dtype: DtypeName = Field("auto", description="DiT dtype: auto, bfloat16 or float32 (never float16).")
     vae_device: str | None = Field(None, description="VAE device; unset = same as device.")
     vae_dtype: str | None = Field(None, description="VAE dtype; unset = same as torch_dtype.")
+    compile: str = Field(
+        "auto",
+        description="torch.compile of the DiT: none, regional (each transformer block, compiled once and reused), "
+        "full (the whole model: recompiles on new shapes), or auto (regional on CUDA, none elsewhere).",
+    )
+    compile_backend: str = Field(
+        "inductor", description="torch.compile backend: inductor, or aot_eager / eager to debug a compile problem."
+    )
+    compile_mode: str = Field(
+        "default", description="torch.compile mode: default or max-autotune-no-cudagraphs (longer first call)."
+    )
+    attention_backend: str = Field(
+        "auto",
+        description="diffusers attention backend of the DiT: native (PyTorch SDPA's choice), _native_cudnn, "
+        "_native_efficient, _native_flash, _native_math, flex, or auto (measured: _native_cudnn on CUDA, native "
+        "elsewhere).",
+    )
+    fp8: str = Field(
+        "none",
+        description="FP8 weights and activations of the DiT's transformer-block linear layers (torchao): none, "
+        "rowwise or tensorwise. Changes images: part of run ids.",
+    )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _v_compile(cls, v: Any) -> str:
+        return _choice("compile", v, ("auto", "none", "regional", "full"))
+
+    @field_validator("compile_backend", mode="before")
+    @classmethod
+    def _v_compile_backend(cls, v: Any) -> str:
+        return _choice("compile_backend", v, ("inductor", "aot_eager", "eager"))
+
+    @field_validator("compile_mode", mode="before")
+    @classmethod
+    def _v_compile_mode(cls, v: Any) -> str:
+        return _choice("compile_mode", v, ("default", "max-autotune-no-cudagraphs"))
+
+    @field_validator("attention_backend", mode="before")
+    @classmethod
+    def _v_attention_backend(cls, v: Any) -> str:
+        return _choice("attention_backend", v, ATTENTION_BACKENDS)
+
+    @field_validator("fp8", mode="before")
+    @classmethod
+    def _v_fp8(cls, v: Any) -> str:
+        return _choice("fp8", v, ("none", "rowwise", "tensorwise"))
 
     @field_validator("vae_device", mode="before")
     @classmethod

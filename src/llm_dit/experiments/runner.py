@@ -39,6 +39,7 @@ from llm_dit.experiments.planner import REPLACES, default_params
 from llm_dit.experiments.preparation import TimingPlan, pending_runs, request_for
 from llm_dit.experiments.store import PlanDefaults, ResultsStore, RunTiming, TimedStats
 from llm_dit.experiments.store import PlannedRun as StoreRow
+from llm_dit.generation.acceleration import resolve as resolve_acceleration
 from llm_dit.generation.batching import batches
 from llm_dit.generation.checks import resolved_numerics
 from llm_dit.generation.image import write_png
@@ -119,6 +120,10 @@ def execution_facts(settings: Settings, batch_size: int, code: CodeFacts | None 
         # The devices and dtypes are in the run id too (so they never differ between a run and its resume);
         # the GPU model is not.
         **resolved_numerics(settings),
+        # Compile and attention kernels move pixels by rounding only (checked against eager: docs/benchmarks.md).
+        **resolve_acceleration(
+            settings.pipeline, devices.device_type(settings.pipeline.device, "pipeline.device")
+        ).facts(),
     }
     device = devices.resolve_device(settings.pipeline.device)
     if device.type == "cuda":

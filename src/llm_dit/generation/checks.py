@@ -176,9 +176,12 @@ def resolved_numerics(settings: Settings) -> dict[str, str]:
     without torch where the answer is known without it (``devices.numerics_label``); an unusable device is refused
     here, naming its flag."""
     enc, pipe = settings.encoder, settings.pipeline
+    dit = devices.numerics_label(pipe.device, pipe.torch_dtype, "pipeline.device")
+    if pipe.fp8 != "none":  # FP8 linears change images well beyond bf16 rounding: another numerics, another run
+        dit += f"+fp8_{pipe.fp8}"
     return {
         "encoder": devices.numerics_label(enc.device, enc.torch_dtype, "encoder.device"),
-        "dit": devices.numerics_label(pipe.device, pipe.torch_dtype, "pipeline.device"),
+        "dit": dit,
         "vae": devices.numerics_label(
             pipe.vae_device or pipe.device,
             pipe.vae_dtype or pipe.torch_dtype,

@@ -33,6 +33,7 @@ from llm_dit.config import (
 from llm_dit.constants import HARD_MAX_TEXT_TOKENS, SIZE_MULTIPLE
 from llm_dit.errors import LlmDitError
 from llm_dit.files import ensure_writable
+from llm_dit.generation.acceleration import Acceleration, accelerate
 from llm_dit.generation.batching import batches
 from llm_dit.generation.checks import RequestChecker, request_shift
 from llm_dit.generation.image import decode_latents, encode_image, load_init_image, save_png, to_pil
@@ -131,12 +132,21 @@ class LlmDitPipeline:
         self.encoder = encoder
         # The other conditioning sources (Qwen3-VL, Qwen3-Embedding), loaded on first use.
         self.sources = sources or SourceEncoders()
-        self._transformer = _Lazy(transformer) if isinstance(transformer, nn.Module) else _Lazy(loader=transformer)
+        # In-memory modules (from_components: perhaps also a diffusers pipeline's) are left as they are unless the
+        # settings ask for speed options; a checkpoint's DiT gets the settings' (auto: compiled on CUDA).
+        self.pipeline_settings = pipeline_settings or PipelineSettings(compile="none", attention_backend="native")
+        self.acceleration: Acceleration | None = None  # what the loaded DiT runs with (set when it loads)
+
+        def load_transformer() -> nn.Module:
+            module = transformer if isinstance(transformer, nn.Module) else transformer()
+            self.acceleration = accelerate(module, self.pipeline_settings)
+            return module
+
+        self._transformer = _Lazy(loader=load_transformer)
         self._vae = _Lazy(vae) if isinstance(vae, nn.Module) else _Lazy(loader=vae)
         self.info = info
         self.model_path = model_path
         self._fingerprint = fingerprint
-        self.pipeline_settings = pipeline_settings or PipelineSettings()
         if max_batch_size < 1:
             raise LlmDitError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
@@ -201,19 +211,23 @@ class LlmDitPipeline:
         *,
         model_path: str = "<in-memory>",
         max_batch_size: int = 8,
+        pipeline: PipelineSettings | None = None,
         **encoder_settings: Any,
     ) -> LlmDitPipeline:
         """A pipeline over components already in memory (e.g. the same objects a diffusers pipeline holds).
 
         Caption cap, size multiple and caption width come from the modules' configs, by the same rules as for
-        a checkpoint on disk (:class:`llm_dit.models.checkpoint.CheckpointInfo`).
+        a checkpoint on disk (:class:`llm_dit.models.checkpoint.CheckpointInfo`). ``pipeline``: speed settings to
+        apply to the DiT in place when it is first used (None: none, the modules run as given).
         """
         dit_config, vae_config = _config_of(transformer), _config_of(vae)
         cap = checkpoint.dit_max_caption_tokens(dit_config)
         encoder = ZImageTextEncoder(
             tokenizer, text_encoder, max_caption_tokens=min(cap, HARD_MAX_TEXT_TOKENS), **encoder_settings
         )
-        pipe = cls(encoder, transformer, vae, model_path=model_path, max_batch_size=max_batch_size)
+        pipe = cls(
+            encoder, transformer, vae, model_path=model_path, max_batch_size=max_batch_size, pipeline_settings=pipeline
+        )
         pipe.size_multiple = checkpoint.vae_size_multiple(vae_config)
         pipe.cap_feat_dim = checkpoint.dit_cap_feat_dim(dit_config)
         return pipe
@@ -611,6 +625,7 @@ class LlmDitPipeline:
             "model_path": self.model_path,
             "model_fingerprint": self.fingerprint,
             "devices": self._devices(positive, negative),
+            "acceleration": self.acceleration.facts() if self.acceleration is not None else None,
             "versions": package_versions(),
             "llm_dit_version": __version__,
             "created": utc_now(),
