@@ -483,6 +483,11 @@ class PipelineSettings(BaseModel):
         "_native_efficient, _native_flash, _native_math, flex, or auto (measured: _native_cudnn on CUDA, native "
         "elsewhere).",
     )
+    vae_tiling: bool = Field(
+        False,
+        description="Decode images larger than one VAE tile (1024 px for Z-Image) in overlapping tiles: memory stays "
+        "flat at 2048^2 and beyond, pixels change a little (part of run ids).",
+    )
     fp8: str = Field(
         "none",
         description="FP8 weights and activations of the DiT's transformer-block linear layers (torchao): none, "

@@ -179,12 +179,11 @@ def resolved_numerics(settings: Settings) -> dict[str, str]:
     dit = devices.numerics_label(pipe.device, pipe.torch_dtype, "pipeline.device")
     if pipe.fp8 != "none":  # FP8 linears change images well beyond bf16 rounding: another numerics, another run
         dit += f"+fp8_{pipe.fp8}"
-    return {
-        "encoder": devices.numerics_label(enc.device, enc.torch_dtype, "encoder.device"),
-        "dit": dit,
-        "vae": devices.numerics_label(
-            pipe.vae_device or pipe.device,
-            pipe.vae_dtype or pipe.torch_dtype,
-            "pipeline.vae_device" if pipe.vae_device else "pipeline.device",
-        ),
-    }
+    vae = devices.numerics_label(
+        pipe.vae_device or pipe.device,
+        pipe.vae_dtype or pipe.torch_dtype,
+        "pipeline.vae_device" if pipe.vae_device else "pipeline.device",
+    )
+    if pipe.vae_tiling:  # tiles larger than one change pixels (per-tile group norms)
+        vae += "+tiled"
+    return {"encoder": devices.numerics_label(enc.device, enc.torch_dtype, "encoder.device"), "dit": dit, "vae": vae}

@@ -21,18 +21,34 @@ PARAMETERS_KEY = "parameters"  # A1111-style one-line summary, read by common im
 
 
 @torch.no_grad()
-def decode_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+def decode_latents(vae: nn.Module, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
     """Decode fp32 latents ``[B, 16, h, w]`` to images ``[B, 3, H, W]`` in [0, 1] (fp32, on the VAE's device).
 
     Same arithmetic as diffusers, in the VAE's dtype: ``z / scaling_factor + shift_factor``, decode,
     ``(x * 0.5 + 0.5).clamp(0, 1)``; only then fp32. (Denormalising in fp32 instead would be a little more
     precise, but in bf16 it moves pixels by up to ~0.002 away from what ZImagePipeline returns.)
+
+    ``tiled``: an image larger than one VAE tile (``vae.config.sample_size`` px, 1024 for Z-Image's) is decoded by
+    diffusers' ``AutoencoderKL.tiled_decode``: tiles of ``sample_size`` px overlapping by a quarter, each decoded on
+    its own and blended linearly across the overlap, so memory no longer grows with the image. Each tile's group
+    norms see only that tile, so tiled pixels differ from untiled ones (by the model's sensitivity, not only rounding):
+    the vae numerics of run ids say when tiling is on. Images that fit one tile decode exactly as untiled.
     """
     param = next(vae.parameters())
     z = latents.to(device=param.device, dtype=param.dtype)
     z = z / vae.config.scaling_factor + vae.config.shift_factor
-    image = vae.decode(z, return_dict=False)[0]
+    factor = 2 ** (len(vae.config.block_out_channels) - 1) if tiled else 1  # pixels per latent (8)
+    if tiled and needs_tiles(vae, z.shape[-2] * factor, z.shape[-1] * factor):
+        image = vae.tiled_decode(z, return_dict=False)[0]
+    else:
+        image = vae.decode(z, return_dict=False)[0]
     return (image * 0.5 + 0.5).clamp(0, 1).float()
+
+
+def needs_tiles(vae: nn.Module, height: int, width: int) -> bool:
+    """Whether an image of this size (pixels) is larger than one VAE tile (what ``tiled_decode`` splits)."""
+    tile = int(vae.config.sample_size)
+    return height > tile or width > tile
 
 
 @torch.no_grad()

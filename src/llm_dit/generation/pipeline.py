@@ -36,7 +36,7 @@ from llm_dit.files import ensure_writable
 from llm_dit.generation.acceleration import Acceleration, accelerate
 from llm_dit.generation.batching import batches
 from llm_dit.generation.checks import RequestChecker, request_shift
-from llm_dit.generation.image import decode_latents, encode_image, load_init_image, save_png, to_pil
+from llm_dit.generation.image import decode_latents, encode_image, load_init_image, needs_tiles, save_png, to_pil
 from llm_dit.generation.record import package_versions, parameters_line, tensor_fingerprint, utc_now
 from llm_dit.generation.request import (
     GenerationRequest,
@@ -551,7 +551,7 @@ class LlmDitPipeline:
             refiner=refiner,
             on_step=on_step,
         )
-        return decode_latents(self.vae, latents).cpu()
+        return decode_latents(self.vae, latents, tiled=self.pipeline_settings.vae_tiling).cpu()
 
     def _start_latents(
         self,
@@ -626,6 +626,7 @@ class LlmDitPipeline:
             "model_fingerprint": self.fingerprint,
             "devices": self._devices(positive, negative),
             "acceleration": self.acceleration.facts() if self.acceleration is not None else None,
+            "vae_tiled": self.pipeline_settings.vae_tiling and needs_tiles(self.vae, gen.height, gen.width),
             "versions": package_versions(),
             "llm_dit_version": __version__,
             "created": utc_now(),
