@@ -88,3 +88,20 @@ def test_regional_compile_gives_eager_s_pixels_and_stops_recompiling(tiny_checkp
     for got, want in zip(first + rest, reference, strict=True):
         assert torch.equal(got, want)
     assert eager.acceleration is not None and eager.acceleration.compile == "none"
+
+
+def test_the_dry_run_counts_compile_time(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli_helpers import run
+
+    config = tmp_path / "config.toml"
+    config.write_text('[default.pipeline]\ndevice = "cpu"\ncompile = "regional"\n', encoding="utf-8")
+    argv = ["sweep", "hidden_layer", "--quick", "--dry-run", "--model-path", tiny_checkpoint]
+    rc, out, err = run(capsys, *argv, "--output-dir", tmp_path / "results", "--config", config)
+    assert rc == 0, err
+    assert "compile: regional compile: ~17 s on the first DiT forward" in " ".join(out.split())
+    assert "1 here" in " ".join(out.split())  # one sampling shape: one size and step count
+    rc, out, err = run(capsys, *argv, "--output-dir", tmp_path / "results")  # default on CPU: no compile
+    assert rc == 0, err
+    assert "compile:" not in out

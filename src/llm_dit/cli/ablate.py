@@ -452,7 +452,7 @@ def _print_plan(
     with ``fmt`` json or csv, every planned run as a record (its variables and resolved params whole) instead.
     ``timing``: the timed repeats of ``--timing`` (its cost in generations is shown too). What counts as done
     is what the runner would skip (``pending_runs``: nothing with ``force``, untimed runs with ``timing``)."""
-    from llm_dit.experiments.preparation import TimingPlan, pending_runs, plan_cost
+    from llm_dit.experiments.preparation import TimingPlan, pending_runs, plan_cost, timing_shapes
     from llm_dit.experiments.store import peek_runs
 
     exp, runs = prepared.experiment, prepared.runs
@@ -501,8 +501,6 @@ def _print_plan(
     pending = len(todo)
     out.print(f"already done: {len(runs) - pending}; to run: {pending}", highlight=False)
     if timing is not None:
-        from llm_dit.experiments.preparation import timing_shapes
-
         # What the runner does (runner._timed) for the runs it makes: warm-ups once per sampling shape, then the
         # timed repeats.
         plan = TimingPlan(repeats=timing)
@@ -514,9 +512,22 @@ def _print_plan(
             highlight=False,
             soft_wrap=True,
         )
+    from llm_dit.generation.acceleration import compile_estimate, resolve
+    from llm_dit.models.devices import device_type
+
+    pipe = prepared.settings.pipeline
+    compile_s, compile_text = compile_estimate(
+        resolve(pipe, device_type(pipe.device, "pipeline.device")), len(timing_shapes(todo))
+    )
+    if pending and compile_s != 0.0:
+        out.print(f"compile: {compile_text}", highlight=False, soft_wrap=True)
     if times and pending:
         per = sum(times) / len(times)
-        out.print(f"estimated time: {pending * per:.0f} s ({per:.2f} s per image so far)", highlight=False)
+        extra = f" + ~{compile_s:.0f} s compile" if compile_s else ""
+        out.print(
+            f"estimated time: {pending * per + (compile_s or 0):.0f} s ({per:.2f} s per image so far{extra})",
+            highlight=False,
+        )
     variables = exp.variables()
     rows = [[run.run_id, run.prompt.id, *[run.variables[v] for v in variables], str(run.seed)] for run in runs[:12]]
     print_rows(out, ["run id", "prompt", *variables, "seed"], rows)

@@ -27,6 +27,25 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+# Measured on one H200 (torch 2.11, inductor, full-size DiT; ../shared REFERENCE-WAVE2, to be re-measured by
+# benchmarks/gpu_speed.py): regional compile's first forward, and what one more caption length or resolution cost.
+REGIONAL_FIRST_CALL_S = 17.0
+REGIONAL_NEW_SHAPE_S = 1.0
+
+
+def compile_estimate(chosen: Acceleration, shapes: int) -> tuple[float | None, str]:
+    """(seconds a run of ``shapes`` distinct sampling shapes spends compiling, or None when unknown; a sentence)."""
+    if chosen.compile == "none":
+        return 0.0, "no compile"
+    if chosen.compile == "regional" and chosen.compile_backend == "inductor":
+        seconds = REGIONAL_FIRST_CALL_S + REGIONAL_NEW_SHAPE_S * max(0, shapes - 1)
+        return seconds, (
+            f"regional compile: ~{REGIONAL_FIRST_CALL_S:.0f} s on the first DiT forward, ~{REGIONAL_NEW_SHAPE_S:.0f} s "
+            f"once per further sampling shape (resolution, steps; H200 measurements): {shapes} here"
+        )
+    return None, f"{chosen.compile} compile with {chosen.compile_backend}: first-call time not measured"
+
+
 @dataclass(frozen=True)
 class Acceleration:
     """The resolved speed settings of one DiT (what the record and execution facts say)."""
