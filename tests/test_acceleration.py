@@ -32,8 +32,14 @@ def test_auto_resolves_by_device_and_cuda_only_options_are_refused_elsewhere() -
     assert resolve(PipelineSettings(compile="full", compile_backend="aot_eager"), "cpu").compile == "full"
 
 
-def test_fp8_enters_run_ids_and_speed_settings_do_not() -> None:
+def test_fp8_enters_run_ids_and_speed_settings_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_dit.generation import checks
+
     base = Settings()
+    with pytest.raises(LlmDitError, match="fp8 = 'tensorwise' needs a CUDA GPU"):  # here, before anything loads
+        resolved_numerics(base.model_copy(update={"pipeline": PipelineSettings(fp8="tensorwise")}))
+    # As on a CUDA machine: the labels the run id hashes.
+    monkeypatch.setattr(checks.devices, "numerics_label", lambda *args: "cuda/torch.bfloat16")
     plain = resolved_numerics(base)
     fp8 = resolved_numerics(base.model_copy(update={"pipeline": PipelineSettings(fp8="tensorwise")}))
     compiled = resolved_numerics(base.model_copy(update={"pipeline": PipelineSettings(compile="regional")}))

@@ -417,6 +417,16 @@ def gen(id_: str, extra: list[str], needles: list[str], *, prompt: str | None = 
 GENERATE: list[Case] = [
     # the refusals of generate (they were tests/test_cli.py BAD_INPUT)
     gen("width-not-multiple", ["--width", "1000"], ["--width 1000", "not a multiple of 16", "992 or 1008"]),
+    gen(
+        "fp8-on-cpu", ["--dit-device", "cpu", "--fp8", "rowwise"], ["fp8 = 'rowwise' needs a CUDA GPU", 'fp8 = "none"']
+    ),
+    gen("fp8-unknown", ["--fp8", "row"], ["fp8 'row' is not valid", "rowwise"]),
+    gen(
+        "cudnn-on-cpu",
+        ["--dit-device", "cpu", "--attention-backend", "_native_cudnn"],
+        ["'_native_cudnn' is a CUDA kernel", "use native or auto"],
+    ),
+    gen("compile-unknown", ["--compile", "regionl"], ["compile 'regionl' is not valid", "regional"]),
     gen("width-zero", ["--height", "0"], ["height must be a positive multiple of 16"]),
     gen("steps-zero", ["--steps", "0"], ["--steps 0", "steps must be >= 1"]),
     gen("shift-zero", ["--shift", "0"], ["--shift", "shift must be > 0"]),

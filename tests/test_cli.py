@@ -694,14 +694,14 @@ def test_every_setting_has_its_flag_on_generate(capsys: pytest.CaptureFixture[st
 
     rc, out, _ = run(capsys, "generate", "--help")
     assert rc == 0
-    flags = set(re.findall(r"--[a-z][a-z-]*", out))
+    flags = set(re.findall(r"--[a-z][a-z0-9-]*", out))
     assert set(CLI_FLAGS.values()) <= flags
 
 
 def test_generate_help_lists_the_seed_flags(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(capsys, "generate", "--help")
     assert rc == 0
-    flags = set(re.findall(r"--[a-z][a-z-]*", out))
+    flags = set(re.findall(r"--[a-z][a-z0-9-]*", out))
     missing = [flag for flag in SEED_FLAGS if flag not in flags]
     assert not missing, missing
 

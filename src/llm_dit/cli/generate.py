@@ -93,6 +93,22 @@ def generate(
     dit_dtype: Annotated[str | None, typer.Option("--dit-dtype", help=DTYPE_HELP)] = None,
     vae_device: Annotated[str | None, typer.Option("--vae-device", help="Default: the DiT's.")] = None,
     vae_dtype: Annotated[str | None, typer.Option("--vae-dtype", help="Default: the DiT's.")] = None,
+    compile_: Annotated[
+        str | None, typer.Option("--compile", help="DiT compile: none | regional | full | auto (regional on CUDA).")
+    ] = None,
+    compile_backend: Annotated[
+        str | None, typer.Option("--compile-backend", help="inductor | aot_eager | eager.")
+    ] = None,
+    compile_mode: Annotated[
+        str | None, typer.Option("--compile-mode", help="default | max-autotune-no-cudagraphs.")
+    ] = None,
+    attention_backend: Annotated[
+        str | None, typer.Option("--attention-backend", help="auto | native | _native_cudnn | ... | flex.")
+    ] = None,
+    vae_tiling: Annotated[
+        bool | None, typer.Option("--vae-tiling/--no-vae-tiling", help="Tiled VAE decode above 1024 px.")
+    ] = None,
+    fp8: Annotated[str | None, typer.Option("--fp8", help="FP8 DiT linears: none | rowwise | tensorwise.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG path.")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", help="Where images without -o go.")] = Path("outputs"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,

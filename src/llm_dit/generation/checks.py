@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from llm_dit.conditioning.tokenization import PromptTokenizer
 from llm_dit.constants import SHIFT_FROM_CALLER
 from llm_dit.errors import LlmDitError
+from llm_dit.generation.acceleration import resolve as resolve_acceleration
 from llm_dit.generation.request import GenerationRequest, encoding_texts
 from llm_dit.generation.schedule import check_schedule, img2img_start
 from llm_dit.models import checkpoint, devices
@@ -177,6 +178,7 @@ def resolved_numerics(settings: Settings) -> dict[str, str]:
     here, naming its flag."""
     enc, pipe = settings.encoder, settings.pipeline
     dit = devices.numerics_label(pipe.device, pipe.torch_dtype, "pipeline.device")
+    resolve_acceleration(pipe, dit.partition("/")[0])  # refuses FP8 or a CUDA attention kernel off CUDA, now
     if pipe.fp8 != "none":  # FP8 linears change images well beyond bf16 rounding: another numerics, another run
         dit += f"+fp8_{pipe.fp8}"
     vae = devices.numerics_label(
