@@ -1,5 +1,6 @@
-"""Helpers shared by the metrics-pass tests (test_metrics_pass.py, test_metrics_stored_defaults.py): experiment
-axes and a results store populated by hand, as the runner stores an experiment."""
+"""Helpers shared by the metrics tests: experiment axes and a results store populated by hand, as the runner stores
+an experiment (test_metrics_pass.py, test_metrics_stored_defaults.py), and a photo-like test image (test_lpips.py,
+test_inception.py)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,15 @@ def populate(
             )
         elif r.status == "failed":
             store.mark_failed(exp, r.run_id, "boom")
+
+
+def textured_image(seed: int, width: int = 80, height: int = 64) -> Image.Image:
+    """Smooth colour gradients plus texture: closer to a photo than pure noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    channels = [
+        127 + 100 * np.sin(xx / rng.uniform(4, 12) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(4, 12))
+        for _ in range(3)
+    ]
+    array = np.stack(channels, axis=-1) + rng.normal(0, 12, (height, width, 3))
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))

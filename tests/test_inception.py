@@ -36,6 +36,7 @@ from llm_dit.metrics.inception import (
     resize_antialias,
     resize_tf1,
 )
+from metrics_helpers import textured_image as _image
 
 pytestmark = pytest.mark.numerics  # float results within derived bounds: CI runs these again with 2 threads
 
@@ -98,18 +99,6 @@ def _distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ weights, images
-
-
-def _image(seed: int, width: int = 80, height: int = 64) -> Image.Image:
-    """Smooth colour gradients plus texture: closer to a photo than pure noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    channels = [
-        127 + 100 * np.sin(xx / rng.uniform(4, 12) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(4, 12))
-        for _ in range(3)
-    ]
-    array = np.stack(channels, axis=-1) + rng.normal(0, 12, (height, width, 3))
-    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
 
 
 def random_inception_state(seed: int) -> dict[str, torch.Tensor]:

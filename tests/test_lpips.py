@@ -30,6 +30,7 @@ from llm_dit.metrics.compute import weights_key
 from llm_dit.metrics.lpips import LpipsDistance, build_features
 from llm_dit.metrics.registry import select_metrics
 from llm_dit.models import checkpoint
+from metrics_helpers import textured_image as _image
 
 pytestmark = pytest.mark.numerics  # float results within derived bounds: CI runs these again with 2 threads
 
@@ -73,18 +74,6 @@ def alex_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def alex(alex_file: Path) -> LpipsDistance:
     return LpipsDistance.from_weights(alex_file, "alex", device="cpu", batch_size=8)
-
-
-def _image(seed: int, width: int = 80, height: int = 64) -> Image.Image:
-    """Smooth colour gradients plus texture: closer to a photo than pure noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    channels = [
-        127 + 100 * np.sin(xx / rng.uniform(4, 12) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(4, 12))
-        for _ in range(3)
-    ]
-    array = np.stack(channels, axis=-1) + rng.normal(0, 12, (height, width, 3))
-    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
 
 
 def _noisy(image: Image.Image, sigma: float, seed: int = 99) -> Image.Image:

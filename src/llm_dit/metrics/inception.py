@@ -20,9 +20,7 @@ downsampling those without antialiasing aliases. FIDs computed with different re
 
 from __future__ import annotations
 
-import pickle
-import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +34,7 @@ from llm_dit.metrics.distribution import INCEPTION_FEATURE_DIM, check_inception_
 from llm_dit.metrics.distribution import INCEPTION_FIX as _FIX
 from llm_dit.metrics.lpips import _ieee_fp32
 from llm_dit.metrics.pixel import ImageLike, load_rgb
+from llm_dit.metrics.state_dicts import read_state_dict
 from llm_dit.models.devices import resolve_device
 
 RESIZE_MODES = ("antialias", "tf1")
@@ -272,14 +271,7 @@ def _load_network(path: Path) -> InceptionV3Pool:
     ``num_batches_tracked`` (unused in evaluation) may be absent, as in files saved before torch 0.4.1, which
     torch's own strict loading accepts too.
     """
-    try:
-        # Memory-mapped when the file is in torch's zip format; legacy (pre-1.6 pickle) files are read whole.
-        state = torch.load(path, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(path))
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LlmDitError(f"inception: cannot read weights file {path} ({first}); {_FIX}") from exc
-    if not isinstance(state, Mapping):
-        raise LlmDitError(f"inception: weights file {path} holds no state dict; {_FIX}")
+    state = read_state_dict(path, "inception", "weights file", _FIX)
     with torch.device("meta"):  # shapes only: every tensor is replaced by the file's
         network = build_network()
     expected = network.state_dict()

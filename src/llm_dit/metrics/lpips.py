@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import pickle
-import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,6 +23,7 @@ from torch import nn
 
 from llm_dit.errors import LlmDitError
 from llm_dit.metrics.pixel import ImageLike, load_rgb
+from llm_dit.metrics.state_dicts import read_state_dict
 from llm_dit.models.devices import resolve_device
 
 NETS = ("alex", "vgg")
@@ -104,15 +103,7 @@ def _fix(spec: _NetSpec, net: str) -> str:
 def _load_backbone(path: Path, net: str) -> nn.Sequential:
     """The features stack of ``net`` with every parameter loaded from a torchvision state dict (full or features)."""
     spec = _NETS[net]
-    try:
-        # Memory-mapped when the file is in torch's zip format (torch >= 1.6 saves); older (legacy pickle) files,
-        # which torch cannot map, are read whole.
-        state = torch.load(path, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(path))
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LlmDitError(f"lpips: cannot read backbone weights file {path} ({first}); {_fix(spec, net)}") from exc
-    if not isinstance(state, Mapping):
-        raise LlmDitError(f"lpips: backbone weights file {path} holds no state dict; {_fix(spec, net)}")
+    state = read_state_dict(path, "lpips", "backbone weights file", _fix(spec, net))
     features = spec.build()
     loaded: dict[str, torch.Tensor] = {}
     for name, param in features.state_dict().items():

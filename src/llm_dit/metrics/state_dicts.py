@@ -1,0 +1,28 @@
+"""Reading a metric network's weights file (a torch state dict) with one-line errors: the LPIPS backbone and the FID
+Inception share it."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_dit.errors import LlmDitError
+
+
+def read_state_dict(path: Path, metric: str, noun: str, fix: str) -> Mapping[str, Any]:
+    """The state dict in ``path``; errors read "<metric>: cannot read <noun> <path> (why); <fix>" (e.g. metric
+    "lpips", noun "backbone weights file"). Memory-mapped when the file is in torch's zip format (torch >= 1.6
+    saves); older (legacy pickle) files, which torch cannot map, are read whole."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(path))
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LlmDitError(f"{metric}: cannot read {noun} {path} ({first}); {fix}") from exc
+    if not isinstance(state, Mapping):
+        raise LlmDitError(f"{metric}: {noun} {path} holds no state dict; {fix}")
+    return state
