@@ -203,14 +203,16 @@ def test_the_command_on_the_tiny_model_s_results(
     assert (root / "results.db").read_bytes() == before  # the store is only read
     runs = [r for r in _look_runs(root) if r["status"] == "done"]
     network = InceptionFeatures.from_weights(weights, device="cpu", batch_size=1)
+    paths = [root / "look" / r["image_path"] for r in runs]
+    features = dict(zip(paths, network.features(paths), strict=True))  # each image alone (batch 1), as the pass
     assert len(rows) == 4  # shift 3.0 and 6.0, each at two layers, against shift 2.0 at the same layer
     for row in rows:
         shift, layer = (part.split("=", 1)[1] for part in row["condition"].split(",", 1))
         members = [r for r in runs if r["variables"] == {"shift": shift, "layer": layer}]
         reference = [r for r in runs if r["variables"] == {"shift": "2.0", "layer": layer}]
         assert row["reference"] == f"shift=2.0,layer={layer}" and int(row["n"]) == len(members) == 6
-        a = network.features([root / "look" / r["image_path"] for r in members])
-        b = network.features([root / "look" / r["image_path"] for r in reference])
+        a = np.stack([features[root / "look" / r["image_path"]] for r in members])
+        b = np.stack([features[root / "look" / r["image_path"]] for r in reference])
         expected = kid(a, b, 6, 5, 0)
         assert float(row["value"]) == expected.mean and float(row["std"]) == expected.std
         assert (row["resize"], row["subsets"], row["subset_size"]) == ("antialias", "5", "6")
