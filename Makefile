@@ -7,14 +7,16 @@ PIP ?= $(PYTHON) -m pip
 # Every install resolves exactly the versions in constraints.txt (the lock; refresh it with 'make lock'), and
 # check_lock.py fails naming any package that differs. torch is pinned exactly: 2.13.0 is the CPU wheel already
 # on disk; a looser pin pulls GBs of CUDA packages.
-# lpips and torch-fidelity are only the references for the tests of our LPIPS and Inception-v3 (FID) ports:
-# --no-deps, since their torchvision dependency is a CUDA build that cannot import next to the CPU torch (and
-# would break transformers' imports).
+# lpips, torch-fidelity and open_clip_torch are only the references for the tests of our LPIPS, Inception-v3 (FID)
+# and HPSv2.1 (open_clip ViT-H-14 -> transformers CLIPModel) ports: --no-deps, since their torchvision dependency is
+# a CUDA build that cannot import next to the CPU torch (and would break transformers' imports); the tests import
+# open_clip against a stand-in torchvision and ftfy.
 install:
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	$(PIP) install -q -c constraints.txt --no-deps lpips
 	$(PIP) install -q -c constraints.txt --no-deps torch-fidelity
+	$(PIP) install -q -c constraints.txt --no-deps open_clip_torch
 	$(PYTHON) scripts/check_lock.py
 
 # Rebuild the lock from a clean install in a throwaway venv (see scripts/refresh_lock.sh).

@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 LOCK = Path(__file__).resolve().parent.parent / "constraints.txt"
-EXTRA_ROOTS = ("lpips", "torch-fidelity")  # installed with --no-deps by 'make install'
+EXTRA_ROOTS = ("lpips", "torch-fidelity", "open-clip-torch")  # installed with --no-deps by 'make install'
 
 
 def read_lock(path: Path) -> dict[str, str]:

@@ -8,11 +8,13 @@ python3 -m venv "$venv"
 pip="$venv/bin/pip"
 "$pip" install -q torch==2.13.0
 "$pip" install -q -e ".[dev]"
-"$pip" install -q --no-deps lpips torch-fidelity  # the LPIPS and Inception ports' references (see Makefile)
+# The references of the LPIPS, Inception and HPSv2.1 ports' tests (see Makefile):
+"$pip" install -q --no-deps lpips torch-fidelity open_clip_torch
 {
 	echo "# The exact versions the test suite runs with: a clean install of torch==2.13.0 (the CPU wheel), '.[dev]'"
-	echo "# and lpips, torch-fidelity (--no-deps). 'make install' passes this file to pip as constraints, so every"
-	echo "# install resolves exactly these versions. Refresh with 'make lock' (scripts/refresh_lock.sh), then run 'make test'."
+	echo "# and lpips, torch-fidelity, open_clip_torch (--no-deps). 'make install' passes this file to pip as constraints,"
+	echo "# so every install resolves exactly these versions. Refresh with 'make lock' (scripts/refresh_lock.sh), then run"
+	echo "# 'make test'."
 	# The local '+cpu' label is dropped: '==2.13.0' still selects the CPU wheel on disk and matches it once installed.
 	"$pip" freeze --all --exclude-editable | grep -v "^pip==" | sed -E 's/^(torch==[0-9.]+)\+cpu$/\1/' | LC_ALL=C sort -f
 } > constraints.txt

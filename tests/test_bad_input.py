@@ -680,6 +680,7 @@ METRICS_CASES: list[Case] = [
     # tests/test_metrics_cli.py, on the look results
     met("reference-unknown-value", ["--reference", "shift=9.9"], ["--reference shift=9.9", "values of shift: '2.0'"]),
     met("metric-without-weights", ["--metric", "siglip"], ["metric 'siglip' needs local weights", "siglip_path"]),
+    met("hpsv2-without-weights", ["--metric", "hpsv2"], ["metric 'hpsv2' needs local weights", "hpsv2_path"]),
     met("image-reward", ["--metric", "image_reward"], ["ImageReward is not available", "siglip or clip_score"]),
     met("fid-by-metric", ["--metric", "fid"], ["fid is a set-level metric", "--set-metric fid --against AXIS=LABEL"]),
     met(

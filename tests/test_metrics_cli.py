@@ -189,10 +189,11 @@ def test_list_shows_every_metric_and_its_status(
     rc, out, err = run(capsys, "metrics", "--list")
     assert rc == 0, err
     lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
-    assert set(lines) == {*METRICS, "image_reward", "hpsv2", "fid", "kid"}
+    assert set(lines) == {*METRICS, "image_reward", "fid", "kid"}
     assert "ready" in lines["ssim"] and "ready" in lines["diversity_mad"]
     assert "set siglip_path" in lines["siglip"]
     assert "set lpips_backbone" in lines["lpips"] and "set clip_path" in lines["clip_score"]
+    assert "set hpsv2_path" in lines["hpsv2"]
     assert "unavailable" in lines["image_reward"]
     # With the weights set in a config file, the metric is ready (paths are not loaded by --list).
     config = tmp_path / "config.toml"

@@ -19,7 +19,15 @@ from PIL import Image
 from bounds import scorer_tolerance as clip_siglip_tolerance
 from llm_dit.errors import LlmDitError
 from llm_dit.metrics.compute import weights_key
-from llm_dit.metrics.scorers import SCORERS, ClipScorer, ImageTextScorer, PickScoreScorer, SiglipScorer, text_inputs
+from llm_dit.metrics.scorers import (
+    SCORERS,
+    ClipScorer,
+    HpsV2Scorer,
+    ImageTextScorer,
+    PickScoreScorer,
+    SiglipScorer,
+    text_inputs,
+)
 from llm_dit.models import checkpoint
 from tiny_scorers import build_tiny_clip, build_tiny_siglip
 
@@ -419,7 +427,12 @@ def test_scorer_table_and_pickscore_registry_entry():
     from llm_dit.config import MetricsSettings
     from llm_dit.metrics.registry import METRICS, select_metrics
 
-    assert {"siglip_path": SiglipScorer, "clip_path": ClipScorer, "pickscore_path": PickScoreScorer} == SCORERS
+    assert {
+        "siglip_path": SiglipScorer,
+        "clip_path": ClipScorer,
+        "pickscore_path": PickScoreScorer,
+        "hpsv2_path": HpsV2Scorer,
+    } == SCORERS
     spec = METRICS["pickscore"]
     assert (spec.kind, spec.setting, spec.higher_is_better) == ("text_image", "pickscore_path", True)
     assert PickScoreScorer.name == spec.name and PickScoreScorer.config_key == spec.setting
@@ -438,10 +451,15 @@ def test_pickscore_directory_is_checked_before_the_pass(tmp_path: Path):
         select_metrics(["pickscore"], MetricsSettings(pickscore_path=str(tmp_path / "nowhere")))
 
 
-def test_hpsv2_is_refused_with_its_reason():
+def test_hpsv2_without_its_setting_names_it():
+    """HPSv2.1 is a metric like PickScore (its conversion and numbers: tests/test_hpsv2.py): unset, it names its
+    setting; in the default set it is listed among the metrics whose weights are not configured."""
     from llm_dit.config import MetricsSettings
-    from llm_dit.metrics.registry import select_metrics
+    from llm_dit.metrics.registry import UNAVAILABLE, select_metrics
 
-    with pytest.raises(LlmDitError, match=r"HPSv2/HPSv2\.1 is not available: .*libc10_cuda\.so") as excinfo:
+    assert "hpsv2" not in UNAVAILABLE
+    with pytest.raises(LlmDitError, match=r"metric 'hpsv2' needs local weights: set hpsv2_path") as excinfo:
         select_metrics(["hpsv2"], MetricsSettings())
     assert "\n" not in str(excinfo.value)
+    _, notes = select_metrics(None, MetricsSettings())
+    assert "hpsv2 (hpsv2_path)" in notes[0]

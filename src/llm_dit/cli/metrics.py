@@ -126,7 +126,9 @@ def content_preservation_cmd(
     experiment: Annotated[str, typer.Argument(help=RESULTS_EXPERIMENT_HELP)],
     metric: Annotated[
         str,
-        typer.Option("--metric", "-m", help="A text-image metric with local weights: siglip, clip_score, pickscore."),
+        typer.Option(
+            "--metric", "-m", help="A text-image metric with local weights: siglip, clip_score, pickscore, hpsv2."
+        ),
     ],
     axis: Annotated[
         str | None, typer.Option("--axis", "-a", help="Axis whose values are compared (default: first).")

@@ -1120,6 +1120,11 @@ class MetricsSettings(BaseModel):
         description="Local PickScore_v1 checkpoint directory (transformers CLIP layout, with the CLIP-H processor "
         "files) for the 'pickscore' metric.",
     )
+    hpsv2_path: str | None = Field(
+        None,
+        description="Local directory with HPS_v2.1_compressed.pt (HPSv2.1's open_clip ViT-H-14 state dict) and the "
+        "CLIP-H tokenizer files, for the 'hpsv2' metric.",
+    )
     lpips_backbone: str | None = Field(
         None,
         description="torchvision ImageNet weights file of the LPIPS backbone (e.g. alexnet-owt-7be5be79.pth) "
@@ -1143,7 +1148,9 @@ class MetricsSettings(BaseModel):
     )
     batch_size: int = Field(16, description="Images per batched forward of a metric model.")
 
-    @field_validator("siglip_path", "clip_path", "pickscore_path", "lpips_backbone", "inception_weights", mode="before")
+    @field_validator(
+        "siglip_path", "clip_path", "pickscore_path", "hpsv2_path", "lpips_backbone", "inception_weights", mode="before"
+    )
     @classmethod
     def _v_paths(cls, v: Any, info: Any) -> str | None:
         return _optional_path(info.field_name, v)

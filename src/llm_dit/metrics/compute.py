@@ -74,7 +74,7 @@ _LEGACY_DEFAULTS_NOTE = (
     "experiment again to store its own, or choose the reference with --reference AXIS=LABEL"
 )
 # Settings whose models run in torch_dtype (bf16 moves their scores measurably); LPIPS always runs in float32.
-_DTYPE_SETTINGS = frozenset({"siglip_path", "clip_path", "pickscore_path"})
+_DTYPE_SETTINGS = frozenset({"siglip_path", "clip_path", "pickscore_path", "hpsv2_path"})
 
 
 @dataclass

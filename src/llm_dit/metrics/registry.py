@@ -73,6 +73,13 @@ METRICS: dict[str, MetricSpec] = {
             "pickscore_path",
         ),
         MetricSpec(
+            "hpsv2", 1, "text_image", True,
+            "HPSv2.1 human preference score: cosine(image, prompt) of a local HPS_v2.1 (CLIP-H) checkpoint, "
+            "in a narrow band (published scores ~0.2-0.35); only differences between images of the same prompt "
+            "mean something",
+            "hpsv2_path",
+        ),
+        MetricSpec(
             "refiner_drift", 1, "conditioning", True,
             "mean cosine over caption tokens between the features entering and leaving the DiT's context refiner "
             "(1 = unchanged); loads the experiment's checkpoint, so computed only when named",
@@ -89,10 +96,6 @@ UNAVAILABLE: dict[str, str] = {
     "image_reward": "ImageReward is not available: the image-reward package (1.5) imports BLIP code that needs "
     "transformers < 5 (apply_chunking_to_forward and friends were removed) and pulls torch/torchvision versions "
     "other than llm-dit's pins; see docs/metrics.md. Use siglip or clip_score for text-image alignment",
-    "hpsv2": "HPSv2/HPSv2.1 is not available: it needs open_clip, which needs torchvision, and the only "
-    "torchvision for torch 2.13 (0.28.0) is a CUDA build whose _C.so links libc10_cuda.so, absent from llm-dit's CPU "
-    "torch, so `import torchvision` fails (operator torchvision::nms does not exist); see docs/metrics.md. Use "
-    "pickscore, siglip or clip_score",
 }
 
 # Set-level metrics: one number per pair of image sets, not per run (llm_dit.metrics.sets), so they are computed
@@ -166,7 +169,7 @@ def check_weights(specs: Sequence[MetricSpec], settings: MetricsSettings) -> Non
     """Cheap checks of configured weights (directory layout, model type, file present), loading nothing: a bad
     path fails here, before generation starts, not after an hour of sampling."""
     settings_used = {spec.setting for spec in specs if spec.setting}
-    scorer_settings = [s for s in ("siglip_path", "clip_path", "pickscore_path") if s in settings_used]
+    scorer_settings = [s for s in ("siglip_path", "clip_path", "pickscore_path", "hpsv2_path") if s in settings_used]
     if scorer_settings:
         from llm_dit.metrics.scorers import SCORERS
 

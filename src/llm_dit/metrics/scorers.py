@@ -1,9 +1,11 @@
-"""Text-image scores from local contrastive models: SigLIP/SigLIP2 match probability, CLIPScore and PickScore.
+"""Text-image scores from local contrastive models: SigLIP/SigLIP2 match probability, CLIPScore, PickScore and
+HPSv2.1.
 
 Models load from local directories only (``local_files_only=True``): there is no hub access. A directory is
 checked first (it exists, its config.json names a supported model_type, its weight, tokenizer and image
 processor files are there), so a wrong path fails in milliseconds with one line that names the path, the
-problem and the setting to fix, before any weights load.
+problem and the setting to fix, before any weights load. HPSv2.1 is the exception to the layout: its directory
+holds open_clip's state dict file and the CLIP tokenizer, converted at load time (llm_dit.metrics.hpsv2).
 
 Each score is per pair (``images[i]``, ``texts[i]``) and does not depend on the other pairs in the call or on
 the batch size: SigLIP text is always padded to the full 64 tokens, CLIP text only within its batch but under a
@@ -21,12 +23,21 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 import torch
 
 from llm_dit.errors import CheckpointError, LlmDitError
+from llm_dit.metrics import hpsv2
 from llm_dit.models.devices import quiet_hf, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["SCORERS", "ClipScorer", "ImageTextScorer", "PickScoreScorer", "SiglipScorer", "text_inputs"]
+__all__ = [
+    "SCORERS",
+    "ClipScorer",
+    "HpsV2Scorer",
+    "ImageTextScorer",
+    "PickScoreScorer",
+    "SiglipScorer",
+    "text_inputs",
+]
 
 TextKind = Literal["siglip", "clip"]
 
@@ -338,5 +349,79 @@ class PickScoreScorer(_ClipModelScorer):
         return self._cosines(images, texts) * self.model.logit_scale.float().exp()
 
 
+class HpsV2Scorer(_ClipModelScorer):
+    """HPSv2.1 (Wu et al., 2023): ``cos(image, text)`` of the HPS_v2.1 CLIP-H model, as ``hpsv2/img_score.py``
+    computes it (the diagonal of ``image_features @ text_features.T`` of L2-normalised features, no logit scale).
+
+    The directory holds ``HPS_v2.1_compressed.pt`` (open_clip's ViT-H-14 state dict, mapped onto a transformers
+    CLIPModel at load time) and the CLIP-H tokenizer files. Images go through HPSv2's own transform (longest side to
+    224, black padding), not an image processor; text through the CLIP tokenizer after HPSv2's HTML unescaping.
+    See llm_dit.metrics.hpsv2 for what was checked against open_clip and what differs (ftfy).
+    """
+
+    name = "hpsv2"
+    family = "HPSv2.1"
+    config_key = "hpsv2_path"
+    wanted = "a directory with HPS_v2.1_compressed.pt and the CLIP-H tokenizer files"
+
+    @classmethod
+    def check_directory(cls, path: str | Path) -> Path:
+        """Check that ``path`` is a directory with the checkpoint file (present, a torch.save archive by its first
+        bytes) and tokenizer files; loads nothing. Returns the expanded path; CheckpointError otherwise."""
+        root = Path(path).expanduser()
+        fix = cls._fix()
+        if not root.exists():
+            raise CheckpointError(f"{root}: {cls.family} directory does not exist; {fix}")
+        if not root.is_dir():
+            raise CheckpointError(f"{root}: not a directory; {fix}")
+        hpsv2.check_file(root / hpsv2.CHECKPOINT_NAME, fix)
+        if not any((root / name).is_file() for name in _TOKENIZER_FILES):
+            raise CheckpointError(
+                f"{root}: incomplete {cls.family} directory: no tokenizer files ({' or '.join(_TOKENIZER_FILES)}); "
+                f"{fix}"
+            )
+        return root
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        batch_size: int = 16,
+    ) -> Self:
+        """Load the tokenizer, then the state dict converted to a CLIPModel, from the directory ``path`` (checked
+        first, see check_directory); ``device``/``dtype`` as for the other scorers."""
+        root = cls.check_directory(path)
+        resolved_device = resolve_device(device)
+        resolved_dtype = resolve_dtype(dtype, resolved_device)
+        _check_batch_size(cls.name, batch_size)
+
+        from transformers import AutoTokenizer
+
+        try:
+            with quiet_hf():
+                tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
+        except Exception as exc:  # any loading failure is one line
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{root}: cannot load the CLIP tokenizer: {first_line}; {cls._fix()}") from exc
+        model = hpsv2.load_model(
+            root / hpsv2.CHECKPOINT_NAME, tokenizer, device=resolved_device, dtype=resolved_dtype, fix=cls._fix()
+        )
+        return cls(root, model, tokenizer, device=resolved_device, dtype=resolved_dtype, batch_size=batch_size)
+
+    def _image_inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        size = int(self.model.config.vision_config.image_size)
+        return self._to_device({"pixel_values": hpsv2.pixel_values(images, size)})
+
+    def _text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return super()._text_inputs([hpsv2.clean_text(text) for text in texts])
+
+    def _score_batch(self, images: list[Image.Image], texts: list[str]) -> torch.Tensor:
+        return self._cosines(images, texts)
+
+
 # The [PROFILE.metrics] setting of each scorer's directory -> its class (the metrics pass and check_weights).
-SCORERS: dict[str, type[ImageTextScorer]] = {cls.config_key: cls for cls in (SiglipScorer, ClipScorer, PickScoreScorer)}
+SCORERS: dict[str, type[ImageTextScorer]] = {
+    cls.config_key: cls for cls in (SiglipScorer, ClipScorer, PickScoreScorer, HpsV2Scorer)
+}
