@@ -38,7 +38,11 @@ def test_fp8_enters_run_ids_and_speed_settings_do_not(monkeypatch: pytest.Monkey
     base = Settings()
     with pytest.raises(LlmDitError, match="fp8 = 'tensorwise' needs a CUDA GPU"):  # here, before anything loads
         resolved_numerics(base.model_copy(update={"pipeline": PipelineSettings(fp8="tensorwise")}))
-    # As on a CUDA machine: the labels the run id hashes.
+    # As on a CUDA machine with torchao: the labels the run id hashes.
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "torchao" else real(name, *a))
     monkeypatch.setattr(checks.devices, "numerics_label", lambda *args: "cuda/torch.bfloat16")
     plain = resolved_numerics(base)
     fp8 = resolved_numerics(base.model_copy(update={"pipeline": PipelineSettings(fp8="tensorwise")}))
@@ -111,3 +115,31 @@ def test_the_dry_run_counts_compile_time(
     rc, out, err = run(capsys, *argv, "--output-dir", tmp_path / "results")  # default on CPU: no compile
     assert rc == 0, err
     assert "compile:" not in out
+
+
+def test_non_finite_latents_fail_the_batch_before_anything_is_decoded(tiny_checkpoint: Path) -> None:
+    pipe = LlmDitPipeline.from_pretrained(tiny_checkpoint, pipeline={"device": "cpu"})
+
+    def poison(module: torch.nn.Module, args: tuple, output: tuple) -> tuple:
+        # The real tiny DiT, its output made NaN where one FP8 layer going non-finite would leave it.
+        return ([o * float("nan") for o in output[0]], *output[1:])
+
+    handle = pipe.transformer.register_forward_hook(poison)
+    decoded: list[int] = []
+    pipe.vae.register_forward_pre_hook(lambda module, args: decoded.append(1))
+    try:
+        with pytest.raises(LlmDitError, match=r"the DiT produced non-finite latents for 1 image\(s\) of 64x64"):
+            pipe.generate("a cat", seed=1, width=64, height=64, steps=2)
+    finally:
+        handle.remove()
+    assert not decoded
+    assert torch.isfinite(pipe.generate("a cat", seed=1, width=64, height=64, steps=2).image).all()
+
+
+def test_fp8_without_torchao_is_refused_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    with pytest.raises(LlmDitError, match=r"fp8 = 'rowwise' needs torchao, which is not installed: pip install"):
+        resolve(PipelineSettings(fp8="rowwise"), "cuda")

@@ -17,6 +17,7 @@ weights for torchao tensor subclasses, which torch.compile must trace, so compil
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,11 @@ def resolve(settings: PipelineSettings, device_type: str) -> Acceleration:
             f"fp8 = {settings.fp8!r} needs a CUDA GPU with FP8 matmuls (compute capability 8.9+), but the DiT runs on "
             f'{device_type}; set [default.pipeline] fp8 = "none" or run on such a GPU'
         )
+    if settings.fp8 != "none" and importlib.util.find_spec("torchao") is None:
+        raise LlmDitError(
+            f"fp8 = {settings.fp8!r} needs torchao, which is not installed: pip install 'llm-dit[fp8]' (torchao "
+            '0.17/0.18, torch >= 2.11), or set [default.pipeline] fp8 = "none"'
+        )
     if backend in ("_native_cudnn", "_native_flash", "_native_efficient") and not on_cuda:
         raise LlmDitError(
             f"attention_backend = {backend!r} is a CUDA kernel, but the DiT runs on {device_type}; use native or auto"
@@ -102,7 +108,8 @@ def quantize_fp8(transformer: nn.Module, mode: str) -> int:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
     except ImportError as exc:
         raise LlmDitError(
-            f"fp8 = {mode!r} needs torchao (pip install torchao==0.17.0, torch >= 2.11); it is not importable: {exc}"
+            f"fp8 = {mode!r} needs torchao (pip install 'llm-dit[fp8]': torchao 0.17/0.18, torch >= 2.11); it is not "
+            f"importable: {exc}"
         ) from None
     chosen = set(block_linears(transformer))
     granularity = PerRow() if mode == "rowwise" else PerTensor()

@@ -551,6 +551,14 @@ class LlmDitPipeline:
             refiner=refiner,
             on_step=on_step,
         )
+        # One host sync per batch, after the loop: a NaN or inf latent would decode to a black or garbage PNG.
+        if not bool(torch.isfinite(latents).all()):
+            fp8 = self.acceleration.fp8 if self.acceleration is not None else "none"
+            cause = f' with fp8 = {fp8!r} (try fp8 = "none" or the other FP8 mode)' if fp8 != "none" else ""
+            raise LlmDitError(
+                f"the DiT produced non-finite latents{cause} for {len(requests)} image(s) of {width}x{height}; "
+                "nothing was decoded or written"
+            )
         return decode_latents(self.vae, latents, tiled=self.pipeline_settings.vae_tiling).cpu()
 
     def _start_latents(
