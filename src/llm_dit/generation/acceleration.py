@@ -4,10 +4,10 @@ Order matters: the attention backend is a module attribute the compiled code rea
 weights for torchao tensor subclasses, which torch.compile must trace, so compile comes last.
 
 - ``attention_backend``: diffusers' dispatcher (``ModelMixin.set_attention_backend``); ``auto`` is ``_native_cudnn``
-  on CUDA (measured on an H200: docs/benchmarks.md) and ``native`` (SDPA's own choice) elsewhere.
+  on CUDA (from the earlier H200 measurements quoted in docs/speed.md) and ``native`` (SDPA's own choice) elsewhere.
 - ``fp8``: torchao's dynamic float8 activations and weights (``Float8DynamicActivationFloat8WeightConfig``, per row
-  or per tensor) on the ``nn.Linear`` layers inside the transformer blocks (``_repeated_blocks``); embedders, the
-  adaLN and final layers stay in the model's dtype. Opt-in: it changes images, so it is part of run ids
+  or per tensor) on the ``nn.Linear`` layers inside the transformer blocks (``_repeated_blocks``, their adaLN modulation
+  included); the embedders and the final layer stay in the model's dtype. Opt-in: it changes images, so it is part of run ids
   (:func:`llm_dit.generation.checks.resolved_numerics`).
 - ``compile``: ``regional`` compiles each transformer block's forward (diffusers' ``compile_repeated_blocks``): one
   compiled graph serves every block, so the first call is short and a new caption length or resolution costs at most
