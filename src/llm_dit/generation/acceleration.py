@@ -6,9 +6,9 @@ weights for torchao tensor subclasses, which torch.compile must trace, so compil
 - ``attention_backend``: diffusers' dispatcher (``ModelMixin.set_attention_backend``); ``auto`` is ``_native_cudnn``
   on CUDA (from the earlier H200 measurements quoted in docs/speed.md) and ``native`` (SDPA's own choice) elsewhere.
 - ``fp8``: torchao's dynamic float8 activations and weights (``Float8DynamicActivationFloat8WeightConfig``, per row
-  or per tensor) on the ``nn.Linear`` layers inside the transformer blocks (``_repeated_blocks``, their adaLN modulation
-  included); the embedders and the final layer stay in the model's dtype. Opt-in: it changes images, so it is part of run ids
-  (:func:`llm_dit.generation.checks.resolved_numerics`).
+  or per tensor) on the ``nn.Linear`` layers inside the transformer blocks (``_repeated_blocks``, their adaLN
+  modulation included); the embedders and the final layer stay in the model's dtype. Opt-in: it changes images, so it
+  is part of run ids (:func:`llm_dit.generation.checks.resolved_numerics`).
 - ``compile``: ``regional`` compiles each transformer block's forward (diffusers' ``compile_repeated_blocks``): one
   compiled graph serves every block, so the first call is short and a new caption length or resolution costs at most
   one recompile per block shape kind (automatic dynamic shapes mark changing sizes dynamic after the first change);
