@@ -11,7 +11,9 @@ random weights say nothing about how FP8 changes real images). Sections (``--sec
 - ``fp8probe``: where FP8 row-wise goes non-finite: forward hooks on every quantised linear layer report the first
   whose output is not finite, with its input's statistics (all-zero rows, max |x|).
 - ``sweep``: a mixed-shape sweep (3 resolutions x caption lengths 20-600 tokens, 8 steps, batch 1): images per hour
-  of diffusers in a loop vs llm-dit with its default settings, and torch._dynamo's graph counts after warm-up.
+  of diffusers in a loop vs llm-dit with its default settings, and torch._dynamo's graph counts after warm-up. Its
+  first-call time is a cold compile only when run alone (``--sections sweep``): compiled blocks of earlier sections in
+  the same process are reused.
 
     python benchmarks/gpu_speed.py --json docs/results/gpu_speed_h200.json        # on the GPU machine
     python benchmarks/gpu_speed.py --preset tiny --size 64 --sections e2e,forward   # CPU smoke run of the script
