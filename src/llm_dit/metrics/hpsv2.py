@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from llm_dit.errors import CheckpointError
+from llm_dit.metrics.state_dicts import load_torch_file
 from llm_dit.models.devices import quiet_hf
 
 if TYPE_CHECKING:
@@ -202,10 +203,7 @@ def read_state_dict(file: Path, fix: str) -> dict[str, torch.Tensor]:
     """The state dict in ``file`` (``{"state_dict": ...}`` as HPSv2 saves it, or a bare one), loaded with
     ``weights_only=True`` (memory-mapped where the format allows), a DDP ``module.`` prefix removed."""
     try:
-        try:
-            loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # the legacy (non-zip) format cannot be memory-mapped; any other failure repeats below
-            loaded = torch.load(file, map_location="cpu", weights_only=True)
+        loaded = load_torch_file(file)
     except Exception as exc:  # any unpickling or archive error is one line
         raise CheckpointError(
             f"{file}: cannot read it with torch.load(weights_only=True): {_first_line(exc)}; {fix}"

@@ -14,12 +14,18 @@ import torch
 from llm_dit.errors import LlmDitError
 
 
+def load_torch_file(path: Path) -> Any:
+    """``torch.load`` of a weights file, tensors only (``weights_only``), on the CPU; memory-mapped when the file is in
+    torch's zip format (torch >= 1.6 saves), read whole otherwise (legacy pickles cannot be mapped). Raises what
+    torch raises."""
+    return torch.load(path, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(path))
+
+
 def read_state_dict(path: Path, metric: str, noun: str, fix: str) -> Mapping[str, Any]:
     """The state dict in ``path``; errors read "<metric>: cannot read <noun> <path> (why); <fix>" (e.g. metric
-    "lpips", noun "backbone weights file"). Memory-mapped when the file is in torch's zip format (torch >= 1.6
-    saves); older (legacy pickle) files, which torch cannot map, are read whole."""
+    "lpips", noun "backbone weights file"), read by :func:`load_torch_file`."""
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(path))
+        state = load_torch_file(path)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LlmDitError(f"{metric}: cannot read {noun} {path} ({first}); {fix}") from exc
