@@ -150,3 +150,24 @@ def tiny_results(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
     toml.write_text(custom, encoding="utf-8")
     assert main(["ablate", *common, "--prompt", "A red cube on a blue table"]) == 0
     return root
+
+
+# Debian's chromium, driven by Playwright (no browser download: there is no internet for it; 'make browser').
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the session's browser tests. Fails, never skips: a page is only tested if a
+    browser runs it."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium package ('make browser')"
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

@@ -2,7 +2,7 @@
 
 Its numbers are checked against the functions summary.csv uses and against scipy on hand-built pairs, Holm's
 correction by hand, the Conclusions text across a regeneration, the images and their relative links, the refusals,
-and the page as a browser renders it (Chromium, when the machine has it).
+and the page as a browser renders it (Chromium: the test fails without it, as the viewer's do).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scipy import stats
@@ -226,9 +227,9 @@ def test_a_chosen_baseline_is_the_reference(tiny_results: Path, look: Experiment
 
 
 @pytest.mark.slow
-def test_the_page_renders_with_its_images(folder: Path, tmp_path: Path) -> None:
+def test_the_page_renders_with_its_images(folder: Path, tmp_path: Path, browser: Any) -> None:
     """report.md as HTML (CommonMark + tables, as a code-hosting site renders it): tables, the collapsed config,
-    every image found; with Chromium, a screenshot in which every image loaded."""
+    every image found; a Chromium screenshot in which every image loaded."""
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark").enable("table").render((folder / rep.REPORT_NAME).read_text(encoding="utf-8"))
@@ -238,19 +239,13 @@ def test_the_page_renders_with_its_images(folder: Path, tmp_path: Path) -> None:
     shutil.copytree(folder, tmp_path / "page")
     html = tmp_path / "page" / "report.html"
     html.write_text(f"<!doctype html><meta charset=utf-8><title>report</title>{body}", encoding="utf-8")
-    chromium = Path("/usr/bin/chromium")
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not chromium.exists():
-        pytest.skip("no /usr/bin/chromium")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.goto(html.as_uri())
-            page.wait_for_load_state("load")
-            widths = page.evaluate("[...document.images].map(i => i.naturalWidth)")
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    try:
+        page.goto(html.as_uri())
+        page.wait_for_load_state("load")
+        widths = page.evaluate("[...document.images].map(i => i.naturalWidth)")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    finally:
+        page.close()
     assert len(widths) == len(sources) and all(w > 0 for w in widths)
     assert (tmp_path / "report.png").stat().st_size > 10_000

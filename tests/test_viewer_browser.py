@@ -18,7 +18,6 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import sync_playwright
 
 from llm_dit.analysis.diff import diff_image, diff_stats
 from llm_dit.analysis.results import ExperimentResults, load_experiment
@@ -28,11 +27,6 @@ from llm_dit.viewer.server import running
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
-]  # fmt: skip
 TRICKY_LABEL = '<i>&"q"'
 TRICKY_PROMPT = '<script>window.hacked = 1</script> & "quoted", <b>bold</b>'
 
@@ -88,16 +82,6 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Path(chosen).mkdir(parents=True, exist_ok=True)
         return Path(chosen)
     return tmp_path_factory.mktemp("viewer_shots")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    # Fail, never skip: the viewer is only tested if a browser runs it.
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium package ('make browser')"
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 class Watched:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from playwright.sync_api import sync_playwright
 
 from cli_helpers import assert_user_error, results_snapshot, run
 from llm_dit.errors import LlmDitError
@@ -26,11 +24,6 @@ from llm_dit.viewer.server import RATE_TOKEN_HEADER, create_app, running
 
 LOCAL = "http://127.0.0.1"
 LABELS = ("zebra_label_alpha", "zebra_label_beta")  # no other text on the page could contain these
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
-]  # fmt: skip
 
 
 def png(seed: int) -> bytes:
@@ -185,16 +178,6 @@ def test_rating_mode_refuses_bad_arguments(blind: tuple[Path, dict[str, str]], c
 
 
 # ---- the real browser ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    # Fail, never skip, as tests/test_viewer_browser.py does: the page is only tested if a browser runs it.
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium package ('make browser')"
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.mark.slow
