@@ -34,7 +34,7 @@ from llm_dit.metrics.distribution import INCEPTION_FEATURE_DIM, check_inception_
 from llm_dit.metrics.distribution import INCEPTION_FIX as _FIX
 from llm_dit.metrics.lpips import _ieee_fp32
 from llm_dit.metrics.pixel import ImageLike, load_rgb
-from llm_dit.metrics.state_dicts import read_state_dict
+from llm_dit.metrics.state_dicts import matching_tensors, read_state_dict
 from llm_dit.models.devices import resolve_device
 
 RESIZE_MODES = ("antialias", "tf1")
@@ -274,25 +274,12 @@ def _load_network(path: Path) -> InceptionV3Pool:
     state = read_state_dict(path, "inception", "weights file", _FIX)
     with torch.device("meta"):  # shapes only: every tensor is replaced by the file's
         network = build_network()
-    expected = network.state_dict()
-    loaded: dict[str, torch.Tensor] = {}
-    for key, param in expected.items():
-        value = state.get(key)
-        if value is None and key.endswith(".num_batches_tracked"):
-            value = torch.zeros((), dtype=torch.long)
-        if not isinstance(value, torch.Tensor):
-            raise LlmDitError(f"inception: weights file {path} has no tensor {key}; {_FIX}")
-        if value.shape != param.shape:
-            raise LlmDitError(
-                f"inception: {key} in {path} has shape {tuple(value.shape)} but the network needs "
-                f"{tuple(param.shape)}; {_FIX}"
-            )
-        loaded[key] = value.to(param.dtype, copy=True)  # a copy: nothing stays mapped to the file
-    # Any other key means another network (torchvision's Inception3 has AuxLogits.*): refuse rather than ignore it.
-    extra = sorted(str(k) for k in state if k not in expected and k not in _IGNORED_KEYS)
-    if extra:
-        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-        raise LlmDitError(f"inception: weights file {path} has unexpected {extra[0]}{more}; {_FIX}")
+    # Any other key means another network (torchvision's Inception3 has AuxLogits.*).
+    loaded = matching_tensors(
+        state, network.state_dict(), path=path, metric="inception", noun="weights file", needs="the network",
+        fix=_FIX, ignored=_IGNORED_KEYS,
+        default=lambda name: torch.zeros((), dtype=torch.long) if name.endswith(".num_batches_tracked") else None,
+    )  # fmt: skip
     network.load_state_dict(loaded, strict=True, assign=True)
     return network.eval().requires_grad_(False)
 

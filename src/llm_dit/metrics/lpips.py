@@ -23,7 +23,7 @@ from torch import nn
 
 from llm_dit.errors import LlmDitError
 from llm_dit.metrics.pixel import ImageLike, load_rgb
-from llm_dit.metrics.state_dicts import read_state_dict
+from llm_dit.metrics.state_dicts import matching_tensors, read_state_dict
 from llm_dit.models.devices import resolve_device
 
 NETS = ("alex", "vgg")
@@ -105,22 +105,11 @@ def _load_backbone(path: Path, net: str) -> nn.Sequential:
     spec = _NETS[net]
     state = read_state_dict(path, "lpips", "backbone weights file", _fix(spec, net))
     features = spec.build()
-    loaded: dict[str, torch.Tensor] = {}
-    for name, param in features.state_dict().items():
-        key = f"features.{name}"
-        value = state.get(key)
-        if not isinstance(value, torch.Tensor):
-            raise LlmDitError(f"lpips: backbone weights file {path} has no tensor {key}; {_fix(spec, net)}")
-        if value.shape != param.shape:
-            raise LlmDitError(
-                f"lpips: {key} in {path} has shape {tuple(value.shape)} but {net} needs {tuple(param.shape)}; "
-                f"{_fix(spec, net)}"
-            )
-        loaded[name] = value.float()
-    # A features key the stack lacks means another architecture (e.g. vgg16_bn): refuse rather than ignore it.
-    extra = sorted(k for k in state if isinstance(k, str) and k.startswith("features.") and k[9:] not in loaded)
-    if extra:
-        raise LlmDitError(f"lpips: backbone weights file {path} has unexpected {extra[0]}; {_fix(spec, net)}")
+    # A features key the stack lacks means another architecture (e.g. vgg16_bn).
+    loaded = matching_tensors(
+        state, features.state_dict(), path=path, metric="lpips", noun="backbone weights file", needs=net,
+        fix=_fix(spec, net), prefix="features.",
+    )  # fmt: skip
     features.load_state_dict(loaded, strict=True)
     return features.eval().requires_grad_(False)
 
