@@ -768,6 +768,13 @@ class ResultsStore:
         with self._read() as conn:
             return [row[0] for row in conn.execute("SELECT name FROM experiments ORDER BY name")]
 
+    def require_experiment(self, name: str) -> dict[str, Any]:
+        """:meth:`experiment`, refusing an unknown name with the names there are (for commands given a name)."""
+        if name not in self.experiments():
+            known = ", ".join(self.experiments()) or "none yet"
+            raise LlmDitError(f"no experiment {name!r} in {self.root}; experiments there: {known}")
+        return self.experiment(name)
+
     def experiment(self, name: str) -> dict[str, Any]:
         """One experiment's row with its JSON fields decoded."""
         with self._read() as conn:

@@ -166,10 +166,7 @@ class MetricsPass:
     # -- planning --------------------------------------------------------------------------------------------
 
     def _experiment(self, experiment: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        if experiment not in self.store.experiments():
-            known = ", ".join(self.store.experiments()) or "none yet"
-            raise LlmDitError(f"no experiment {experiment!r} in {self.store.root}; experiments there: {known}")
-        return self.store.experiment(experiment), self.store.runs(experiment)
+        return self.store.require_experiment(experiment), self.store.runs(experiment)
 
     def references(
         self,

@@ -293,10 +293,7 @@ def set_metrics_pass(
         raise LlmDitError(f"{metric} needs local Inception weights: {INCEPTION_FIX}, and pass --config FILE")
     path = check_inception_weights(weights)
     with ResultsStore(root, read_only=True) as store:
-        if experiment not in store.experiments():
-            known = ", ".join(store.experiments()) or "none yet"
-            raise LlmDitError(f"no experiment {experiment!r} in {store.root}; experiments there: {known}")
-        definition = store.experiment(experiment)["definition"] or {}
+        definition = store.require_experiment(experiment)["definition"] or {}
         runs = store.runs(experiment)
         directory = store.experiment_dir(experiment)
     axes = [axis["name"] for axis in definition.get("axes", [])]
