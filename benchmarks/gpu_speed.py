@@ -5,7 +5,8 @@ random weights say nothing about how FP8 changes real images). Sections (``--sec
 
 - ``e2e``: seconds per image at 1024^2, 8 steps: diffusers (eager, its defaults), llm-dit eager, then llm-dit with
   each fast path (attention backend, regional compile, both; FP8 + both on a copy of the DiT), at batch 1 and at
-  ``--batch``; first-call (compile) time; peak memory; each fast path's max |image - eager| and PSNR vs eager.
+  ``--batch``; first-call (compile) time; peak memory; each fast path's max |image - eager|, and PSNR and SSIM vs
+  eager on the 8-bit images.
 - ``forward``: one DiT forward at 1024^2 with a ~100-token caption per configuration, and its TFLOP/s (FLOPs counted
   by ``torch.utils.flop_counter`` on the eager forward).
 - ``fp8probe``: where FP8 row-wise goes non-finite: forward hooks on every quantised linear layer report the first
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -36,12 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_reference import peak_gib, reset_peak, sync, timed
 
 PROMPT = "A tabby cat sleeping on a sunlit windowsill, soft morning light, 35mm photograph, shallow depth of field"
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two images in [0, 1]."""
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def words(n: int) -> str:
@@ -68,7 +62,9 @@ def main() -> None:
 
     from llm_dit.config import PipelineSettings
     from llm_dit.generation.acceleration import accelerate, recompile_counts
+    from llm_dit.generation.image import to_pil
     from llm_dit.generation.pipeline import GenerationRequest, LlmDitPipeline
+    from llm_dit.metrics import pixel
     from llm_dit.models.tiny import make_components
 
     on_gpu = torch.cuda.is_available()
@@ -121,31 +117,23 @@ def main() -> None:
             e2e["diffusers"] = {"s_per_image": timed(run_reference, args.runs)[0], "peak_gib": peak_gib()}
             run_reference(args.batch)
             e2e["diffusers"]["s_per_image_batched"] = timed(lambda: run_reference(args.batch), 2)[0] / args.batch
-            configs: list[tuple[str, dict[str, Any], bool]] = [
-                ("eager", {}, False),
-                (f"attention {fast_backend}", {"attention_backend": fast_backend}, False),
-                ("regional compile", {"compile": "regional", "compile_backend": compile_backend}, False),
-                (
-                    f"regional compile + {fast_backend}",
-                    {"compile": "regional", "compile_backend": compile_backend, "attention_backend": fast_backend},
-                    False,
-                ),
+            regional = {"compile": "regional", "compile_backend": compile_backend}
+            configs: list[tuple[str, dict[str, Any]]] = [
+                ("eager", {}),
+                (f"attention {fast_backend}", {"attention_backend": fast_backend}),
+                ("regional compile", regional),
+                (f"regional compile + {fast_backend}", {**regional, "attention_backend": fast_backend}),
             ]
+            modes = [m for m in args.fp8.split(",") if m] if on_gpu else []
             configs += [
-                (
-                    f"fp8 {mode} + regional compile + {fast_backend}",
-                    {"compile": "regional", "compile_backend": compile_backend, "attention_backend": fast_backend,
-                     "fp8": mode},
-                    True,
-                )
-                for mode in [m for m in args.fp8.split(",") if m] if on_gpu
+                (f"fp8 {mode} + regional compile + {fast_backend}",
+                 {**regional, "attention_backend": fast_backend, "fp8": mode})
+                for mode in modes
             ]  # fmt: skip
             eager_image = None
-            for name, settings, fresh in configs:
-                # Eager and attention-only runs share the pristine module; compile/FP8 get their own copy.
-                transformer = copy.deepcopy(pristine) if (fresh or "compile" in settings) else pristine
-                if "attention_backend" in settings and not ("compile" in settings or fresh):
-                    transformer = copy.deepcopy(pristine)
+            for name, settings in configs:
+                # Every fast path changes the module in place: each gets its own copy; eager runs the pristine one.
+                transformer = copy.deepcopy(pristine) if settings else pristine
                 pipe = ours_with(transformer, **settings)
                 sync()
                 t0 = time.perf_counter()
@@ -166,7 +154,10 @@ def main() -> None:
                     row["max_abs_diff_vs_diffusers"] = float((image.float() - run_reference().float()).abs().max())
                 else:
                     row["max_abs_diff_vs_eager"] = float((image.float() - eager_image.float()).abs().max())
-                    row["psnr_vs_eager_db"] = psnr(image, eager_image)
+                    # As the PNGs would be compared: 8-bit pixels, llm-dit's PSNR and SSIM.
+                    ours8, eager8 = to_pil(image[0]), to_pil(eager_image[0])
+                    row["psnr_vs_eager_db"] = pixel.psnr(ours8, eager8)
+                    row["ssim_vs_eager"] = pixel.ssim(ours8, eager8)
                 run_ours(pipe, args.batch)
                 row["s_per_image_batched"] = timed(lambda pipe=pipe: run_ours(pipe, args.batch), 2)[0] / args.batch
                 row["speed_vs_diffusers"] = e2e["diffusers"]["s_per_image"] / seconds
