@@ -67,7 +67,9 @@ def metrics_cmd(
         int | None,
         typer.Option("--kid-subset-size", help="Images per KID subset (default: 1000, or the smallest set)."),
     ] = None,
-    kid_subsets: Annotated[int, typer.Option("--kid-subsets", help="How many KID subsets are drawn.")] = 100,
+    kid_subsets: Annotated[
+        int | None, typer.Option("--kid-subsets", help="How many KID subsets are drawn (default: 100).")
+    ] = None,
 ) -> None:
     """Compute metrics over existing results: only missing values (resumable); per-run values go to the store
     and results.csv, per-value statistics to summary.csv and the terminal. With --set-metric: FID or KID of each
@@ -87,7 +89,8 @@ def metrics_cmd(
     if experiment is None:
         raise LlmDitError("name an experiment: llm-dit metrics EXPERIMENT (see --list for the metrics)")
     set_options = {"--against": bool(against), "--against-folder": against_folder is not None,
-                   "--kid-subset-size": kid_subset_size is not None, "--kid-subsets": kid_subsets != 100}  # fmt: skip
+                   "--kid-subset-size": kid_subset_size is not None,
+                   "--kid-subsets": kid_subsets is not None}  # fmt: skip
     if set_metric is not None:
         per_run = {"--metric": bool(metric), "--reference": bool(reference),
                    "--reference-image": bool(reference_image), "--force": force}  # fmt: skip
@@ -184,11 +187,12 @@ def _set_metrics(
     against: list[str] | None,
     folder: Path | None,
     subset_size: int | None,
-    subsets: int,
+    subsets: int | None,
 ) -> None:
     """The set-level pass: print its rows and where they went."""
     from llm_dit.config import split_assignment
     from llm_dit.experiments.store import require_database
+    from llm_dit.metrics.distribution import KID_SUBSETS
     from llm_dit.metrics.sets import set_metrics_pass
 
     example = "AXIS=LABEL, e.g. --against hidden_layer=-2"
@@ -196,7 +200,7 @@ def _set_metrics(
     require_database(output_dir)
     report = set_metrics_pass(
         output_dir, experiment, metric, settings, against=pairs, folder=folder, subset_size=subset_size,
-        subsets=subsets,
+        subsets=KID_SUBSETS if subsets is None else subsets,
     )  # fmt: skip
     for text in report.plan.notes:
         note(text)
