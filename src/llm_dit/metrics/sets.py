@@ -37,8 +37,8 @@ from llm_dit.metrics.distribution import (
     check_inception_weights,
     check_kid_sizes,
 )
+from llm_dit.metrics.registry import SET_METRICS
 
-SET_METRIC_NAMES: tuple[str, ...] = ("fid", "kid")
 SET_METRIC_VERSION = 1  # bump when the computation changes (a row records the version it was computed by)
 SET_METRICS_NAME = "set_metrics.csv"
 SET_COLUMNS = (
@@ -133,10 +133,9 @@ def plan_sets(
     with an image count), refusing in one line whatever cannot be computed: an unknown metric, axis or label, both
     or neither reference kind, no comparison at all, sets too small for FID or for KID's subset size (default: the
     libraries' 1000, or the smallest set when that is smaller, with a note)."""
-    if metric not in SET_METRIC_NAMES:
-        raise LlmDitError(
-            f"unknown set-level metric {metric!r}{did_you_mean(metric, SET_METRIC_NAMES)}; use fid or kid"
-        )
+    if metric not in SET_METRICS:
+        hint = did_you_mean(metric, list(SET_METRICS))
+        raise LlmDitError(f"unknown set-level metric {metric!r}{hint}; use {' or '.join(SET_METRICS)}")
     if bool(against) == (folder is not None):
         raise LlmDitError(
             f"--set-metric {metric} needs one reference set: --against AXIS=LABEL (another condition) or "
