@@ -202,12 +202,7 @@ def resolve_metric(results: ExperimentResults, metric: str | None) -> str:
         )
     if metric in available:
         return metric
-    if metric in PREFERENCE_METRICS:
-        if not any(row["metric"] == metric for row in preference_rows_of(results)):
-            raise LlmDitError(
-                f"experiment {results.name!r} has no current A/B judgements; rate its images with 'llm-dit view "
-                "--rate' (judgements of images regenerated since do not count)"
-            )
+    if metric in PREFERENCE_METRICS:  # from the judgements, read once by preference_series
         return metric
     if metric == TIMED_MEDIAN:
         raise LlmDitError(
@@ -282,7 +277,13 @@ def preference_rows_of(results: ExperimentResults) -> list[dict[str, Any]]:
 def preference_series(results: ExperimentResults, metric: str, axis: str) -> LineSeries:
     """Win rate or Bradley-Terry score (95% interval) per value of ``axis``, from every current judgement of that
     axis: one series, since a judgement compares two images of one prompt and seed and is not split by category."""
-    rows = [row for row in preference_rows_of(results) if row["metric"] == metric and row["axis"] == axis]
+    current = [row for row in preference_rows_of(results) if row["metric"] == metric]
+    if not current:
+        raise LlmDitError(
+            f"experiment {results.name!r} has no current A/B judgements; rate its images with 'llm-dit view "
+            "--rate' (judgements of images regenerated since do not count)"
+        )
+    rows = [row for row in current if row["axis"] == axis]
     if not rows:
         raise LlmDitError(
             f"no A/B judgements of axis {axis!r} in experiment {results.name!r}; rate pairs that differ in {axis} "
