@@ -160,10 +160,11 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session's browser tests. Fails, never skips: a page is only tested if a
-    browser runs it."""
+    """A headless Chromium per test module. Fails, never skips: a page is only tested if a browser runs it.
+    Module scope, not session: Playwright's sync API keeps an event loop running while it is open, which breaks
+    later tests that call asyncio.run."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium package ('make browser')"
